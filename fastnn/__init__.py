@@ -1,0 +1,15 @@
+"""fastnn: fast CPU neural-network kernels behind a NumPy-compatible API.
+
+NumPy arrays in, NumPy arrays out (float32 and float64); hot loops in Cython with
+OpenMP, matrix products in BLAS. See ``fastnn.show_config()`` for the build.
+"""
+from fastnn._threads import get_num_threads, set_num_threads, threads
+from fastnn._config import show_config
+from fastnn.conv import col2im, conv2d, conv2d_backward, flip_kernel, im2col
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "show_config", "set_num_threads", "get_num_threads", "threads",
+    "conv2d", "conv2d_backward", "im2col", "col2im", "flip_kernel",
+]

@@ -1,0 +1,55 @@
+"""Build and runtime configuration report (``fastnn.show_config``)."""
+import os
+import sys
+
+import numpy as np
+
+
+def config():
+    """Return the configuration as a dict (what :func:`show_config` prints)."""
+    import fastnn
+    from fastnn import _threads
+    from fastnn_ext._config import build_info
+
+    info = build_info()
+    return {
+        "version": fastnn.__version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "compiler": info["compiler"],
+        "flags": info["flags"],
+        "openmp": info["openmp"],
+        "openmp_version": info["openmp_version"],
+        "simd_baseline": info["simd_baseline"],
+        "blas": _threads.blas_info(),
+        "num_threads": _threads.get_num_threads(),
+        "cpus_available": _threads._available_cpus(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def show_config(file=None):
+    """Print version, compiler, build flags, OpenMP, SIMD, BLAS and thread counts.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> fastnn.show_config()  # doctest: +ELLIPSIS
+    fastnn ...
+    """
+    c = config()
+    lines = [
+        f"fastnn {c['version']} (Python {c['python']}, NumPy {c['numpy']})",
+        f"  compiler       : {c['compiler']}",
+        f"  flags          : {c['flags']}",
+        "  OpenMP         : " + (f"yes (version {c['openmp_version']})" if c["openmp"]
+                                 else "no (kernels run single-threaded)"),
+        f"  SIMD baseline  : {', '.join(c['simd_baseline'])}",
+        f"  threads        : {c['num_threads']} (CPUs available: {c['cpus_available']}, "
+        f"OMP_NUM_THREADS={c['OMP_NUM_THREADS'] or 'unset'})",
+    ]
+    for lib in c["blas"]:
+        lines.append(f"  BLAS           : {lib['internal_api']} {lib['version']} "
+                     f"({lib['threading_layer']}, {lib['architecture']}, "
+                     f"{lib['num_threads']} threads) {lib['filepath']}")
+    print("\n".join(lines), file=file or sys.stdout)

@@ -1,0 +1,85 @@
+"""Argument checks shared by every public function: dtypes, ints, out= buffers."""
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_array(a, name, fn):
+    """``np.asarray(a)``, refusing anything but float32/float64 with a TypeError."""
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{fn}: {name} could not be converted to an array ({exc})") from None
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must have dtype float32 or float64, got {arr.dtype}")
+    return arr
+
+
+def result_dtype(*arrays):
+    """NumPy promotion over the float inputs (None entries are skipped)."""
+    return np.result_type(*[a.dtype for a in arrays if a is not None])
+
+
+def check_ndim(arr, ndim, name, fn, what):
+    if arr.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D {what}, got shape {arr.shape}")
+
+
+def contiguous(arr, dtype):
+    """A C-contiguous array of ``dtype``, copying only when needed (never in place)."""
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def as_int(value, name, fn, minimum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def int_tuple(value, n, name, fn, minimum=None):
+    """An int or a sequence of ``n`` ints, as a tuple of ``n`` ints."""
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return (as_int(value, name, fn, minimum),) * n
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an int or a tuple of {n} ints, got {value!r}") from None
+    if len(items) != n:
+        raise ValueError(f"{fn}: {name} must be an int or a tuple of {n} ints, got {value!r}")
+    return tuple(as_int(v, name, fn, minimum) for v in items)
+
+
+def prepare_out(out, shape, dtype, fn, inputs, name="out"):
+    """Check a user ``out`` buffer.
+
+    Returns ``(buffer, target)``: the kernel writes into ``buffer`` (C-contiguous,
+    not overlapping any input); when ``buffer`` is not ``target`` the caller copies
+    it into ``target`` afterwards.  ``target`` is ``None`` when no out was given.
+    """
+    if out is None:
+        return np.empty(shape, dtype=dtype), None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{fn}: {name} has shape {out.shape}, expected {tuple(shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{fn}: {name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: {name} is read-only")
+    overlaps = any(a is not None and np.may_share_memory(out, a) for a in inputs)
+    if out.flags.c_contiguous and not overlaps:
+        return out, out
+    return np.empty(shape, dtype=dtype), out
+
+
+def finish_out(buffer, target):
+    if target is None or target is buffer:
+        return buffer
+    np.copyto(target, buffer)
+    return target

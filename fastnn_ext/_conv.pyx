@@ -1,0 +1,616 @@
+# cython: language_level=3
+"""im2col / col2im convolution kernels (forward and backward), NCHW and NHWC.
+
+Every kernel splits its work into items chosen from the shape alone (never from
+the thread count), runs them in a ``prange`` with per-thread scratch, and calls
+GEMM from each item with BLAS held to one thread by the Python layer. Each output
+element is produced by one item in a fixed order, so results are bitwise identical
+for any thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
+
+from fastnn_ext._blas cimport gemm
+
+
+cdef struct Geom:
+    Py_ssize_t N, C, H, W, K, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo, G
+    Py_ssize_t Cg, Kg, khkw, ckk, P
+    bint nhwc, direct        # direct: 1x1, stride 1, no padding -> x is its own im2col
+
+
+# Scratch budget for one im2col tile. A tile of this size, the GEMM's packed panels
+# and the output tile fit together in a Zen 4 core's 1 MiB L2 (and leave room on
+# 512 KiB L2 parts); larger tiles measured slower on the default shapes, smaller
+# ones pay more per-GEMM overhead.
+DEF TILE_BYTES = 256 * 1024
+# Work items wanted per call so that small batches still spread over the cores.
+DEF MIN_ITEMS = 8
+# Partial weight-gradient buffers (reduced in a fixed order afterwards).
+DEF MAX_CHUNKS = 16
+DEF MAX_PARTIAL_BYTES = 64 * 1024 * 1024
+
+
+cdef Geom make_geom(tuple p, bint nhwc):
+    cdef Geom g
+    (g.N, g.C, g.H, g.W, g.K, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+     g.Ho, g.Wo, g.G) = p
+    g.Cg = g.C // g.G
+    g.Kg = g.K // g.G
+    g.khkw = g.kh * g.kw
+    g.ckk = g.Cg * g.khkw
+    g.P = g.Ho * g.Wo
+    g.nhwc = nhwc
+    g.direct = (g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1 and g.pt == 0
+                and g.pl == 0 and g.Ho == g.H and g.Wo == g.W)
+    return g
+
+
+cdef inline Py_ssize_t floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # b > 0; C division truncates toward zero.
+    cdef Py_ssize_t q = a // b
+    if (a % b != 0) and (a < 0):
+        q -= 1
+    return q
+
+
+cdef inline void valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t n_in,
+                             Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    # Output indices o with 0 <= o*s + off < n_in are exactly [lo, hi).
+    lo[0] = 0 if off >= 0 else floor_div(-off + s - 1, s)
+    hi[0] = 0 if n_in - 1 - off < 0 else floor_div(n_in - 1 - off, s) + 1
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
+cdef Py_ssize_t tile_pixels(const Geom* g, Py_ssize_t units, Py_ssize_t itemsize) noexcept nogil:
+    # Pixels per im2col tile: fill TILE_BYTES, then shrink so that at least
+    # MIN_ITEMS items exist across `units` independent (image, group) pairs.
+    cdef Py_ssize_t t = TILE_BYTES // (g.ckk * itemsize)
+    cdef Py_ssize_t want
+    if t < 16:
+        t = 16
+    elif t > 64:
+        t -= t % 16
+    if units * ((g.P + t - 1) // t) < MIN_ITEMS:
+        want = (MIN_ITEMS + units - 1) // units
+        t = (g.P + want - 1) // want
+        if t < 32:
+            t = 32
+    if t > g.P:
+        t = g.P
+    if t < 1:
+        t = 1
+    return t
+
+
+# ---------------------------------------------------------------- im2col tiles
+cdef void pack_nchw(const floating* xg, const Geom* g, Py_ssize_t p0, Py_ssize_t p1,
+                    floating* cols, Py_ssize_t ld) noexcept nogil:
+    # cols[r * ld + (q - p0)] = x[c, ih, iw] for rows r = (c, i, j) and pixels
+    # q in [p0, p1); xg points at channel 0 of the group.
+    cdef Py_ssize_t c, i, j, oh, qa, qb, ow_a, ow_b, ih, off, lo, hi, ow, a, b
+    cdef Py_ssize_t Wo = g.Wo, sw = g.sw
+    cdef const floating* src
+    cdef floating* d
+    for c in range(g.Cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                off = j * g.dw - g.pl
+                valid_range(off, sw, g.W, &lo, &hi)
+                for oh in range(p0 // Wo, (p1 - 1) // Wo + 1):
+                    qa = p0 if p0 > oh * Wo else oh * Wo
+                    qb = p1 if p1 < (oh + 1) * Wo else (oh + 1) * Wo
+                    ow_a = qa - oh * Wo
+                    ow_b = qb - oh * Wo
+                    d = cols + ((c * g.kh + i) * g.kw + j) * ld + (qa - p0) - ow_a
+                    ih = oh * g.sh - g.pt + i * g.dh
+                    if ih < 0 or ih >= g.H:
+                        memset(d + ow_a, 0, (ow_b - ow_a) * sizeof(floating))
+                        continue
+                    a = lo if lo > ow_a else ow_a
+                    b = hi if hi < ow_b else ow_b
+                    if b < a:
+                        b = a
+                    if a > ow_a:
+                        memset(d + ow_a, 0, (a - ow_a) * sizeof(floating))
+                    src = xg + (c * g.H + ih) * g.W + off
+                    if sw == 1:
+                        if b > a:
+                            memcpy(d + a, src + a, (b - a) * sizeof(floating))
+                    else:
+                        for ow in range(a, b):
+                            d[ow] = src[ow * sw]
+                    if ow_b > b:
+                        memset(d + b, 0, (ow_b - b) * sizeof(floating))
+
+
+cdef void scatter_nchw(floating* gxg, const Geom* g, Py_ssize_t p0, Py_ssize_t p1,
+                       const floating* cols, Py_ssize_t ld, Py_ssize_t h0,
+                       Py_ssize_t h1) noexcept nogil:
+    # Adjoint of pack_nchw restricted to input rows [h0, h1): gx += cols.
+    cdef Py_ssize_t c, i, j, oh, qa, qb, ow_a, ow_b, ih, off, lo, hi, ow, a, b
+    cdef Py_ssize_t Wo = g.Wo, sw = g.sw
+    cdef floating* dst
+    cdef const floating* s
+    for c in range(g.Cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                off = j * g.dw - g.pl
+                valid_range(off, sw, g.W, &lo, &hi)
+                for oh in range(p0 // Wo, (p1 - 1) // Wo + 1):
+                    ih = oh * g.sh - g.pt + i * g.dh
+                    if ih < h0 or ih >= h1:
+                        continue
+                    qa = p0 if p0 > oh * Wo else oh * Wo
+                    qb = p1 if p1 < (oh + 1) * Wo else (oh + 1) * Wo
+                    ow_a = qa - oh * Wo
+                    ow_b = qb - oh * Wo
+                    s = cols + ((c * g.kh + i) * g.kw + j) * ld + (qa - p0) - ow_a
+                    a = lo if lo > ow_a else ow_a
+                    b = hi if hi < ow_b else ow_b
+                    dst = gxg + (c * g.H + ih) * g.W + off
+                    if sw == 1:
+                        for ow in range(a, b):
+                            dst[ow] += s[ow]
+                    else:
+                        for ow in range(a, b):
+                            dst[ow * sw] += s[ow]
+
+
+cdef void pack_nhwc(const floating* xn, Py_ssize_t c0, const Geom* g, Py_ssize_t p0,
+                    Py_ssize_t p1, floating* cols, Py_ssize_t ld) noexcept nogil:
+    # Row (q - p0) of cols = the patch of pixel q, ordered (i, j, c) over the
+    # group's channels [c0, c0 + Cg); xn points at image n.
+    cdef Py_ssize_t q, oh, ow, i, j, ih, off, lo, hi, Cg = g.Cg
+    cdef floating* d
+    cdef floating* di
+    cdef const floating* src
+    # With one group and no dilation a patch row (i, j=lo..hi) is contiguous in x.
+    cdef bint rows_contiguous = g.G == 1 and g.dw == 1
+    for q in range(p0, p1):
+        oh = q // g.Wo
+        ow = q - oh * g.Wo
+        d = cols + (q - p0) * ld
+        off = ow * g.sw - g.pl
+        valid_range(off, g.dw, g.W, &lo, &hi)
+        if hi > g.kw:
+            hi = g.kw
+        if lo > hi:
+            lo = hi
+        for i in range(g.kh):
+            di = d + i * g.kw * Cg
+            ih = oh * g.sh - g.pt + i * g.dh
+            if ih < 0 or ih >= g.H:
+                memset(di, 0, g.kw * Cg * sizeof(floating))
+                continue
+            if lo > 0:
+                memset(di, 0, lo * Cg * sizeof(floating))
+            src = xn + (ih * g.W + off) * g.C + c0
+            if rows_contiguous:
+                memcpy(di + lo * Cg, src + lo * g.C, (hi - lo) * Cg * sizeof(floating))
+            else:
+                for j in range(lo, hi):
+                    memcpy(di + j * Cg, src + j * g.dw * g.C, Cg * sizeof(floating))
+            if hi < g.kw:
+                memset(di + hi * Cg, 0, (g.kw - hi) * Cg * sizeof(floating))
+
+
+cdef void scatter_nhwc(floating* gxn, Py_ssize_t c0, const Geom* g, Py_ssize_t p0,
+                       Py_ssize_t p1, const floating* cols, Py_ssize_t ld,
+                       Py_ssize_t h0, Py_ssize_t h1) noexcept nogil:
+    # Adjoint of pack_nhwc restricted to input rows [h0, h1).
+    cdef Py_ssize_t q, oh, ow, i, j, c, ih, off, lo, hi, Cg = g.Cg
+    cdef const floating* s
+    cdef floating* dst
+    for q in range(p0, p1):
+        oh = q // g.Wo
+        ow = q - oh * g.Wo
+        off = ow * g.sw - g.pl
+        valid_range(off, g.dw, g.W, &lo, &hi)
+        if hi > g.kw:
+            hi = g.kw
+        for i in range(g.kh):
+            ih = oh * g.sh - g.pt + i * g.dh
+            if ih < h0 or ih >= h1:
+                continue
+            for j in range(lo, hi):
+                s = cols + (q - p0) * ld + (i * g.kw + j) * Cg
+                dst = gxn + (ih * g.W + off + j * g.dw) * g.C + c0
+                for c in range(Cg):
+                    dst[c] += s[c]
+
+
+# ------------------------------------------------------------ work-item bodies
+cdef void forward_item(const floating* x, const floating* w, const floating* bias,
+                       floating* y, const Geom* g, Py_ssize_t n, Py_ssize_t grp,
+                       Py_ssize_t p0, Py_ssize_t p1, floating* cols) noexcept nogil:
+    cdef Py_ssize_t tp = p1 - p0, k, q
+    cdef const floating* b
+    cdef Py_ssize_t ldb
+    cdef floating* yt
+    cdef floating bk
+    if not g.nhwc:
+        if g.direct:
+            b = x + (n * g.C + grp * g.Cg) * g.P + p0
+            ldb = g.P
+        else:
+            pack_nchw(x + (n * g.C + grp * g.Cg) * g.H * g.W, g, p0, p1, cols, tp)
+            b = cols
+            ldb = tp
+        yt = y + (n * g.K + grp * g.Kg) * g.P + p0
+        gemm(False, False, g.Kg, tp, g.ckk, <floating>1, w + grp * g.Kg * g.ckk, g.ckk,
+             b, ldb, <floating>0, yt, g.P)
+        if bias != NULL:
+            for k in range(g.Kg):
+                bk = bias[grp * g.Kg + k]
+                for q in range(tp):
+                    yt[k * g.P + q] += bk
+    else:
+        if g.direct:
+            b = x + (n * g.P + p0) * g.C + grp * g.Cg
+            ldb = g.C
+        else:
+            pack_nhwc(x + n * g.H * g.W * g.C, grp * g.Cg, g, p0, p1, cols, g.ckk)
+            b = cols
+            ldb = g.ckk
+        yt = y + (n * g.P + p0) * g.K + grp * g.Kg
+        gemm(False, False, tp, g.Kg, g.ckk, <floating>1, b, ldb, w + grp * g.Kg, g.K,
+             <floating>0, yt, g.K)
+        if bias != NULL:
+            for q in range(tp):
+                for k in range(g.Kg):
+                    yt[q * g.K + k] += bias[grp * g.Kg + k]
+
+
+cdef void weight_grad_item(const floating* x, const floating* gy, floating* gw,
+                           const Geom* g, Py_ssize_t grp, Py_ssize_t t0, Py_ssize_t t1,
+                           Py_ssize_t ntiles, Py_ssize_t T, floating* cols) noexcept nogil:
+    # gw (this chunk's buffer, full weight shape) gets the group's block summed over
+    # tile items [t0, t1) in order; the first product overwrites.
+    cdef Py_ssize_t ti, n, p0, p1, tp
+    cdef const floating* a
+    cdef Py_ssize_t lda
+    cdef floating beta = 0
+    for ti in range(t0, t1):
+        n = ti // ntiles
+        p0 = (ti - n * ntiles) * T
+        p1 = p0 + T if p0 + T < g.P else g.P
+        tp = p1 - p0
+        if not g.nhwc:
+            if g.direct:
+                a = x + (n * g.C + grp * g.Cg) * g.P + p0
+                lda = g.P
+            else:
+                pack_nchw(x + (n * g.C + grp * g.Cg) * g.H * g.W, g, p0, p1, cols, tp)
+                a = cols
+                lda = tp
+            # gw_g (Kg x ckk) += gy_tile (Kg x tp) @ cols^T (tp x ckk)
+            gemm(False, True, g.Kg, g.ckk, tp, <floating>1,
+                 gy + (n * g.K + grp * g.Kg) * g.P + p0, g.P, a, lda, beta,
+                 gw + grp * g.Kg * g.ckk, g.ckk)
+        else:
+            if g.direct:
+                a = x + (n * g.P + p0) * g.C + grp * g.Cg
+                lda = g.C
+            else:
+                pack_nhwc(x + n * g.H * g.W * g.C, grp * g.Cg, g, p0, p1, cols, g.ckk)
+                a = cols
+                lda = g.ckk
+            # gw_g (ckk x Kg, ld K) += cols^T (ckk x tp) @ gy_tile (tp x Kg)
+            gemm(True, False, g.ckk, g.Kg, tp, <floating>1, a, lda,
+                 gy + (n * g.P + p0) * g.K + grp * g.Kg, g.K, beta,
+                 gw + grp * g.Kg, g.K)
+        beta = 1
+
+
+cdef void zero_rows(floating* gx, const Geom* g, Py_ssize_t n, Py_ssize_t grp,
+                    Py_ssize_t h0, Py_ssize_t h1) noexcept nogil:
+    cdef Py_ssize_t c, h, w
+    cdef floating* p
+    if not g.nhwc:
+        for c in range(grp * g.Cg, (grp + 1) * g.Cg):
+            memset(gx + ((n * g.C + c) * g.H + h0) * g.W, 0,
+                   (h1 - h0) * g.W * sizeof(floating))
+    elif g.G == 1:
+        memset(gx + (n * g.H + h0) * g.W * g.C, 0, (h1 - h0) * g.W * g.C * sizeof(floating))
+    else:
+        for h in range(h0, h1):
+            for w in range(g.W):
+                p = gx + ((n * g.H + h) * g.W + w) * g.C + grp * g.Cg
+                memset(p, 0, g.Cg * sizeof(floating))
+
+
+cdef void input_grad_item(const floating* gy, const floating* w, floating* gx,
+                          const Geom* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t h0,
+                          Py_ssize_t h1, Py_ssize_t T, floating* gcols) noexcept nogil:
+    # gx rows [h0, h1) of (image n, group grp): recompute the im2col-gradient for
+    # every output row that reaches them, tile by tile, and gather-add.
+    cdef Py_ssize_t oh_lo, oh_hi, p0, p1, q0, q1, tp
+    if g.direct:
+        # 1x1 stride 1: gx rows are exactly the output pixels [h0*W, h1*W).
+        q0 = h0 * g.W
+        q1 = h1 * g.W
+        if not g.nhwc:
+            gemm(True, False, g.Cg, q1 - q0, g.Kg, <floating>1, w + grp * g.Kg * g.ckk,
+                 g.ckk, gy + (n * g.K + grp * g.Kg) * g.P + q0, g.P, <floating>0,
+                 gx + (n * g.C + grp * g.Cg) * g.P + q0, g.P)
+        else:
+            gemm(False, True, q1 - q0, g.Cg, g.Kg, <floating>1,
+                 gy + (n * g.P + q0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg, g.K,
+                 <floating>0, gx + (n * g.P + q0) * g.C + grp * g.Cg, g.C)
+        return
+    zero_rows(gx, g, n, grp, h0, h1)
+    oh_lo = floor_div(h0 + g.pt - (g.kh - 1) * g.dh + g.sh - 1, g.sh)
+    if oh_lo < 0:
+        oh_lo = 0
+    oh_hi = floor_div(h1 - 1 + g.pt, g.sh)
+    if oh_hi > g.Ho - 1:
+        oh_hi = g.Ho - 1
+    if oh_lo > oh_hi:
+        return
+    q0 = oh_lo * g.Wo
+    q1 = (oh_hi + 1) * g.Wo
+    p0 = q0
+    while p0 < q1:
+        p1 = p0 + T if p0 + T < q1 else q1
+        tp = p1 - p0
+        if not g.nhwc:
+            # gcols (ckk x tp) = w_g^T (ckk x Kg) @ gy_tile (Kg x tp)
+            gemm(True, False, g.ckk, tp, g.Kg, <floating>1, w + grp * g.Kg * g.ckk, g.ckk,
+                 gy + (n * g.K + grp * g.Kg) * g.P + p0, g.P, <floating>0, gcols, tp)
+            scatter_nchw(gx + (n * g.C + grp * g.Cg) * g.H * g.W, g, p0, p1, gcols, tp,
+                         h0, h1)
+        else:
+            # gcols (tp x ckk) = gy_tile (tp x Kg) @ w_g^T (Kg x ckk)
+            gemm(False, True, tp, g.ckk, g.Kg, <floating>1,
+                 gy + (n * g.P + p0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg, g.K,
+                 <floating>0, gcols, g.ckk)
+            scatter_nhwc(gx + n * g.H * g.W * g.C, grp * g.Cg, g, p0, p1, gcols, g.ckk,
+                         h0, h1)
+        p0 = p1
+
+
+cdef void bias_grad_block(const floating* gy, floating* gb, Py_ssize_t rows, Py_ssize_t K,
+                          Py_ssize_t k0) noexcept nogil:
+    # Channels [k0, k0 + 16) of an (rows, K) gradient, summed row by row in float64.
+    cdef double accs[16]
+    cdef Py_ssize_t q, k, nk = K - k0 if K - k0 < 16 else 16
+    for k in range(16):
+        accs[k] = 0
+    for q in range(rows):
+        for k in range(nk):
+            accs[k] = accs[k] + gy[q * K + k0 + k]
+    for k in range(nk):
+        gb[k0 + k] = <floating>accs[k]
+
+
+# -------------------------------------------------------------- entry points
+def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[::1] bias,
+                   floating[::1] y, tuple geom, bint nhwc, int num_threads):
+    """y = conv(x, w) + bias on flat C-contiguous buffers (geometry in ``geom``)."""
+    cdef Geom g = make_geom(geom, nhwc)
+    cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
+    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
+    cdef Py_ssize_t nitems = g.N * g.G * ntiles
+    cdef Py_ssize_t it, n, grp, t, p0, p1
+    cdef const floating* bp = &bias[0] if bias is not None else NULL
+    cdef floating* cols
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    if nitems == 0 or g.K == 0:
+        return
+    with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+        cols = NULL
+        if not g.direct:
+            cols = <floating*>malloc((g.ckk * T + 1) * sizeof(floating))
+        for it in prange(nitems, schedule="dynamic"):
+            if cols == NULL and not g.direct:
+                failed_p[0] = 1
+                continue
+            if not g.nhwc:
+                n = it // (g.G * ntiles)
+                grp = (it // ntiles) % g.G
+            else:
+                n = it // (ntiles * g.G)
+                grp = it % g.G
+            t = (it // g.G) % ntiles if g.nhwc else it % ntiles
+            p0 = t * T
+            p1 = p0 + T if p0 + T < g.P else g.P
+            forward_item(&x[0], &w[0], bp, &y[0], &g, n, grp, p0, p1, cols)
+        free(cols)
+    if failed:
+        raise MemoryError("conv2d: could not allocate im2col scratch")
+
+
+def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[::1] gw,
+                       tuple geom, bint nhwc, int num_threads):
+    """gw = sum over images and pixels of gy (x) patches; fixed-order chunk reduction."""
+    cdef Geom g = make_geom(geom, nhwc)
+    cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
+    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
+    cdef Py_ssize_t ntile_items = g.N * ntiles
+    cdef Py_ssize_t wsize = g.K * g.ckk
+    cdef Py_ssize_t nchunks, per, nitems, it, ci, grp, t0, t1, e, e0, e1, nblk
+    cdef floating* partial
+    cdef floating* cols
+    cdef floating acc
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    if wsize == 0:
+        return
+    if ntile_items == 0:
+        memset(&gw[0], 0, wsize * sizeof(floating))
+        return
+    nchunks = ntile_items if ntile_items < MAX_CHUNKS else MAX_CHUNKS
+    while nchunks > 1 and nchunks * wsize * sizeof(floating) > MAX_PARTIAL_BYTES:
+        nchunks //= 2
+    per = (ntile_items + nchunks - 1) // nchunks
+    nchunks = (ntile_items + per - 1) // per
+    if nchunks == 1:
+        partial = &gw[0]
+    else:
+        partial = <floating*>malloc(nchunks * wsize * sizeof(floating))
+        if partial == NULL:
+            raise MemoryError("conv2d_backward: could not allocate weight-gradient partials")
+    nitems = nchunks * g.G
+    with nogil:
+        with parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+            cols = NULL
+            if not g.direct:
+                cols = <floating*>malloc((g.ckk * T + 1) * sizeof(floating))
+            for it in prange(nitems, schedule="dynamic"):
+                if cols == NULL and not g.direct:
+                    failed_p[0] = 1
+                    continue
+                ci = it // g.G
+                grp = it % g.G
+                t0 = ci * per
+                t1 = t0 + per if t0 + per < ntile_items else ntile_items
+                weight_grad_item(&x[0], &gy[0], partial + ci * wsize, &g, grp, t0, t1,
+                                 ntiles, T, cols)
+            free(cols)
+        if nchunks > 1 and not failed:
+            nblk = (wsize + 4095) // 4096
+            for it in prange(nblk, num_threads=num_threads,
+                             use_threads_if=num_threads > 1 and nblk > 1):
+                e0 = it * 4096
+                e1 = e0 + 4096 if e0 + 4096 < wsize else wsize
+                for e in range(e0, e1):
+                    acc = partial[e]
+                    for ci in range(1, nchunks):
+                        acc = acc + partial[ci * wsize + e]
+                    gw[e] = acc
+    if nchunks > 1:
+        free(partial)
+    if failed:
+        raise MemoryError("conv2d_backward: could not allocate im2col scratch")
+
+
+def conv2d_input_grad(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
+                      tuple geom, bint nhwc, int num_threads):
+    """gx = col2im(w^T gy): items own disjoint input rows, so no write conflicts."""
+    cdef Geom g = make_geom(geom, nhwc)
+    cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
+    cdef Py_ssize_t units = g.N * g.G
+    cdef Py_ssize_t nhb, hbs, nitems, it, n, grp, hb, h0, h1
+    cdef floating* gcols
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    if units == 0 or g.C == 0:
+        return
+    if g.K == 0:
+        memset(&gx[0], 0, g.N * g.C * g.H * g.W * sizeof(floating))
+        return
+    # Row blocks only when there are too few (image, group) pairs: every block
+    # recomputes the output rows its halo needs.
+    nhb = (MIN_ITEMS + units - 1) // units
+    if nhb > g.H:
+        nhb = g.H
+    hbs = (g.H + nhb - 1) // nhb
+    nhb = (g.H + hbs - 1) // hbs
+    nitems = units * nhb
+    with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+        gcols = NULL
+        if not g.direct:
+            gcols = <floating*>malloc((g.ckk * T + 1) * sizeof(floating))
+        for it in prange(nitems, schedule="dynamic"):
+            if gcols == NULL and not g.direct:
+                failed_p[0] = 1
+                continue
+            n = it // (g.G * nhb)
+            grp = (it // nhb) % g.G
+            hb = it % nhb
+            h0 = hb * hbs
+            h1 = h0 + hbs if h0 + hbs < g.H else g.H
+            input_grad_item(&gy[0], &w[0], &gx[0], &g, n, grp, h0, h1, T, gcols)
+        free(gcols)
+    if failed:
+        raise MemoryError("conv2d_backward: could not allocate col2im scratch")
+
+
+def conv2d_bias_grad(const floating[::1] gy, floating[::1] gb, tuple geom, bint nhwc,
+                     int num_threads):
+    """gb[k] = sum of gy over images and pixels, accumulated in float64 in a fixed order."""
+    cdef Geom g = make_geom(geom, nhwc)
+    cdef Py_ssize_t k, n, q, nblk, it, rows = g.N * g.P
+    cdef double acc
+    with nogil:
+        if not g.nhwc:
+            for k in prange(g.K, num_threads=num_threads,
+                            use_threads_if=num_threads > 1 and g.K > 1):
+                acc = 0
+                for n in range(g.N):
+                    for q in range(g.P):
+                        acc = acc + gy[(n * g.K + k) * g.P + q]
+                gb[k] = <floating>acc
+        else:
+            nblk = (g.K + 15) // 16
+            for it in prange(nblk, num_threads=num_threads,
+                             use_threads_if=num_threads > 1 and nblk > 1):
+                bias_grad_block(&gy[0], &gb[0], rows, g.K, it * 16)
+
+
+def im2col(const floating[::1] x, floating[::1] cols, tuple geom, bint nhwc,
+           int num_threads):
+    """Unfold x into cols: NCHW (N, C*kh*kw, P) rows (c, i, j); NHWC (N, P, kh*kw*C)."""
+    cdef Geom g = make_geom(geom, nhwc)
+    cdef Py_ssize_t T = tile_pixels(&g, g.N, sizeof(floating))
+    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
+    cdef Py_ssize_t nitems = g.N * ntiles
+    cdef Py_ssize_t it, n, p0, p1
+    if nitems == 0 or g.ckk == 0:
+        return
+    with nogil:
+        for it in prange(nitems, num_threads=num_threads, schedule="dynamic",
+                         use_threads_if=num_threads > 1 and nitems > 1):
+            n = it // ntiles
+            p0 = (it % ntiles) * T
+            p1 = p0 + T if p0 + T < g.P else g.P
+            if not g.nhwc:
+                pack_nchw(&x[0] + n * g.C * g.H * g.W, &g, p0, p1,
+                          &cols[0] + n * g.ckk * g.P + p0, g.P)
+            else:
+                pack_nhwc(&x[0] + n * g.H * g.W * g.C, 0, &g, p0, p1,
+                          &cols[0] + (n * g.P + p0) * g.ckk, g.ckk)
+
+
+def col2im(const floating[::1] cols, floating[::1] x, tuple geom, bint nhwc,
+           int num_threads):
+    """Fold cols back (the adjoint of im2col): overlapping patches are summed."""
+    cdef Geom g = make_geom(geom, nhwc)
+    cdef Py_ssize_t nhb, hbs, nitems, it, n, hb, h0, h1, oh_lo, oh_hi, q0, q1
+    if g.N == 0 or g.C == 0 or g.H == 0 or g.W == 0:
+        return
+    nhb = (MIN_ITEMS + g.N - 1) // g.N
+    if nhb > g.H:
+        nhb = g.H
+    hbs = (g.H + nhb - 1) // nhb
+    nhb = (g.H + hbs - 1) // hbs
+    nitems = g.N * nhb
+    with nogil:
+        for it in prange(nitems, num_threads=num_threads, schedule="dynamic",
+                         use_threads_if=num_threads > 1 and nitems > 1):
+            n = it // nhb
+            hb = it % nhb
+            h0 = hb * hbs
+            h1 = h0 + hbs if h0 + hbs < g.H else g.H
+            zero_rows(&x[0], &g, n, 0, h0, h1)
+            oh_lo = floor_div(h0 + g.pt - (g.kh - 1) * g.dh + g.sh - 1, g.sh)
+            if oh_lo < 0:
+                oh_lo = 0
+            oh_hi = floor_div(h1 - 1 + g.pt, g.sh)
+            if oh_hi > g.Ho - 1:
+                oh_hi = g.Ho - 1
+            if oh_lo > oh_hi:
+                continue
+            q0 = oh_lo * g.Wo
+            q1 = (oh_hi + 1) * g.Wo
+            if not g.nhwc:
+                scatter_nchw(&x[0] + n * g.C * g.H * g.W, &g, q0, q1,
+                             &cols[0] + n * g.ckk * g.P + q0, g.P, h0, h1)
+            else:
+                scatter_nhwc(&x[0] + n * g.H * g.W * g.C, 0, &g, q0, q1,
+                             &cols[0] + (n * g.P + q0) * g.ckk, g.ckk, h0, h1)
