@@ -185,13 +185,41 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     dtype = result_dtype(x, weight, bias)
     buf, target = prepare_out(out, geom.out_shape, dtype, fn, (x, weight, bias))
     if buf.size:
-        xc = contiguous(x, dtype).reshape(-1)
-        wc = contiguous(weight, dtype).reshape(-1)
-        bc = None if bias is None else contiguous(bias, dtype)
-        with blas_single_thread():
-            _conv.conv2d_forward(xc, wc, bc, buf.reshape(-1), geom.kernel_args(), geom.nhwc,
-                                 get_num_threads())
+        _forward(x, weight, bias, buf, geom, dtype)
     return finish_out(buf, target)
+
+
+def _pad_input(x, geom, dtype):
+    """x zero-padded on its spatial axes, C-contiguous, as (array, Hp, Wp)."""
+    Hp = geom.H + geom.pt + geom.pb
+    Wp = geom.W + geom.pl + geom.pr
+    if Hp == geom.H and Wp == geom.W:
+        return contiguous(x, dtype), Hp, Wp
+    if geom.nhwc:
+        xp = np.zeros((geom.N, Hp, Wp, geom.C), dtype=dtype)
+        xp[:, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W, :] = x
+    else:
+        xp = np.zeros((geom.N, geom.C, Hp, Wp), dtype=dtype)
+        xp[:, :, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W] = x
+    return xp, Hp, Wp
+
+
+def _forward(x, weight, bias, buf, geom, dtype):
+    xc = contiguous(x, dtype)
+    wc = contiguous(weight, dtype).reshape(-1)
+    bc = None if bias is None else contiguous(bias, dtype)
+    kg = geom.K // geom.groups
+    direct = (geom.kh == geom.kw == 1 and geom.sh == geom.sw == 1 and geom.pt == geom.pl == 0
+              and geom.Ho == geom.H and geom.Wo == geom.W)
+    # Stride 1: the kernel reads shifted rows of the padded image (no im2col copy).
+    # Measured faster than packed tiles on every stride-1 default shape; NHWC needs
+    # enough output channels per group to fill the vector width (see SMALL_K).
+    implicit = geom.sh == geom.sw == 1 and not direct and (not geom.nhwc or kg >= 16)
+    xpad, Hp, Wp = _pad_input(x, geom, dtype) if implicit else (None, 0, 0)
+    with blas_single_thread():
+        _conv.conv2d_forward(xc.reshape(-1), wc, bc, buf.reshape(-1), geom.kernel_args(),
+                             geom.nhwc, get_num_threads(),
+                             None if xpad is None else xpad.reshape(-1), Hp, Wp)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1,

@@ -13,6 +13,19 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
 from fastnn_ext._blas cimport gemm
+from fastnn_ext._ukernel cimport ugemm, fastnn_ukernel_pick, fastnn_ukernel_level, FASTNN_UGEMM_SCRATCH
+
+import os as _os
+
+
+def _pick_ukernel():
+    """Select the SIMD path of the register-blocked kernel (FASTNN_UKERNEL_MAX caps it:
+    0 baseline, 1 AVX2+FMA, 2 AVX-512). Returns the level in use."""
+    cap = _os.environ.get("FASTNN_UKERNEL_MAX", "")
+    return fastnn_ukernel_pick(int(cap) if cap.strip().isdigit() else -1)
+
+
+UKERNEL_LEVEL = _pick_ukernel()
 
 
 cdef struct Geom:
@@ -21,15 +34,18 @@ cdef struct Geom:
     bint nhwc, direct        # direct: 1x1, stride 1, no padding -> x is its own im2col
 
 
-# Scratch budget for one im2col tile. A tile of this size, the GEMM's packed panels
-# and the output tile fit together in a Zen 4 core's 1 MiB L2 (and leave room on
-# 512 KiB L2 parts); larger tiles measured slower on the default shapes, smaller
-# ones pay more per-GEMM overhead.
-DEF TILE_BYTES = 256 * 1024
+# Scratch budget for one im2col tile (per thread): half of a Zen 4 core's 1 MiB L2,
+# leaving the rest for the weight panel and the output tile. Measured on one thread
+# (N64 C16 32x32 K32 k3 forward): 64 KiB 11.0 ms, 256 KiB 9.8 ms, 512 KiB 9.5 ms;
+# 1-2 MiB gained nothing more and would crowd a 512 KiB-L2 part.
+DEF TILE_BYTES = 512 * 1024
 # Work items wanted per call so that small batches still spread over the cores.
 DEF MIN_ITEMS = 8
 # Partial weight-gradient buffers (reduced in a fixed order afterwards).
 DEF MAX_CHUNKS = 16
+# NHWC products vectorise along output channels: below this many per group the
+# register-blocked kernel would mostly multiply padding, so BLAS takes them.
+DEF SMALL_K = 16
 DEF MAX_PARTIAL_BYTES = 64 * 1024 * 1024
 
 
@@ -87,44 +103,70 @@ cdef Py_ssize_t tile_pixels(const Geom* g, Py_ssize_t units, Py_ssize_t itemsize
 
 
 # ---------------------------------------------------------------- im2col tiles
+cdef inline void fill_zero(floating* d, Py_ssize_t n) noexcept nogil:
+    # Inline loops instead of memset/memcpy: the runs are short (a row of a tile),
+    # where a libc call costs more than the copy itself.
+    cdef Py_ssize_t k
+    for k in range(n):
+        d[k] = 0
+
+
+cdef inline void copy_run(floating* d, const floating* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        d[k] = s[k]
+
+
+DEF MAX_KW = 64   # column bounds of up to this many kernel columns are precomputed
+
+
 cdef void pack_nchw(const floating* xg, const Geom* g, Py_ssize_t p0, Py_ssize_t p1,
                     floating* cols, Py_ssize_t ld) noexcept nogil:
     # cols[r * ld + (q - p0)] = x[c, ih, iw] for rows r = (c, i, j) and pixels
     # q in [p0, p1); xg points at channel 0 of the group.
     cdef Py_ssize_t c, i, j, oh, qa, qb, ow_a, ow_b, ih, off, lo, hi, ow, a, b
     cdef Py_ssize_t Wo = g.Wo, sw = g.sw
+    cdef Py_ssize_t los[MAX_KW]
+    cdef Py_ssize_t his[MAX_KW]
     cdef const floating* src
     cdef floating* d
+    # Integer divisions cost more than a short copy: hoist the column bounds.
+    for j in range(g.kw if g.kw < MAX_KW else MAX_KW):
+        valid_range(j * g.dw - g.pl, sw, g.W, &los[j], &his[j])
     for c in range(g.Cg):
         for i in range(g.kh):
-            for j in range(g.kw):
-                off = j * g.dw - g.pl
-                valid_range(off, sw, g.W, &lo, &hi)
-                for oh in range(p0 // Wo, (p1 - 1) // Wo + 1):
-                    qa = p0 if p0 > oh * Wo else oh * Wo
-                    qb = p1 if p1 < (oh + 1) * Wo else (oh + 1) * Wo
-                    ow_a = qa - oh * Wo
-                    ow_b = qb - oh * Wo
+            for oh in range(p0 // Wo, (p1 - 1) // Wo + 1):
+                qa = p0 if p0 > oh * Wo else oh * Wo
+                qb = p1 if p1 < (oh + 1) * Wo else (oh + 1) * Wo
+                ow_a = qa - oh * Wo
+                ow_b = qb - oh * Wo
+                ih = oh * g.sh - g.pt + i * g.dh
+                for j in range(g.kw):
                     d = cols + ((c * g.kh + i) * g.kw + j) * ld + (qa - p0) - ow_a
-                    ih = oh * g.sh - g.pt + i * g.dh
                     if ih < 0 or ih >= g.H:
-                        memset(d + ow_a, 0, (ow_b - ow_a) * sizeof(floating))
+                        fill_zero(d + ow_a, ow_b - ow_a)
                         continue
+                    off = j * g.dw - g.pl
+                    if j < MAX_KW:
+                        lo = los[j]
+                        hi = his[j]
+                    else:
+                        valid_range(off, sw, g.W, &lo, &hi)
+                    # [a, b) = the copied part of [ow_a, ow_b); both clamped into it.
                     a = lo if lo > ow_a else ow_a
+                    if a > ow_b:
+                        a = ow_b
                     b = hi if hi < ow_b else ow_b
                     if b < a:
                         b = a
-                    if a > ow_a:
-                        memset(d + ow_a, 0, (a - ow_a) * sizeof(floating))
+                    fill_zero(d + ow_a, a - ow_a)
                     src = xg + (c * g.H + ih) * g.W + off
                     if sw == 1:
-                        if b > a:
-                            memcpy(d + a, src + a, (b - a) * sizeof(floating))
+                        copy_run(d + a, src + a, b - a)
                     else:
                         for ow in range(a, b):
                             d[ow] = src[ow * sw]
-                    if ow_b > b:
-                        memset(d + b, 0, (ow_b - b) * sizeof(floating))
+                    fill_zero(d + b, ow_b - b)
 
 
 cdef void scatter_nchw(floating* gxg, const Geom* g, Py_ssize_t p0, Py_ssize_t p1,
@@ -164,7 +206,7 @@ cdef void pack_nhwc(const floating* xn, Py_ssize_t c0, const Geom* g, Py_ssize_t
                     Py_ssize_t p1, floating* cols, Py_ssize_t ld) noexcept nogil:
     # Row (q - p0) of cols = the patch of pixel q, ordered (i, j, c) over the
     # group's channels [c0, c0 + Cg); xn points at image n.
-    cdef Py_ssize_t q, oh, ow, i, j, ih, off, lo, hi, Cg = g.Cg
+    cdef Py_ssize_t q, oh, ow, i, j, ih, off, lo, hi, Cg = g.Cg, rowlen = g.kw * g.Cg
     cdef floating* d
     cdef floating* di
     cdef const floating* src
@@ -181,21 +223,19 @@ cdef void pack_nhwc(const floating* xn, Py_ssize_t c0, const Geom* g, Py_ssize_t
         if lo > hi:
             lo = hi
         for i in range(g.kh):
-            di = d + i * g.kw * Cg
+            di = d + i * rowlen
             ih = oh * g.sh - g.pt + i * g.dh
             if ih < 0 or ih >= g.H:
-                memset(di, 0, g.kw * Cg * sizeof(floating))
+                fill_zero(di, rowlen)
                 continue
-            if lo > 0:
-                memset(di, 0, lo * Cg * sizeof(floating))
+            fill_zero(di, lo * Cg)
             src = xn + (ih * g.W + off) * g.C + c0
             if rows_contiguous:
-                memcpy(di + lo * Cg, src + lo * g.C, (hi - lo) * Cg * sizeof(floating))
+                copy_run(di + lo * Cg, src + lo * g.C, (hi - lo) * Cg)
             else:
                 for j in range(lo, hi):
-                    memcpy(di + j * Cg, src + j * g.dw * g.C, Cg * sizeof(floating))
-            if hi < g.kw:
-                memset(di + hi * Cg, 0, (g.kw - hi) * Cg * sizeof(floating))
+                    copy_run(di + j * Cg, src + j * g.dw * g.C, Cg)
+            fill_zero(di + hi * Cg, (g.kw - hi) * Cg)
 
 
 cdef void scatter_nhwc(floating* gxn, Py_ssize_t c0, const Geom* g, Py_ssize_t p0,
@@ -226,12 +266,13 @@ cdef void scatter_nhwc(floating* gxn, Py_ssize_t c0, const Geom* g, Py_ssize_t p
 # ------------------------------------------------------------ work-item bodies
 cdef void forward_item(const floating* x, const floating* w, const floating* bias,
                        floating* y, const Geom* g, Py_ssize_t n, Py_ssize_t grp,
-                       Py_ssize_t p0, Py_ssize_t p1, floating* cols) noexcept nogil:
-    cdef Py_ssize_t tp = p1 - p0, k, q
+                       Py_ssize_t p0, Py_ssize_t p1, floating* cols, Py_ssize_t* aoff,
+                       Py_ssize_t* boff, floating* scratch) noexcept nogil:
+    # One output tile: im2col into cols, then the register-blocked kernel straight
+    # from the tile (BLAS would copy the tile once more into its own panels).
+    cdef Py_ssize_t tp = p1 - p0, r, ldb
     cdef const floating* b
-    cdef Py_ssize_t ldb
-    cdef floating* yt
-    cdef floating bk
+    cdef const floating* bg = bias + grp * g.Kg if bias != NULL else NULL
     if not g.nhwc:
         if g.direct:
             b = x + (n * g.C + grp * g.Cg) * g.P + p0
@@ -240,14 +281,12 @@ cdef void forward_item(const floating* x, const floating* w, const floating* bia
             pack_nchw(x + (n * g.C + grp * g.Cg) * g.H * g.W, g, p0, p1, cols, tp)
             b = cols
             ldb = tp
-        yt = y + (n * g.K + grp * g.Kg) * g.P + p0
-        gemm(False, False, g.Kg, tp, g.ckk, <floating>1, w + grp * g.Kg * g.ckk, g.ckk,
-             b, ldb, <floating>0, yt, g.P)
-        if bias != NULL:
-            for k in range(g.Kg):
-                bk = bias[grp * g.Kg + k]
-                for q in range(tp):
-                    yt[k * g.P + q] += bk
+        for r in range(g.ckk):
+            aoff[r] = r
+            boff[r] = r * ldb
+        # y_tile (Kg x tp) = w_g (Kg x ckk) @ cols (ckk x tp) + bias per row
+        ugemm(g.Kg, tp, g.ckk, w + grp * g.Kg * g.ckk, g.ckk, aoff, b, boff,
+              y + (n * g.K + grp * g.Kg) * g.P + p0, g.P, False, bg, <floating*>NULL, scratch)
     else:
         if g.direct:
             b = x + (n * g.P + p0) * g.C + grp * g.Cg
@@ -256,13 +295,68 @@ cdef void forward_item(const floating* x, const floating* w, const floating* bia
             pack_nhwc(x + n * g.H * g.W * g.C, grp * g.Cg, g, p0, p1, cols, g.ckk)
             b = cols
             ldb = g.ckk
-        yt = y + (n * g.P + p0) * g.K + grp * g.Kg
-        gemm(False, False, tp, g.Kg, g.ckk, <floating>1, b, ldb, w + grp * g.Kg, g.K,
-             <floating>0, yt, g.K)
-        if bias != NULL:
-            for q in range(tp):
-                for k in range(g.Kg):
-                    yt[q * g.K + k] += bias[grp * g.Kg + k]
+        if g.Kg < SMALL_K:
+            # Too few output channels to fill the kernel's vector width: BLAS.
+            gemm(False, False, tp, g.Kg, g.ckk, <floating>1, b, ldb, w + grp * g.Kg, g.K,
+                 <floating>0, y + (n * g.P + p0) * g.K + grp * g.Kg, g.K)
+            if bg != NULL:
+                for r in range(tp):
+                    for ldb in range(g.Kg):
+                        y[(n * g.P + p0 + r) * g.K + grp * g.Kg + ldb] += bg[ldb]
+            return
+        for r in range(g.ckk):
+            aoff[r] = r
+            boff[r] = r * g.K
+        # y_tile (tp x Kg) = cols (tp x ckk) @ w_g (ckk x Kg) + bias per column
+        ugemm(tp, g.Kg, g.ckk, b, ldb, aoff, w + grp * g.Kg, boff,
+              y + (n * g.P + p0) * g.K + grp * g.Kg, g.K, False, <floating*>NULL, bg, scratch)
+
+
+cdef void implicit_tables(const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t* aoff,
+                          Py_ssize_t* boff) noexcept nogil:
+    # Offsets of kernel tap r = (c, i, j) (NCHW) or (i, j, c) (NHWC) in the padded image.
+    cdef Py_ssize_t c, i, j, r
+    for c in range(g.Cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                if not g.nhwc:
+                    r = (c * g.kh + i) * g.kw + j
+                    aoff[r] = r
+                    boff[r] = c * Hp * Wp + i * g.dh * Wp + j * g.dw
+                else:
+                    r = (i * g.kw + j) * g.Cg + c
+                    aoff[r] = (i * g.dh * Wp + j * g.dw) * g.C + c
+                    boff[r] = r * g.K
+
+
+cdef void implicit_item(const floating* xp, const floating* w, const floating* bias,
+                        floating* y, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp,
+                        Py_ssize_t n, Py_ssize_t grp, Py_ssize_t oh0, Py_ssize_t oh1,
+                        const Py_ssize_t* aoff, const Py_ssize_t* boff, floating* tmp,
+                        floating* scratch) noexcept nogil:
+    # Stride-1 output rows [oh0, oh1) read straight from the padded image: no im2col.
+    cdef Py_ssize_t tq, k, oh, ow
+    cdef const floating* bg = bias + grp * g.Kg if bias != NULL else NULL
+    cdef const floating* src
+    cdef floating* dst
+    if not g.nhwc:
+        # Columns run over the padded width: column q = (oh - oh0) * Wp + ow. The
+        # Wp - Wo columns past each row's end are computed and dropped; stopping at
+        # the last row's Wo keeps every read inside the group's channels.
+        tq = (oh1 - oh0 - 1) * Wp + g.Wo
+        ugemm(g.Kg, tq, g.ckk, w + grp * g.Kg * g.ckk, g.ckk, aoff,
+              xp + (n * g.C + grp * g.Cg) * Hp * Wp + oh0 * Wp, boff, tmp, tq, False, bg,
+              <floating*>NULL, scratch)
+        for k in range(g.Kg):
+            for oh in range(oh0, oh1):
+                src = tmp + k * tq + (oh - oh0) * Wp
+                dst = y + ((n * g.K + grp * g.Kg + k) * g.Ho + oh) * g.Wo
+                copy_run(dst, src, g.Wo)
+    else:
+        for oh in range(oh0, oh1):
+            ugemm(g.Wo, g.Kg, g.ckk, xp + ((n * Hp + oh) * Wp) * g.C + grp * g.Cg, g.C, aoff,
+                  w + grp * g.Kg, boff, y + (n * g.P + oh * g.Wo) * g.K + grp * g.Kg, g.K,
+                  False, <floating*>NULL, bg, scratch)
 
 
 cdef void weight_grad_item(const floating* x, const floating* gy, floating* gw,
@@ -389,40 +483,79 @@ cdef void bias_grad_block(const floating* gy, floating* gb, Py_ssize_t rows, Py_
 
 # -------------------------------------------------------------- entry points
 def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[::1] bias,
-                   floating[::1] y, tuple geom, bint nhwc, int num_threads):
-    """y = conv(x, w) + bias on flat C-contiguous buffers (geometry in ``geom``)."""
+                   floating[::1] y, tuple geom, bint nhwc, int num_threads,
+                   const floating[::1] xpad=None, Py_ssize_t Hp=0, Py_ssize_t Wp=0):
+    """y = conv(x, w) + bias on flat C-contiguous buffers (geometry in ``geom``).
+
+    With ``xpad`` (x zero-padded to Hp x Wp, stride 1 only) the kernel reads
+    shifted rows of the padded image instead of packing im2col tiles.
+    """
     cdef Geom g = make_geom(geom, nhwc)
+    cdef bint implicit = xpad is not None
     cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
-    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
-    cdef Py_ssize_t nitems = g.N * g.G * ntiles
-    cdef Py_ssize_t it, n, grp, t, p0, p1
+    cdef Py_ssize_t ntiles, nitems, rows, want, it, n, grp, t, p0, p1
+    cdef Py_ssize_t tmp_size = 0, scratch_size
     cdef const floating* bp = &bias[0] if bias is not None else NULL
+    cdef const floating* xpp = &xpad[0] if implicit else NULL
     cdef floating* cols
+    cdef floating* tmp
+    cdef Py_ssize_t* tables
     cdef int failed = 0
     cdef int* failed_p = &failed
-    if nitems == 0 or g.K == 0:
+    if g.N * g.G == 0 or g.K == 0 or g.P == 0:
         return
-    with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
-        cols = NULL
+    if implicit:
+        # Output rows per item: the NCHW row tile (Kg x rows x Wp) fills TILE_BYTES,
+        # then shrinks until there are MIN_ITEMS items.
+        rows = TILE_BYTES // (g.Kg * Wp * <Py_ssize_t>sizeof(floating)) if not g.nhwc else g.Ho
+        if rows < 1:
+            rows = 1
+        want = (MIN_ITEMS + g.N * g.G - 1) // (g.N * g.G)
+        if (g.Ho + rows - 1) // rows < want:
+            rows = (g.Ho + want - 1) // want
+        if rows > g.Ho:
+            rows = g.Ho
+        T = rows
+        ntiles = (g.Ho + rows - 1) // rows
+        if not g.nhwc:
+            tmp_size = g.Kg * rows * Wp
+    else:
+        ntiles = (g.P + T - 1) // T
         if not g.direct:
-            cols = <floating*>malloc((g.ckk * T + 1) * sizeof(floating))
+            tmp_size = g.ckk * T
+    tmp_size = (tmp_size + 15) // 16 * 16   # keep the kernel scratch (offset table) aligned
+    nitems = g.N * g.G * ntiles
+    scratch_size = tmp_size + FASTNN_UGEMM_SCRATCH(g.ckk)
+    with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+        tmp = <floating*>malloc(scratch_size * sizeof(floating))
+        tables = <Py_ssize_t*>malloc((2 * g.ckk + 1) * sizeof(Py_ssize_t))
+        if implicit and tables != NULL:
+            implicit_tables(&g, Hp, Wp, tables, tables + g.ckk)
         for it in prange(nitems, schedule="dynamic"):
-            if cols == NULL and not g.direct:
+            if tmp == NULL or tables == NULL:
                 failed_p[0] = 1
                 continue
             if not g.nhwc:
                 n = it // (g.G * ntiles)
                 grp = (it // ntiles) % g.G
+                t = it % ntiles
             else:
                 n = it // (ntiles * g.G)
                 grp = it % g.G
-            t = (it // g.G) % ntiles if g.nhwc else it % ntiles
+                t = (it // g.G) % ntiles
             p0 = t * T
-            p1 = p0 + T if p0 + T < g.P else g.P
-            forward_item(&x[0], &w[0], bp, &y[0], &g, n, grp, p0, p1, cols)
-        free(cols)
+            if implicit:
+                p1 = p0 + T if p0 + T < g.Ho else g.Ho
+                implicit_item(xpp, &w[0], bp, &y[0], &g, Hp, Wp, n, grp, p0, p1, tables,
+                              tables + g.ckk, tmp, tmp + tmp_size)
+            else:
+                p1 = p0 + T if p0 + T < g.P else g.P
+                forward_item(&x[0], &w[0], bp, &y[0], &g, n, grp, p0, p1, tmp, tables,
+                             tables + g.ckk, tmp + tmp_size)
+        free(tmp)
+        free(tables)
     if failed:
-        raise MemoryError("conv2d: could not allocate im2col scratch")
+        raise MemoryError("conv2d: could not allocate scratch")
 
 
 def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[::1] gw,
@@ -614,3 +747,17 @@ def col2im(const floating[::1] cols, floating[::1] x, tuple geom, bint nhwc,
             else:
                 scatter_nhwc(&x[0] + n * g.H * g.W * g.C, 0, &g, q0, q1,
                              &cols[0] + (n * g.P + q0) * g.ckk, g.ckk, h0, h1)
+
+
+def _ugemm_check(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out):
+    """Test hook: out = a @ b through the register-blocked kernel (plain strides)."""
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1], r
+    cdef Py_ssize_t* tables = <Py_ssize_t*>malloc((2 * K + 1) * sizeof(Py_ssize_t))
+    cdef floating* scratch = <floating*>malloc(FASTNN_UGEMM_SCRATCH(K) * sizeof(floating))
+    for r in range(K):
+        tables[r] = r
+        tables[K + r] = r * N
+    ugemm(M, N, K, &a[0, 0], K, tables, &b[0, 0], tables + K, &out[0, 0], N, False,
+          <floating*>NULL, <floating*>NULL, scratch)
+    free(tables)
+    free(scratch)

@@ -1,0 +1,90 @@
+"""Measure what this machine can do, so kernel rates can be read as a fraction of it.
+
+Two ceilings, both measured at the start of a run with the benchmark's thread count:
+
+* **GEMM**: float32 ``A @ B`` of two 2048x2048 matrices through NumPy's BLAS
+  (``2 * n**3`` FLOPs, best of several). A compute-bound kernel's GFLOP/s is reported
+  as a percentage of this: a convolution built on GEMM cannot beat its own GEMM.
+* **Copy**: ``np.copyto`` between two 256 MB float32 arrays (far beyond any cache),
+  counting the bytes read plus the bytes written (best of several; the array is
+  split across threads when more than one is used, and the better of the single- and
+  multi-threaded rates is the ceiling). Memory-bound kernels report GB/s against it.
+
+Best-of (not median) is right here: a ceiling is what the machine reaches when
+nothing disturbs it; noise only ever makes a run slower.
+"""
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["measure_limits", "gemm_gflops", "copy_gbps"]
+
+
+def _blas_limits(n_threads):
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=n_threads, user_api="blas")
+
+
+def gemm_gflops(n_threads, size=2048, repeats=5, seed=0):
+    """Best float32 GEMM rate in GFLOP/s of ``size x size`` matrices with BLAS on n threads."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    c = np.empty((size, size), dtype=np.float32)
+    flops = 2.0 * size ** 3
+    best = float("inf")
+    with _blas_limits(n_threads):
+        np.matmul(a, b, out=c)  # warm up: BLAS thread pool, pages of c
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+    return {"gflops": flops / best / 1e9, "size": size, "seconds": best, "repeats": repeats,
+            "threads": n_threads, "how": f"numpy.matmul float32 {size}x{size} @ {size}x{size}, best of {repeats}"}
+
+
+def _copy_rate(dst, src, n_threads, repeats, pool):
+    if n_threads <= 1 or pool is None:
+        def run():
+            np.copyto(dst, src)
+    else:
+        # np.copyto releases the GIL for plain dtypes, so chunks copy in parallel.
+        bounds = np.linspace(0, src.size, n_threads + 1).astype(int)
+        pairs = [(dst[lo:hi], src[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+        def run():
+            list(pool.map(lambda p: np.copyto(p[0], p[1]), pairs))
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * src.nbytes / best / 1e9, best
+
+
+def copy_gbps(n_threads, megabytes=256, repeats=5):
+    """Best memory-copy rate in GB/s (read + write bytes) of ``megabytes``-sized arrays."""
+    n = megabytes * 2 ** 20 // 4
+    src = np.full(n, 1.5, dtype=np.float32)
+    dst = np.full(n, -1.0, dtype=np.float32)  # touch every page before timing
+    single, t_single = _copy_rate(dst, src, 1, repeats, None)
+    multi = t_multi = None
+    if n_threads > 1:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            multi, t_multi = _copy_rate(dst, src, n_threads, repeats, pool)
+    best = max(single, multi or 0.0)
+    del src, dst
+    return {"gbps": best, "gbps_1_thread": single, "gbps_n_threads": multi, "megabytes": megabytes,
+            "repeats": repeats, "threads": n_threads,
+            "how": f"np.copyto float32 {megabytes} MB, read+write bytes, best of {repeats}"}
+
+
+def measure_limits(n_threads, quick=False):
+    """Measure the GEMM and copy ceilings; returns a dict (also stored in --json)."""
+    repeats = 3 if quick else 5
+    t0 = time.perf_counter()
+    gemm = gemm_gflops(n_threads, repeats=repeats)
+    copy = copy_gbps(n_threads, repeats=repeats)
+    return {"gemm": gemm, "copy": copy, "seconds": time.perf_counter() - t0}

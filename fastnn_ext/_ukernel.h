@@ -1,0 +1,142 @@
+/* Register-blocked GEMM kernels with runtime CPU dispatch (AVX-512 / AVX2+FMA /
+ * baseline). Each path is compiled with its own target attribute, so a portable
+ * build (no -march) still runs AVX-512 code on a CPU that has it. */
+#ifndef FASTNN_UKERNEL_H
+#define FASTNN_UKERNEL_H
+#include <stddef.h>
+
+#define UK_CAT_(a, b) a##b
+#define UK_CAT(a, b) UK_CAT_(a, b)
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define FASTNN_X86_DISPATCH 1
+#endif
+
+#ifdef FASTNN_X86_DISPATCH
+/* AVX-512: 8 rows x 32 floats (16 zmm accumulators). */
+#define UK_TARGET __attribute__((target("avx512f,fma")))
+#define UK_T float
+#define UK_VW 16
+#define UK_MR 8
+#define UK_NV 2
+#define UK_NAME fastnn_sgemm_avx512
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#define UK_T double
+#define UK_VW 8
+#define UK_NAME fastnn_dgemm_avx512
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#undef UK_MR
+#undef UK_NV
+#undef UK_TARGET
+/* AVX2 + FMA: 6 rows x 16 floats (12 ymm accumulators). */
+#define UK_TARGET __attribute__((target("avx2,fma")))
+#define UK_MR 6
+#define UK_NV 2
+#define UK_T float
+#define UK_VW 8
+#define UK_NAME fastnn_sgemm_avx2
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#define UK_T double
+#define UK_VW 4
+#define UK_NAME fastnn_dgemm_avx2
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#undef UK_MR
+#undef UK_NV
+#undef UK_TARGET
+#endif
+
+/* Baseline (whatever the build flags allow): 4 rows x 8 floats. */
+#define UK_TARGET
+#define UK_MR 4
+#define UK_NV 2
+#define UK_T float
+#define UK_VW 4
+#define UK_NAME fastnn_sgemm_base
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#define UK_T double
+#define UK_VW 2
+#define UK_NAME fastnn_dgemm_base
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#undef UK_MR
+#undef UK_NV
+#undef UK_TARGET
+
+/* 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512; FASTNN_UKERNEL_MAX caps it (tests, debugging). */
+static int fastnn_ukernel_level = -1;
+
+static int fastnn_ukernel_pick(int cap)
+{
+    int level = 0;
+#ifdef FASTNN_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        level = 1;
+    if (__builtin_cpu_supports("avx512f"))
+        level = 2;
+#endif
+    if (cap >= 0 && level > cap)
+        level = cap;
+    fastnn_ukernel_level = level;
+    return level;
+}
+
+static void fastnn_ugemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t sam,
+                           const ptrdiff_t *aoff, const float *b, const ptrdiff_t *boff,
+                           float *c, ptrdiff_t ldc,
+                           int accumulate, const float *bias_row, const float *bias_col,
+                           float *scratch)
+{
+#ifdef FASTNN_X86_DISPATCH
+    if (fastnn_ukernel_level == 2) {
+        fastnn_sgemm_avx512(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        return;
+    }
+    if (fastnn_ukernel_level == 1) {
+        fastnn_sgemm_avx2(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        return;
+    }
+#endif
+    fastnn_sgemm_base(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+}
+
+static void fastnn_ugemm_d(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *a, ptrdiff_t sam,
+                           const ptrdiff_t *aoff, const double *b, const ptrdiff_t *boff,
+                           double *c, ptrdiff_t ldc,
+                           int accumulate, const double *bias_row, const double *bias_col,
+                           double *scratch)
+{
+#ifdef FASTNN_X86_DISPATCH
+    if (fastnn_ukernel_level == 2) {
+        fastnn_dgemm_avx512(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        return;
+    }
+    if (fastnn_ukernel_level == 1) {
+        fastnn_dgemm_avx2(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        return;
+    }
+#endif
+    fastnn_dgemm_base(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+}
+
+/* Scratch elements fastnn_ugemm_* needs for a product with inner dimension K
+ * (a padded panel, an output block, a bias row, then K offsets of 8 bytes). */
+#define FASTNN_UGEMM_SCRATCH(K) ((K) * 32 + 8 * 32 + 32 + 2 * (K) + 8)
+#endif

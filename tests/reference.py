@@ -1,0 +1,263 @@
+"""Float64 pure-NumPy references for the fastnn kernels.
+
+Written from the definitions in SPEC.md, independently of fastnn: nothing here
+imports fastnn. Everything is computed in float64 on the NCHW / OIHW layout; the
+NHWC / HWIO forms are plain transposes of it, so one obviously-right core serves
+both layouts.
+
+Geometry conventions (SPEC.md, "Convolution"):
+
+* padding: int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
+  (TensorFlow's rule, see :func:`same_padding`);
+* Ho = floor((H + top + bottom - d*(kh-1) - 1) / s) + 1;
+* output pixel (oh, ow), kernel tap (i, j) reads padded input row
+  oh*sh + i*dh and column ow*sw + j*dw (cross-correlation).
+"""
+import numpy as np
+
+__all__ = [
+    "same_padding", "normalize_padding", "out_size", "conv_out_hw",
+    "to_nchw", "from_nchw", "weight_to_oihw", "weight_from_oihw",
+    "patches_nchw", "im2col", "col2im", "conv2d", "conv2d_backward",
+    "conv2d_naive", "rel_err",
+]
+
+
+# ------------------------------------------------------------------ geometry
+def _pair(v):
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    a, b = v
+    return int(a), int(b)
+
+
+def same_padding(in_size, k, s, d):
+    """TensorFlow "same" padding for one axis: (before, after).
+
+    out = ceil(in / s); total = max((out - 1) * s + (k - 1) * d + 1 - in, 0);
+    before = total // 2; after = total - before.
+
+    >>> same_padding(5, 3, 2, 1)
+    (1, 1)
+    >>> same_padding(6, 3, 2, 1)   # the odd extra row goes after
+    (0, 1)
+    >>> same_padding(4, 1, 3, 1)
+    (0, 0)
+    """
+    out = (in_size + s - 1) // s
+    total = (out - 1) * s + (k - 1) * d + 1 - in_size
+    if total < 0:
+        total = 0
+    before = total // 2
+    return before, total - before
+
+
+def normalize_padding(padding, hw, ksize, stride, dilation):
+    """Any SPEC padding form as ((top, bottom), (left, right))."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            return (same_padding(hw[0], ksize[0], stride[0], dilation[0]),
+                    same_padding(hw[1], ksize[1], stride[1], dilation[1]))
+        raise ValueError(padding)
+    if isinstance(padding, (int, np.integer)):
+        p = int(padding)
+        return (p, p), (p, p)
+    ph, pw = padding
+    return _pair(ph), _pair(pw)
+
+
+def out_size(in_size, pad_before, pad_after, k, s, d):
+    """floor((in + before + after - d*(k-1) - 1) / s) + 1 (may be < 1)."""
+    return (in_size + pad_before + pad_after - d * (k - 1) - 1) // s + 1
+
+
+def conv_out_hw(hw, ksize, stride=1, padding=0, dilation=1):
+    """(Ho, Wo) and the normalised padding for a spatial size ``hw``."""
+    ksize, stride, dilation = _pair(ksize), _pair(stride), _pair(dilation)
+    (pt, pb), (pl, pr) = normalize_padding(padding, hw, ksize, stride, dilation)
+    ho = out_size(hw[0], pt, pb, ksize[0], stride[0], dilation[0])
+    wo = out_size(hw[1], pl, pr, ksize[1], stride[1], dilation[1])
+    return (ho, wo), ((pt, pb), (pl, pr))
+
+
+# ------------------------------------------------------------------ layouts
+def to_nchw(x, layout):
+    x = np.asarray(x, dtype=np.float64)
+    return x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
+
+
+def from_nchw(y, layout):
+    return y.transpose(0, 2, 3, 1) if layout == "NHWC" else y
+
+
+def weight_to_oihw(w, layout):
+    """(K, C/g, kh, kw) from the layout's weight; HWIO (kh, kw, C/g, K) for NHWC."""
+    w = np.asarray(w, dtype=np.float64)
+    return w.transpose(3, 2, 0, 1) if layout == "NHWC" else w
+
+
+def weight_from_oihw(w, layout):
+    return w.transpose(2, 3, 1, 0) if layout == "NHWC" else w
+
+
+# ------------------------------------------------------------------ patches
+def _geometry(hw, ksize, stride, padding, dilation):
+    ksize, stride, dilation = _pair(ksize), _pair(stride), _pair(dilation)
+    (ho, wo), pads = conv_out_hw(hw, ksize, stride, padding, dilation)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"output would be {ho}x{wo}")
+    return ksize, stride, dilation, pads, ho, wo
+
+
+def patches_nchw(x, ksize, stride=1, padding=0, dilation=1):
+    """P[n, c, i, j, oh, ow] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw] (float64).
+
+    x is NCHW; the result has shape (N, C, kh, kw, Ho, Wo).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (dh, dw), ((pt, pb), (pl, pr)), ho, wo = _geometry(
+        (H, W), ksize, stride, padding, dilation)
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    P = np.empty((N, C, kh, kw, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            P[:, :, i, j] = xp[:, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw]
+    return P
+
+
+def _fold_nchw(P, x_shape, ksize, stride, padding, dilation):
+    """Adjoint of :func:`patches_nchw`: sum P[n, c, i, j, oh, ow] into its pixel."""
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (dh, dw), ((pt, pb), (pl, pr)), ho, wo = _geometry(
+        (H, W), ksize, stride, padding, dilation)
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            # Within one tap (i, j) the strided slice hits each pixel at most once,
+            # so += is an exact scatter-add here; overlaps come from different taps.
+            xp[:, :, r0:r0 + sh * (ho - 1) + 1:sh, c0:c0 + sw * (wo - 1) + 1:sw] += P[:, :, i, j]
+    return xp[:, :, pt:pt + H, pl:pl + W].copy()
+
+
+def im2col(x, ksize, stride=1, padding=0, dilation=1, layout="NCHW"):
+    """NCHW: (N, C*kh*kw, Ho*Wo) rows (c, i, j); NHWC: (N, Ho*Wo, kh*kw*C) columns (i, j, c)."""
+    P = patches_nchw(to_nchw(x, layout), ksize, stride, padding, dilation)
+    N, C, kh, kw, ho, wo = P.shape
+    if layout == "NHWC":
+        return P.transpose(0, 4, 5, 2, 3, 1).reshape(N, ho * wo, kh * kw * C)
+    return P.reshape(N, C * kh * kw, ho * wo)
+
+
+def col2im(cols, x_shape, ksize, stride=1, padding=0, dilation=1, layout="NCHW"):
+    """Adjoint of :func:`im2col` (overlapping patches summed), shaped ``x_shape``."""
+    cols = np.asarray(cols, dtype=np.float64)
+    if layout == "NHWC":
+        N, H, W, C = x_shape
+    else:
+        N, C, H, W = x_shape
+    ksize = _pair(ksize)
+    (ho, wo), _ = conv_out_hw((H, W), ksize, stride, padding, dilation)
+    kh, kw = ksize
+    if layout == "NHWC":
+        P = cols.reshape(N, ho, wo, kh, kw, C).transpose(0, 5, 3, 4, 1, 2)
+    else:
+        P = cols.reshape(N, C, kh, kw, ho, wo)
+    x = _fold_nchw(P, (N, C, H, W), ksize, stride, padding, dilation)
+    return from_nchw(x, layout)
+
+
+# ------------------------------------------------------------------ conv2d
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"):
+    """Cross-correlation in float64, any layout / geometry of SPEC.md."""
+    xn = to_nchw(x, layout)
+    w = weight_to_oihw(weight, layout)
+    N, C, H, W = xn.shape
+    K, Cg, kh, kw = w.shape
+    G = groups
+    assert C == G * Cg and K % G == 0
+    P = patches_nchw(xn, (kh, kw), stride, padding, dilation)
+    ho, wo = P.shape[-2:]
+    Pg = P.reshape(N, G, Cg, kh, kw, ho, wo)
+    wg = w.reshape(G, K // G, Cg, kh, kw)
+    y = np.einsum("ngcijhw,gkcij->ngkhw", Pg, wg).reshape(N, K, ho, wo)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return from_nchw(y, layout)
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    layout="NCHW"):
+    """(grad_x, grad_weight, grad_bias) of :func:`conv2d`, in float64.
+
+    The forward is y[n,g,k] = sum_{c,i,j} w[g,k,c,i,j] P[n,g,c,i,j]; its adjoint
+    sends grad_y back through the same patch tensor (grad_w = sum_n gy P) and
+    through the transpose of the patch extraction (grad_x = fold(w^T gy)).
+    """
+    xn = to_nchw(x, layout)
+    w = weight_to_oihw(weight, layout)
+    gy = to_nchw(grad_y, layout)
+    N, C, H, W = xn.shape
+    K, Cg, kh, kw = w.shape
+    G = groups
+    P = patches_nchw(xn, (kh, kw), stride, padding, dilation)
+    ho, wo = P.shape[-2:]
+    Pg = P.reshape(N, G, Cg, kh, kw, ho, wo)
+    wg = w.reshape(G, K // G, Cg, kh, kw)
+    gyg = gy.reshape(N, G, K // G, ho, wo)
+    grad_w = np.einsum("ngcijhw,ngkhw->gkcij", Pg, gyg).reshape(K, Cg, kh, kw)
+    gP = np.einsum("gkcij,ngkhw->ngcijhw", wg, gyg).reshape(N, C, kh, kw, ho, wo)
+    grad_x = _fold_nchw(gP, (N, C, H, W), (kh, kw), stride, padding, dilation)
+    grad_b = gy.sum(axis=(0, 2, 3))
+    return from_nchw(grad_x, layout), weight_from_oihw(grad_w, layout), grad_b
+
+
+def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                 layout="NCHW"):
+    """The definition as seven nested Python loops (tiny sizes only).
+
+    Used to check :func:`conv2d` itself; shares nothing with it but the layout
+    transposes and the padding normalisation.
+    """
+    xn = to_nchw(x, layout)
+    w = weight_to_oihw(weight, layout)
+    N, C, H, W = xn.shape
+    K, Cg, kh, kw = w.shape
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    (pt, pb), (pl, pr) = normalize_padding(padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
+    ho = out_size(H, pt, pb, kh, sh, dh)
+    wo = out_size(W, pl, pr, kw, sw, dw)
+    Kg = K // groups
+    y = np.zeros((N, K, ho, wo))
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for oh in range(ho):
+                for ow in range(wo):
+                    acc = 0.0 if bias is None else float(bias[k])
+                    for c in range(Cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                ih = oh * sh - pt + i * dh
+                                iw = ow * sw - pl + j * dw
+                                if 0 <= ih < H and 0 <= iw < W:
+                                    acc += w[k, c, i, j] * xn[n, g * Cg + c, ih, iw]
+                    y[n, k, oh, ow] = acc
+    return from_nchw(y, layout)
+
+
+# ------------------------------------------------------------------ comparison
+def rel_err(got, ref):
+    """Norm-wise relative error ||got - ref|| / ||ref|| (absolute when ref is 0)."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    diff = np.linalg.norm((got - ref).ravel())
+    scale = np.linalg.norm(ref.ravel())
+    return diff / scale if scale > 0 else diff
