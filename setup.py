@@ -96,6 +96,7 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,
+        depends=["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h"],
     )
     for name in MODULES
 ]

@@ -5,11 +5,16 @@ import sys
 import numpy as np
 
 
+_UKERNEL_NAMES = {0: "baseline", 1: "AVX2+FMA", 2: "AVX-512"}
+
+
 def config():
     """Return the configuration as a dict (what :func:`show_config` prints)."""
     import fastnn
     from fastnn import _threads
     from fastnn_ext._config import build_info
+
+    from fastnn_ext._conv import UKERNEL_LEVEL
 
     info = build_info()
     return {
@@ -21,6 +26,7 @@ def config():
         "openmp": info["openmp"],
         "openmp_version": info["openmp_version"],
         "simd_baseline": info["simd_baseline"],
+        "simd_runtime": _UKERNEL_NAMES.get(UKERNEL_LEVEL, str(UKERNEL_LEVEL)),
         "blas": _threads.blas_info(),
         "num_threads": _threads.get_num_threads(),
         "cpus_available": _threads._available_cpus(),
@@ -44,7 +50,8 @@ def show_config(file=None):
         f"  flags          : {c['flags']}",
         "  OpenMP         : " + (f"yes (version {c['openmp_version']})" if c["openmp"]
                                  else "no (kernels run single-threaded)"),
-        f"  SIMD baseline  : {', '.join(c['simd_baseline'])}",
+        f"  SIMD baseline  : {', '.join(c['simd_baseline'])} (compile-time flags)",
+        f"  SIMD kernels   : {c['simd_runtime']} (chosen at run time; FASTNN_UKERNEL_MAX caps it)",
         f"  threads        : {c['num_threads']} (CPUs available: {c['cpus_available']}, "
         f"OMP_NUM_THREADS={c['OMP_NUM_THREADS'] or 'unset'})",
     ]

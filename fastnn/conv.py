@@ -189,37 +189,57 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return finish_out(buf, target)
 
 
-def _pad_input(x, geom, dtype):
-    """x zero-padded on its spatial axes, C-contiguous, as (array, Hp, Wp)."""
-    Hp = geom.H + geom.pt + geom.pb
-    Wp = geom.W + geom.pl + geom.pr
-    if Hp == geom.H and Wp == geom.W:
-        return contiguous(x, dtype), Hp, Wp
+def _phase_split(x, geom, dtype):
+    """x zero-padded and split by stride phase, as (array, Hq, Wq).
+
+    NCHW gives (N, C, sh, sw, Hq, Wq) with ``xq[n, c, a, b, u, v] =
+    xpad[n, c, u*sh + a, v*sw + b]`` (NHWC: (N, sh, sw, Hq, Wq, C)), so that every
+    kernel tap of a strided convolution reads a contiguous run. For stride 1 it is
+    just the padded image (and x itself when there is no padding).
+    """
+    sh, sw = geom.sh, geom.sw
+    Hq = -(-(geom.H + geom.pt + geom.pb) // sh)
+    Wq = -(-(geom.W + geom.pl + geom.pr) // sw)
+    if sh == sw == 1 and Hq == geom.H and Wq == geom.W:
+        return contiguous(x, dtype), Hq, Wq
+    hs, ws = slice(geom.pt, geom.pt + geom.H), slice(geom.pl, geom.pl + geom.W)
     if geom.nhwc:
-        xp = np.zeros((geom.N, Hp, Wp, geom.C), dtype=dtype)
-        xp[:, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W, :] = x
+        xp = np.zeros((geom.N, Hq * sh, Wq * sw, geom.C), dtype=dtype)
+        xp[:, hs, ws, :] = x
+        if sh == sw == 1:
+            return xp, Hq, Wq
+        xq = xp.reshape(geom.N, Hq, sh, Wq, sw, geom.C).transpose(0, 2, 4, 1, 3, 5)
     else:
-        xp = np.zeros((geom.N, geom.C, Hp, Wp), dtype=dtype)
-        xp[:, :, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W] = x
-    return xp, Hp, Wp
+        xp = np.zeros((geom.N, geom.C, Hq * sh, Wq * sw), dtype=dtype)
+        xp[:, :, hs, ws] = x
+        if sh == sw == 1:
+            return xp, Hq, Wq
+        xq = xp.reshape(geom.N, geom.C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4)
+    return np.ascontiguousarray(xq), Hq, Wq
 
 
 def _forward(x, weight, bias, buf, geom, dtype):
-    xc = contiguous(x, dtype)
     wc = contiguous(weight, dtype).reshape(-1)
     bc = None if bias is None else contiguous(bias, dtype)
     kg = geom.K // geom.groups
     direct = (geom.kh == geom.kw == 1 and geom.sh == geom.sw == 1 and geom.pt == geom.pl == 0
               and geom.Ho == geom.H and geom.Wo == geom.W)
-    # Stride 1: the kernel reads shifted rows of the padded image (no im2col copy).
-    # Measured faster than packed tiles on every stride-1 default shape; NHWC needs
-    # enough output channels per group to fill the vector width (see SMALL_K).
-    implicit = geom.sh == geom.sw == 1 and not direct and (not geom.nhwc or kg >= 16)
-    xpad, Hp, Wp = _pad_input(x, geom, dtype) if implicit else (None, 0, 0)
+    # The kernel reads shifted rows of the padded, phase-split image (implicit
+    # im2col): measured faster than packed tiles on every default shape. NHWC
+    # vectorises along output channels and needs enough of them per group
+    # (fastnn_ext._conv SMALL_K); those shapes, and 1x1 stride-1 convolutions
+    # (x is its own im2col), take the packed path.
+    implicit = not direct and (not geom.nhwc or kg >= 16)
+    if implicit:
+        xq, Hq, Wq = _phase_split(x, geom, dtype)
+        xc = xq
+    else:
+        xq, Hq, Wq = None, 0, 0
+        xc = contiguous(x, dtype)
     with blas_single_thread():
         _conv.conv2d_forward(xc.reshape(-1), wc, bc, buf.reshape(-1), geom.kernel_args(),
                              geom.nhwc, get_num_threads(),
-                             None if xpad is None else xpad.reshape(-1), Hp, Wp)
+                             None if xq is None else xq.reshape(-1), Hq, Wq)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
@@ -274,8 +294,7 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
         if need_input_grad:
             grad_x = np.empty(geom.x_shape, dtype=dtype)
             if grad_x.size:
-                wc = contiguous(weight, dtype).reshape(-1)
-                _conv.conv2d_input_grad(gyc, wc, grad_x.reshape(-1), args, geom.nhwc, nt)
+                _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt)
         if need_weight_grad:
             grad_w = np.empty(weight.shape, dtype=dtype)
             if grad_w.size:
@@ -286,6 +305,30 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
         if grad_y.size:
             _conv.conv2d_bias_grad(gyc, grad_b, args, geom.nhwc, nt)
     return grad_x, grad_w, grad_b
+
+
+def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
+    """grad_x: a stride-1 convolution of grad_y with the flipped, transposed kernel
+    when that is expressible (it then runs on the fast forward kernel), else GEMM
+    tiles followed by a gather-add col2im."""
+    G, kh, kw = geom.groups, geom.kh, geom.kw
+    pads = ((kh - 1) * geom.dh - geom.pt, (kh - 1) * geom.dh - geom.pb,
+            (kw - 1) * geom.dw - geom.pl, (kw - 1) * geom.dw - geom.pr)
+    cg, kg = geom.C // G, geom.K // G
+    if geom.sh == geom.sw == 1 and min(pads) >= 0 and (not geom.nhwc or cg >= 16):
+        w = contiguous(weight, dtype)
+        if geom.nhwc:
+            wt = w.reshape(kh, kw, cg, G, kg)[::-1, ::-1].transpose(0, 1, 4, 3, 2)
+            wt = wt.reshape(kh, kw, kg, geom.C)
+        else:
+            wt = w.reshape(G, kg, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+            wt = wt.reshape(geom.C, kg, kh, kw)
+        tgeom = _Geometry("conv2d_backward", geom.layout, geom.out_shape, (kh, kw), geom.C, G,
+                          1, ((pads[0], pads[1]), (pads[2], pads[3])), (geom.dh, geom.dw))
+        _forward(grad_y, wt, None, grad_x, tgeom, dtype)
+        return
+    _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1), grad_x.reshape(-1),
+                            geom.kernel_args(), geom.nhwc, nt)
 
 
 def _patch_geometry(fn, x_shape, kernel_size, stride, padding, dilation, layout):

@@ -312,51 +312,57 @@ cdef void forward_item(const floating* x, const floating* w, const floating* bia
               y + (n * g.P + p0) * g.K + grp * g.Kg, g.K, False, <floating*>NULL, bg, scratch)
 
 
-cdef void implicit_tables(const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t* aoff,
+cdef void implicit_tables(const Geom* g, Py_ssize_t Hq, Py_ssize_t Wq, Py_ssize_t* aoff,
                           Py_ssize_t* boff) noexcept nogil:
-    # Offsets of kernel tap r = (c, i, j) (NCHW) or (i, j, c) (NHWC) in the padded image.
-    cdef Py_ssize_t c, i, j, r
+    # Offsets of kernel tap r = (c, i, j) (NCHW) or (i, j, c) (NHWC) in the
+    # phase-split padded image: tap row i*dh lands in phase (i*dh) % sh, shifted by
+    # (i*dh) // sh rows there (columns alike), so every tap reads a contiguous run.
+    cdef Py_ssize_t c, i, j, r, ph, shift, plane = Hq * Wq
     for c in range(g.Cg):
         for i in range(g.kh):
             for j in range(g.kw):
+                ph = ((i * g.dh) % g.sh) * g.sw + (j * g.dw) % g.sw
+                shift = ((i * g.dh) // g.sh) * Wq + (j * g.dw) // g.sw
                 if not g.nhwc:
                     r = (c * g.kh + i) * g.kw + j
                     aoff[r] = r
-                    boff[r] = c * Hp * Wp + i * g.dh * Wp + j * g.dw
+                    boff[r] = (c * g.sh * g.sw + ph) * plane + shift
                 else:
                     r = (i * g.kw + j) * g.Cg + c
-                    aoff[r] = (i * g.dh * Wp + j * g.dw) * g.C + c
+                    aoff[r] = (ph * plane + shift) * g.C + c
                     boff[r] = r * g.K
 
 
-cdef void implicit_item(const floating* xp, const floating* w, const floating* bias,
-                        floating* y, const Geom* g, Py_ssize_t Hp, Py_ssize_t Wp,
+cdef void implicit_item(const floating* xq, const floating* w, const floating* bias,
+                        floating* y, const Geom* g, Py_ssize_t Hq, Py_ssize_t Wq,
                         Py_ssize_t n, Py_ssize_t grp, Py_ssize_t oh0, Py_ssize_t oh1,
-                        const Py_ssize_t* aoff, const Py_ssize_t* boff, floating* tmp,
-                        floating* scratch) noexcept nogil:
-    # Stride-1 output rows [oh0, oh1) read straight from the padded image: no im2col.
-    cdef Py_ssize_t tq, k, oh, ow
-    cdef const floating* bg = bias + grp * g.Kg if bias != NULL else NULL
+                        Py_ssize_t k0, Py_ssize_t k1, const Py_ssize_t* aoff,
+                        const Py_ssize_t* boff, floating* tmp, floating* scratch) noexcept nogil:
+    # Output rows [oh0, oh1), channels [k0, k1) of the group, read straight from the
+    # phase-split padded image: no im2col copy.
+    cdef Py_ssize_t tq, k, oh, plane = Hq * Wq
+    cdef const floating* bg = bias + grp * g.Kg + k0 if bias != NULL else NULL
     cdef const floating* src
     cdef floating* dst
     if not g.nhwc:
-        # Columns run over the padded width: column q = (oh - oh0) * Wp + ow. The
-        # Wp - Wo columns past each row's end are computed and dropped; stopping at
+        # Columns run over the phase width: column q = (oh - oh0) * Wq + ow. The
+        # Wq - Wo columns past each row's end are computed and dropped; stopping at
         # the last row's Wo keeps every read inside the group's channels.
-        tq = (oh1 - oh0 - 1) * Wp + g.Wo
-        ugemm(g.Kg, tq, g.ckk, w + grp * g.Kg * g.ckk, g.ckk, aoff,
-              xp + (n * g.C + grp * g.Cg) * Hp * Wp + oh0 * Wp, boff, tmp, tq, False, bg,
-              <floating*>NULL, scratch)
-        for k in range(g.Kg):
+        tq = (oh1 - oh0 - 1) * Wq + g.Wo
+        ugemm(k1 - k0, tq, g.ckk, w + (grp * g.Kg + k0) * g.ckk, g.ckk, aoff,
+              xq + (n * g.C + grp * g.Cg) * g.sh * g.sw * plane + oh0 * Wq, boff, tmp, tq,
+              False, bg, <floating*>NULL, scratch)
+        for k in range(k1 - k0):
             for oh in range(oh0, oh1):
-                src = tmp + k * tq + (oh - oh0) * Wp
-                dst = y + ((n * g.K + grp * g.Kg + k) * g.Ho + oh) * g.Wo
+                src = tmp + k * tq + (oh - oh0) * Wq
+                dst = y + ((n * g.K + grp * g.Kg + k0 + k) * g.Ho + oh) * g.Wo
                 copy_run(dst, src, g.Wo)
     else:
         for oh in range(oh0, oh1):
-            ugemm(g.Wo, g.Kg, g.ckk, xp + ((n * Hp + oh) * Wp) * g.C + grp * g.Cg, g.C, aoff,
-                  w + grp * g.Kg, boff, y + (n * g.P + oh * g.Wo) * g.K + grp * g.Kg, g.K,
-                  False, <floating*>NULL, bg, scratch)
+            ugemm(g.Wo, g.Kg, g.ckk, xq + (n * g.sh * g.sw * plane + oh * Wq) * g.C + grp * g.Cg,
+                  g.C, aoff, w + grp * g.Kg, boff,
+                  y + (n * g.P + oh * g.Wo) * g.K + grp * g.Kg, g.K, False,
+                  <floating*>NULL, bg, scratch)
 
 
 cdef void weight_grad_item(const floating* x, const floating* gy, floating* gw,
@@ -484,70 +490,82 @@ cdef void bias_grad_block(const floating* gy, floating* gb, Py_ssize_t rows, Py_
 # -------------------------------------------------------------- entry points
 def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[::1] bias,
                    floating[::1] y, tuple geom, bint nhwc, int num_threads,
-                   const floating[::1] xpad=None, Py_ssize_t Hp=0, Py_ssize_t Wp=0):
+                   const floating[::1] xq=None, Py_ssize_t Hq=0, Py_ssize_t Wq=0):
     """y = conv(x, w) + bias on flat C-contiguous buffers (geometry in ``geom``).
 
-    With ``xpad`` (x zero-padded to Hp x Wp, stride 1 only) the kernel reads
-    shifted rows of the padded image instead of packing im2col tiles.
+    With ``xq`` -- x zero-padded and split by stride phase, NCHW (N, C, sh, sw, Hq, Wq)
+    or NHWC (N, sh, sw, Hq, Wq, C) -- the kernel reads shifted rows of it directly
+    (implicit im2col); without it, im2col tiles are packed.
     """
     cdef Geom g = make_geom(geom, nhwc)
-    cdef bint implicit = xpad is not None
+    cdef bint implicit = xq is not None
     cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
-    cdef Py_ssize_t ntiles, nitems, rows, want, it, n, grp, t, p0, p1
-    cdef Py_ssize_t tmp_size = 0, scratch_size
+    cdef Py_ssize_t ntiles, nkb = 1, kbs, nitems, rows, want, it, n, grp, t, p0, p1, k0, k1
+    cdef Py_ssize_t units = g.N * g.G, tmp_size = 0, scratch_size
     cdef const floating* bp = &bias[0] if bias is not None else NULL
-    cdef const floating* xpp = &xpad[0] if implicit else NULL
-    cdef floating* cols
+    cdef const floating* xqp = &xq[0] if implicit else NULL
     cdef floating* tmp
     cdef Py_ssize_t* tables
     cdef int failed = 0
     cdef int* failed_p = &failed
-    if g.N * g.G == 0 or g.K == 0 or g.P == 0:
+    if units == 0 or g.K == 0 or g.P == 0:
         return
     if implicit:
-        # Output rows per item: the NCHW row tile (Kg x rows x Wp) fills TILE_BYTES,
-        # then shrinks until there are MIN_ITEMS items.
-        rows = TILE_BYTES // (g.Kg * Wp * <Py_ssize_t>sizeof(floating)) if not g.nhwc else g.Ho
+        if not g.nhwc:
+            # Row tiles whose output block (Kg x rows x Wq) fills TILE_BYTES. Too few
+            # items: split the output channels first (each block still runs whole
+            # 8-row kernel blocks over full-width panels), then the rows.
+            rows = TILE_BYTES // (g.Kg * Wq * <Py_ssize_t>sizeof(floating))
+            if rows < 1:
+                rows = 1
+            if rows > g.Ho:
+                rows = g.Ho
+            ntiles = (g.Ho + rows - 1) // rows
+            want = (MIN_ITEMS + units * ntiles - 1) // (units * ntiles)
+            if want > 1 and g.Kg >= 64:
+                nkb = want if want < g.Kg // 32 else g.Kg // 32
+            want = (MIN_ITEMS + units * nkb - 1) // (units * nkb)
+            if ntiles < want:
+                rows = (g.Ho + want - 1) // want
+            tmp_size = g.Kg * rows * Wq
+        else:
+            rows = (g.Ho + MIN_ITEMS - 1) // MIN_ITEMS if units < MIN_ITEMS else g.Ho
+            want = (MIN_ITEMS + units - 1) // units
+            rows = (g.Ho + want - 1) // want
         if rows < 1:
             rows = 1
-        want = (MIN_ITEMS + g.N * g.G - 1) // (g.N * g.G)
-        if (g.Ho + rows - 1) // rows < want:
-            rows = (g.Ho + want - 1) // want
-        if rows > g.Ho:
-            rows = g.Ho
         T = rows
         ntiles = (g.Ho + rows - 1) // rows
-        if not g.nhwc:
-            tmp_size = g.Kg * rows * Wp
     else:
         ntiles = (g.P + T - 1) // T
         if not g.direct:
             tmp_size = g.ckk * T
+    kbs = (g.Kg + nkb - 1) // nkb
+    kbs = (kbs + 7) // 8 * 8
+    nkb = (g.Kg + kbs - 1) // kbs
     tmp_size = (tmp_size + 15) // 16 * 16   # keep the kernel scratch (offset table) aligned
-    nitems = g.N * g.G * ntiles
     scratch_size = tmp_size + FASTNN_UGEMM_SCRATCH(g.ckk)
+    nitems = units * ntiles * nkb
     with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
         tmp = <floating*>malloc(scratch_size * sizeof(floating))
         tables = <Py_ssize_t*>malloc((2 * g.ckk + 1) * sizeof(Py_ssize_t))
         if implicit and tables != NULL:
-            implicit_tables(&g, Hp, Wp, tables, tables + g.ckk)
+            implicit_tables(&g, Hq, Wq, tables, tables + g.ckk)
         for it in prange(nitems, schedule="dynamic"):
             if tmp == NULL or tables == NULL:
                 failed_p[0] = 1
                 continue
-            if not g.nhwc:
-                n = it // (g.G * ntiles)
-                grp = (it // ntiles) % g.G
-                t = it % ntiles
-            else:
-                n = it // (ntiles * g.G)
-                grp = it % g.G
-                t = (it // g.G) % ntiles
+            # item = ((n, grp), tile, k-block), k-block fastest
+            n = it // (g.G * ntiles * nkb)
+            grp = (it // (ntiles * nkb)) % g.G
+            t = (it // nkb) % ntiles
+            k0 = (it % nkb) * kbs
+            k1 = k0 + kbs if k0 + kbs < g.Kg else g.Kg
             p0 = t * T
             if implicit:
                 p1 = p0 + T if p0 + T < g.Ho else g.Ho
-                implicit_item(xpp, &w[0], bp, &y[0], &g, Hp, Wp, n, grp, p0, p1, tables,
-                              tables + g.ckk, tmp, tmp + tmp_size)
+                implicit_item(xqp, &w[0], bp, &y[0], &g, Hq, Wq, n, grp, p0, p1, k0, k1,
+                              tables, tables + g.ckk, tmp, tmp + tmp_size)
             else:
                 p1 = p0 + T if p0 + T < g.P else g.P
                 forward_item(&x[0], &w[0], bp, &y[0], &g, n, grp, p0, p1, tmp, tables,
