@@ -84,8 +84,10 @@ cdef inline void valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t n_in,
 cdef Py_ssize_t tile_pixels(const Geom* g, Py_ssize_t units, Py_ssize_t itemsize) noexcept nogil:
     # Pixels per im2col tile: fill TILE_BYTES, then shrink so that at least
     # MIN_ITEMS items exist across `units` independent (image, group) pairs.
-    cdef Py_ssize_t t = TILE_BYTES // (g.ckk * itemsize)
+    cdef Py_ssize_t t = TILE_BYTES // ((g.ckk if g.ckk > 0 else 1) * itemsize)
     cdef Py_ssize_t want
+    if units < 1:
+        units = 1
     if t < 16:
         t = 16
     elif t > 64:
