@@ -189,21 +189,25 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return finish_out(buf, target)
 
 
-def _phase_split(x, geom, dtype):
+def _phase_split(x, geom, dtype, nchw=None):
     """x zero-padded and split by stride phase, as (array, Hq, Wq).
 
     NCHW gives (N, C, sh, sw, Hq, Wq) with ``xq[n, c, a, b, u, v] =
     xpad[n, c, u*sh + a, v*sw + b]`` (NHWC: (N, sh, sw, Hq, Wq, C)), so that every
     kernel tap of a strided convolution reads a contiguous run. For stride 1 it is
-    just the padded image (and x itself when there is no padding).
+    just the padded image (and x itself when there is no padding). ``nchw=True``
+    turns an NHWC x into the NCHW form.
     """
+    to_nchw = geom.nhwc and nchw
+    if to_nchw:
+        x = x.transpose(0, 3, 1, 2)
     sh, sw = geom.sh, geom.sw
     Hq = -(-(geom.H + geom.pt + geom.pb) // sh)
     Wq = -(-(geom.W + geom.pl + geom.pr) // sw)
     if sh == sw == 1 and Hq == geom.H and Wq == geom.W:
         return contiguous(x, dtype), Hq, Wq
     hs, ws = slice(geom.pt, geom.pt + geom.H), slice(geom.pl, geom.pl + geom.W)
-    if geom.nhwc:
+    if geom.nhwc and not to_nchw:
         xp = np.zeros((geom.N, Hq * sh, Wq * sw, geom.C), dtype=dtype)
         xp[:, hs, ws, :] = x
         if sh == sw == 1:
@@ -219,27 +223,35 @@ def _phase_split(x, geom, dtype):
 
 
 def _forward(x, weight, bias, buf, geom, dtype):
-    wc = contiguous(weight, dtype).reshape(-1)
+    wc = contiguous(weight, dtype)
     bc = None if bias is None else contiguous(bias, dtype)
     kg = geom.K // geom.groups
+    # Output channels of one kernel row block (two 512-bit vectors).
+    block_k = 128 // np.dtype(dtype).itemsize
     direct = (geom.kh == geom.kw == 1 and geom.sh == geom.sw == 1 and geom.pt == geom.pl == 0
               and geom.Ho == geom.H and geom.Wo == geom.W)
     # The kernel reads shifted rows of the padded, phase-split image (implicit
     # im2col): measured faster than packed tiles on every default shape. NHWC
-    # vectorises along output channels and needs enough of them per group
-    # (fastnn_ext._conv SMALL_K); those shapes, and 1x1 stride-1 convolutions
-    # (x is its own im2col), take the packed path.
-    implicit = not direct and (not geom.nhwc or kg >= 16)
-    if implicit:
+    # vectorises along output channels; with fewer than a row block of them per
+    # group it runs the channel-major (NCHW) kernel and stores y transposed.
+    # 1x1 stride-1 convolutions need no im2col at all (x is its own) and take the
+    # packed path with x as the tile.
+    out_nhwc = False
+    xq, Hq, Wq = None, 0, 0
+    if direct:
+        xc = contiguous(x, dtype)
+    elif geom.nhwc and kg < block_k:
+        xq, Hq, Wq = _phase_split(x, geom, dtype, nchw=True)
+        xc = xq
+        wc = np.ascontiguousarray(wc.transpose(3, 2, 0, 1))
+        out_nhwc = True
+    else:
         xq, Hq, Wq = _phase_split(x, geom, dtype)
         xc = xq
-    else:
-        xq, Hq, Wq = None, 0, 0
-        xc = contiguous(x, dtype)
     with blas_single_thread():
-        _conv.conv2d_forward(xc.reshape(-1), wc, bc, buf.reshape(-1), geom.kernel_args(),
-                             geom.nhwc, get_num_threads(),
-                             None if xq is None else xq.reshape(-1), Hq, Wq)
+        _conv.conv2d_forward(xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
+                             geom.kernel_args(), geom.nhwc and not out_nhwc, get_num_threads(),
+                             None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
@@ -315,7 +327,7 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     pads = ((kh - 1) * geom.dh - geom.pt, (kh - 1) * geom.dh - geom.pb,
             (kw - 1) * geom.dw - geom.pl, (kw - 1) * geom.dw - geom.pr)
     cg, kg = geom.C // G, geom.K // G
-    if geom.sh == geom.sw == 1 and min(pads) >= 0 and (not geom.nhwc or cg >= 16):
+    if geom.sh == geom.sw == 1 and min(pads) >= 0:
         w = contiguous(weight, dtype)
         if geom.nhwc:
             wt = w.reshape(kh, kw, cg, G, kg)[::-1, ::-1].transpose(0, 1, 4, 3, 2)

@@ -287,7 +287,7 @@ cdef void forward_item(const floating* x, const floating* w, const floating* bia
             aoff[r] = r
             boff[r] = r * ldb
         # y_tile (Kg x tp) = w_g (Kg x ckk) @ cols (ckk x tp) + bias per row
-        ugemm(g.Kg, tp, g.ckk, w + grp * g.Kg * g.ckk, g.ckk, aoff, b, boff,
+        ugemm(g.Kg, tp, g.ckk, w + grp * g.Kg * g.ckk, g.ckk, <Py_ssize_t*>NULL, aoff, b, boff,
               y + (n * g.K + grp * g.Kg) * g.P + p0, g.P, False, bg, <floating*>NULL, scratch)
     else:
         if g.direct:
@@ -310,7 +310,7 @@ cdef void forward_item(const floating* x, const floating* w, const floating* bia
             aoff[r] = r
             boff[r] = r * g.K
         # y_tile (tp x Kg) = cols (tp x ckk) @ w_g (ckk x Kg) + bias per column
-        ugemm(tp, g.Kg, g.ckk, b, ldb, aoff, w + grp * g.Kg, boff,
+        ugemm(tp, g.Kg, g.ckk, b, ldb, <Py_ssize_t*>NULL, aoff, w + grp * g.Kg, boff,
               y + (n * g.P + p0) * g.K + grp * g.Kg, g.K, False, <floating*>NULL, bg, scratch)
 
 
@@ -339,10 +339,11 @@ cdef void implicit_item(const floating* xq, const floating* w, const floating* b
                         floating* y, const Geom* g, Py_ssize_t Hq, Py_ssize_t Wq,
                         Py_ssize_t n, Py_ssize_t grp, Py_ssize_t oh0, Py_ssize_t oh1,
                         Py_ssize_t k0, Py_ssize_t k1, const Py_ssize_t* aoff,
-                        const Py_ssize_t* boff, floating* tmp, floating* scratch) noexcept nogil:
+                        const Py_ssize_t* boff, floating* tmp, floating* scratch,
+                        bint out_nhwc) noexcept nogil:
     # Output rows [oh0, oh1), channels [k0, k1) of the group, read straight from the
     # phase-split padded image: no im2col copy.
-    cdef Py_ssize_t tq, k, oh, plane = Hq * Wq
+    cdef Py_ssize_t tq, k, oh, ow, plane = Hq * Wq
     cdef const floating* bg = bias + grp * g.Kg + k0 if bias != NULL else NULL
     cdef const floating* src
     cdef floating* dst
@@ -351,9 +352,18 @@ cdef void implicit_item(const floating* xq, const floating* w, const floating* b
         # Wq - Wo columns past each row's end are computed and dropped; stopping at
         # the last row's Wo keeps every read inside the group's channels.
         tq = (oh1 - oh0 - 1) * Wq + g.Wo
-        ugemm(k1 - k0, tq, g.ckk, w + (grp * g.Kg + k0) * g.ckk, g.ckk, aoff,
+        ugemm(k1 - k0, tq, g.ckk, w + (grp * g.Kg + k0) * g.ckk, g.ckk, <Py_ssize_t*>NULL, aoff,
               xq + (n * g.C + grp * g.Cg) * g.sh * g.sw * plane + oh0 * Wq, boff, tmp, tq,
               False, bg, <floating*>NULL, scratch)
+        if out_nhwc:
+            # NHWC output from the channel-major tile (few output channels).
+            for oh in range(oh0, oh1):
+                for ow in range(g.Wo):
+                    src = tmp + (oh - oh0) * Wq + ow
+                    dst = y + ((n * g.Ho + oh) * g.Wo + ow) * g.K + grp * g.Kg + k0
+                    for k in range(k1 - k0):
+                        dst[k] = src[k * tq]
+            return
         for k in range(k1 - k0):
             for oh in range(oh0, oh1):
                 src = tmp + k * tq + (oh - oh0) * Wq
@@ -362,7 +372,7 @@ cdef void implicit_item(const floating* xq, const floating* w, const floating* b
     else:
         for oh in range(oh0, oh1):
             ugemm(g.Wo, g.Kg, g.ckk, xq + (n * g.sh * g.sw * plane + oh * Wq) * g.C + grp * g.Cg,
-                  g.C, aoff, w + grp * g.Kg, boff,
+                  g.C, <Py_ssize_t*>NULL, aoff, w + grp * g.Kg, boff,
                   y + (n * g.P + oh * g.Wo) * g.K + grp * g.Kg, g.K, False,
                   <floating*>NULL, bg, scratch)
 
@@ -492,12 +502,15 @@ cdef void bias_grad_block(const floating* gy, floating* gb, Py_ssize_t rows, Py_
 # -------------------------------------------------------------- entry points
 def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[::1] bias,
                    floating[::1] y, tuple geom, bint nhwc, int num_threads,
-                   const floating[::1] xq=None, Py_ssize_t Hq=0, Py_ssize_t Wq=0):
+                   const floating[::1] xq=None, Py_ssize_t Hq=0, Py_ssize_t Wq=0,
+                   bint out_nhwc=False):
     """y = conv(x, w) + bias on flat C-contiguous buffers (geometry in ``geom``).
 
     With ``xq`` -- x zero-padded and split by stride phase, NCHW (N, C, sh, sw, Hq, Wq)
     or NHWC (N, sh, sw, Hq, Wq, C) -- the kernel reads shifted rows of it directly
-    (implicit im2col); without it, im2col tiles are packed.
+    (implicit im2col); without it, im2col tiles are packed. ``out_nhwc`` (with an
+    NCHW ``xq`` and OIHW ``w``) stores y as NHWC: for NHWC convolutions with too few
+    output channels to vectorise along them.
     """
     cdef Geom g = make_geom(geom, nhwc)
     cdef bint implicit = xq is not None
@@ -567,7 +580,7 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
             if implicit:
                 p1 = p0 + T if p0 + T < g.Ho else g.Ho
                 implicit_item(xqp, &w[0], bp, &y[0], &g, Hq, Wq, n, grp, p0, p1, k0, k1,
-                              tables, tables + g.ckk, tmp, tmp + tmp_size)
+                              tables, tables + g.ckk, tmp, tmp + tmp_size, out_nhwc)
             else:
                 p1 = p0 + T if p0 + T < g.P else g.P
                 forward_item(&x[0], &w[0], bp, &y[0], &g, n, grp, p0, p1, tmp, tables,
@@ -777,7 +790,7 @@ def _ugemm_check(const floating[:, ::1] a, const floating[:, ::1] b, floating[:,
     for r in range(K):
         tables[r] = r
         tables[K + r] = r * N
-    ugemm(M, N, K, &a[0, 0], K, tables, &b[0, 0], tables + K, &out[0, 0], N, False,
+    ugemm(M, N, K, &a[0, 0], K, <Py_ssize_t*>NULL, tables, &b[0, 0], tables + K, &out[0, 0], N, False,
           <floating*>NULL, <floating*>NULL, scratch)
     free(tables)
     free(scratch)

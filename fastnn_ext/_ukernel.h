@@ -99,41 +99,41 @@ static int fastnn_ukernel_pick(int cap)
 }
 
 static void fastnn_ugemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t sam,
-                           const ptrdiff_t *aoff, const float *b, const ptrdiff_t *boff,
+                           const ptrdiff_t *amoff, const ptrdiff_t *aoff, const float *b, const ptrdiff_t *boff,
                            float *c, ptrdiff_t ldc,
                            int accumulate, const float *bias_row, const float *bias_col,
                            float *scratch)
 {
 #ifdef FASTNN_X86_DISPATCH
     if (fastnn_ukernel_level == 2) {
-        fastnn_sgemm_avx512(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        fastnn_sgemm_avx512(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
         return;
     }
     if (fastnn_ukernel_level == 1) {
-        fastnn_sgemm_avx2(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        fastnn_sgemm_avx2(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
         return;
     }
 #endif
-    fastnn_sgemm_base(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+    fastnn_sgemm_base(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
 }
 
 static void fastnn_ugemm_d(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *a, ptrdiff_t sam,
-                           const ptrdiff_t *aoff, const double *b, const ptrdiff_t *boff,
+                           const ptrdiff_t *amoff, const ptrdiff_t *aoff, const double *b, const ptrdiff_t *boff,
                            double *c, ptrdiff_t ldc,
                            int accumulate, const double *bias_row, const double *bias_col,
                            double *scratch)
 {
 #ifdef FASTNN_X86_DISPATCH
     if (fastnn_ukernel_level == 2) {
-        fastnn_dgemm_avx512(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        fastnn_dgemm_avx512(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
         return;
     }
     if (fastnn_ukernel_level == 1) {
-        fastnn_dgemm_avx2(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        fastnn_dgemm_avx2(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
         return;
     }
 #endif
-    fastnn_dgemm_base(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+    fastnn_dgemm_base(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
 }
 
 /* Scratch elements fastnn_ugemm_* needs for a product with inner dimension K

@@ -1,5 +1,5 @@
 # Register-blocked GEMM with runtime CPU dispatch (see _ukernel.h): A[m, k] =
-# a[m*sam + aoff[k]], B[k, n] = b[boff[k] + n]. Offset tables let a stride-1
+# a[(amoff[m] if amoff else m*sam) + aoff[k]], B[k, n] = b[boff[k] + n]. Offset tables let a stride-1
 # convolution read shifted rows of the padded image directly (implicit im2col).
 from cython cimport floating
 
@@ -7,12 +7,12 @@ cdef extern from "_ukernel.h" nogil:
     int fastnn_ukernel_pick(int cap)
     int fastnn_ukernel_level
     void fastnn_ugemm_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
-                        Py_ssize_t sam, const Py_ssize_t* aoff, const float* b,
+                        Py_ssize_t sam, const Py_ssize_t* amoff, const Py_ssize_t* aoff, const float* b,
                         const Py_ssize_t* boff,
                         float* c, Py_ssize_t ldc, int accumulate, const float* bias_row,
                         const float* bias_col, float* scratch)
     void fastnn_ugemm_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* a,
-                        Py_ssize_t sam, const Py_ssize_t* aoff, const double* b,
+                        Py_ssize_t sam, const Py_ssize_t* amoff, const Py_ssize_t* aoff, const double* b,
                         const Py_ssize_t* boff,
                         double* c, Py_ssize_t ldc, int accumulate, const double* bias_row,
                         const double* bias_col, double* scratch)
@@ -20,13 +20,13 @@ cdef extern from "_ukernel.h" nogil:
 
 
 cdef inline void ugemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* a,
-                       Py_ssize_t sam, const Py_ssize_t* aoff, const floating* b,
+                       Py_ssize_t sam, const Py_ssize_t* amoff, const Py_ssize_t* aoff, const floating* b,
                        const Py_ssize_t* boff,
                        floating* c, Py_ssize_t ldc, bint accumulate, const floating* bias_row,
                        const floating* bias_col, floating* scratch) noexcept nogil:
     if floating is float:
-        fastnn_ugemm_f(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col,
+        fastnn_ugemm_f(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col,
                        scratch)
     else:
-        fastnn_ugemm_d(M, N, K, a, sam, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col,
+        fastnn_ugemm_d(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col,
                        scratch)

@@ -3,7 +3,8 @@
  * vector), UK_MR (rows per block), UK_NV (vectors per row block) and UK_TARGET set.
  *
  * C (M x N, row stride ldc) = A (M x K) @ B (K x N) [+ C] [+ bias] where
- *   A[m, k] = a[m * sam + aoff[k]]   and   B[k, n] = b[boff[k] + n].
+ *   A[m, k] = a[arow(m) + aoff[k]]   and   B[k, n] = b[boff[k] + n],
+ * arow(m) = amoff[m] when a row table is given, else m * sam.
  * The offset tables express plain strides (aoff[k] = k, boff[k] = k * ldb) as well
  * as implicit im2col: for a stride-1 convolution B's row k is the padded image
  * shifted by kernel tap k, so the patches are never copied. Neither operand is
@@ -11,7 +12,7 @@
 typedef UK_T UK_CAT(UK_NAME, _vec) __attribute__((vector_size(UK_VW * sizeof(UK_T)), aligned(sizeof(UK_T))));
 
 static UK_TARGET void UK_CAT(UK_NAME, _block)(
-        ptrdiff_t K, const UK_T *a, ptrdiff_t sam, const ptrdiff_t *aoff,
+        ptrdiff_t K, const UK_T *a, ptrdiff_t sam, const ptrdiff_t *amoff, const ptrdiff_t *aoff,
         const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc, int mr,
         int accumulate, const UK_T *bias_row, const UK_T *bias_col)
 {
@@ -23,7 +24,7 @@ static UK_TARGET void UK_CAT(UK_NAME, _block)(
     /* Rows past mr repeat row 0: the block stays fully unrolled and those
      * results are simply not stored. */
     for (i = 0; i < UK_MR; i++)
-        arow[i] = a + (i < mr ? i : 0) * sam;
+        arow[i] = a + (amoff ? amoff[i < mr ? i : 0] : (i < mr ? i : 0) * sam);
 #pragma GCC unroll 16
     for (i = 0; i < UK_MR; i++)
 #pragma GCC unroll 4
@@ -63,7 +64,7 @@ static UK_TARGET void UK_CAT(UK_NAME, _block)(
 
 static UK_TARGET void UK_NAME(
         ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const UK_T *a, ptrdiff_t sam,
-        const ptrdiff_t *aoff, const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc,
+        const ptrdiff_t *amoff, const ptrdiff_t *aoff, const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc,
         int accumulate, const UK_T *bias_row, const UK_T *bias_col, UK_T *scratch)
 {
     /* scratch: FASTNN_UGEMM_SCRATCH(K) elements, for the last, partial column panel. */
@@ -96,17 +97,18 @@ static UK_TARGET void UK_NAME(
         }
         for (m0 = 0; m0 < M; m0 += UK_MR) {
             int mr = (int)(M - m0 < UK_MR ? M - m0 : UK_MR);
-            const UK_T *ap = a + m0 * sam;
+            const UK_T *ap = amoff ? a : a + m0 * sam;
+            const ptrdiff_t *am = amoff ? amoff + m0 : NULL;
             const UK_T *br = bias_row ? bias_row + m0 : NULL;
             if (cbuf == NULL) {
-                UK_CAT(UK_NAME, _block)(K, ap, sam, aoff, bp, bo, c + m0 * ldc + n0, ldc,
+                UK_CAT(UK_NAME, _block)(K, ap, sam, am, aoff, bp, bo, c + m0 * ldc + n0, ldc,
                                         mr, accumulate, br, bc);
             } else {
                 int i;
                 for (i = 0; i < mr; i++)
                     for (j = 0; j < NR; j++)
                         cbuf[i * NR + j] = accumulate && j < nr ? c[(m0 + i) * ldc + n0 + j] : (UK_T)0;
-                UK_CAT(UK_NAME, _block)(K, ap, sam, aoff, bp, bo, cbuf, NR, mr,
+                UK_CAT(UK_NAME, _block)(K, ap, sam, am, aoff, bp, bo, cbuf, NR, mr,
                                         accumulate, br, bc);
                 for (i = 0; i < mr; i++)
                     for (j = 0; j < nr; j++)
