@@ -10,6 +10,8 @@ y ``(N, Ho, Wo, K)``.
 All functions compute cross-correlation, like every framework; see
 :func:`flip_kernel` for true convolution.
 """
+import contextlib
+
 import numpy as np
 
 from fastnn._threads import blas_single_thread, get_num_threads
@@ -248,7 +250,11 @@ def _forward(x, weight, bias, buf, geom, dtype):
     else:
         xq, Hq, Wq = _phase_split(x, geom, dtype)
         xc = xq
-    with blas_single_thread():
+    # Only the packed NHWC path with few output channels calls BLAS. Toggling BLAS's
+    # thread count when it is not needed is not free: OpenBLAS wakes its thread
+    # pool on the way back up, and those threads spin against ours.
+    uses_blas = direct and geom.nhwc and kg < _conv.SMALL_K_CHANNELS
+    with blas_single_thread() if uses_blas else contextlib.nullcontext():
         _conv.conv2d_forward(xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
                              geom.kernel_args(), geom.nhwc and not out_nhwc, get_num_threads(),
                              None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)

@@ -46,6 +46,7 @@ DEF MAX_CHUNKS = 16
 # NHWC products vectorise along output channels: below this many per group the
 # register-blocked kernel would mostly multiply padding, so BLAS takes them.
 DEF SMALL_K = 16
+SMALL_K_CHANNELS = SMALL_K   # for the Python layer
 DEF MAX_PARTIAL_BYTES = 64 * 1024 * 1024
 
 

@@ -5,23 +5,54 @@ contender, speed-ups (``x numpy`` = NumPy time / fastnn time, so > 1 means fastn
 faster), fastnn's GFLOP/s (or GB/s for memory-bound cases) and that rate as a
 percentage of the machine's ceiling measured at start -- and a geometric-mean line.
 """
+import argparse
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 
 from fastnn._bench import family_names, load_cases
-from fastnn._bench.harness import Budget, VerificationError, geomean, run_case, thread_settings
+from fastnn._bench.harness import (Budget, VerificationError, geomean, run_case, thread_settings,
+                                   wait_until_idle)
 
 __all__ = ["add_arguments", "run"]
 
 SUBJECT = "fastnn"
-PEERS = ("numpy", "torch")
 
 FULL_BUDGET = Budget(seconds=5.0, min_rounds=5, warmup_rounds=1)
 QUICK_BUDGET = Budget(seconds=1.0, min_rounds=3, warmup_rounds=0)
+
+# A case is flagged when other processes kept at least this many CPUs busy meanwhile.
+BUSY_FLAG_CPUS = 0.15
+
+# The benchmark runs in a child process started with ISOLATION_ENV (a user's own
+# setting of any of these variables is left alone), because two process-wide effects
+# otherwise swamp the kernels' differences on a small machine:
+#
+# * Idle thread pools busy-wait before they sleep: OpenBLAS for 2**28 cycles (~0.1 s)
+#   after every call, libgomp for GOMP_SPINCOUNT=300000 pauses (~10 ms). With contenders
+#   interleaved on 2 cores, the pool of the one that just ran steals a core from the
+#   next (measured: fastnn 1.3 ms alone, 3.8 ms right after a NumPy matmul). With the
+#   short spins below, each library alone runs as fast as with the defaults (measured).
+# * glibc gives large freed blocks back to the OS and page-faults them in again on the
+#   next call, depending on its adaptive thresholds -- i.e. on history: torch's forward
+#   on N8 C64 56x56 measured 8.5 or 15 ms (0 or 4,600 page faults per call) from run to
+#   run, the NumPy baseline up to 50% slower. Fixed, high thresholds keep freed memory in
+#   the heap, so every contender runs page-fault free in steady state (this makes the
+#   NumPy baseline faster, i.e. the x numpy ratios conservative).
+ISOLATION_ENV = {
+    "OPENBLAS_THREAD_TIMEOUT": "4",
+    "GOMP_SPINCOUNT": "10000",
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+}
+_CHILD_FLAG = "FASTNN_BENCH_CHILD"
+_ARGS_VAR = "FASTNN_BENCH_ARGS"
+_APPLIED_VAR = "FASTNN_BENCH_ISOLATION"
+_ARGV_VAR = "FASTNN_BENCH_ARGV"
 
 
 def add_arguments(parser):
@@ -43,6 +74,12 @@ def add_arguments(parser):
     parser.add_argument("--no-torch", action="store_true", help="do not race PyTorch even if installed")
     parser.add_argument("--keep-going", action="store_true",
                         help="on a result mismatch, report it and go on (the exit status is still 1)")
+    parser.add_argument("--wait-idle", type=float, metavar="SECONDS", default=0.0,
+                        help="before each case, wait up to SECONDS for other processes to leave "
+                             "the CPUs idle (for shared machines)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run in this process, without the child process that stops idle "
+                             "BLAS/OpenMP threads from spinning (see ISOLATION_ENV in cli.py)")
     return parser
 
 
@@ -70,7 +107,8 @@ def environment(torch):
     import numpy as np
     env = {"cpu": _cpu_model(), "platform": platform.platform(), "machine": platform.machine(),
            "python": sys.version.split()[0], "numpy": np.__version__,
-           "loadavg_start": _loadavg(), "argv": sys.argv}
+           "loadavg_start": _loadavg(),
+           "argv": json.loads(os.environ[_ARGV_VAR]) if _ARGV_VAR in os.environ else sys.argv}
     try:
         import scipy
         env["scipy"] = scipy.__version__
@@ -124,45 +162,47 @@ class Table:
                       self.rate_head, "% limit"]
         self.widths = [7, 10, 10, 10, 8, 8, 9, 8]
 
-    def _line(self, first, cells):
-        parts = [first.ljust(self.w_case)]
-        parts.append(cells[0].ljust(self.widths[0]))
+    @property
+    def width(self):
+        return self.w_case + sum(self.widths) + 2 * len(self.widths)
+
+    def _line(self, first, cells, note=""):
+        parts = [first.ljust(self.w_case), cells[0].ljust(self.widths[0])]
         parts += [c.rjust(w) for c, w in zip(cells[1:], self.widths[1:])]
-        print("  ".join(parts).rstrip(), file=self.out, flush=True)
+        print(("  ".join(parts) + note).rstrip(), file=self.out, flush=True)
 
     def header(self):
         self._line("case", self.heads)
-        print("-" * (self.w_case + sum(self.widths) + 2 * len(self.widths)), file=self.out)
+        print("-" * self.width, file=self.out)
 
-    def row(self, r):
+    def row(self, r, note=""):
         rate = _num(r.rate, ".1f")
         if self.rate_head == "rate" and r.rate is not None:
             rate = f"{r.rate:.1f} {'GF/s' if r.rate_unit == 'GFLOP/s' else 'GB/s'}"
         self._line(r.case.name, [r.case.dtype, _ms(r.median_ms("fastnn")), _ms(r.median_ms("numpy")),
                                  _ms(r.median_ms("torch")), _num(r.ratios.get("vs_numpy"), ".2f"),
                                  _num(r.ratios.get("vs_torch"), ".2f"), rate,
-                                 _num(r.pct_limit, ".1f")])
+                                 _num(r.pct_limit, ".1f")], note)
 
     def failed(self, case, message):
-        self._line(case.name, [case.dtype, "MISMATCH: " + message])
+        print(f"{case.name.ljust(self.w_case)}  {case.dtype.ljust(self.widths[0])}  MISMATCH: {message}",
+              file=self.out, flush=True)
 
     def geomean(self, results):
         gn = geomean(r.ratios.get("vs_numpy") for r in results)
         gt = geomean(r.ratios.get("vs_torch") for r in results)
-        print("-" * (self.w_case + sum(self.widths) + 2 * len(self.widths)), file=self.out)
+        print("-" * self.width, file=self.out)
         self._line("geomean", ["", "", "", "", _num(gn, ".2f"), _num(gt, ".2f"), "", ""])
         return gn, gt
 
 
-def _header_lines(env, limits, n_threads, torch, budget, quick):
+def _header_lines(env, limits, n_threads, torch, budget, quick, isolation):
     fn = env.get("fastnn", {})
     lines = [f"fastnn bench -- fastnn {fn.get('version', '?')}, {n_threads} thread(s) for fastnn, "
              f"NumPy's BLAS{' and torch' if torch is not None else ''}"
              f"{' (quick)' if quick else ''}"]
-    load = env.get("loadavg_start")
     lines.append(f"machine : {env['cpu']}, {os.cpu_count()} CPUs ({fn.get('cpus_available', '?')} "
-                 f"available), {env['platform']}"
-                 + (f", load average {load[0]:.2f}" if load else ""))
+                 f"available), {env['platform']}")
     blas = fn.get("blas") or []
     blas_s = ", ".join(sorted({f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
                                for b in blas})) or "?"
@@ -184,9 +224,21 @@ def _header_lines(env, limits, n_threads, torch, budget, quick):
                  f">= {budget.min_rounds} rounds; ms = median; x numpy / x torch = peer time / fastnn "
                  f"time (> 1: fastnn faster), median of per-round ratios; % limit = fastnn's rate / "
                  f"GEMM ceiling (copy ceiling for GB/s)")
-    if load and load[0] > 0.5 * (os.cpu_count() or 1):
-        lines.append(f"WARNING : load average {load[0]:.2f} -- other processes are using the CPUs; "
-                     "absolute times will be noisy (ratios less so: contenders are interleaved)")
+    if isolation:
+        lines.append("isolation: child process with " + " ".join(f"{k}={v}" for k, v in isolation.items())
+                     + " (idle BLAS/OpenMP threads stop spinning at once; freed memory stays in the "
+                       "heap, no page faults: see ISOLATION_ENV in fastnn/_bench/cli.py)")
+    else:
+        lines.append("isolation: none (in-process, or set by the caller: OPENBLAS_THREAD_TIMEOUT="
+                     f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}, GOMP_SPINCOUNT="
+                     f"{os.environ.get('GOMP_SPINCOUNT', 'unset')}, OMP_WAIT_POLICY="
+                     f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, MALLOC_MMAP_THRESHOLD_="
+                     f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}, MALLOC_TRIM_THRESHOLD_="
+                     f"{os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset')})")
+    other = (limits.get("attempts") or [{}])[-1].get("other_processes_cpus")
+    if other is not None and other >= BUSY_FLAG_CPUS:
+        lines.append(f"WARNING : other processes kept {other:.2f} CPUs busy while the limits were "
+                     "measured -- the ceilings may be low; cases disturbed the same way are marked *")
     return lines
 
 
@@ -216,9 +268,10 @@ def write_json(path, doc):
 
 
 def write_plot(path, results_by_family, title):
-    """Horizontal log-scale bars: speed-up vs NumPy and vs torch per case."""
+    """Horizontal log-scale bars from 1x: speed-up vs NumPy and vs torch per case."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     rows = []
     many = len(results_by_family) > 1
@@ -226,35 +279,43 @@ def write_plot(path, results_by_family, title):
         for r in results:
             label = f"{fam}: {r.case.name}" if many else r.case.name
             rows.append((label, r.ratios.get("vs_numpy"), r.ratios.get("vs_torch")))
+        gn = geomean(r.ratios.get("vs_numpy") for r in results)
+        gt = geomean(r.ratios.get("vs_torch") for r in results)
+        if results:
+            rows.append((f"{fam}: geomean" if many else "geomean", gn, gt))
     if not rows:
         return
     n = len(rows)
-    fig = Figure(figsize=(11, 1.2 + 0.32 * n))
+    fig = Figure(figsize=(11, 1.3 + 0.34 * n))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     h = 0.38
     ys = list(range(n))[::-1]
-    series = [("vs NumPy", 1, "#1f77b4", -h / 2), ("vs torch", 2, "#ff7f0e", h / 2)]
     values = [v for row in rows for v in row[1:] if v]
-    for label, idx, color, off in series:
-        vals = [row[idx] for row in rows]
-        if not any(vals):
+    for label, idx, color, off in (("vs NumPy", 1, "#1f77b4", h / 2), ("vs torch", 2, "#ff7f0e", -h / 2)):
+        pts = [(y + off, row[idx]) for y, row in zip(ys, rows) if row[idx]]
+        if not pts:
             continue
-        ax.barh([y - off for y in ys], [v if v else 0 for v in vals], height=h, left=0,
+        # Bars start at 1x, so a slow-down points left and a speed-up right.
+        ax.barh([p[0] for p in pts], [v - 1.0 for _, v in pts], left=1.0, height=h,
                 color=color, label=label)
-        for y, v in zip(ys, vals):
-            if v:
-                ax.text(v * 1.03, y - off, f"{v:.2f}x", va="center", fontsize=7)
+        for y, v in pts:
+            ax.text(v * (1.03 if v >= 1 else 1 / 1.03), y, f"{v:.2f}x", va="center",
+                    ha="left" if v >= 1 else "right", fontsize=7)
     ax.set_xscale("log")
     lo, hi = min(values + [1.0]), max(values + [1.0])
-    ax.set_xlim(lo / 1.6, hi * 1.8)
+    ax.set_xlim(lo / 1.5, hi * 1.5)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(ys)
     ax.set_yticklabels([row[0] for row in rows], fontsize=8, family="monospace")
-    ax.set_xlabel("speed-up of fastnn (peer time / fastnn time; > 1: fastnn faster, log scale)")
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("speed-up of fastnn = peer time / fastnn time (> 1: fastnn faster; log scale)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -267,9 +328,66 @@ def _split(values):
     return out
 
 
+def _isolated_env():
+    env = dict(os.environ)
+    applied = {}
+    for key, value in ISOLATION_ENV.items():
+        if key in env:
+            continue
+        if key == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in env:
+            continue
+        if key.startswith("MALLOC_") and ("malloc" in env.get("GLIBC_TUNABLES", "")
+                                          or any(k.startswith("MALLOC_") and k in env
+                                                 for k in ISOLATION_ENV)):
+            continue
+        applied[key] = value
+    env.update(applied)
+    return env, applied
+
+
+def _run_child(args):
+    """Re-run this benchmark in a child process with ISOLATION_ENV (the thread pools
+    read it when their libraries load, which has happened in this process already)."""
+    env, applied = _isolated_env()
+    if not applied:
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))      # the directory holding fastnn/
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env[_CHILD_FLAG] = "1"
+    env[_ARGS_VAR] = json.dumps(vars(args))
+    env[_APPLIED_VAR] = json.dumps(applied)
+    env[_ARGV_VAR] = json.dumps(sys.argv)
+    cmd = [sys.executable, "-c",
+           "import sys; from fastnn._bench.cli import _child_main; sys.exit(_child_main())"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _child_main():
+    args = argparse.Namespace(**json.loads(os.environ[_ARGS_VAR]))
+    return _run(args, sys.stdout, json.loads(os.environ.get(_APPLIED_VAR, "{}")))
+
+
 def run(args, out=None):
-    """Run the benchmark described by parsed ``args``; returns the exit status."""
-    out = out or sys.stdout
+    """Run the benchmark described by parsed ``args``; returns the exit status.
+
+    By default the work happens in a child process (see ISOLATION_ENV); with
+    ``--in-process``, when ``out`` is given, or when the variables are already set,
+    it runs here.
+    """
+    if out is None and not getattr(args, "in_process", False) and os.environ.get(_CHILD_FLAG) != "1":
+        status = _run_child(args)
+        if status is not None:
+            return status
+    return _run(args, out or sys.stdout, {})
+
+
+def _run(args, out, isolation):
     err = sys.stderr
     t_start = time.perf_counter()
     import fastnn
@@ -302,23 +420,26 @@ def run(args, out=None):
     wants_torch = not args.no_torch and any(
         c.requires == "torch" for cs in families.values() for case in cs for c in case.contenders)
     torch = get_torch() if wants_torch else None
-    contenders_for = (lambda case: [n for n in case.contender_names() if n != "torch"]) \
-        if args.no_torch else (lambda case: case.contender_names())
+
+    def contenders_for(case):
+        return [n for n in case.contender_names() if not (args.no_torch and n == "torch")]
 
     doc = {"schema": "fastnn-bench/1", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "options": {"quick": bool(args.quick), "only": only, "filter": filters,
                        "threads": n_threads, "budget_s": budget.seconds,
                        "min_rounds": budget.min_rounds, "warmup_rounds": budget.warmup_rounds,
-                       "torch": torch is not None},
+                       "torch": torch is not None, "wait_idle_s": args.wait_idle,
+                       "isolation_env": isolation},
            "families": {}, "cases": []}
     status = 0
     results_by_family = {}
+    busy_cases = []
     with thread_settings(n_threads, torch):
         env = environment(torch)
         doc["environment"] = env
         limits = measure_limits(n_threads, quick=args.quick)
         doc["limits"] = limits
-        for line in _header_lines(env, limits, n_threads, torch, budget, args.quick):
+        for line in _header_lines(env, limits, n_threads, torch, budget, args.quick, isolation):
             print(line, file=out)
         for fam, cases in families.items():
             print(file=out)
@@ -327,6 +448,8 @@ def run(args, out=None):
             table.header()
             results = results_by_family.setdefault(fam, [])
             for case in cases:
+                if args.wait_idle > 0:
+                    wait_until_idle(args.wait_idle, BUSY_FLAG_CPUS)
                 try:
                     r = run_case(case, budget, limits, contenders=contenders_for(case), subject=SUBJECT)
                 except VerificationError as exc:
@@ -343,19 +466,21 @@ def run(args, out=None):
                         print("fastnn bench: aborted (use --keep-going to continue past mismatches)",
                               file=err)
                         return status
-                    table.failed(case, msg.split(": ", 1)[-1][:60])
+                    table.failed(case, msg.split(": ", 2)[-1][:100])
                     continue
                 results.append(r)
                 doc["cases"].append(r.as_dict())
-                table.row(r)
+                busy = r.foreign_cpus is not None and r.foreign_cpus >= BUSY_FLAG_CPUS
+                if busy:
+                    busy_cases.append(r)
+                table.row(r, "  *" if busy else "")
             gn, gt = table.geomean(results)
             doc["families"][fam] = {"cases": len(cases), "geomean_vs_numpy": gn, "geomean_vs_torch": gt}
-            noisy = [r for r in results
-                     if (r.timings[SUBJECT]["q3_s"] - r.timings[SUBJECT]["q1_s"])
-                     > 0.10 * r.timings[SUBJECT]["median_s"]]
-            if noisy:
-                print(f"noisy (fastnn's interquartile range > 10% of its median): "
-                      f"{', '.join(r.case.name for r in noisy)}", file=out)
+    if busy_cases:
+        worst = max(r.foreign_cpus for r in busy_cases)
+        print(f"* other processes kept up to {worst:.2f} CPUs busy during {len(busy_cases)} case(s): "
+              "their times are unreliable (ratios less so); rerun on an idle machine or with "
+              "--wait-idle SECONDS", file=out)
     total = time.perf_counter() - t_start
     env["loadavg_end"] = _loadavg()
     doc["total_s"] = total

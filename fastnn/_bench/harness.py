@@ -20,10 +20,16 @@ Timing, built for a small, noisy machine:
   the per-round ratios (paired samples), which cancels slow drift even better; they
   agree closely with the ratio of the medians on a quiet machine.
 * The garbage collector is off while a round runs.
+* Idle thread pools must not spin while another contender runs: ``python -m fastnn
+  bench`` runs in a child process with short OpenBLAS / libgomp spin times (see
+  ``ISOLATION_ENV`` in cli.py), and the pytest suites set the same in bench/conftest.py.
+* :class:`CpuMonitor` measures how many CPUs other processes used during each case,
+  so results disturbed by a shared machine are flagged instead of trusted.
 """
 import contextlib
 import gc
 import math
+import os
 import statistics
 import time
 import zlib
@@ -32,8 +38,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["Contender", "Case", "Budget", "CaseResult", "VerificationError",
-           "thread_settings", "prepare", "verify", "run_case", "compare", "to_numpy"]
+__all__ = ["Contender", "Case", "Budget", "CaseResult", "VerificationError", "CpuMonitor",
+           "wait_until_idle", "thread_settings", "prepare", "verify", "run_case", "compare", "to_numpy"]
 
 
 class VerificationError(AssertionError):
@@ -134,6 +140,54 @@ def thread_settings(n_threads, torch=None):
         finally:
             if torch is not None:
                 torch.set_num_threads(old_torch)
+
+
+# ------------------------------------------------------------------ other processes
+class CpuMonitor:
+    """How many CPUs other processes kept busy (Linux /proc; None elsewhere).
+
+    (busy jiffies of the whole machine, steal included) - (this process's jiffies),
+    divided by the wall time: 0 on an idle machine, ~1 when another process kept one
+    core busy. Both counts come from the same tick accounting, so over a few seconds
+    the error is a few hundredths of a CPU.
+    """
+
+    def __init__(self):
+        self.start = self._snap()
+
+    @staticmethod
+    def _snap():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own = int(fields[11]) + int(fields[12])  # utime + stime, all threads
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(v) - v[3] - v[4]                   # minus idle and iowait
+        return busy, own, time.perf_counter()
+
+    def foreign_cpus(self):
+        end = self._snap()
+        if self.start is None or end is None or end[2] <= self.start[2]:
+            return None
+        tck = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        other = (end[0] - self.start[0]) - (end[1] - self.start[1])
+        return max(0.0, other / tck / (end[2] - self.start[2]))
+
+
+def wait_until_idle(max_seconds, threshold=0.15, window=0.5):
+    """Wait (up to max_seconds) until other processes use < threshold CPUs over a window.
+
+    Returns the last measured foreign load (None when it cannot be measured)."""
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        mon = CpuMonitor()
+        time.sleep(window)
+        load = mon.foreign_cpus()
+        if load is None or load < threshold or time.perf_counter() >= deadline:
+            return load
 
 
 # ------------------------------------------------------------------ verification
@@ -285,7 +339,7 @@ def _stats(xs, number):
     q = statistics.quantiles(xs_sorted, n=4) if len(xs_sorted) >= 2 else [xs_sorted[0]] * 3
     return {"median_s": statistics.median(xs_sorted), "min_s": xs_sorted[0], "max_s": xs_sorted[-1],
             "q1_s": q[0], "q3_s": q[2], "rounds": len(xs_sorted), "calls_per_sample": number,
-            "samples_s": list(xs)}
+            "samples_s": [round(x, 9) for x in xs]}
 
 
 def paired_ratio(samples, slow, fast):
@@ -305,6 +359,7 @@ class CaseResult:
     rate_unit: Optional[str]
     pct_limit: Optional[float]
     seconds: float                   # wall time this case took, setup included
+    foreign_cpus: Optional[float] = None   # CPUs other processes kept busy meanwhile
 
     def median_ms(self, name):
         t = self.timings.get(name)
@@ -318,7 +373,8 @@ class CaseResult:
                 "verification": {"reference": c.reference, "rtol": c.rtol,
                                  "max_rel_error": self.errors},
                 "rate": self.rate, "rate_unit": self.rate_unit,
-                "pct_limit": self.pct_limit, "wall_s": self.seconds}
+                "pct_limit": self.pct_limit, "wall_s": self.seconds,
+                "other_processes_cpus": self.foreign_cpus}
 
 
 def run_case(case, budget, limits=None, contenders=None, subject="fastnn"):
@@ -330,7 +386,9 @@ def run_case(case, budget, limits=None, contenders=None, subject="fastnn"):
     inputs = case.make_inputs()
     fns = prepare(case, names, inputs)
     errors, _ = verify(case, fns)
+    monitor = CpuMonitor()
     samples, number = interleaved_timing(fns, budget)
+    foreign = monitor.foreign_cpus()
     timings = {name: _stats(samples[name], number[name]) for name in names}
     ratios = {f"vs_{other}": paired_ratio(samples, other, subject)
               for other in names if other != subject}
@@ -347,7 +405,7 @@ def run_case(case, budget, limits=None, contenders=None, subject="fastnn"):
                 pct = 100.0 * rate / limits["copy"]["gbps"]
     del fns, inputs
     return CaseResult(case, timings, ratios, errors, rate, unit, pct,
-                      time.perf_counter() - t_start)
+                      time.perf_counter() - t_start, foreign)
 
 
 def geomean(values):

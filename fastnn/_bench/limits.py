@@ -81,10 +81,28 @@ def copy_gbps(n_threads, megabytes=256, repeats=5):
             "how": f"np.copyto float32 {megabytes} MB, read+write bytes, best of {repeats}"}
 
 
-def measure_limits(n_threads, quick=False):
-    """Measure the GEMM and copy ceilings; returns a dict (also stored in --json)."""
+def measure_limits(n_threads, quick=False, max_attempts=3):
+    """Measure the GEMM and copy ceilings; returns a dict (also stored in --json).
+
+    A ceiling measured while another process is using the CPUs would be too low and
+    flatter every "% limit"; when other processes were busy during a measurement it
+    is repeated (up to ``max_attempts``) and the best value is kept.
+    """
+    from fastnn._bench.harness import CpuMonitor
     repeats = 3 if quick else 5
     t0 = time.perf_counter()
-    gemm = gemm_gflops(n_threads, repeats=repeats)
-    copy = copy_gbps(n_threads, repeats=repeats)
-    return {"gemm": gemm, "copy": copy, "seconds": time.perf_counter() - t0}
+    gemm = copy = None
+    attempts = []
+    for _ in range(max_attempts):
+        mon = CpuMonitor()
+        g = gemm_gflops(n_threads, repeats=repeats)
+        c = copy_gbps(n_threads, repeats=repeats)
+        other = mon.foreign_cpus()
+        attempts.append({"gflops": g["gflops"], "gbps": c["gbps"], "other_processes_cpus": other})
+        if gemm is None or g["gflops"] > gemm["gflops"]:
+            gemm = g
+        if copy is None or c["gbps"] > copy["gbps"]:
+            copy = c
+        if other is None or other < 0.15:
+            break
+    return {"gemm": gemm, "copy": copy, "attempts": attempts, "seconds": time.perf_counter() - t0}
