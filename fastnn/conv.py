@@ -308,21 +308,34 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     args = geom.kernel_args()
     nt = get_num_threads()
     grad_x = grad_w = grad_b = None
-    with blas_single_thread():
-        if need_input_grad:
-            grad_x = np.empty(geom.x_shape, dtype=dtype)
-            if grad_x.size:
-                _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt)
-        if need_weight_grad:
-            grad_w = np.empty(weight.shape, dtype=dtype)
-            if grad_w.size:
-                xc = contiguous(x, dtype).reshape(-1)
-                _conv.conv2d_weight_grad(xc, gyc, grad_w.reshape(-1), args, geom.nhwc, nt)
+    if need_input_grad:
+        grad_x = np.empty(geom.x_shape, dtype=dtype)
+        if grad_x.size:
+            _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt)
+    if need_weight_grad:
+        grad_w = np.empty(weight.shape, dtype=dtype)
+        if grad_w.size:
+            _weight_grad(x, gyc, grad_w, geom, dtype, nt)
     if bias:
         grad_b = np.zeros(geom.K, dtype=dtype)
         if grad_y.size:
             _conv.conv2d_bias_grad(gyc, grad_b, args, geom.nhwc, nt)
     return grad_x, grad_w, grad_b
+
+
+def _weight_grad(x, gyc, grad_w, geom, dtype, nt):
+    """grad_weight: patches read in place from the phase-split image by the
+    register-blocked kernel (vectorised along output channels), or packed im2col
+    tiles and BLAS when a group has too few output channels to fill a vector."""
+    kg = geom.K // geom.groups
+    if kg >= 64 // np.dtype(dtype).itemsize:
+        xq, Hq, Wq = _phase_split(x, geom, dtype)
+        _conv.conv2d_weight_grad_implicit(xq.reshape(-1), gyc, grad_w.reshape(-1),
+                                          geom.kernel_args(), geom.nhwc, nt, Hq, Wq)
+        return
+    with blas_single_thread():
+        _conv.conv2d_weight_grad(contiguous(x, dtype).reshape(-1), gyc, grad_w.reshape(-1),
+                                 geom.kernel_args(), geom.nhwc, nt)
 
 
 def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
@@ -345,8 +358,9 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
                           1, ((pads[0], pads[1]), (pads[2], pads[3])), (geom.dh, geom.dw))
         _forward(grad_y, wt, None, grad_x, tgeom, dtype)
         return
-    _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1), grad_x.reshape(-1),
-                            geom.kernel_args(), geom.nhwc, nt)
+    with blas_single_thread():
+        _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1), grad_x.reshape(-1),
+                                geom.kernel_args(), geom.nhwc, nt)
 
 
 def _patch_geometry(fn, x_shape, kernel_size, stride, padding, dilation, layout):

@@ -486,6 +486,24 @@ cdef void input_grad_item(const floating* gy, const floating* w, floating* gx,
         p0 = p1
 
 
+cdef double sum_run(const floating* p, Py_ssize_t n) noexcept nogil:
+    # Eight independent float64 lanes (vectorisable, no serial add chain), combined
+    # in a fixed order: the same bits on every call.
+    cdef double lanes[8]
+    cdef Py_ssize_t q, j, n8 = n - n % 8
+    cdef double total = 0
+    for j in range(8):
+        lanes[j] = 0
+    for q in range(0, n8, 8):
+        for j in range(8):
+            lanes[j] += p[q + j]
+    for q in range(n8, n):
+        total += p[q]
+    for j in range(8):
+        total += lanes[j]
+    return total
+
+
 cdef void bias_grad_block(const floating* gy, floating* gb, Py_ssize_t rows, Py_ssize_t K,
                           Py_ssize_t k0) noexcept nogil:
     # Channels [k0, k0 + 16) of an (rows, K) gradient, summed row by row in float64.
@@ -656,6 +674,145 @@ def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[:
         raise MemoryError("conv2d_backward: could not allocate im2col scratch")
 
 
+cdef void weight_grad_implicit_item(const floating* xq, const floating* gy, floating* part,
+                                    const Geom* g, Py_ssize_t Hq, Py_ssize_t Wq,
+                                    Py_ssize_t grp, Py_ssize_t m0, Py_ssize_t m1,
+                                    Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t ntiles,
+                                    Py_ssize_t rows, const Py_ssize_t* taps, Py_ssize_t* aoff,
+                                    Py_ssize_t* boff, floating* gyt,
+                                    floating* scratch) noexcept nogil:
+    # part[grp] (ckk x Kg, tap-major) rows [m0, m1) += sum over tile items [t0, t1) of
+    # patches (taps x pixels, read in place from the phase-split image) @ gy tile
+    # (pixels x Kg). Only real output pixels enter the sum (the offset tables skip
+    # the phase rows' padding columns), so an Inf there cannot leak into gw.
+    cdef Py_ssize_t ti, n, oh0, oh1, nv, kk, k, plane = Hq * Wq
+    cdef const floating* a
+    cdef const floating* b
+    cdef const floating* src
+    cdef bint first = True
+    for ti in range(t0, t1):
+        n = ti // ntiles
+        oh0 = (ti - n * ntiles) * rows
+        oh1 = oh0 + rows if oh0 + rows < g.Ho else g.Ho
+        nv = (oh1 - oh0) * g.Wo
+        for kk in range(nv):
+            aoff[kk] = ((kk // g.Wo) * Wq + kk % g.Wo) * (g.C if g.nhwc else 1)
+        if not g.nhwc:
+            a = xq + (n * g.C + grp * g.Cg) * g.sh * g.sw * plane + oh0 * Wq
+            # gy tile transposed to pixels x Kg (cheap next to the product).
+            for k in range(g.Kg):
+                src = gy + ((n * g.K + grp * g.Kg + k) * g.Ho + oh0) * g.Wo
+                for kk in range(nv):
+                    gyt[kk * g.Kg + k] = src[kk]
+            for kk in range(nv):
+                boff[kk] = kk * g.Kg
+            b = gyt
+        else:
+            a = xq + (n * g.sh * g.sw * plane + oh0 * Wq) * g.C + grp * g.Cg
+            for kk in range(nv):
+                boff[kk] = kk * g.K
+            b = gy + (n * g.P + oh0 * g.Wo) * g.K + grp * g.Kg
+        ugemm(m1 - m0, g.Kg, nv, a, 0, taps + m0, aoff, b, boff,
+              part + (grp * g.ckk + m0) * g.Kg, g.Kg, not first, <floating*>NULL,
+              <floating*>NULL, scratch)
+        first = False
+
+
+def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
+                                floating[::1] gw, tuple geom, bint nhwc, int num_threads,
+                                Py_ssize_t Hq, Py_ssize_t Wq):
+    """gw from the phase-split padded x (see conv2d_forward) with the register-blocked
+    kernel: no im2col copy. Row tiles of images are summed in fixed chunks, the chunk
+    partials reduced in a fixed order: bitwise identical for any thread count."""
+    cdef Geom g = make_geom(geom, nhwc)
+    cdef Py_ssize_t rows, ntiles, ntile_items, nchunks, per, nmb, mbs, nitems, wsize
+    cdef Py_ssize_t it, ci, grp, mb, m0, m1, t0, t1, nblk, k, r, tq
+    cdef floating* partial
+    cdef floating* gyt
+    cdef Py_ssize_t* tables
+    cdef floating acc
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    wsize = g.K * g.ckk
+    if wsize == 0:
+        return
+    if g.N == 0 or g.P == 0:
+        memset(&gw[0], 0, wsize * sizeof(floating))
+        return
+    # Row tiles: the transposed gy tile (pixels x Kg) fills half of TILE_BYTES.
+    rows = TILE_BYTES // 2 // (g.Wo * g.Kg * <Py_ssize_t>sizeof(floating))
+    if rows < 1:
+        rows = 1
+    if rows > g.Ho:
+        rows = g.Ho
+    ntiles = (g.Ho + rows - 1) // rows
+    ntile_items = g.N * ntiles
+    nchunks = ntile_items if ntile_items < MAX_CHUNKS else MAX_CHUNKS
+    while nchunks > 1 and nchunks * wsize * sizeof(floating) > MAX_PARTIAL_BYTES:
+        nchunks //= 2
+    per = (ntile_items + nchunks - 1) // nchunks
+    nchunks = (ntile_items + per - 1) // per
+    # Too few chunks x groups: split the taps (rows of the product) as well.
+    nmb = (MIN_ITEMS + nchunks * g.G - 1) // (nchunks * g.G)
+    if nmb > g.ckk // 64:
+        nmb = g.ckk // 64
+    if nmb < 1:
+        nmb = 1
+    mbs = ((g.ckk + nmb - 1) // nmb + 7) // 8 * 8
+    nmb = (g.ckk + mbs - 1) // mbs
+    nitems = nchunks * g.G * nmb
+    tq = rows * g.Wo
+    partial = <floating*>malloc(nchunks * wsize * sizeof(floating))
+    if partial == NULL:
+        raise MemoryError("conv2d_backward: could not allocate weight-gradient partials")
+    with nogil:
+        with parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+            gyt = <floating*>malloc((tq * g.Kg + 16 + FASTNN_UGEMM_SCRATCH(tq)) * sizeof(floating))
+            tables = <Py_ssize_t*>malloc((2 * g.ckk + 2 * tq + 1) * sizeof(Py_ssize_t))
+            if tables != NULL:
+                # tables[:ckk] = the offset of each tap in the image (rows of A)
+                implicit_tables(&g, Hq, Wq, tables, tables + g.ckk)
+                if not g.nhwc:
+                    for r in range(g.ckk):
+                        tables[r] = tables[g.ckk + r]
+            for it in prange(nitems, schedule="dynamic"):
+                if gyt == NULL or tables == NULL:
+                    failed_p[0] = 1
+                    continue
+                ci = it // (g.G * nmb)
+                grp = (it // nmb) % g.G
+                mb = it % nmb
+                m0 = mb * mbs
+                m1 = m0 + mbs if m0 + mbs < g.ckk else g.ckk
+                t0 = ci * per
+                t1 = t0 + per if t0 + per < ntile_items else ntile_items
+                weight_grad_implicit_item(&xq[0], &gy[0], partial + ci * wsize, &g, Hq, Wq,
+                                          grp, m0, m1, t0, t1, ntiles, rows, tables,
+                                          tables + 2 * g.ckk, tables + 2 * g.ckk + tq, gyt,
+                                          gyt + (tq * g.Kg + 15) // 16 * 16)
+            free(gyt)
+            free(tables)
+        if not failed:
+            # gw = sum of the chunk partials in chunk order, from the tap-major
+            # partial layout [grp][tap][k] to the weight's own layout.
+            nblk = g.G * g.ckk
+            for it in prange(nblk, num_threads=num_threads,
+                             use_threads_if=num_threads > 1 and nblk > 1):
+                grp = it // g.ckk
+                r = it - grp * g.ckk
+                for k in range(g.Kg):
+                    acc = partial[it * g.Kg + k]
+                    for ci in range(1, nchunks):
+                        acc = acc + partial[ci * wsize + it * g.Kg + k]
+                    if g.nhwc:
+                        gw[r * g.K + grp * g.Kg + k] = acc
+                    else:
+                        gw[(grp * g.Kg + k) * g.ckk + r] = acc
+    free(partial)
+    if failed:
+        raise MemoryError("conv2d_backward: could not allocate scratch")
+
+
 def conv2d_input_grad(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
                       tuple geom, bint nhwc, int num_threads):
     """gx = col2im(w^T gy): items own disjoint input rows, so no write conflicts."""
@@ -710,8 +867,7 @@ def conv2d_bias_grad(const floating[::1] gy, floating[::1] gb, tuple geom, bint 
                             use_threads_if=num_threads > 1 and g.K > 1):
                 acc = 0
                 for n in range(g.N):
-                    for q in range(g.P):
-                        acc = acc + gy[(n * g.K + k) * g.P + q]
+                    acc = acc + sum_run(&gy[0] + (n * g.K + k) * g.P, g.P)
                 gb[k] = <floating>acc
         else:
             nblk = (g.K + 15) // 16
