@@ -228,13 +228,13 @@ def _forward(x, weight, bias, buf, geom, dtype):
     wc = contiguous(weight, dtype)
     bc = None if bias is None else contiguous(bias, dtype)
     kg = geom.K // geom.groups
-    # Output channels of one kernel row block (two 512-bit vectors).
-    block_k = 128 // np.dtype(dtype).itemsize
+    # Output channels of the narrowest kernel block (one 512-bit vector).
+    block_k = 64 // np.dtype(dtype).itemsize
     direct = (geom.kh == geom.kw == 1 and geom.sh == geom.sw == 1 and geom.pt == geom.pl == 0
               and geom.Ho == geom.H and geom.Wo == geom.W)
     # The kernel reads shifted rows of the padded, phase-split image (implicit
     # im2col): measured faster than packed tiles on every default shape. NHWC
-    # vectorises along output channels; with fewer than a row block of them per
+    # vectorises along output channels; with fewer than one vector of them per
     # group it runs the channel-major (NCHW) kernel and stores y transposed.
     # 1x1 stride-1 convolutions need no im2col at all (x is its own) and take the
     # packed path with x as the tile.

@@ -33,6 +33,26 @@
 #undef UK_NAME
 #undef UK_MR
 #undef UK_NV
+/* AVX-512, narrow: 16 rows x 16 floats, for products only 16 columns wide (few
+ * output channels): the wide block would multiply half padding there. */
+#define UK_MR 16
+#define UK_NV 1
+#define UK_T float
+#define UK_VW 16
+#define UK_NAME fastnn_sgemm_avx512n
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#define UK_T double
+#define UK_VW 8
+#define UK_NAME fastnn_dgemm_avx512n
+#include "_ukernel_impl.h"
+#undef UK_T
+#undef UK_VW
+#undef UK_NAME
+#undef UK_MR
+#undef UK_NV
 #undef UK_TARGET
 /* AVX2 + FMA: 6 rows x 16 floats (12 ymm accumulators). */
 #define UK_TARGET __attribute__((target("avx2,fma")))
@@ -105,6 +125,10 @@ static void fastnn_ugemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a
                            float *scratch)
 {
 #ifdef FASTNN_X86_DISPATCH
+    if (fastnn_ukernel_level == 2 && N <= 16 / (ptrdiff_t)(sizeof(*a) / 4)) {
+        fastnn_sgemm_avx512n(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        return;
+    }
     if (fastnn_ukernel_level == 2) {
         fastnn_sgemm_avx512(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
         return;
@@ -124,6 +148,10 @@ static void fastnn_ugemm_d(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *
                            double *scratch)
 {
 #ifdef FASTNN_X86_DISPATCH
+    if (fastnn_ukernel_level == 2 && N <= 16 / (ptrdiff_t)(sizeof(*a) / 4)) {
+        fastnn_dgemm_avx512n(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
+        return;
+    }
     if (fastnn_ukernel_level == 2) {
         fastnn_dgemm_avx512(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
         return;
