@@ -82,6 +82,16 @@ cdef inline void valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t n_in,
         hi[0] = lo[0]
 
 
+cdef Py_ssize_t chunk_size(Py_ssize_t items, Py_ssize_t partial_bytes) noexcept nogil:
+    # Items per weight-gradient chunk: at most MAX_CHUNKS chunks (each owns a partial
+    # of partial_bytes, reduced in chunk order), fewer when the partials would pass
+    # MAX_PARTIAL_BYTES. From the shape alone, so the bits never depend on threads.
+    cdef Py_ssize_t nchunks = items if items < MAX_CHUNKS else MAX_CHUNKS
+    while nchunks > 1 and nchunks * partial_bytes > MAX_PARTIAL_BYTES:
+        nchunks //= 2
+    return (items + nchunks - 1) // nchunks
+
+
 cdef Py_ssize_t tile_pixels(const Geom* g, Py_ssize_t units, Py_ssize_t itemsize) noexcept nogil:
     # Pixels per im2col tile: fill TILE_BYTES, then shrink so that at least
     # MIN_ITEMS items exist across `units` independent (image, group) pairs.
@@ -629,10 +639,7 @@ def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[:
     if ntile_items == 0:
         memset(&gw[0], 0, wsize * sizeof(floating))
         return
-    nchunks = ntile_items if ntile_items < MAX_CHUNKS else MAX_CHUNKS
-    while nchunks > 1 and nchunks * wsize * sizeof(floating) > MAX_PARTIAL_BYTES:
-        nchunks //= 2
-    per = (ntile_items + nchunks - 1) // nchunks
+    per = chunk_size(ntile_items, wsize * sizeof(floating))
     nchunks = (ntile_items + per - 1) // per
     if nchunks == 1:
         partial = &gw[0]
@@ -747,10 +754,7 @@ def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
         rows = g.Ho
     ntiles = (g.Ho + rows - 1) // rows
     ntile_items = g.N * ntiles
-    nchunks = ntile_items if ntile_items < MAX_CHUNKS else MAX_CHUNKS
-    while nchunks > 1 and nchunks * wsize * sizeof(floating) > MAX_PARTIAL_BYTES:
-        nchunks //= 2
-    per = (ntile_items + nchunks - 1) // nchunks
+    per = chunk_size(ntile_items, wsize * sizeof(floating))
     nchunks = (ntile_items + per - 1) // per
     # Too few chunks x groups: split the taps (rows of the product) as well.
     nmb = (MIN_ITEMS + nchunks * g.G - 1) // (nchunks * g.G)

@@ -118,51 +118,35 @@ static int fastnn_ukernel_pick(int cap)
     return level;
 }
 
-static void fastnn_ugemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t sam,
-                           const ptrdiff_t *amoff, const ptrdiff_t *aoff, const float *b, const ptrdiff_t *boff,
-                           float *c, ptrdiff_t ldc,
-                           int accumulate, const float *bias_row, const float *bias_col,
-                           float *scratch)
-{
+#define UK_ARGS M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch
 #ifdef FASTNN_X86_DISPATCH
-    if (fastnn_ukernel_level == 2 && N <= 16 / (ptrdiff_t)(sizeof(*a) / 4)) {
-        fastnn_sgemm_avx512n(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-        return;
+#define UK_X86_PATHS(P)                                                             \
+    if (fastnn_ukernel_level == 2 && N * (ptrdiff_t)sizeof(*a) <= 64) {             \
+        P##gemm_avx512n(UK_ARGS); /* the product is at most one vector wide */     \
+        return;                                                                     \
+    }                                                                               \
+    if (fastnn_ukernel_level == 2) {                                                \
+        P##gemm_avx512(UK_ARGS);                                                    \
+        return;                                                                     \
+    }                                                                               \
+    if (fastnn_ukernel_level == 1) {                                                \
+        P##gemm_avx2(UK_ARGS);                                                      \
+        return;                                                                     \
     }
-    if (fastnn_ukernel_level == 2) {
-        fastnn_sgemm_avx512(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-        return;
-    }
-    if (fastnn_ukernel_level == 1) {
-        fastnn_sgemm_avx2(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-        return;
-    }
+#else
+#define UK_X86_PATHS(P)
 #endif
-    fastnn_sgemm_base(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-}
-
-static void fastnn_ugemm_d(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *a, ptrdiff_t sam,
-                           const ptrdiff_t *amoff, const ptrdiff_t *aoff, const double *b, const ptrdiff_t *boff,
-                           double *c, ptrdiff_t ldc,
-                           int accumulate, const double *bias_row, const double *bias_col,
-                           double *scratch)
-{
-#ifdef FASTNN_X86_DISPATCH
-    if (fastnn_ukernel_level == 2 && N <= 16 / (ptrdiff_t)(sizeof(*a) / 4)) {
-        fastnn_dgemm_avx512n(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-        return;
+#define UK_DISPATCH(NAME, P, T)                                                     \
+    static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *a, ptrdiff_t sam, \
+                     const ptrdiff_t *amoff, const ptrdiff_t *aoff, const T *b,     \
+                     const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int accumulate,    \
+                     const T *bias_row, const T *bias_col, T *scratch)              \
+    {                                                                               \
+        UK_X86_PATHS(P)                                                             \
+        P##gemm_base(UK_ARGS);                                                      \
     }
-    if (fastnn_ukernel_level == 2) {
-        fastnn_dgemm_avx512(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-        return;
-    }
-    if (fastnn_ukernel_level == 1) {
-        fastnn_dgemm_avx2(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-        return;
-    }
-#endif
-    fastnn_dgemm_base(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch);
-}
+UK_DISPATCH(fastnn_ugemm_f, fastnn_s, float)
+UK_DISPATCH(fastnn_ugemm_d, fastnn_d, double)
 
 /* Scratch elements fastnn_ugemm_* needs for a product with inner dimension K
  * (a padded panel, an output block, a bias row, then K offsets of 8 bytes). */
