@@ -261,3 +261,143 @@ def rel_err(got, ref):
     diff = np.linalg.norm((got - ref).ravel())
     scale = np.linalg.norm(ref.ravel())
     return diff / scale if scale > 0 else diff
+
+
+# ------------------------------------------------------------------ activations
+# Written from SPEC.md "Activations" with plain NumPy in float64; the selects are
+# np.where, so NaN / Inf behave exactly as the spec words them.
+def relu(x):
+    """max(x, 0) as np.maximum: relu(NaN) is NaN."""
+    return np.maximum(np.asarray(x, dtype=np.float64), 0.0)
+
+
+def relu_backward(grad_y, x, at_zero=0.0):
+    """grad_y where x > 0, at_zero * grad_y where x == 0, exactly 0 elsewhere (x < 0
+    or NaN, whatever grad_y holds); at_zero == 0 blocks x == 0 too (threshold_backward)."""
+    g = np.asarray(grad_y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        at = at_zero * g if at_zero != 0 else np.zeros_like(g)
+    return np.where(x > 0, g, np.where(x == 0, at, 0.0))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x > 0, x, negative_slope * x)
+
+
+def leaky_relu_backward(grad_y, x, negative_slope=0.01):
+    g = np.asarray(grad_y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x > 0, g, negative_slope * g)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) without overflow: exp of -|x| only."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def sigmoid_backward(grad_y, y):
+    """From the forward output y = sigmoid(x)."""
+    y = np.asarray(y, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(grad_y, dtype=np.float64) * y * (1.0 - y)
+
+
+def tanh(x):
+    return np.tanh(np.asarray(x, dtype=np.float64))
+
+
+def tanh_backward(grad_y, y):
+    """From the forward output y = tanh(x): grad_y * (1 - y**2), as (1 - y) * (1 + y),
+    which does not cancel for |y| near 1."""
+    y = np.asarray(y, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.asarray(grad_y, dtype=np.float64) * ((1.0 - y) * (1.0 + y))
+
+
+def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along axis."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    with np.errstate(invalid="ignore"):
+        z = x - np.max(x, axis=axis, keepdims=True)
+        return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def softmax_backward(grad_y, y, axis=-1):
+    """Vector-Jacobian product of softmax from its output y: y * (g - sum(g * y))."""
+    g = np.asarray(grad_y, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    return y * (g - np.sum(g * y, axis=axis, keepdims=True))
+
+
+def log_softmax_backward(grad_y, y, axis=-1):
+    """From the log_softmax output y: g - exp(y) * sum(g)."""
+    g = np.asarray(grad_y, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    return g - np.exp(y) * np.sum(g, axis=axis, keepdims=True)
+
+
+def _targets(labels, shape):
+    """Class indices (N,) as one-hot rows, or probability rows as given (float64)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        t = np.zeros(shape)
+        t[np.arange(shape[0]), labels] = 1.0
+        return t
+    return labels.astype(np.float64)
+
+
+def softmax_cross_entropy(logits, labels, reduction="mean"):
+    """-sum(t * log_softmax(logits)) per row, then mean over rows / sum / none.
+
+    For class indices only the labelled entry enters (no 0 * -inf = NaN from the
+    other classes), as the definition -log_softmax(x)[label] says.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    lsm = log_softmax(x, axis=1)
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        loss = -lsm[np.arange(x.shape[0]), labels]
+    else:
+        loss = -np.sum(labels.astype(np.float64) * lsm, axis=1)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return np.sum(loss)
+    return np.mean(loss) if loss.size else np.nan
+
+
+def softmax_cross_entropy_backward(grad_loss, logits, labels, reduction="mean"):
+    """s_i * (softmax(x_i) * sum(t_i) - t_i), s_i = grad_loss / N, grad_loss, grad_loss[i]."""
+    x = np.asarray(logits, dtype=np.float64)
+    t = _targets(labels, x.shape)
+    g = np.asarray(grad_loss, dtype=np.float64)
+    if reduction == "mean":
+        s = np.full(x.shape[0], g / max(x.shape[0], 1))
+    elif reduction == "sum":
+        s = np.full(x.shape[0], g)
+    else:
+        s = g.reshape(-1)
+    p = softmax(x, axis=1)
+    return s[:, None] * (p * t.sum(axis=1, keepdims=True) - t)
+
+
+__all__ += [
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
+    "tanh", "tanh_backward", "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+    "softmax_cross_entropy", "softmax_cross_entropy_backward",
+]

@@ -12,7 +12,8 @@ an optional dependency.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["get_torch", "conv_geometry", "conv2d_forward", "conv2d_backward"]
+__all__ = ["get_torch", "conv_geometry", "conv2d_forward", "conv2d_backward", "relu_backward",
+           "sigmoid", "softmax", "softmax_backward", "softmax_cross_entropy"]
 
 _torch = None
 _torch_tried = False
@@ -168,3 +169,45 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     grad_x = np.ascontiguousarray(gxp[:, pt:pt + H, pl:pl + W, :])
     grad_b = gy.sum(axis=0) if bias else None
     return grad_x, grad_w, grad_b
+
+
+# ------------------------------------------------------------------ activations
+def relu_backward(grad_y, x, out=None):
+    """``grad_y * (x > 0)`` (a product: NaN in grad_y at blocked positions stays NaN,
+    which fastnn's select does not do; the benchmark inputs hold no NaN)."""
+    if out is None:
+        return grad_y * (x > 0)
+    return np.multiply(grad_y, x > 0, out=out)
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` (overflows to 0 with a warning below -88 in float32)."""
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x))
+
+
+def softmax(x):
+    """Max-subtracted softmax over the last axis."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def softmax_backward(grad_y, y):
+    """``y * (grad_y - sum(grad_y * y))`` over the last axis."""
+    return y * (grad_y - np.sum(grad_y * y, axis=-1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of class-index labels and its gradient, max-subtracted:
+    (loss as a 0-d array, grad_logits)."""
+    N = logits.shape[0]
+    rows = np.arange(N)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    loss = np.mean(np.log(s[:, 0]) - z[rows, labels])
+    e /= s
+    e[rows, labels] -= 1
+    e *= logits.dtype.type(1.0 / N)
+    return np.asarray(loss, dtype=logits.dtype), e

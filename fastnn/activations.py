@@ -1,0 +1,680 @@
+"""Activations: relu, leaky_relu, sigmoid, tanh, softmax, log_softmax, softmax
+cross-entropy, and their gradients.
+
+The elementwise functions take arrays of any shape; ``*_backward(grad_y, ...)``
+returns the gradient with respect to the forward input, shaped like it. Backward
+functions that need the forward *output* (sigmoid, tanh, softmax, log_softmax) take
+that output ``y``, as PyTorch's ``sigmoid_backward`` / ``_softmax_backward_data`` do:
+it is what a layer keeps for its backward pass anyway.
+
+``out=`` must have exactly the result shape and dtype. The elementwise functions may
+write in place (``out=x``, or ``out=grad_y`` for a backward); the result is the same
+as out of place. For every other overlap of ``out`` with an input the result is
+computed into a temporary first. Inputs are never modified otherwise.
+
+Every kernel makes one pass over memory (softmax and cross-entropy rows are read
+again while they are in cache), runs in parallel over fixed blocks or groups of rows
+above a size threshold, and is bitwise identical for any thread count.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from fastnn._threads import get_num_threads
+from fastnn._validation import as_float_array, contiguous, finish_out, prepare_out, result_dtype
+from fastnn_ext import _activations
+
+__all__ = [
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+    "softmax_cross_entropy", "softmax_cross_entropy_backward",
+]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ------------------------------------------------------------------ helpers
+def _as_real(value, name, fn):
+    """A real Python / NumPy scalar as a float (bool, complex, arrays refused)."""
+    if type(value) is float:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _prepare_out_inplace(out, shape, dtype, fn, inputs):
+    """``prepare_out`` for elementwise kernels, which may write over an input they
+    read element by element: an input that ``out`` aliases exactly (the same elements
+    in the same order) does not count as an overlap; any other overlap still goes
+    through a temporary."""
+    if isinstance(out, np.ndarray):
+        inputs = [a for a in inputs if a is not out and np.may_share_memory(a, out)
+                  and not (a.strides == out.strides and a.shape == out.shape
+                           and a.__array_interface__["data"][0]
+                           == out.__array_interface__["data"][0])]
+    return prepare_out(out, shape, dtype, fn, inputs)
+
+
+def _by_dtype(name):
+    """The float32 / float64 specialisations of a kernel, looked up once: calling one
+    directly skips Cython's fused-type dispatch (~0.2 us a call)."""
+    kernel = getattr(_activations, name)
+    return {np.dtype(np.float32): kernel["float"], np.dtype(np.float64): kernel["double"]}
+
+
+def _threads_for(size, par_min):
+    # Below the kernel's parallel threshold the count is unused: skip asking for it
+    # (get_num_threads reads the environment and the CPU affinity, ~2 us).
+    return get_num_threads() if size >= par_min else 1
+
+
+_CHEAP = _activations.PARALLEL_MIN_CHEAP
+_EXP = _activations.PARALLEL_MIN_EXP
+
+
+def _unary(fn, kernel, par_min, x, out, *scalars):
+    """``kernel[dtype](x, y, *scalars, num_threads)`` over flat buffers; y is returned
+    (``out`` when given; ``out=x`` is written in place)."""
+    x = as_float_array(x, "x", fn)
+    dtype = x.dtype
+    xc = contiguous(x, dtype)
+    if out is None:
+        buf, target = np.empty(x.shape, dtype=dtype), None
+    else:
+        buf, target = _prepare_out_inplace(out, x.shape, dtype, fn, (xc,))
+    n = buf.size
+    if n:
+        kernel[dtype](xc.reshape(-1), buf.reshape(-1), *scalars, _threads_for(n, par_min))
+    return finish_out(buf, target)
+
+
+def _binary(fn, kernel, par_min, grad_y, a, a_name, out, *scalars):
+    """``kernel[dtype](grad_y, a, out, *scalars, num_threads)`` for a backward whose
+    second input ``a`` (x or the forward output y) fixes the shape; ``out=grad_y`` or
+    ``out=a`` is written in place."""
+    grad_y = as_float_array(grad_y, "grad_y", fn)
+    a = as_float_array(a, a_name, fn)
+    if grad_y.shape != a.shape:
+        raise ValueError(f"{fn}: grad_y must have the shape of {a_name} {a.shape}, "
+                         f"got {grad_y.shape}")
+    dtype = a.dtype if grad_y.dtype == a.dtype else result_dtype(grad_y, a)
+    gc, ac = contiguous(grad_y, dtype), contiguous(a, dtype)
+    if out is None:
+        buf, target = np.empty(a.shape, dtype=dtype), None
+    else:
+        buf, target = _prepare_out_inplace(out, a.shape, dtype, fn, (gc, ac))
+    n = buf.size
+    if n:
+        kernel[dtype](gc.reshape(-1), ac.reshape(-1), buf.reshape(-1), *scalars,
+                      _threads_for(n, par_min))
+    return finish_out(buf, target)
+
+
+_RELU = _by_dtype("relu")
+_RELU_BWD = _by_dtype("relu_backward")
+_LEAKY = _by_dtype("leaky_relu")
+_LEAKY_BWD = _by_dtype("leaky_relu_backward")
+_SIGMOID = _by_dtype("sigmoid")
+_SIGMOID_BWD = _by_dtype("sigmoid_backward")
+_TANH = _by_dtype("tanh")
+_TANH_BWD = _by_dtype("tanh_backward")
+_SOFTMAX = _by_dtype("softmax")
+_SOFTMAX_BWD = _by_dtype("softmax_backward")
+_XENT = _by_dtype("cross_entropy")
+_XENT_BWD = _by_dtype("cross_entropy_backward")
+
+
+# ------------------------------------------------------------------ relu
+def relu(x, *, out=None):
+    """Rectified linear unit, ``max(x, 0)``.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64, any shape.
+    out : ndarray, optional
+        Result buffer of x's shape and dtype; ``out=x`` works in place.
+
+    Returns
+    -------
+    y : ndarray
+        ``np.maximum(x, 0)``, exactly: ``relu(NaN)`` is NaN and ``relu(-0.0)`` is
+        ``+0.0`` (``torch.relu`` keeps ``-0.0``; the values compare equal).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.relu(np.array([-2.0, 0.0, 3.0, np.nan]))
+    array([ 0.,  0.,  3., nan])
+    """
+    return _unary("relu", _RELU, _CHEAP, x, out)
+
+
+def relu_backward(grad_y, x, *, at_zero=0.0, out=None):
+    """Gradient of :func:`relu`: a select, not a product.
+
+    ``grad_x = grad_y`` where ``x > 0``, ``at_zero * grad_y`` where ``x == 0`` (either
+    sign of zero), and exactly 0 where ``x < 0`` or x is NaN, so a NaN or Inf in
+    ``grad_y`` at a blocked position gives 0, like PyTorch's ``threshold_backward``.
+    With the default ``at_zero=0.0`` the points ``x == 0`` are blocked too (0 even
+    where grad_y is NaN or Inf: exactly ``threshold_backward(grad_y, x, 0)``).
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Gradient with respect to relu's output, x's shape.
+    x : array_like
+        The forward input.
+    at_zero : float
+        The subgradient used at ``x == 0`` (0 like PyTorch and TensorFlow; 1 or 0.5
+        are other common choices).
+    out : ndarray, optional
+        Result buffer; ``out=grad_y`` (or ``out=x``) works in place.
+
+    Returns
+    -------
+    grad_x : ndarray
+        Shaped like x, in the promoted dtype of grad_y and x.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> x = np.array([-1.0, 0.0, 2.0, np.nan])
+    >>> fastnn.relu_backward(np.array([np.inf, 5.0, 3.0, np.nan]), x)
+    array([0., 0., 3., 0.])
+    >>> fastnn.relu_backward(np.ones(4), x, at_zero=0.5)
+    array([0. , 0.5, 1. , 0. ])
+    """
+    fn = "relu_backward"
+    at_zero = _as_real(at_zero, "at_zero", fn)
+    return _binary(fn, _RELU_BWD, _CHEAP, grad_y, x, "x", out, at_zero)
+
+
+# ------------------------------------------------------------------ leaky relu
+def leaky_relu(x, negative_slope=0.01, *, out=None):
+    """Leaky ReLU: ``x`` where ``x > 0``, else ``negative_slope * x``.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64, any shape.
+    negative_slope : float
+        The slope for ``x <= 0`` (PyTorch's default 0.01; Keras uses 0.3).
+    out : ndarray, optional
+        Result buffer of x's shape and dtype; ``out=x`` works in place.
+
+    Returns
+    -------
+    y : ndarray
+        NaN stays NaN and ``-0.0`` gives ``-0.0`` (``torch.nn.functional.leaky_relu``'s
+        rule; the slope is rounded to x's dtype first, as there).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.leaky_relu(np.array([-2.0, 0.0, 3.0]), 0.1)
+    array([-0.2,  0. ,  3. ])
+    """
+    fn = "leaky_relu"
+    negative_slope = _as_real(negative_slope, "negative_slope", fn)
+    return _unary(fn, _LEAKY, _CHEAP, x, out, negative_slope)
+
+
+def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None):
+    """Gradient of :func:`leaky_relu`: ``grad_y`` where ``x > 0``, else
+    ``negative_slope * grad_y`` (also at ``x == 0`` and where x is NaN, like PyTorch).
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Gradient with respect to leaky_relu's output, x's shape.
+    x : array_like
+        The forward input.
+    negative_slope : float
+        As given to the forward call.
+    out : ndarray, optional
+        Result buffer; ``out=grad_y`` (or ``out=x``) works in place.
+
+    Returns
+    -------
+    grad_x : ndarray
+        Shaped like x, in the promoted dtype of grad_y and x.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.leaky_relu_backward(np.ones(3), np.array([-2.0, 0.0, 3.0]), 0.1)
+    array([0.1, 0.1, 1. ])
+    """
+    fn = "leaky_relu_backward"
+    negative_slope = _as_real(negative_slope, "negative_slope", fn)
+    return _binary(fn, _LEAKY_BWD, _CHEAP, grad_y, x, "x", out, negative_slope)
+
+
+# ------------------------------------------------------------------ sigmoid, tanh
+def sigmoid(x, *, out=None):
+    """Logistic sigmoid ``1 / (1 + exp(-x))``.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64, any shape.
+    out : ndarray, optional
+        Result buffer of x's shape and dtype; ``out=x`` works in place.
+
+    Returns
+    -------
+    y : ndarray
+        Relative error below 2 eps of the dtype (measured) in both tails: it is
+        computed from ``exp(-|x|)``, so nothing overflows and the tiny values for very
+        negative x keep their relative accuracy (down to subnormals). NaN stays NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.sigmoid(np.array([-np.inf, 0.0, np.inf]))
+    array([0. , 0.5, 1. ])
+    """
+    return _unary("sigmoid", _SIGMOID, _EXP, x, out)
+
+
+def sigmoid_backward(grad_y, y, *, out=None):
+    """Gradient of :func:`sigmoid` from its **output** ``y = sigmoid(x)``:
+    ``grad_y * y * (1 - y)`` (PyTorch's ``sigmoid_backward(grad_output, output)``).
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Gradient with respect to sigmoid's output, y's shape.
+    y : array_like
+        The forward **output** (not x): what a layer keeps for its backward pass.
+    out : ndarray, optional
+        Result buffer; ``out=grad_y`` (or ``out=y``) works in place.
+
+    Returns
+    -------
+    grad_x : ndarray
+        Shaped like y, in the promoted dtype of grad_y and y.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> y = fastnn.sigmoid(np.zeros(2))
+    >>> fastnn.sigmoid_backward(np.array([1.0, 2.0]), y)
+    array([0.25, 0.5 ])
+    """
+    return _binary("sigmoid_backward", _SIGMOID_BWD, _CHEAP, grad_y, y, "y", out)
+
+
+def tanh(x, *, out=None):
+    """Hyperbolic tangent.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64, any shape.
+    out : ndarray, optional
+        Result buffer of x's shape and dtype; ``out=x`` works in place.
+
+    Returns
+    -------
+    y : ndarray
+        Relative error below 10 eps of the dtype (measured, worst near
+        ``|x| = 0.1`` where the formula switches); ``tanh(-0.0)`` is ``-0.0``,
+        ``tanh(+-inf)`` is ``+-1``, NaN stays NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.tanh(np.array([-np.inf, 0.0, np.inf]))
+    array([-1.,  0.,  1.])
+    """
+    return _unary("tanh", _TANH, _EXP, x, out)
+
+
+def tanh_backward(grad_y, y, *, out=None):
+    """Gradient of :func:`tanh` from its **output** ``y = tanh(x)``:
+    ``grad_y * (1 - y**2)`` (PyTorch's ``tanh_backward(grad_output, output)``),
+    computed as ``(1 - y) * (1 + y)``, which keeps full accuracy for ``|y|`` near 1.
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Gradient with respect to tanh's output, y's shape.
+    y : array_like
+        The forward **output** (not x).
+    out : ndarray, optional
+        Result buffer; ``out=grad_y`` (or ``out=y``) works in place.
+
+    Returns
+    -------
+    grad_x : ndarray
+        Shaped like y, in the promoted dtype of grad_y and y.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.tanh_backward(np.array([1.0, 1.0]), np.array([0.0, 0.5]))
+    array([1.  , 0.75])
+    """
+    return _binary("tanh_backward", _TANH_BWD, _CHEAP, grad_y, y, "y", out)
+
+
+# ------------------------------------------------------------------ softmax
+def _axis(axis, ndim, fn):
+    if type(axis) is not int:
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"{fn}: axis must be an int, got {axis!r}")
+        axis = int(axis)
+    n = max(ndim, 1)
+    if not -n <= axis < n:
+        raise ValueError(f"{fn}: axis {axis} is out of bounds for an array of dimension {ndim}")
+    return axis % n
+
+
+def _softmax_view(shape, axis):
+    """(outer, n, inner) of a C-contiguous array reduced along ``axis``."""
+    if not shape:
+        return 1, 1, 1
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def _softmax_forward(fn, x, axis, out, log):
+    x = as_float_array(x, "x", fn)
+    axis = _axis(axis, x.ndim, fn)
+    dtype = x.dtype
+    buf, target = prepare_out(out, x.shape, dtype, fn, (x,))
+    if buf.size:
+        outer, n, inner = _softmax_view(x.shape, axis)
+        _SOFTMAX[dtype](contiguous(x, dtype).reshape(-1), buf.reshape(-1), outer, n, inner, log,
+                        _threads_for(buf.size, _EXP))
+    return finish_out(buf, target)
+
+
+def _softmax_backward(fn, grad_y, y, axis, out, log):
+    grad_y = as_float_array(grad_y, "grad_y", fn)
+    y = as_float_array(y, "y", fn)
+    if grad_y.shape != y.shape:
+        raise ValueError(f"{fn}: grad_y must have the shape of y {y.shape}, got {grad_y.shape}")
+    axis = _axis(axis, y.ndim, fn)
+    dtype = result_dtype(grad_y, y)
+    buf, target = prepare_out(out, y.shape, dtype, fn, (grad_y, y))
+    if buf.size:
+        outer, n, inner = _softmax_view(y.shape, axis)
+        _SOFTMAX_BWD[dtype](contiguous(grad_y, dtype).reshape(-1),
+                            contiguous(y, dtype).reshape(-1), buf.reshape(-1),
+                            outer, n, inner, log, _threads_for(buf.size, _EXP))
+    return finish_out(buf, target)
+
+
+def softmax(x, axis=-1, *, out=None):
+    """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
+
+    Numerically stable (the maximum is subtracted first, so nothing overflows). A
+    row holding NaN or +inf, or only -inf, gives NaN, as the NumPy formula and
+    PyTorch do.
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64, any shape (any axis; the last is the fastest).
+    axis : int
+        The axis that sums to 1.
+    out : ndarray, optional
+        Result buffer of x's shape and dtype (``out=x`` goes through a temporary).
+
+    Returns
+    -------
+    y : ndarray
+        x's shape and dtype; sums are accumulated in float64, so float32 rows of any
+        length sum to 1 within float32 rounding.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.softmax(np.array([[1.0, 1.0], [0.0, np.log(3.0)]]))
+    array([[0.5 , 0.5 ],
+           [0.25, 0.75]])
+    """
+    return _softmax_forward("softmax", x, axis, out, False)
+
+
+def log_softmax(x, axis=-1, *, out=None):
+    """Log of :func:`softmax` along ``axis``: ``x - max - log(sum(exp(x - max)))``.
+
+    Stable for any input scale (``log_softmax([0, -1000])`` is ``[0, -1000]``, where
+    ``log(softmax(x))`` would give ``-inf``).
+
+    Parameters
+    ----------
+    x : array_like
+        float32 or float64, any shape.
+    axis : int
+        The axis normalised over.
+    out : ndarray, optional
+        Result buffer of x's shape and dtype (``out=x`` goes through a temporary).
+
+    Returns
+    -------
+    y : ndarray
+        x's shape and dtype. NaN and Inf behave as in :func:`softmax`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.log_softmax(np.array([0.0, -1000.0]))
+    array([    0., -1000.])
+    """
+    return _softmax_forward("log_softmax", x, axis, out, True)
+
+
+def softmax_backward(grad_y, y, axis=-1, *, out=None):
+    """Gradient of :func:`softmax` from its **output** ``y``:
+    ``y * (grad_y - sum(grad_y * y, axis))`` (PyTorch's ``_softmax_backward_data``).
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Gradient with respect to softmax's output, y's shape.
+    y : array_like
+        The forward **output** ``softmax(x, axis)``.
+    axis : int
+        As given to the forward call.
+    out : ndarray, optional
+        Result buffer of y's shape and the promoted dtype.
+
+    Returns
+    -------
+    grad_x : ndarray
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> y = fastnn.softmax(np.zeros(2))
+    >>> fastnn.softmax_backward(np.array([1.0, 0.0]), y)
+    array([ 0.25, -0.25])
+    """
+    return _softmax_backward("softmax_backward", grad_y, y, axis, out, False)
+
+
+def log_softmax_backward(grad_y, y, axis=-1, *, out=None):
+    """Gradient of :func:`log_softmax` from its **output** ``y``:
+    ``grad_y - exp(y) * sum(grad_y, axis)``.
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Gradient with respect to log_softmax's output, y's shape.
+    y : array_like
+        The forward **output** ``log_softmax(x, axis)``.
+    axis : int
+        As given to the forward call.
+    out : ndarray, optional
+        Result buffer of y's shape and the promoted dtype.
+
+    Returns
+    -------
+    grad_x : ndarray
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> y = fastnn.log_softmax(np.zeros(2))
+    >>> fastnn.log_softmax_backward(np.array([1.0, 0.0]), y)
+    array([ 0.5, -0.5])
+    """
+    return _softmax_backward("log_softmax_backward", grad_y, y, axis, out, True)
+
+
+# ------------------------------------------------------------------ cross-entropy
+def _xent_setup(fn, logits, labels, reduction):
+    """Validated (logits, labels int64 or None, target or None, dtype)."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {', '.join(map(repr, _REDUCTIONS))}, "
+                         f"got {reduction!r}")
+    logits = as_float_array(logits, "logits", fn)
+    if logits.ndim != 2:
+        raise ValueError(f"{fn}: logits must be 2-D (N, C), got shape {logits.shape}")
+    N, C = logits.shape
+    try:
+        lab = np.asarray(labels)
+    except Exception as exc:
+        raise TypeError(f"{fn}: labels could not be converted to an array ({exc})") from None
+    if lab.ndim == 1:
+        if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
+            raise TypeError(f"{fn}: labels of shape (N,) are class indices and must have an "
+                            f"integer dtype, got {lab.dtype} (probability targets have shape "
+                            f"(N, C) = {logits.shape})")
+        if lab.shape != (N,):
+            raise ValueError(f"{fn}: labels must have shape ({N},) (one class index per row of "
+                             f"logits), got {lab.shape}")
+        if N and C == 0:
+            raise ValueError(f"{fn}: logits has no classes (shape {logits.shape})")
+        if N:
+            lo, hi = lab.min(), lab.max()
+            if lo < 0 or hi >= C:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{fn}: labels must be class indices in [0, {C}), got {bad}")
+        return logits, contiguous(lab, np.int64), None, logits.dtype
+    if lab.ndim == 2:
+        target = as_float_array(lab, "labels", fn)
+        if target.shape != logits.shape:
+            raise ValueError(f"{fn}: probability labels must have the shape of logits "
+                             f"{logits.shape}, got {target.shape}")
+        if N and C == 0:
+            raise ValueError(f"{fn}: logits has no classes (shape {logits.shape})")
+        return logits, None, target, result_dtype(logits, target)
+    raise ValueError(f"{fn}: labels must be class indices of shape ({N},) or probabilities "
+                     f"of shape {logits.shape}, got shape {lab.shape}")
+
+
+def softmax_cross_entropy(logits, labels, *, reduction="mean"):
+    """Cross-entropy of ``softmax(logits)`` against labels, fused and stable.
+
+    ``loss_i = logsumexp(logits_i) - logits_i[labels_i]`` for class indices, or
+    ``sum_c labels_ic * (logsumexp(logits_i) - logits_ic)`` for probability (or
+    one-hot) targets -- ``torch.nn.functional.cross_entropy`` with either kind of
+    target. Each row is read twice while it is in cache (max, then the exp-sum); no
+    (N, C) softmax is ever written.
+
+    Parameters
+    ----------
+    logits : array_like
+        ``(N, C)``, float32 or float64.
+    labels : array_like
+        ``(N,)`` integer class indices in ``[0, C)``, or ``(N, C)`` float targets
+        (rows of probabilities; they are used as given, not renormalised).
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` (the default, as in PyTorch) averages over the N rows (NaN for
+        N == 0, like ``numpy.mean``); ``"sum"`` adds them; ``"none"`` returns the
+        ``(N,)`` per-row losses.
+
+    Returns
+    -------
+    loss : ndarray
+        0-d for "mean" and "sum", ``(N,)`` for "none"; in the promoted dtype of logits
+        (and of float targets). Rows are summed in float64 in row order, so the result
+        does not depend on the thread count.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> fastnn.softmax_cross_entropy(logits, np.array([0, 2]), reduction="none")
+    array([0.23954..., 1.09861...])
+    >>> fastnn.softmax_cross_entropy(logits, np.array([0, 2]))
+    array(0.669078...)
+    """
+    fn = "softmax_cross_entropy"
+    logits, lab, target, dtype = _xent_setup(fn, logits, labels, reduction)
+    N, C = logits.shape
+    rows = np.zeros(N, dtype=np.float64)
+    if N:
+        _XENT[dtype](contiguous(logits, dtype).reshape(-1), lab,
+                     None if target is None else contiguous(target, dtype).reshape(-1),
+                     rows, N, C, _threads_for(N * C, _EXP))
+    if reduction == "none":
+        return rows.astype(dtype)
+    total = rows.sum()
+    if reduction == "mean":
+        total = total / N if N else np.nan
+    return np.asarray(total, dtype=dtype)
+
+
+def softmax_cross_entropy_backward(grad_loss, logits, labels, *, reduction="mean", out=None):
+    """Gradient of :func:`softmax_cross_entropy` with respect to the logits.
+
+    ``grad_logits_i = s_i * (softmax(logits_i) * sum(labels_i) - labels_i)`` (with
+    one-hot rows for class indices, so ``sum(labels_i) = 1``), where ``s_i`` is
+    ``grad_loss / N`` for "mean", ``grad_loss`` for "sum" and ``grad_loss[i]`` for
+    "none". The softmax is recomputed from the logits (nothing is cached between the
+    calls); each row is read three times while in cache and written once.
+
+    Parameters
+    ----------
+    grad_loss : float or array_like
+        Gradient of the final loss with respect to this loss: a scalar for "mean" and
+        "sum" (usually ``1.0``), shape ``(N,)`` for "none". A Python ``int`` or
+        ``float`` takes the dtype of logits (as NumPy treats Python scalars).
+    logits, labels, reduction
+        As given to :func:`softmax_cross_entropy`.
+    out : ndarray, optional
+        Result buffer of logits' shape and the result dtype.
+
+    Returns
+    -------
+    grad_logits : ndarray
+        ``(N, C)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> fastnn.softmax_cross_entropy_backward(1.0, np.zeros((1, 2)), np.array([1]))
+    array([[ 0.5, -0.5]])
+    """
+    fn = "softmax_cross_entropy_backward"
+    logits, lab, target, dtype = _xent_setup(fn, logits, labels, reduction)
+    N, C = logits.shape
+    weak = type(grad_loss) in (int, float)   # Python scalars do not promote (NEP 50)
+    if weak:
+        scale = np.asarray(grad_loss, dtype=np.float64)
+    else:
+        scale = as_float_array(grad_loss, "grad_loss", fn)
+        dtype = result_dtype(logits, target, scale)
+    want = (N,) if reduction == "none" else ()
+    if scale.shape != want:
+        what = "one value per row" if reduction == "none" else "a scalar"
+        raise ValueError(f"{fn}: grad_loss must be {what} for reduction={reduction!r}, "
+                         f"shape {want}, got {scale.shape}")
+    scale = scale.astype(np.float64).reshape(-1)
+    if reduction == "mean" and N:
+        scale = scale / N
+    buf, target_out = prepare_out(out, logits.shape, dtype, fn, (logits, target))
+    if buf.size:
+        _XENT_BWD[dtype](contiguous(logits, dtype).reshape(-1), lab,
+                         None if target is None else contiguous(target, dtype).reshape(-1),
+                         scale.astype(dtype), buf.reshape(-1), N, C, _threads_for(buf.size, _EXP))
+    return finish_out(buf, target_out)
