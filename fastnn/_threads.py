@@ -21,8 +21,9 @@ _forked_child = False
 
 
 def _mark_forked_child():
-    global _forked_child
+    global _forked_child, _default_cache
     _forked_child = True
+    _default_cache = (None, None)
 
 
 if hasattr(os, "register_at_fork"):
@@ -36,8 +37,23 @@ def _available_cpus():
         return max(1, os.cpu_count() or 1)
 
 
+_default_cache = (None, None)   # (OMP_NUM_THREADS as read, resolved default)
+
+
 def _default_threads():
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    # Resolving the default reads the environment and asks the OS for the affinity
+    # mask (~2 us); it is cached until OMP_NUM_THREADS changes or the process forks.
+    global _default_cache
+    env = os.environ.get("OMP_NUM_THREADS")
+    if _default_cache[0] == env and _default_cache[1] is not None:
+        return _default_cache[1]
+    value = _resolve_default(env)
+    _default_cache = (env, value)
+    return value
+
+
+def _resolve_default(env):
+    env = (env or "").strip()
     if env:
         try:
             value = int(env.split(",")[0])
