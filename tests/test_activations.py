@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.activations
 import reference as ref
+from helpers import call_raises, snapshot
 
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 DTYPES = (np.float32, np.float64)
@@ -56,20 +57,6 @@ def assert_same_nonfinite(got, want, what="", dtype=np.float64):
     np.testing.assert_array_equal(np.isfinite(got), fin, err_msg=f"{what}: finite positions")
     if fin.any():
         assert_close(got[fin], want[fin], dtype, what)
-
-
-def snapshot(arrays):
-    return [(a, a.copy()) for a in arrays if isinstance(a, np.ndarray)]
-
-
-def call_raises(exc, match, fn, *args, **kwargs):
-    """fn(*args, **kwargs) raises exc matching `match`; no array argument changed."""
-    snap = snapshot(list(args) + list(kwargs.values()))
-    with pytest.raises(exc, match=match) as info:
-        fn(*args, **kwargs)
-    for arr, before in snap:
-        np.testing.assert_array_equal(arr, before)
-    return info
 
 
 # ------------------------------------------------------------------ the ops

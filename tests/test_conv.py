@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.conv
 import reference as ref
+from helpers import call_raises, snapshot
 
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 LAYOUTS = ("NCHW", "NHWC")
@@ -529,20 +530,6 @@ def test_flip_kernel_is_180_degree_rotation():
 
 
 # ------------------------------------------------------------------ bad input
-def _snapshot(values):
-    return [(v, v.copy()) for v in values if isinstance(v, np.ndarray)]
-
-
-def call_raises(exc, match, fn, *args, **kwargs):
-    """fn(*args, **kwargs) raises exc matching `match`; no array argument changed."""
-    snap = _snapshot(list(args) + list(kwargs.values()))
-    with pytest.raises(exc, match=match) as info:
-        fn(*args, **kwargs)
-    for arr, before in snap:
-        np.testing.assert_array_equal(arr, before)
-    return info
-
-
 def _inputs(layout="NCHW", dtype=np.float64, N=2, C=4, H=6, W=5, K=3, G=1, k=(3, 2)):
     rng = np.random.default_rng(11)
     x = rng.standard_normal(x_shape_of(layout, N, C, H, W)).astype(dtype)
@@ -772,7 +759,7 @@ def test_any_memory_layout_same_result(layout, dtype):
     xs, ws, bs, gys, colss = (_variants(a) for a in (x, w, b, gy, cols))
     for name in xs:
         xv, wv, bv, gyv, cv = xs[name], ws[name], bs[name], gys[name], colss[name]
-        snap = _snapshot([xv, wv, bv, gyv, cv])
+        snap = snapshot([xv, wv, bv, gyv, cv])
         np.testing.assert_array_equal(fastnn.conv2d(xv, wv, bv, **kw), y, err_msg=name)
         for got, want in zip(fastnn.conv2d_backward(gyv, xv, wv, **kw), grads):
             np.testing.assert_array_equal(got, want, err_msg=name)
