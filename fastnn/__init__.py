@@ -5,7 +5,8 @@ OpenMP, matrix products in BLAS. See ``fastnn.show_config()`` for the build.
 """
 from fastnn._threads import get_num_threads, set_num_threads, threads
 from fastnn._config import show_config
-from fastnn.conv import col2im, conv2d, conv2d_backward, flip_kernel, im2col
+from fastnn.conv import (col2im, conv1d, conv1d_backward, conv2d, conv2d_backward, conv_transpose2d,
+                         conv_transpose2d_backward, flip_kernel, im2col)
 from fastnn.activations import (leaky_relu, leaky_relu_backward, log_softmax, log_softmax_backward,
                                 relu, relu_backward, sigmoid, sigmoid_backward, softmax,
                                 softmax_backward, softmax_cross_entropy,
@@ -15,7 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "show_config", "set_num_threads", "get_num_threads", "threads",
-    "conv2d", "conv2d_backward", "im2col", "col2im", "flip_kernel",
+    "conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
+    "conv_transpose2d_backward", "im2col", "col2im", "flip_kernel",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",

@@ -19,7 +19,8 @@ from fastnn._validation import (as_float_array, as_int, check_ndim, contiguous,
                                 finish_out, int_tuple, prepare_out, result_dtype)
 from fastnn_ext import _conv
 
-__all__ = ["conv2d", "conv2d_backward", "im2col", "col2im", "flip_kernel"]
+__all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
+           "conv_transpose2d_backward", "im2col", "col2im", "flip_kernel"]
 
 _LAYOUTS = ("NCHW", "NHWC")
 
@@ -67,11 +68,15 @@ def _parse_padding(padding, in_size, kernel_size, stride, dilation, fn):
     return tuple(sides)
 
 
+def _image_shape(nhwc, N, C, H, W):
+    return (N, H, W, C) if nhwc else (N, C, H, W)
+
+
 class _Geometry:
     """Normalised convolution geometry (2-D; 1-D uses H = 1)."""
 
     def __init__(self, fn, layout, x_shape, kernel_size, channels_out, groups,
-                 stride, padding, dilation):
+                 stride, padding, dilation, ndim=2):
         self.layout = layout
         self.nhwc = layout == "NHWC"
         if self.nhwc:
@@ -89,6 +94,10 @@ class _Geometry:
         span_w = self.dw * (self.kw - 1) + 1
         self.Ho = (self.H + self.pt + self.pb - span_h) // self.sh + 1
         self.Wo = (self.W + self.pl + self.pr - span_w) // self.sw + 1
+        if ndim == 1 and self.Wo < 1:
+            raise ValueError(
+                f"{fn}: kernel (dilated extent {span_w}) is larger than the padded input "
+                f"({self.W + self.pl + self.pr}); output width would be {self.Wo}")
         if self.Ho < 1 or self.Wo < 1:
             raise ValueError(
                 f"{fn}: kernel (dilated extent {span_h}x{span_w}) is larger than the padded "
@@ -97,29 +106,33 @@ class _Geometry:
 
     @property
     def out_shape(self):
-        if self.nhwc:
-            return (self.N, self.Ho, self.Wo, self.K)
-        return (self.N, self.K, self.Ho, self.Wo)
+        return _image_shape(self.nhwc, self.N, self.K, self.Ho, self.Wo)
 
     @property
     def x_shape(self):
-        if self.nhwc:
-            return (self.N, self.H, self.W, self.C)
-        return (self.N, self.C, self.H, self.W)
+        return _image_shape(self.nhwc, self.N, self.C, self.H, self.W)
 
     def kernel_args(self):
         return (self.N, self.C, self.H, self.W, self.K, self.kh, self.kw, self.sh, self.sw,
                 self.dh, self.dw, self.pt, self.pl, self.Ho, self.Wo, self.groups)
 
 
-def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout):
-    """Validate x and weight; return (x array, weight array, geometry)."""
+def _image_and_kernel(fn, layout, x, weight, x_dims, w_dims):
+    """The layout checked and x, weight as 4-D float arrays; ``*_dims`` name the axes
+    (NHWC form, NCHW form) for the error message."""
     layout = _check_layout(layout, fn)
     x = as_float_array(x, "x", fn)
     weight = as_float_array(weight, "weight", fn)
-    check_ndim(x, 4, "x", fn, f"(layout {layout}: {'N, H, W, C' if layout == 'NHWC' else 'N, C, H, W'})")
-    check_ndim(weight, 4, "weight", fn,
-               f"(layout {layout}: {'kh, kw, C/groups, K' if layout == 'NHWC' else 'K, C/groups, kh, kw'})")
+    nhwc = layout == "NHWC"
+    check_ndim(x, 4, "x", fn, f"(layout {layout}: {x_dims[0] if nhwc else x_dims[1]})")
+    check_ndim(weight, 4, "weight", fn, f"(layout {layout}: {w_dims[0] if nhwc else w_dims[1]})")
+    return layout, x, weight
+
+
+def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout, ndim=2):
+    """Validate x and weight; return (x array, weight array, geometry)."""
+    layout, x, weight = _image_and_kernel(fn, layout, x, weight, ("N, H, W, C", "N, C, H, W"),
+                                          ("kh, kw, C/groups, K", "K, C/groups, kh, kw"))
     groups = as_int(groups, "groups", fn, minimum=1)
     if layout == "NHWC":
         kh, kw, cpg, K = weight.shape
@@ -136,8 +149,17 @@ def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout):
                          f"{C // groups} (layout {layout})")
     if kh < 1 or kw < 1:
         raise ValueError(f"{fn}: weight has an empty kernel ({kh}x{kw})")
-    geom = _Geometry(fn, layout, x.shape, (kh, kw), K, groups, stride, padding, dilation)
+    geom = _Geometry(fn, layout, x.shape, (kh, kw), K, groups, stride, padding, dilation, ndim)
     return x, weight, geom
+
+
+def _check_bias(bias, K, fn):
+    if bias is None:
+        return None
+    bias = as_float_array(bias, "bias", fn)
+    if bias.shape != (K,):
+        raise ValueError(f"{fn}: bias must have shape ({K},), got {bias.shape}")
+    return bias
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
@@ -180,10 +202,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     """
     fn = "conv2d"
     x, weight, geom = _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout)
-    if bias is not None:
-        bias = as_float_array(bias, "bias", fn)
-        if bias.shape != (geom.K,):
-            raise ValueError(f"{fn}: bias must have shape ({geom.K},), got {bias.shape}")
+    bias = _check_bias(bias, geom.K, fn)
     dtype = result_dtype(x, weight, bias)
     buf, target = prepare_out(out, geom.out_shape, dtype, fn, (x, weight, bias))
     if buf.size:
@@ -303,9 +322,12 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     if grad_y.shape != geom.out_shape:
         raise ValueError(f"{fn}: grad_y must have the output shape {geom.out_shape} "
                          f"(layout {geom.layout}), got {grad_y.shape}")
+    return _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad)
+
+
+def _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad):
     dtype = result_dtype(grad_y, x, weight)
     gyc = contiguous(grad_y, dtype).reshape(-1)
-    args = geom.kernel_args()
     nt = get_num_threads()
     grad_x = grad_w = grad_b = None
     if need_input_grad:
@@ -319,7 +341,7 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     if bias:
         grad_b = np.zeros(geom.K, dtype=dtype)
         if grad_y.size:
-            _conv.conv2d_bias_grad(gyc, grad_b, args, geom.nhwc, nt)
+            _conv.conv2d_bias_grad(gyc, grad_b, geom.kernel_args(), geom.nhwc, nt)
     return grad_x, grad_w, grad_b
 
 
@@ -468,3 +490,341 @@ def flip_kernel(weight, layout="NCHW"):
     check_ndim(weight, 4, "weight", fn, f"(layout {layout})")
     flipped = weight[::-1, ::-1] if layout == "NHWC" else weight[:, :, ::-1, ::-1]
     return np.ascontiguousarray(flipped)
+
+
+# ------------------------------------------------------------------ conv1d
+_LAYOUTS_1D = ("NCW", "NWC")
+
+
+def _parse_padding_1d(padding, fn):
+    """1-D padding in the 2-D form the conv2d machinery takes (H gets none)."""
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, (bool, np.bool_)):
+        p = as_int(padding, "padding", fn, minimum=0)
+        return ((0, 0), (p, p))
+    try:
+        items = tuple(padding)
+    except TypeError:
+        raise TypeError(f"{fn}: padding must be an int, (left, right), 'valid' or 'same', "
+                        f"got {padding!r}") from None
+    if len(items) == 1:
+        items = items[0]
+        if isinstance(items, (int, np.integer)) and not isinstance(items, (bool, np.bool_)):
+            p = as_int(items, "padding", fn, minimum=0)
+            return ((0, 0), (p, p))
+    return ((0, 0), int_tuple(items, 2, "padding", fn, minimum=0))
+
+
+def _conv1d_setup(fn, x, weight, stride, padding, dilation, groups, layout):
+    """Check 1-D arguments and return the problem as a height-1 2-D one:
+    (x4, w4, geometry, 1-D layout). NCW runs as NCHW with H = 1, NWC as NHWC."""
+    if not isinstance(layout, str) or layout.upper() not in _LAYOUTS_1D:
+        raise ValueError(f"{fn}: layout must be one of {', '.join(_LAYOUTS_1D)}, got {layout!r}")
+    layout = layout.upper()
+    nwc = layout == "NWC"
+    x = as_float_array(x, "x", fn)
+    weight = as_float_array(weight, "weight", fn)
+    check_ndim(x, 3, "x", fn, f"(layout {layout}: {'N, W, C' if nwc else 'N, C, W'})")
+    check_ndim(weight, 3, "weight", fn,
+               f"(layout {layout}: {'kw, C/groups, K' if nwc else 'K, C/groups, kw'})")
+    (s,) = int_tuple(stride, 1, "stride", fn, minimum=1)
+    (d,) = int_tuple(dilation, 1, "dilation", fn, minimum=1)
+    pad2 = _parse_padding_1d(padding, fn)
+    x4, w4 = (x[:, None], weight[None]) if nwc else (x[:, :, None], weight[:, :, None])
+    layout2d = "NHWC" if nwc else "NCHW"
+    try:
+        x4, w4, geom = _conv_setup(fn, x4, w4, (1, s), pad2, (1, d), groups, layout2d, ndim=1)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(f"(layout {layout2d})", f"(layout {layout})")) from None
+    return x4, w4, geom, layout
+
+
+def _shape_1d(shape4, geom):
+    """A height-1 2-D shape without its H axis."""
+    return shape4[:1] + shape4[2:] if geom.nhwc else shape4[:2] + shape4[3:]
+
+
+def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           layout="NCW", out=None):
+    """1-D convolution (cross-correlation), run by the :func:`conv2d` kernels on a
+    height-1 image.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, W)`` for layout ``"NCW"`` (PyTorch) or ``(N, W, C)`` for ``"NWC"``
+        (TensorFlow/Keras).
+    weight : array_like
+        ``(K, C/groups, kw)`` for ``"NCW"``, ``(kw, C/groups, K)`` for ``"NWC"``.
+    bias : array_like, optional
+        ``(K,)``.
+    stride, dilation : int or (int,)
+    padding : int, (int,), (left, right), "valid" or "same"
+        A pair is (left, right); ``"same"`` follows TensorFlow (output
+        ``ceil(W / stride)``, the odd padding element on the right).
+    groups : int
+    layout : {"NCW", "NWC"}
+    out : ndarray, optional
+        Result buffer of exactly the output shape and dtype.
+
+    Returns
+    -------
+    y : ndarray
+        ``(N, K, Wo)`` or ``(N, Wo, K)`` with
+        ``Wo = (W + left + right - dilation*(kw-1) - 1) // stride + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> x = np.arange(6, dtype=np.float32).reshape(1, 1, 6)
+    >>> fastnn.conv1d(x, np.ones((1, 1, 3), np.float32), padding="same")[0, 0]
+    array([ 1.,  3.,  6.,  9., 12.,  9.], dtype=float32)
+    """
+    fn = "conv1d"
+    x4, w4, geom, layout = _conv1d_setup(fn, x, weight, stride, padding, dilation, groups, layout)
+    bias = _check_bias(bias, geom.K, fn)
+    dtype = result_dtype(x4, w4, bias)
+    buf, target = prepare_out(out, _shape_1d(geom.out_shape, geom), dtype, fn, (x4, w4, bias))
+    if buf.size:
+        _forward(x4, w4, bias, buf.reshape(geom.out_shape), geom, dtype)
+    return finish_out(buf, target)
+
+
+def conv1d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
+                    layout="NCW", bias=True, need_input_grad=True, need_weight_grad=True):
+    """Gradients of :func:`conv1d` with respect to x, weight and bias.
+
+    Arguments as :func:`conv2d_backward`, with the 1-D shapes and layouts of
+    :func:`conv1d`. Returns ``(grad_x, grad_weight, grad_bias)``, shaped like x,
+    weight and ``(K,)``; entries not requested are ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> gx, gw, gb = fastnn.conv1d_backward(np.ones((1, 1, 3)), np.ones((1, 1, 4)),
+    ...                                     np.ones((1, 1, 2)))
+    >>> gx[0, 0], gw[0, 0], gb
+    (array([1., 2., 2., 1.]), array([3., 3.]), array([3.]))
+    """
+    fn = "conv1d_backward"
+    x4, w4, geom, layout = _conv1d_setup(fn, x, weight, stride, padding, dilation, groups, layout)
+    grad_y = as_float_array(grad_y, "grad_y", fn)
+    expected = _shape_1d(geom.out_shape, geom)
+    if grad_y.shape != expected:
+        raise ValueError(f"{fn}: grad_y must have the output shape {expected} "
+                         f"(layout {layout}), got {grad_y.shape}")
+    gy4 = grad_y.reshape(geom.out_shape)
+    gx, gw, gb = _backward(gy4, x4, w4, geom, bias, need_input_grad, need_weight_grad)
+    if gx is not None:
+        gx = gx.reshape(_shape_1d(gx.shape, geom))
+    if gw is not None:
+        gw = gw.reshape(w4.shape[1:] if geom.nhwc else w4.shape[:2] + w4.shape[3:])
+    return gx, gw, gb
+
+
+# ------------------------------------------------------------------ conv_transpose2d
+class _TransposeGeometry:
+    """conv_transpose2d as the adjoint of a conv2d: ``fwd`` is the geometry of the
+    convolution whose input gradient the transposed convolution is.
+
+    Output rows that no input pixel reaches (output_padding beyond the bottom/right
+    padding) are cropped from ``fwd``'s input (``Hc x Wc``) and come out zero.
+    """
+
+    def __init__(self, fn, layout, x, weight, stride, padding, output_padding, dilation, groups):
+        if layout == "NHWC":
+            N, H, W, Cin = x.shape
+            kh, kw, cog, Kw = weight.shape
+        else:
+            N, Cin, H, W = x.shape
+            Kw, cog, kh, kw = weight.shape
+        if Kw != Cin:
+            raise ValueError(f"{fn}: weight has {Kw} input channels, x has {Cin} (layout {layout}; "
+                             f"weight is {'(kh, kw, C_out/groups, C_in)' if layout == 'NHWC' else '(C_in, C_out/groups, kh, kw)'})")
+        if Cin % groups:
+            raise ValueError(f"{fn}: groups={groups} does not divide the {Cin} input channels of x")
+        if kh < 1 or kw < 1:
+            raise ValueError(f"{fn}: weight has an empty kernel ({kh}x{kw})")
+        Cout = cog * groups
+        s = int_tuple(stride, 2, "stride", fn, minimum=1)
+        d = int_tuple(dilation, 2, "dilation", fn, minimum=1)
+        op = int_tuple(output_padding, 2, "output_padding", fn, minimum=0)
+        for a, name in ((0, "height"), (1, "width")):
+            if op[a] >= max(s[a], d[a]):
+                raise ValueError(f"{fn}: output_padding must be smaller than stride or dilation "
+                                 f"along the {name}, got output_padding={op[a]}, stride={s[a]}, "
+                                 f"dilation={d[a]}")
+        k = (kh, kw)
+        if isinstance(padding, str) and padding.lower() == "same":
+            if any(op):
+                raise ValueError(f"{fn}: output_padding must be 0 with padding='same'")
+            # TensorFlow's conv2d_transpose 'SAME': output = input * stride, padded as the
+            # 'same' convolution that maps it back.
+            out = (H * s[0], W * s[1])
+            pads = tuple(_same_padding(out[a], k[a], s[a], d[a]) for a in range(2))
+        else:
+            pads = _parse_padding(padding, (H, W), k, s, d, fn)
+            out = tuple((size - 1) * s[a] - sum(pads[a]) + d[a] * (k[a] - 1) + op[a] + 1
+                        for a, size in enumerate((H, W)))
+        if out[0] < 1 or out[1] < 1:
+            raise ValueError(f"{fn}: padding {padding!r} leaves an output of {out[0]}x{out[1]}")
+        self.layout, self.nhwc = layout, layout == "NHWC"
+        self.N, self.Cout, self.Ho, self.Wo = N, Cout, out[0], out[1]
+        # Bottom/right padding of the adjoint convolution, minus the output padding;
+        # a negative value crops rows that receive no input pixel.
+        self.Hc = min(out[0], out[0] + pads[0][1] - op[0])
+        self.Wc = min(out[1], out[1] + pads[1][1] - op[1])
+        self.fwd = None
+        if self.Hc >= 1 and self.Wc >= 1:
+            crop_pads = ((pads[0][0], max(pads[0][1] - op[0], 0)),
+                         (pads[1][0], max(pads[1][1] - op[1], 0)))
+            xs = _image_shape(self.nhwc, N, Cout, self.Hc, self.Wc)
+            self.fwd = _Geometry(fn, layout, xs, k, Cin, groups, s, crop_pads, d)
+            assert (self.fwd.Ho, self.fwd.Wo) == (H, W), (self.fwd.Ho, self.fwd.Wo, H, W)
+
+    @property
+    def out_shape(self):
+        return _image_shape(self.nhwc, self.N, self.Cout, self.Ho, self.Wo)
+
+    @property
+    def cropped(self):
+        return self.Hc < self.Ho or self.Wc < self.Wo
+
+    def crop(self, a):
+        """The part of an output-shaped array that the adjoint convolution covers."""
+        if self.nhwc:
+            return a[:, :self.Hc, :self.Wc, :]
+        return a[:, :, :self.Hc, :self.Wc]
+
+
+def _transpose_setup(fn, x, weight, stride, padding, output_padding, dilation, groups, layout):
+    layout, x, weight = _image_and_kernel(fn, layout, x, weight, ("N, H, W, C_in", "N, C_in, H, W"),
+                                          ("kh, kw, C_out/groups, C_in", "C_in, C_out/groups, kh, kw"))
+    groups = as_int(groups, "groups", fn, minimum=1)
+    tg = _TransposeGeometry(fn, layout, x, weight, stride, padding, output_padding, dilation, groups)
+    return x, weight, tg
+
+
+def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
+                     dilation=1, groups=1, layout="NCHW", out=None):
+    """2-D transposed convolution (the adjoint of :func:`conv2d`), PyTorch semantics.
+
+    ``conv_transpose2d(x, w, ...)`` equals the input gradient of ``conv2d(y, w, ...)``
+    with ``grad_y = x``, and runs on the same kernels.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C_in, H, W)`` for layout ``"NCHW"``, ``(N, H, W, C_in)`` for ``"NHWC"``.
+    weight : array_like
+        ``(C_in, C_out/groups, kh, kw)`` for ``"NCHW"`` (``torch.nn.ConvTranspose2d``),
+        ``(kh, kw, C_out/groups, C_in)`` for ``"NHWC"`` (``tf.nn.conv2d_transpose``'s
+        filter; for groups > 1 the input channels form the groups, as in PyTorch).
+    bias : array_like, optional
+        ``(C_out,)``.
+    stride, dilation : int or (int, int)
+    padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
+        Removed from the output's borders, as in PyTorch. ``"same"`` follows
+        TensorFlow's ``conv2d_transpose``: the output is ``H * stride``.
+    output_padding : int or (int, int)
+        Extra rows/columns at the bottom/right, each smaller than the stride or the
+        dilation (PyTorch's rule).
+    groups : int
+    layout : {"NCHW", "NHWC"}
+    out : ndarray, optional
+        Result buffer of exactly the output shape and dtype.
+
+    Returns
+    -------
+    y : ndarray
+        ``(N, C_out, Ho, Wo)`` or ``(N, Ho, Wo, C_out)`` with
+        ``Ho = (H - 1)*stride - pad_top - pad_bottom + dilation*(kh - 1) + output_padding + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> x = np.array([[[[1.0, 2.0]]]])
+    >>> fastnn.conv_transpose2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0]
+    array([[1., 1., 2., 2.],
+           [1., 1., 2., 2.]])
+    """
+    fn = "conv_transpose2d"
+    x, weight, tg = _transpose_setup(fn, x, weight, stride, padding, output_padding, dilation,
+                                     groups, layout)
+    bias = _check_bias(bias, tg.Cout, fn)
+    dtype = result_dtype(x, weight, bias)
+    buf, target = prepare_out(out, tg.out_shape, dtype, fn, (x, weight, bias))
+    if buf.size:
+        if tg.fwd is None or tg.cropped:
+            buf.fill(0)
+        if tg.fwd is not None and x.size:
+            dst = np.empty(tg.fwd.x_shape, dtype=dtype) if tg.cropped else buf
+            _input_grad(x, contiguous(x, dtype).reshape(-1), weight, dst, tg.fwd, dtype,
+                        get_num_threads())
+            if tg.cropped:
+                tg.crop(buf)[...] = dst
+        if bias is not None:
+            buf += bias.astype(dtype, copy=False) if tg.nhwc else bias.astype(dtype)[:, None, None]
+    return finish_out(buf, target)
+
+
+def conv_transpose2d_backward(grad_y, x, weight, *, stride=1, padding=0, output_padding=0,
+                              dilation=1, groups=1, layout="NCHW", bias=True,
+                              need_input_grad=True, need_weight_grad=True):
+    """Gradients of :func:`conv_transpose2d` with respect to x, weight and bias.
+
+    ``grad_x`` is :func:`conv2d` of ``grad_y`` with the same weight, and
+    ``grad_weight`` the weight gradient of that convolution, so both run on the
+    convolution kernels.
+
+    Parameters
+    ----------
+    grad_y : array_like
+        Shaped like :func:`conv_transpose2d`'s result.
+    x, weight, stride, padding, output_padding, dilation, groups, layout
+        As given to the forward call.
+    bias : bool
+        Whether the forward had a bias (compute ``grad_bias``, shape ``(C_out,)``).
+    need_input_grad, need_weight_grad : bool
+
+    Returns
+    -------
+    grad_x, grad_weight, grad_bias : ndarray or None
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> gx, gw, gb = fastnn.conv_transpose2d_backward(np.ones((1, 1, 2, 4)),
+    ...     np.array([[[[1.0, 2.0]]]]), np.ones((1, 1, 2, 2)), stride=2)
+    >>> gx[0, 0], gw[0, 0], gb
+    (array([[4., 4.]]), array([[3., 3.],
+           [3., 3.]]), array([8.]))
+    """
+    fn = "conv_transpose2d_backward"
+    x, weight, tg = _transpose_setup(fn, x, weight, stride, padding, output_padding, dilation,
+                                     groups, layout)
+    grad_y = as_float_array(grad_y, "grad_y", fn)
+    if grad_y.shape != tg.out_shape:
+        raise ValueError(f"{fn}: grad_y must have the output shape {tg.out_shape} "
+                         f"(layout {layout}), got {grad_y.shape}")
+    dtype = result_dtype(grad_y, x, weight)
+    nt = get_num_threads()
+    grad_x = grad_w = grad_b = None
+    reach = None if tg.fwd is None else tg.crop(grad_y)
+    if need_input_grad:
+        grad_x = np.zeros(x.shape, dtype=dtype)
+        if grad_x.size and reach is not None:
+            _forward(reach, weight, None, grad_x, tg.fwd, dtype)
+    if need_weight_grad:
+        grad_w = np.zeros(weight.shape, dtype=dtype)
+        if grad_w.size and x.size and reach is not None:
+            _weight_grad(reach, contiguous(x, dtype).reshape(-1), grad_w, tg.fwd, dtype, nt)
+    if bias:
+        grad_b = np.zeros(tg.Cout, dtype=dtype)
+        if grad_y.size:
+            # Per-channel sums of grad_y: the bias gradient of a 1x1 convolution over it.
+            one = _Geometry(fn, tg.layout, grad_y.shape, (1, 1), tg.Cout, 1, 1, 0, 1)
+            _conv.conv2d_bias_grad(contiguous(grad_y, dtype).reshape(-1), grad_b,
+                                   one.kernel_args(), tg.nhwc, nt)
+    return grad_x, grad_w, grad_b

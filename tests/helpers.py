@@ -1,6 +1,17 @@
 """Test helpers shared by the test modules (tests/ is on sys.path via conftest.py)."""
+import os
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
+DTYPES = (np.float32, np.float64)
+
+# FASTNN_TEST_EXAMPLES=2000 for a longer hunt; 60 keeps the suite fast.
+PROPERTY = settings(max_examples=int(os.environ.get("FASTNN_TEST_EXAMPLES", "60")),
+                    deadline=None, database=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 def snapshot(values):
@@ -16,3 +27,62 @@ def call_raises(exc, match, fn, *args, **kwargs):
     for arr, before in snap:
         np.testing.assert_array_equal(arr, before)
     return info
+
+
+def assert_close(got, want, dtype, what="", abs_want=None):
+    """Norm-wise relative error within the dtype's tolerance (DESIGN.md).
+
+    ``abs_want`` (the same computation on absolute values) guards against a
+    reference that cancels to almost nothing: the error is then measured against
+    a tenth of its norm, the scale rounding errors actually live on.
+    """
+    got = np.asarray(got)
+    assert got.shape == np.shape(want), f"{what}: shape {got.shape} != {np.shape(want)}"
+    got64, want = got.astype(np.float64).ravel(), np.asarray(want, dtype=np.float64).ravel()
+    big = max(np.max(np.abs(want), initial=0.0), np.max(np.abs(got64), initial=0.0))
+    unit = big if np.isfinite(big) and big > 0 else 1.0    # no overflow in the norms
+    diff = np.linalg.norm((got64 - want) / unit)
+    scale = np.linalg.norm(want / unit)
+    if abs_want is not None:
+        scale = max(scale, 0.1 * np.linalg.norm(np.ravel(abs_want) / unit))
+    err = diff / scale if scale > 0 else diff
+    assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g} ({np.dtype(dtype)})"
+
+
+def numeric_grad(f, a, eps=1e-6):
+    """Central finite differences of the scalar f() with respect to the array a
+    (perturbed in place and restored)."""
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def memory_variants(a):
+    """The same values in other memory layouts: Fortran, negative strides, slices,
+    read-only, transposed."""
+    out = {"C": np.ascontiguousarray(a), "F": np.asfortranarray(a)}
+    flip = (slice(None, None, -1),) * a.ndim
+    rev = np.ascontiguousarray(a[flip])[flip]
+    if a.size > 1:
+        assert rev.strides[0] < 0 or a.shape[0] == 1
+    out["negative"] = rev
+    big = np.zeros(tuple(2 * s + 1 for s in a.shape), dtype=a.dtype)
+    sl = big[tuple(slice(1, None, 2) for _ in a.shape)]
+    sl[...] = a
+    out["strided"] = sl
+    ro = a.copy()
+    ro.setflags(write=False)
+    out["readonly"] = ro
+    out["transposed"] = np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2) \
+        if a.ndim >= 2 else a.copy()
+    for v in out.values():
+        np.testing.assert_array_equal(v, a)
+    return out

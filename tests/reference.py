@@ -19,7 +19,8 @@ __all__ = [
     "same_padding", "normalize_padding", "out_size", "conv_out_hw",
     "to_nchw", "from_nchw", "weight_to_oihw", "weight_from_oihw",
     "patches_nchw", "im2col", "col2im", "conv2d", "conv2d_backward",
-    "conv2d_naive", "rel_err",
+    "conv2d_naive", "conv1d", "conv1d_backward", "conv_transpose2d",
+    "conv_transpose2d_backward", "rel_err",
 ]
 
 
@@ -250,6 +251,144 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
                                     acc += w[k, c, i, j] * xn[n, g * Cg + c, ih, iw]
                     y[n, k, oh, ow] = acc
     return from_nchw(y, layout)
+
+
+# ------------------------------------------------------------------ conv1d
+def _groups_1d(x, w, padding, groups):
+    """x zero-padded to (N, G, C/G, W + left + right) and w as (G, K/G, C/G, kw)."""
+    N, C, W = x.shape
+    K, Cg, kw = w.shape
+    pl, pr = padding
+    xp = np.zeros((N, C, W + pl + pr))
+    xp[:, :, pl:pl + W] = x
+    return xp.reshape(N, groups, Cg, -1), w.reshape(groups, K // groups, Cg, kw)
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCW"):
+    """1-D cross-correlation in float64 by a loop over kernel taps.
+
+    NCW: x (N, C, W), weight (K, C/g, kw); NWC: x (N, W, C), weight (kw, C/g, K).
+    ``padding`` is already (left, right).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    if layout == "NWC":
+        x, w = x.transpose(0, 2, 1), w.transpose(2, 1, 0)
+    N, C, W = x.shape
+    K, Cg, kw = w.shape
+    pl, pr = padding
+    wo = (W + pl + pr - dilation * (kw - 1) - 1) // stride + 1
+    xg, wg = _groups_1d(x, w, padding, groups)
+    y = np.zeros((N, groups, K // groups, wo))
+    for j in range(kw):
+        start = j * dilation
+        cols = xg[..., start:start + (wo - 1) * stride + 1:stride]
+        y += np.einsum("ngcw,gkc->ngkw", cols, wg[..., j])
+    y = y.reshape(N, K, wo)
+    if bias is not None:
+        y += np.asarray(bias, dtype=np.float64)[None, :, None]
+    return y.transpose(0, 2, 1) if layout == "NWC" else y
+
+
+def conv1d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, layout="NCW"):
+    """(grad_x, grad_weight, grad_bias) of :func:`conv1d`: each tap's adjoint."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    gy = np.asarray(grad_y, dtype=np.float64)
+    if layout == "NWC":
+        x, w, gy = x.transpose(0, 2, 1), w.transpose(2, 1, 0), gy.transpose(0, 2, 1)
+    N, C, W = x.shape
+    K, Cg, kw = w.shape
+    pl, pr = padding
+    wo = gy.shape[2]
+    xg, wg = _groups_1d(x, w, padding, groups)
+    gyg = gy.reshape(N, groups, K // groups, wo)
+    gxp = np.zeros_like(xg)
+    gw = np.zeros_like(wg)
+    for j in range(kw):
+        sl = slice(j * dilation, j * dilation + (wo - 1) * stride + 1, stride)
+        gw[..., j] = np.einsum("ngcw,ngkw->gkc", xg[..., sl], gyg)
+        gxp[..., sl] += np.einsum("gkc,ngkw->ngcw", wg[..., j], gyg)
+    gx = gxp.reshape(N, C, -1)[:, :, pl:pl + W]
+    gw = gw.reshape(K, Cg, kw)
+    gb = gy.sum(axis=(0, 2))
+    if layout == "NWC":
+        return gx.transpose(0, 2, 1), gw.transpose(2, 1, 0), gb
+    return gx, gw, gb
+
+
+# ------------------------------------------------------------------ conv_transpose2d
+def _transpose_canvas(H, W, out_hw, ksize, stride, pads, dilation):
+    """Size of the uncropped canvas every input pixel scatters its kernel into."""
+    (kh, kw), (sh, sw), (dh, dw) = ksize, stride, dilation
+    (pt, _), (pl, _) = pads
+    return (max((H - 1) * sh + (kh - 1) * dh + 1, pt + out_hw[0]),
+            max((W - 1) * sw + (kw - 1) * dw + 1, pl + out_hw[1]))
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, pads=((0, 0), (0, 0)), output_padding=0,
+                     dilation=1, groups=1, layout="NCHW"):
+    """Transposed convolution in float64 by scattering every input pixel's kernel
+    (PyTorch's definition): canvas[h*s + i*d, w*s + j*d] += x[h, w] * w[i, j], then
+    the output is the canvas from (top, left) on, of size
+    (H-1)*s - top - bottom + d*(k-1) + output_padding + 1.
+
+    NCHW: x (N, C_in, H, W), weight (C_in, C_out/g, kh, kw); NHWC: x (N, H, W, C_in),
+    weight (kh, kw, C_out/g, C_in). ``pads`` is ((top, bottom), (left, right)).
+    """
+    xn = to_nchw(x, layout)
+    w = weight_to_oihw(weight, layout)    # (C_in, C_out/g, kh, kw): the same transpose
+    N, Cin, H, W = xn.shape
+    _, Cog, kh, kw = w.shape
+    (sh, sw), (dh, dw), (oph, opw) = _pair(stride), _pair(dilation), _pair(output_padding)
+    (pt, pb), (pl, pr) = pads
+    ho = (H - 1) * sh - pt - pb + dh * (kh - 1) + oph + 1
+    wo = (W - 1) * sw - pl - pr + dw * (kw - 1) + opw + 1
+    ch, cw = _transpose_canvas(H, W, (ho, wo), (kh, kw), (sh, sw), pads, (dh, dw))
+    G = groups
+    canvas = np.zeros((N, G, Cog, ch, cw))
+    xg = xn.reshape(N, G, Cin // G, H, W)
+    wg = w.reshape(G, Cin // G, Cog, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            canvas[:, :, :, i * dh:i * dh + (H - 1) * sh + 1:sh, j * dw:j * dw + (W - 1) * sw + 1:sw] += \
+                np.einsum("ngchw,gco->ngohw", xg, wg[..., i, j])
+    y = canvas.reshape(N, G * Cog, ch, cw)[:, :, pt:pt + ho, pl:pl + wo]
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return from_nchw(y, layout)
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, pads=((0, 0), (0, 0)),
+                              output_padding=0, dilation=1, groups=1, layout="NCHW"):
+    """(grad_x, grad_weight, grad_bias) of :func:`conv_transpose2d`: the scatter's
+    adjoint gathers grad_y (placed back on the canvas) under every kernel tap."""
+    xn = to_nchw(x, layout)
+    gy = to_nchw(grad_y, layout)
+    w = weight_to_oihw(weight, layout)    # (C_in, C_out/g, kh, kw): the same transpose
+    N, Cin, H, W = xn.shape
+    _, Cog, kh, kw = w.shape
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    (pt, _), (pl, _) = pads
+    ho, wo = gy.shape[2:]
+    ch, cw = _transpose_canvas(H, W, (ho, wo), (kh, kw), (sh, sw), pads, (dh, dw))
+    G = groups
+    canvas = np.zeros((N, G * Cog, ch, cw))
+    canvas[:, :, pt:pt + ho, pl:pl + wo] = gy
+    cg = canvas.reshape(N, G, Cog, ch, cw)
+    xg = xn.reshape(N, G, Cin // G, H, W)
+    wg = w.reshape(G, Cin // G, Cog, kh, kw)
+    gx = np.zeros_like(xg)
+    gw = np.zeros_like(wg)
+    for i in range(kh):
+        for j in range(kw):
+            win = cg[..., i * dh:i * dh + (H - 1) * sh + 1:sh, j * dw:j * dw + (W - 1) * sw + 1:sw]
+            gx += np.einsum("ngohw,gco->ngchw", win, wg[..., i, j])
+            gw[..., i, j] = np.einsum("ngohw,ngchw->gco", win, xg)
+    gw = gw.reshape(Cin, Cog, kh, kw)
+    if layout == "NHWC":
+        gw = gw.transpose(2, 3, 1, 0)
+    return from_nchw(gx.reshape(N, Cin, H, W), layout), gw, gy.sum(axis=(0, 2, 3))
 
 
 # ------------------------------------------------------------------ comparison

@@ -14,38 +14,15 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastnn
 import fastnn.activations
 import reference as ref
-from helpers import call_raises, snapshot
+from helpers import DTYPES, PROPERTY, TOL, assert_close, call_raises, numeric_grad
 
-TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
-DTYPES = (np.float32, np.float64)
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-PROPERTY = settings(max_examples=int(os.environ.get("FASTNN_TEST_EXAMPLES", "60")),
-                    deadline=None, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow])
-
-
-def assert_close(got, want, dtype, what="", abs_want=None):
-    """Norm-wise relative error within the dtype's tolerance (DESIGN.md); ``abs_want``
-    (the computation on absolute values) guards against references that cancel."""
-    got = np.asarray(got)
-    assert got.shape == np.shape(want), f"{what}: shape {got.shape} != {np.shape(want)}"
-    got64, want = got.astype(np.float64).ravel(), np.asarray(want, dtype=np.float64).ravel()
-    big = max(np.max(np.abs(want), initial=0.0), np.max(np.abs(got64), initial=0.0))
-    unit = big if np.isfinite(big) and big > 0 else 1.0    # no overflow in the norms
-    diff = np.linalg.norm((got64 - want) / unit)
-    scale = np.linalg.norm(want / unit)
-    if abs_want is not None:
-        scale = max(scale, 0.1 * np.linalg.norm(np.ravel(abs_want) / unit))
-    err = diff / scale if scale > 0 else diff
-    assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g} ({np.dtype(dtype)})"
-
 
 def assert_same_nonfinite(got, want, what="", dtype=np.float64):
     """NaN where the reference has NaN, the same infinities, close elsewhere."""
@@ -352,20 +329,6 @@ def test_cross_entropy_grad_loss_dtype_rules():
 
 
 # ------------------------------------------------------------------ finite differences
-def _numeric_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 def _away_from_zero(rng, shape):
     x = rng.standard_normal(shape)
     return np.where(np.abs(x) < 0.05, 0.5, x)   # relu / leaky kinks are not differentiable
@@ -377,7 +340,7 @@ def test_elementwise_backward_finite_differences(name):
     x = _away_from_zero(rng, (4, 7))
     gy = rng.standard_normal(x.shape)
     f, _ = UNARY[name]
-    num = _numeric_grad(lambda: float(np.sum(f(x) * gy)), x)
+    num = numeric_grad(lambda: float(np.sum(f(x) * gy)), x)
     if name == "relu":
         got = fastnn.relu_backward(gy, x)
     elif name == "leaky_relu":
@@ -397,7 +360,7 @@ def test_softmax_backward_finite_differences(log, shape, axis):
     gy = rng.standard_normal(shape)
     fwd = fastnn.log_softmax if log else fastnn.softmax
     bwd = fastnn.log_softmax_backward if log else fastnn.softmax_backward
-    num = _numeric_grad(lambda: float(np.sum(fwd(x, axis) * gy)), x)
+    num = numeric_grad(lambda: float(np.sum(fwd(x, axis) * gy)), x)
     assert ref.rel_err(bwd(gy, fwd(x, axis), axis), num) < 1e-7
 
 
@@ -416,7 +379,7 @@ def test_cross_entropy_backward_finite_differences(reduction, probs):
     def loss():
         return float(np.sum(fastnn.softmax_cross_entropy(x, labels, reduction=reduction) * gl))
 
-    num = _numeric_grad(loss, x)
+    num = numeric_grad(loss, x)
     got = fastnn.softmax_cross_entropy_backward(gl, x, labels, reduction=reduction)
     assert ref.rel_err(got, num) < 1e-7
 
@@ -426,7 +389,7 @@ def test_reference_cross_entropy_backward_finite_differences():
     rng = np.random.default_rng(8)
     x = rng.standard_normal((3, 5))
     t = rng.random((3, 5))
-    num = _numeric_grad(lambda: float(ref.softmax_cross_entropy(x, t, "sum")), x)
+    num = numeric_grad(lambda: float(ref.softmax_cross_entropy(x, t, "sum")), x)
     assert ref.rel_err(ref.softmax_cross_entropy_backward(1.0, x, t, "sum"), num) < 1e-7
 
 

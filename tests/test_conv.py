@@ -4,43 +4,18 @@ Against the float64 references of tests/reference.py (property tests over random
 geometries), finite differences, PyTorch (where installed) and scipy, plus the
 bad-input and memory-layout rules of SPEC.md.
 """
-import os
-
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fastnn
 import fastnn.conv
 import reference as ref
-from helpers import call_raises, snapshot
+from helpers import (DTYPES, PROPERTY, assert_close, call_raises, memory_variants,
+                     numeric_grad, snapshot)
 
-TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 LAYOUTS = ("NCHW", "NHWC")
-DTYPES = (np.float32, np.float64)
-
-# FASTNN_TEST_EXAMPLES=2000 for a longer hunt; 60 keeps the suite fast.
-PROPERTY = settings(max_examples=int(os.environ.get("FASTNN_TEST_EXAMPLES", "60")),
-                    deadline=None, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow])
-
-
-def assert_close(got, want, dtype, what="", abs_want=None):
-    """Norm-wise relative error within the dtype's tolerance (DESIGN.md).
-
-    ``abs_want`` (the same computation on absolute values) guards against a
-    reference that cancels to almost nothing: the error is then measured against
-    a tenth of its norm, the scale rounding errors actually live on.
-    """
-    got = np.asarray(got)
-    assert got.shape == np.shape(want), f"{what}: shape {got.shape} != {np.shape(want)}"
-    diff = np.linalg.norm((got.astype(np.float64) - want).ravel())
-    scale = np.linalg.norm(np.ravel(want))
-    if abs_want is not None:
-        scale = max(scale, 0.1 * np.linalg.norm(np.ravel(abs_want)))
-    err = diff / scale if scale > 0 else diff
-    assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g} ({np.dtype(dtype)})"
 
 
 def x_shape_of(layout, N, C, H, W):
@@ -329,20 +304,6 @@ FD_CASES = [
 ]
 
 
-def _numeric_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("case", FD_CASES, ids=lambda c: f"{c['layout']}-g{c['groups']}-s{c['stride']}-p{c['padding']}")
 def test_backward_finite_differences(case):
     layout, G = case["layout"], case["groups"]
@@ -359,9 +320,9 @@ def test_backward_finite_differences(case):
     def loss():
         return float(np.sum(fastnn.conv2d(x, w, b, **kwargs) * gy))
 
-    num_x = _numeric_grad(loss, x)
-    num_w = _numeric_grad(loss, w)
-    num_b = _numeric_grad(loss, b)
+    num_x = numeric_grad(loss, x)
+    num_w = numeric_grad(loss, w)
+    num_b = numeric_grad(loss, b)
     gx, gw, gb = fastnn.conv2d_backward(gy, x, w, **kwargs)
     for got, num, name in ((gx, num_x, "grad_x"), (gw, num_w, "grad_weight"),
                            (gb, num_b, "grad_bias")):
@@ -723,28 +684,6 @@ def test_bad_kernel_size():
 
 
 # ------------------------------------------------------------------ memory layouts
-def _variants(a):
-    """The same values in other memory layouts: Fortran, negative strides, slices,
-    read-only."""
-    out = {"C": np.ascontiguousarray(a), "F": np.asfortranarray(a)}
-    flip = (slice(None, None, -1),) * a.ndim
-    rev = np.ascontiguousarray(a[flip])[flip]
-    assert rev.strides[0] < 0
-    out["negative"] = rev
-    big = np.zeros(tuple(2 * s + 1 for s in a.shape), dtype=a.dtype)
-    sl = big[tuple(slice(1, None, 2) for _ in a.shape)]
-    sl[...] = a
-    out["strided"] = sl
-    ro = a.copy()
-    ro.setflags(write=False)
-    out["readonly"] = ro
-    out["transposed"] = np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2) \
-        if a.ndim >= 2 else a.copy()
-    for v in out.values():
-        np.testing.assert_array_equal(v, a)
-    return out
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_any_memory_layout_same_result(layout, dtype):
@@ -756,7 +695,7 @@ def test_any_memory_layout_same_result(layout, dtype):
     pk = dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), layout=layout)
     cols = fastnn.im2col(x, (3, 2), **pk)
     back = fastnn.col2im(cols, x.shape, (3, 2), **pk)
-    xs, ws, bs, gys, colss = (_variants(a) for a in (x, w, b, gy, cols))
+    xs, ws, bs, gys, colss = (memory_variants(a) for a in (x, w, b, gy, cols))
     for name in xs:
         xv, wv, bv, gyv, cv = xs[name], ws[name], bs[name], gys[name], colss[name]
         snap = snapshot([xv, wv, bv, gyv, cv])
