@@ -86,3 +86,30 @@ def memory_variants(a):
     for v in out.values():
         np.testing.assert_array_equal(v, a)
     return out
+
+
+def assert_thread_count_invariant(fn, counts=(1, 2, 3)):
+    """fn() (a tuple of arrays or Nones) is bitwise the same under every thread count."""
+    import fastnn
+    results = []
+    for n in counts:
+        with fastnn.threads(n):
+            res = fn()
+        results.append(res if isinstance(res, tuple) else (res,))
+    for n, other in zip(counts[1:], results[1:]):
+        for i, (a, b) in enumerate(zip(results[0], other)):
+            if a is None:
+                assert b is None
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=f"result {i}, {counts[0]} vs {n} threads")
+
+
+def assert_finite_difference_grads(forward, grads, arrays, names, grad_y, tol=1e-7):
+    """``grads`` (the analytic gradients of sum(forward() * grad_y) with respect to the
+    float64 ``arrays``, in order) agree with central finite differences."""
+    def loss():
+        return float(np.sum(forward() * grad_y))
+
+    for got, a, name in zip(grads, arrays, names):
+        err = np.linalg.norm(got - numeric_grad(loss, a)) / max(np.linalg.norm(got), 1e-300)
+        assert err < tol, f"{name}: relative error vs finite differences {err:.3g}"

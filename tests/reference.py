@@ -261,7 +261,7 @@ def _groups_1d(x, w, padding, groups):
     pl, pr = padding
     xp = np.zeros((N, C, W + pl + pr))
     xp[:, :, pl:pl + W] = x
-    return xp.reshape(N, groups, Cg, -1), w.reshape(groups, K // groups, Cg, kw)
+    return xp.reshape(N, groups, Cg, W + pl + pr), w.reshape(groups, K // groups, Cg, kw)
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, layout="NCW"):
@@ -309,7 +309,7 @@ def conv1d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         sl = slice(j * dilation, j * dilation + (wo - 1) * stride + 1, stride)
         gw[..., j] = np.einsum("ngcw,ngkw->gkc", xg[..., sl], gyg)
         gxp[..., sl] += np.einsum("gkc,ngkw->ngcw", wg[..., j], gyg)
-    gx = gxp.reshape(N, C, -1)[:, :, pl:pl + W]
+    gx = gxp.reshape(N, C, W + pl + pr)[:, :, pl:pl + W]
     gw = gw.reshape(K, Cg, kw)
     gb = gy.sum(axis=(0, 2))
     if layout == "NWC":

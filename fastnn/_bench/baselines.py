@@ -140,35 +140,130 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     """
     _check_groups(groups)
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, layout)
+    grad_w = _conv_weight_grad(grad_y, x, weight.shape, g)
+    grad_x = _conv_input_grad(grad_y, weight, g)
+    if not bias:
+        return grad_x, grad_w, None
+    return grad_x, grad_w, grad_y.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+
+
+def _conv_weight_grad(grad_y, x, w_shape, g):
+    N, K, Ho, Wo = g["N"], g["K"], g["Ho"], g["Wo"]
+    cols = _im2col(x, g)
+    if g["layout"] == "NCHW":
+        # Batched (K, P) x (P, CKK) products, then the sum over the batch.
+        gy = grad_y.reshape(N, K, Ho * Wo)
+        return np.matmul(gy, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w_shape)
+    return (cols.T @ grad_y.reshape(N * Ho * Wo, K)).reshape(w_shape)
+
+
+def _conv_input_grad(grad_y, weight, g):
     N, C, H, W, K = g["N"], g["C"], g["H"], g["W"], g["K"]
     kh, kw, sh, sw, dh, dw = g["kh"], g["kw"], g["sh"], g["sw"], g["dh"], g["dw"]
     Ho, Wo, pt, pl = g["Ho"], g["Wo"], g["pt"], g["pl"]
     Hp, Wp = H + pt + g["pb"], W + pl + g["pr"]
-    cols = _im2col(x, g)
-    if layout == "NCHW":
+    if g["layout"] == "NCHW":
         gy = grad_y.reshape(N, K, Ho * Wo)
-        # Batched (K, P) x (P, CKK) products, then the sum over the batch.
-        grad_w = np.matmul(gy, cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
         dcols = np.matmul(weight.reshape(K, -1).T, gy).reshape(N, C, kh, kw, Ho, Wo)
         gxp = np.zeros((N, C, Hp, Wp), dtype=dcols.dtype)
         for i in range(kh):
             for j in range(kw):
                 gxp[:, :, i * dh:i * dh + sh * (Ho - 1) + 1:sh,
                     j * dw:j * dw + sw * (Wo - 1) + 1:sw] += dcols[:, :, i, j]
-        grad_x = np.ascontiguousarray(gxp[:, :, pt:pt + H, pl:pl + W])
-        grad_b = grad_y.sum(axis=(0, 2, 3)) if bias else None
-        return grad_x, grad_w, grad_b
+        return np.ascontiguousarray(gxp[:, :, pt:pt + H, pl:pl + W])
     gy = grad_y.reshape(N * Ho * Wo, K)
-    grad_w = (cols.T @ gy).reshape(weight.shape)
     dcols = (gy @ weight.reshape(-1, K).T).reshape(N, Ho, Wo, kh, kw, C)
     gxp = np.zeros((N, Hp, Wp, C), dtype=dcols.dtype)
     for i in range(kh):
         for j in range(kw):
             gxp[:, i * dh:i * dh + sh * (Ho - 1) + 1:sh,
                 j * dw:j * dw + sw * (Wo - 1) + 1:sw, :] += dcols[:, :, :, i, j, :]
-    grad_x = np.ascontiguousarray(gxp[:, pt:pt + H, pl:pl + W, :])
-    grad_b = gy.sum(axis=0) if bias else None
-    return grad_x, grad_w, grad_b
+    return np.ascontiguousarray(gxp[:, pt:pt + H, pl:pl + W, :])
+
+
+# ------------------------------------------------------------------ conv1d, conv_transpose2d
+def _height_one(a, layout):
+    """A 1-D (NCW / NWC) array as the height-1 image of the 2-D baselines."""
+    return a[:, None] if layout == "NWC" else a[:, :, None]
+
+
+def conv1d_forward(x, weight, bias=None, *, stride=1, padding=0, layout="NCW"):
+    """NumPy conv1d: the conv2d baseline on a height-1 image."""
+    layout2d = "NHWC" if layout == "NWC" else "NCHW"
+    y = conv2d_forward(_height_one(x, layout), weight[None] if layout == "NWC" else weight[:, :, None],
+                       bias, stride=(1, stride), padding=((0, 0), (padding, padding)),
+                       layout=layout2d)
+    return y[:, 0] if layout == "NWC" else y[:, :, 0]
+
+
+def conv1d_backward(grad_y, x, weight, *, stride=1, padding=0, layout="NCW"):
+    """NumPy conv1d gradients (grad_x, grad_weight, grad_bias), via the 2-D baseline."""
+    nwc = layout == "NWC"
+    gx, gw, gb = conv2d_backward(_height_one(grad_y, layout), _height_one(x, layout),
+                                 weight[None] if nwc else weight[:, :, None],
+                                 stride=(1, stride), padding=((0, 0), (padding, padding)),
+                                 layout="NHWC" if nwc else "NCHW")
+    return (gx[:, 0], gw[0], gb) if nwc else (gx[:, :, 0], gw[:, :, 0], gb)
+
+
+def _transpose_geometry(x_shape, w_shape, stride, padding, layout):
+    """The geometry of the conv2d whose input gradient conv_transpose2d is (output
+    padding 0): its input is the transposed convolution's output."""
+    if layout == "NCHW":
+        N, _, H, W = x_shape
+        _, cog, kh, kw = w_shape
+    else:
+        N, H, W, _ = x_shape
+        kh, kw, cog, _ = w_shape
+    Ho, Wo = (H - 1) * stride - 2 * padding + kh, (W - 1) * stride - 2 * padding + kw
+    y_shape = (N, cog, Ho, Wo) if layout == "NCHW" else (N, Ho, Wo, cog)
+    return conv_geometry(y_shape, w_shape, stride, padding, 1, layout)
+
+
+def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, layout="NCHW"):
+    """NumPy transposed convolution (groups 1): W^T x x, then col2im."""
+    g = _transpose_geometry(x.shape, weight.shape, stride, padding, layout)
+    y = _conv_input_grad(x, weight, g)
+    if bias is not None:
+        y += bias[:, None, None] if layout == "NCHW" else bias
+    return y
+
+
+def conv_transpose2d_backward(grad_y, x, weight, *, stride=1, padding=0, layout="NCHW"):
+    """NumPy gradients of :func:`conv_transpose2d`: grad_x is conv2d of grad_y, grad_weight
+    that convolution's weight gradient with x in the role of its output gradient."""
+    g = _transpose_geometry(x.shape, weight.shape, stride, padding, layout)
+    grad_x = conv2d_forward(grad_y, weight, stride=stride, padding=padding, layout=layout)
+    grad_w = _conv_weight_grad(x, grad_y, weight.shape, g)
+    return grad_x, grad_w, grad_y.sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+
+
+def torch_layer(op, x, w, b, grad_y, backward):
+    """A timed callable for the torch peer of a layer: ``op(x, w, b)`` under
+    ``no_grad``, or (backward) ``autograd.grad`` of that op's graph, built here, once,
+    outside the timed region, for ``grad_y``."""
+    torch = get_torch()
+    if not backward:
+        def fn():
+            with torch.no_grad():
+                return op(x, w, b)
+        return fn
+    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+    with torch.enable_grad():
+        y = op(x, w, b)
+    return lambda: torch.autograd.grad(y, (x, w, b), grad_y, retain_graph=True)
+
+
+def torch_layer_to_numpy(res, backward, x_axes=None, w_axes=None):
+    """NumPy arrays of :func:`torch_layer`'s result; ``*_axes`` permute torch's layout
+    back to the case's (y and grad_x use ``x_axes``)."""
+    if not backward:
+        y = res.detach()
+        return (y.permute(*x_axes) if x_axes else y).numpy()
+    gx, gw, gb = (t.detach() for t in res)
+    if x_axes:
+        gx, gw = gx.permute(*x_axes), gw.permute(*w_axes)
+    return gx.numpy(), gw.numpy(), gb.numpy()
 
 
 # ------------------------------------------------------------------ activations

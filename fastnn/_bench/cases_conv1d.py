@@ -1,0 +1,99 @@
+"""Benchmark family "conv1d": conv1d forward and backward, NCW and NWC, float32.
+
+Contenders
+----------
+fastnn
+    ``fastnn.conv1d`` / ``fastnn.conv1d_backward`` (grad_x, grad_weight, grad_bias).
+numpy
+    :mod:`fastnn._bench.baselines`: the im2col + matmul conv2d baseline on a height-1
+    image (``sliding_window_view`` patches, one batched matmul).
+torch
+    ``torch.nn.functional.conv1d`` under ``torch.no_grad()``; backward =
+    ``torch.autograd.grad`` on a graph built once outside the timed region. NWC is
+    given to torch as the permuted (N, C, W) view of the NWC array, the (kw, C, K)
+    weight converted once, untimed, to torch's (K, C, kw).
+
+FLOPs: forward ``2 * N * K * Wo * C * kw``; backward twice that.
+"""
+import numpy as np
+
+from fastnn._bench import baselines
+from fastnn._bench.harness import Case, Contender
+
+FAMILY = "conv1d"
+DESCRIPTION = "conv1d forward / backward (grad_x + grad_weight + grad_bias), NCW and NWC"
+
+# (N, C, W, K, k, stride, padding)
+SHAPES = [(16, 64, 1000, 64, 5, 1, 2)]
+LAYOUTS = ("NCW", "NWC")
+DTYPE = np.float32
+
+
+def _setup(N, C, W, K, k, s, p, layout):
+    Wo = (W + 2 * p - k) // s + 1
+
+    def setup(rng):
+        nwc = layout == "NWC"
+        x = rng.standard_normal((N, W, C) if nwc else (N, C, W), dtype=DTYPE)
+        w = rng.standard_normal((k, C, K) if nwc else (K, C, k), dtype=DTYPE)
+        w *= DTYPE(1.0 / np.sqrt(C * k))
+        return {"x": x, "w": w, "b": rng.standard_normal(K, dtype=DTYPE),
+                "gy": rng.standard_normal((N, Wo, K) if nwc else (N, K, Wo), dtype=DTYPE)}
+    return setup, Wo
+
+
+def _torch_make(s, p, layout, backward):
+    def make(inputs):
+        torch = baselines.get_torch()
+        F = torch.nn.functional
+        x, w, b, gy = (torch.from_numpy(inputs[k]) for k in ("x", "w", "b", "gy"))
+        if layout == "NWC":
+            x, gy = x.permute(0, 2, 1), gy.permute(0, 2, 1)
+            w = w.permute(2, 1, 0).contiguous()
+        return baselines.torch_layer(lambda x, w, b: F.conv1d(x, w, b, stride=s, padding=p),
+                                     x, w, b, gy, backward)
+
+    axes = ((0, 2, 1), (2, 1, 0)) if layout == "NWC" else (None, None)
+    return make, lambda res: baselines.torch_layer_to_numpy(res, backward, *axes)
+
+
+def _case(shape, layout, backward):
+    import fastnn
+    N, C, W, K, k, s, p = shape
+    setup, Wo = _setup(N, C, W, K, k, s, p, layout)
+    macs = N * K * Wo * C * k
+    if backward:
+        def fastnn_make(inp):
+            return lambda: fastnn.conv1d_backward(inp["gy"], inp["x"], inp["w"], stride=s,
+                                                  padding=p, layout=layout)
+
+        def numpy_make(inp):
+            return lambda: baselines.conv1d_backward(inp["gy"], inp["x"], inp["w"], stride=s,
+                                                     padding=p, layout=layout)
+    else:
+        def fastnn_make(inp):
+            return lambda: fastnn.conv1d(inp["x"], inp["w"], inp["b"], stride=s, padding=p,
+                                         layout=layout)
+
+        def numpy_make(inp):
+            return lambda: baselines.conv1d_forward(inp["x"], inp["w"], inp["b"], stride=s,
+                                                    padding=p, layout=layout)
+    tmake, tconv = _torch_make(s, p, layout, backward)
+    n_x, n_w, n_y = N * C * W, K * C * k, N * K * Wo
+    moved = (2 * n_x + 2 * n_w + K + n_y) if backward else (n_x + n_w + K + n_y)
+    return Case(
+        name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} W{W} K{K} k{k} s{s} p{p}",
+        family=FAMILY, setup=setup,
+        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+                    Contender("torch", tmake, tconv, requires="torch")],
+        flops=(4.0 if backward else 2.0) * macs, bytes=float(4 * moved),
+        dtype=np.dtype(DTYPE).name,
+        params=dict(op="conv1d_backward" if backward else "conv1d", layout=layout, N=N, C=C,
+                    W=W, K=K, kernel_size=k, stride=s, padding=p, Wo=Wo),
+    )
+
+
+def cases():
+    """Forward then backward; per shape NCW then NWC."""
+    return [_case(shape, layout, backward) for backward in (False, True)
+            for shape in SHAPES for layout in LAYOUTS]

@@ -1,0 +1,102 @@
+"""Benchmark family "conv_transpose": conv_transpose2d forward and backward, NCHW and
+NHWC, float32.
+
+Contenders
+----------
+fastnn
+    ``fastnn.conv_transpose2d`` / ``fastnn.conv_transpose2d_backward``.
+numpy
+    :mod:`fastnn._bench.baselines`: ``W^T x`` as one matmul, then a col2im that adds
+    one strided slab per kernel offset; backward = the im2col conv2d baseline
+    (grad_x) and one matmul against im2col(grad_y) (grad_weight).
+torch
+    ``torch.nn.functional.conv_transpose2d`` under ``torch.no_grad()``; backward =
+    ``torch.autograd.grad`` on a graph built once outside the timed region. NHWC runs
+    on channels_last tensors (zero-copy views of the NHWC arrays; the weight
+    converted once, untimed).
+
+FLOPs: ``2 * N * C_in * H * W * C_out * kh * kw`` forward; backward twice that.
+"""
+import numpy as np
+
+from fastnn._bench import baselines
+from fastnn._bench.harness import Case, Contender
+
+FAMILY = "conv_transpose"
+DESCRIPTION = "conv_transpose2d forward / backward, NCHW and NHWC"
+
+# (N, C_in, H, W, C_out, k, stride, padding): the DCGAN-style 2x upsampling layer.
+SHAPES = [(8, 64, 28, 28, 32, 4, 2, 1)]
+LAYOUTS = ("NCHW", "NHWC")
+DTYPE = np.float32
+
+
+def _setup(N, C, H, W, K, k, s, p, layout):
+    Ho, Wo = (H - 1) * s - 2 * p + k, (W - 1) * s - 2 * p + k
+
+    def setup(rng):
+        nhwc = layout == "NHWC"
+        x = rng.standard_normal((N, H, W, C) if nhwc else (N, C, H, W), dtype=DTYPE)
+        w = rng.standard_normal((k, k, K, C) if nhwc else (C, K, k, k), dtype=DTYPE)
+        w *= DTYPE(1.0 / np.sqrt(C * k * k))
+        return {"x": x, "w": w, "b": rng.standard_normal(K, dtype=DTYPE),
+                "gy": rng.standard_normal((N, Ho, Wo, K) if nhwc else (N, K, Ho, Wo), dtype=DTYPE)}
+    return setup, Ho, Wo
+
+
+def _torch_make(s, p, layout, backward):
+    def make(inputs):
+        torch = baselines.get_torch()
+        F = torch.nn.functional
+        x, w, b, gy = (torch.from_numpy(inputs[k]) for k in ("x", "w", "b", "gy"))
+        if layout == "NHWC":
+            x, gy = x.permute(0, 3, 1, 2), gy.permute(0, 3, 1, 2)
+            w = w.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+        return baselines.torch_layer(lambda x, w, b: F.conv_transpose2d(x, w, b, stride=s, padding=p),
+                                     x, w, b, gy, backward)
+
+    axes = ((0, 2, 3, 1), (2, 3, 1, 0)) if layout == "NHWC" else (None, None)
+    return make, lambda res: baselines.torch_layer_to_numpy(res, backward, *axes)
+
+
+def _case(shape, layout, backward):
+    import fastnn
+    N, C, H, W, K, k, s, p = shape
+    setup, Ho, Wo = _setup(N, C, H, W, K, k, s, p, layout)
+    macs = N * C * H * W * K * k * k
+    if backward:
+        def fastnn_make(inp):
+            return lambda: fastnn.conv_transpose2d_backward(inp["gy"], inp["x"], inp["w"],
+                                                            stride=s, padding=p, layout=layout)
+
+        def numpy_make(inp):
+            return lambda: baselines.conv_transpose2d_backward(inp["gy"], inp["x"], inp["w"],
+                                                               stride=s, padding=p, layout=layout)
+    else:
+        def fastnn_make(inp):
+            return lambda: fastnn.conv_transpose2d(inp["x"], inp["w"], inp["b"], stride=s,
+                                                   padding=p, layout=layout)
+
+        def numpy_make(inp):
+            return lambda: baselines.conv_transpose2d(inp["x"], inp["w"], inp["b"], stride=s,
+                                                      padding=p, layout=layout)
+    tmake, tconv = _torch_make(s, p, layout, backward)
+    n_x, n_w, n_y = N * C * H * W, K * C * k * k, N * K * Ho * Wo
+    moved = (2 * n_x + 2 * n_w + K + n_y) if backward else (n_x + n_w + K + n_y)
+    return Case(
+        name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} {H}x{W} K{K} k{k} s{s} p{p}",
+        family=FAMILY, setup=setup,
+        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+                    Contender("torch", tmake, tconv, requires="torch")],
+        flops=(4.0 if backward else 2.0) * macs, bytes=float(4 * moved),
+        dtype=np.dtype(DTYPE).name,
+        params=dict(op="conv_transpose2d_backward" if backward else "conv_transpose2d",
+                    layout=layout, N=N, C_in=C, H=H, W=W, C_out=K, kernel_size=k, stride=s,
+                    padding=p, Ho=Ho, Wo=Wo),
+    )
+
+
+def cases():
+    """Forward then backward; per shape NCHW then NHWC."""
+    return [_case(shape, layout, backward) for backward in (False, True)
+            for shape in SHAPES for layout in LAYOUTS]
