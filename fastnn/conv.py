@@ -360,34 +360,46 @@ def _weight_grad(x, gyc, grad_w, geom, dtype, nt):
                                  geom.kernel_args(), geom.nhwc, nt)
 
 
+def _flipped_window(size, size_out, k, d, pad_before, pad_after):
+    """For stride 1 along one axis: grad_x = correlation of grad_y with the reversed
+    kernel, padded by (k-1)*d - pad on each side. A negative padding there (the
+    forward padded by more than the kernel reach) crops grad_y instead: returns
+    ((top, bottom), (lo, hi)), the padding and the grad_y rows lo:hi."""
+    top, bottom = (k - 1) * d - pad_before, (k - 1) * d - pad_after
+    return (max(top, 0), max(bottom, 0)), (max(-top, 0), size_out + min(bottom, 0))
+
+
 def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
-    """grad_x: a stride-1 convolution of grad_y with the flipped, transposed kernel
-    when that is expressible (it then runs on the fast forward kernel), else GEMM
-    tiles followed by a gather-add col2im."""
-    G, kh, kw = geom.groups, geom.kh, geom.kw
-    pads = ((kh - 1) * geom.dh - geom.pt, (kh - 1) * geom.dh - geom.pb,
-            (kw - 1) * geom.dw - geom.pl, (kw - 1) * geom.dw - geom.pr)
-    cg, kg = geom.C // G, geom.K // G
-    if geom.sh == geom.sw == 1 and min(pads) >= 0:
-        # Flipping both spatial axes is reversing the flattened tap axis; assigning the
-        # strided view into a fresh array measured 3.5x faster than ascontiguousarray
-        # of the 5-D view (0.41 vs 1.42 ms for a 256x256x3x3 kernel).
-        w = contiguous(weight, dtype)
-        if geom.nhwc:
-            wt = np.empty((kh, kw, kg, geom.C), dtype=dtype)
-            wt.reshape(kh * kw, kg, G, cg)[...] = \
-                w.reshape(kh * kw, cg, G, kg)[::-1].transpose(0, 3, 2, 1)
-        else:
-            wt = np.empty((geom.C, kg, kh, kw), dtype=dtype)
-            wt.reshape(G, cg, kg, kh * kw)[...] = \
-                w.reshape(G, kg, cg, kh * kw)[..., ::-1].transpose(0, 2, 1, 3)
-        tgeom = _Geometry("conv2d_backward", geom.layout, geom.out_shape, (kh, kw), geom.C, G,
-                          1, ((pads[0], pads[1]), (pads[2], pads[3])), (geom.dh, geom.dw))
-        _forward(grad_y, wt, None, grad_x, tgeom, dtype)
+    """grad_x: with stride 1, a convolution of grad_y with the flipped, transposed
+    kernel on the fast forward kernel; strided, GEMM tiles followed by a gather-add
+    col2im. (Splitting a strided grad_x into one stride-1 convolution per stride
+    phase measured 0.33-0.94x the GEMM path: the phase kernels are too small.)"""
+    if geom.sh > 1 or geom.sw > 1:
+        with blas_single_thread():
+            _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1),
+                                    grad_x.reshape(-1), geom.kernel_args(), geom.nhwc, nt)
         return
-    with blas_single_thread():
-        _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1), grad_x.reshape(-1),
-                                geom.kernel_args(), geom.nhwc, nt)
+    G, kh, kw = geom.groups, geom.kh, geom.kw
+    cg, kg = geom.C // G, geom.K // G
+    pad_h, (h0, h1) = _flipped_window(geom.H, geom.Ho, kh, geom.dh, geom.pt, geom.pb)
+    pad_w, (w0, w1) = _flipped_window(geom.W, geom.Wo, kw, geom.dw, geom.pl, geom.pr)
+    # Flipping both spatial axes is reversing the flattened tap axis; assigning the
+    # strided view into a fresh array measured 3.5x faster than ascontiguousarray
+    # of the 5-D view (0.41 vs 1.42 ms for a 256x256x3x3 kernel).
+    w = contiguous(weight, dtype)
+    if geom.nhwc:
+        wt = np.empty((kh, kw, kg, geom.C), dtype=dtype)
+        wt.reshape(kh * kw, kg, G, cg)[...] = \
+            w.reshape(kh * kw, cg, G, kg)[::-1].transpose(0, 3, 2, 1)
+        gy = grad_y[:, h0:h1, w0:w1, :]
+    else:
+        wt = np.empty((geom.C, kg, kh, kw), dtype=dtype)
+        wt.reshape(G, cg, kg, kh * kw)[...] = \
+            w.reshape(G, kg, cg, kh * kw)[..., ::-1].transpose(0, 2, 1, 3)
+        gy = grad_y[:, :, h0:h1, w0:w1]
+    tgeom = _Geometry("conv2d_backward", geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
+                      (pad_h, pad_w), (geom.dh, geom.dw))
+    _forward(gy, wt, None, grad_x, tgeom, dtype)
 
 
 def _patch_geometry(fn, x_shape, kernel_size, stride, padding, dilation, layout):
