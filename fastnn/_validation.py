@@ -55,12 +55,20 @@ def int_tuple(value, n, name, fn, minimum=None):
     return tuple(as_int(v, name, fn, minimum) for v in items)
 
 
-def prepare_out(out, shape, dtype, fn, inputs, name="out"):
+def _same_view(a, b):
+    """The same elements in the same order (an exact alias, as for ``out=x``)."""
+    return a is b or (a.shape == b.shape and a.strides == b.strides
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def prepare_out(out, shape, dtype, fn, inputs, name="out", exact_alias_ok=False):
     """Check a user ``out`` buffer.
 
     Returns ``(buffer, target)``: the kernel writes into ``buffer`` (C-contiguous,
     not overlapping any input); when ``buffer`` is not ``target`` the caller copies
     it into ``target`` afterwards.  ``target`` is ``None`` when no out was given.
+    ``exact_alias_ok``: an input that ``out`` aliases exactly is no overlap (for
+    kernels that read and write element by element).
     """
     if out is None:
         return np.empty(shape, dtype=dtype), None
@@ -72,10 +80,13 @@ def prepare_out(out, shape, dtype, fn, inputs, name="out"):
         raise TypeError(f"{fn}: {name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
     if not out.flags.writeable:
         raise ValueError(f"{fn}: {name} is read-only")
-    overlaps = any(a is not None and np.may_share_memory(out, a) for a in inputs)
-    if out.flags.c_contiguous and not overlaps:
-        return out, out
-    return np.empty(shape, dtype=dtype), out
+    if not out.flags.c_contiguous:
+        return np.empty(shape, dtype=dtype), out
+    for a in inputs:
+        if (a is not None and np.may_share_memory(out, a)
+                and not (exact_alias_ok and _same_view(a, out))):
+            return np.empty(shape, dtype=dtype), out
+    return out, out
 
 
 def finish_out(buffer, target):

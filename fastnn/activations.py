@@ -50,12 +50,7 @@ def _prepare_out_inplace(out, shape, dtype, fn, inputs):
     read element by element: an input that ``out`` aliases exactly (the same elements
     in the same order) does not count as an overlap; any other overlap still goes
     through a temporary."""
-    if isinstance(out, np.ndarray):
-        inputs = [a for a in inputs if a is not out and np.may_share_memory(a, out)
-                  and not (a.strides == out.strides and a.shape == out.shape
-                           and a.__array_interface__["data"][0]
-                           == out.__array_interface__["data"][0])]
-    return prepare_out(out, shape, dtype, fn, inputs)
+    return prepare_out(out, shape, dtype, fn, inputs, exact_alias_ok=True)
 
 
 def _by_dtype(name):
@@ -66,8 +61,7 @@ def _by_dtype(name):
 
 
 def _threads_for(size, par_min):
-    # Below the kernel's parallel threshold the count is unused: skip asking for it
-    # (get_num_threads reads the environment and the CPU affinity, ~2 us).
+    # Below the kernel's parallel threshold the count is unused: skip asking for it.
     return get_num_threads() if size >= par_min else 1
 
 
