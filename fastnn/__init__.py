@@ -7,6 +7,8 @@ from fastnn._threads import get_num_threads, set_num_threads, threads
 from fastnn._config import show_config
 from fastnn.conv import (col2im, conv1d, conv1d_backward, conv2d, conv2d_backward, conv_transpose2d,
                          conv_transpose2d_backward, flip_kernel, im2col)
+from fastnn.pooling import (avg_pool1d, avg_pool1d_backward, avg_pool2d, avg_pool2d_backward,
+                            max_pool1d, max_pool1d_backward, max_pool2d, max_pool2d_backward)
 from fastnn.activations import (leaky_relu, leaky_relu_backward, log_softmax, log_softmax_backward,
                                 relu, relu_backward, sigmoid, sigmoid_backward, softmax,
                                 softmax_backward, softmax_cross_entropy,
@@ -21,4 +23,6 @@ __all__ = [
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
 ]

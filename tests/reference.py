@@ -20,7 +20,7 @@ __all__ = [
     "to_nchw", "from_nchw", "weight_to_oihw", "weight_from_oihw",
     "patches_nchw", "im2col", "col2im", "conv2d", "conv2d_backward",
     "conv2d_naive", "conv1d", "conv1d_backward", "conv_transpose2d",
-    "conv_transpose2d_backward", "rel_err",
+    "conv_transpose2d_backward", "pool2d", "pool2d_backward", "rel_err",
 ]
 
 
@@ -389,6 +389,72 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, pads=((0, 0), (0, 0))
     if layout == "NHWC":
         gw = gw.transpose(2, 3, 1, 0)
     return from_nchw(gx.reshape(N, Cin, H, W), layout), gw, gy.sum(axis=(0, 2, 3))
+
+
+# ------------------------------------------------------------------ pooling
+def pool2d(x, kernel_size, stride, pads, mode="max", layout="NCHW"):
+    """Max or average pooling by an explicit loop over windows, in float64.
+
+    ``pads`` is ((top, bottom), (left, right)); padded positions are skipped (max:
+    -inf padding; avg: divided by the count of real elements). Max returns
+    (y, indices): the first maximum in row-major window order, a NaN beating
+    everything and the last NaN winning (PyTorch's rule), indices flat h*W + w.
+    """
+    xn = to_nchw(x, layout)
+    N, C, H, W = xn.shape
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    (pt, pb), (pl, pr) = pads
+    ho = (H + pt + pb - kh) // sh + 1
+    wo = (W + pl + pr - kw) // sw + 1
+    y = np.zeros((N, C, ho, wo))
+    idx = np.zeros((N, C, ho, wo), dtype=np.int64)
+    for oh in range(ho):
+        for ow in range(wo):
+            hs = [h for h in range(oh * sh - pt, oh * sh - pt + kh) if 0 <= h < H]
+            ws = [w for w in range(ow * sw - pl, ow * sw - pl + kw) if 0 <= w < W]
+            if mode == "avg":
+                y[:, :, oh, ow] = xn[:, :, hs][:, :, :, ws].sum(axis=(2, 3)) / (len(hs) * len(ws))
+                continue
+            for n in range(N):
+                for c in range(C):
+                    best, at = -np.inf, hs[0] * W + ws[0]
+                    for h in hs:
+                        for w in ws:
+                            v = xn[n, c, h, w]
+                            if v > best or np.isnan(v):
+                                best, at = v, h * W + w
+                    y[n, c, oh, ow], idx[n, c, oh, ow] = best, at
+    if mode == "avg":
+        return from_nchw(y, layout)
+    return from_nchw(y, layout), from_nchw(idx, layout)
+
+
+def pool2d_backward(grad_y, x_shape, kernel_size, stride, pads, mode="max", indices=None,
+                    layout="NCHW"):
+    """The adjoint of :func:`pool2d`: each window's gradient to its argmax (max, by
+    ``indices``) or spread evenly over its real elements (avg)."""
+    gy = to_nchw(grad_y, layout)
+    if layout == "NHWC":
+        N, H, W, C = x_shape
+    else:
+        N, C, H, W = x_shape
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    (pt, _), (pl, _) = pads
+    gx = np.zeros((N, C, H * W))
+    ho, wo = gy.shape[2:]
+    if mode == "max":
+        idx = np.asarray(indices).transpose(0, 3, 1, 2) if layout == "NHWC" else np.asarray(indices)
+        for n in range(N):
+            for c in range(C):
+                np.add.at(gx[n, c], idx[n, c].ravel(), gy[n, c].ravel())
+        return from_nchw(gx.reshape(N, C, H, W), layout)
+    gx = gx.reshape(N, C, H, W)
+    for oh in range(ho):
+        for ow in range(wo):
+            h0, w0 = max(oh * sh - pt, 0), max(ow * sw - pl, 0)
+            h1, w1 = min(oh * sh - pt + kh, H), min(ow * sw - pl + kw, W)
+            gx[:, :, h0:h1, w0:w1] += (gy[:, :, oh, ow] / ((h1 - h0) * (w1 - w0)))[:, :, None, None]
+    return from_nchw(gx, layout)
 
 
 # ------------------------------------------------------------------ comparison

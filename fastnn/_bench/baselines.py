@@ -266,6 +266,49 @@ def torch_layer_to_numpy(res, backward, x_axes=None, w_axes=None):
     return gx.numpy(), gw.numpy(), gb.numpy()
 
 
+# ------------------------------------------------------------------ pooling
+def _windows_view(x, k, layout):
+    """Non-overlapping k x k windows as two extra axes: (N, C, Ho, k, Wo, k) for NCHW,
+    (N, Ho, k, Wo, k, C) for NHWC (a reshape, no copy)."""
+    if layout == "NCHW":
+        N, C, H, W = x.shape
+        return x[:, :, :H // k * k, :W // k * k].reshape(N, C, H // k, k, W // k, k), (3, 5)
+    N, H, W, C = x.shape
+    return x[:, :H // k * k, :W // k * k].reshape(N, H // k, k, W // k, k, C), (2, 4)
+
+
+def max_pool2d(x, k, layout="NCHW"):
+    """NumPy max pooling, window = stride = k: the reshape-max."""
+    v, axes = _windows_view(x, k, layout)
+    return v.max(axis=axes)
+
+
+def avg_pool2d(x, k, layout="NCHW"):
+    """NumPy average pooling, window = stride = k (no padding, so every count is k*k)."""
+    v, axes = _windows_view(x, k, layout)
+    return v.mean(axis=axes, dtype=x.dtype)
+
+
+def max_pool2d_backward(grad_y, x, k, layout="NCHW"):
+    """NumPy max-pool gradient: grad_y broadcast over each window, kept at its first
+    maximum (the mask of x == max, minus later duplicates, via a cumulative sum)."""
+    v, axes = _windows_view(x, k, layout)
+    y = np.expand_dims(v.max(axis=axes), axes)
+    hit = v == y
+    if layout == "NCHW":
+        flat = hit.transpose(0, 1, 2, 4, 3, 5).reshape(hit.shape[:3] + (hit.shape[4], k * k))
+        first = flat & (np.cumsum(flat, axis=-1) == 1)
+        first = first.reshape(hit.shape[:3] + (hit.shape[4], k, k)).transpose(0, 1, 2, 4, 3, 5)
+    else:
+        flat = hit.transpose(0, 1, 3, 5, 2, 4).reshape(hit.shape[:2] + (hit.shape[3], hit.shape[5], k * k))
+        first = flat & (np.cumsum(flat, axis=-1) == 1)
+        first = first.reshape(hit.shape[:2] + (hit.shape[3], hit.shape[5], k, k)).transpose(0, 1, 4, 2, 5, 3)
+    gx = np.zeros_like(x)
+    gv, _ = _windows_view(gx, k, layout)
+    gv[...] = first * np.expand_dims(grad_y, axes)
+    return gx
+
+
 # ------------------------------------------------------------------ activations
 def relu_backward(grad_y, x, out=None):
     """``grad_y * (x > 0)`` (a product: NaN in grad_y at blocked positions stays NaN,

@@ -1,0 +1,367 @@
+# cython: language_level=3
+"""Pooling kernels: max and average pooling over 2-D windows, forward and backward,
+for NCHW and NHWC images (1-D pooling is the height-1 case).
+
+Three layers (DESIGN.md). The ``def`` entry points take flat C-contiguous buffers
+and a geometry tuple that :mod:`fastnn.pooling` has validated. Work items are whole
+(image, channel) planes for NCHW and (image, channel block) columns for NHWC, so
+every output element -- and, in the backward passes, every input-gradient element
+-- belongs to one item and is summed in a fixed order: the results are bitwise
+identical for any thread count.
+
+The work items are C (the verbatim block below), so that every pointer can be
+``restrict``. For each kernel tap the range of
+outputs whose tap lies inside the image is computed first, and the loop over that
+range is a branch-free load-compare-select that gcc vectorises (NCHW along output
+columns, with strides 1 and 2 as constants; NHWC along channels). Without indices
+an NCHW window is reduced over its rows first (a contiguous pass) and then over its
+columns, a third of the strided loads (with indices the row-major tie order needs
+the taps one by one). Padding is never
+materialised: max pooling's -inf padding and average pooling's "count only real
+elements" both follow from skipping padded taps.
+
+Max pooling takes the first maximum of a window in row-major order, and a NaN
+anywhere in the window wins (the last NaN gives the index), as PyTorch does.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <stdint.h>
+    #include <math.h>
+    #include <stdlib.h>
+
+    typedef struct {
+        ptrdiff_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo;
+    } fastnn_pool_geom;
+
+    /* Memory-bound: measured no faster with AVX2 or AVX-512 clones than with the
+     * baseline (the 2x2 stride-2 NCHW plane loop was slower with them). */
+    #define FASTNN_POOL_CLONES
+    #define FASTNN_POOL_INLINE static inline __attribute__((always_inline))
+
+    /* Strides 1 and 2 as constants: a variable stride is a "complicated access
+     * pattern" to gcc's vectoriser, a constant one becomes loads and shuffles. */
+    #define FASTNN_BY_STRIDE(s, LOOP) \
+        if ((s) == 1) { LOOP(1) } else if ((s) == 2) { LOOP(2) } else { LOOP(s) }
+
+    /* Outputs o with 0 <= o*s + off < size, clipped to [0, nout). */
+    FASTNN_POOL_INLINE void fastnn_tap_range(ptrdiff_t off, ptrdiff_t s, ptrdiff_t size,
+                                             ptrdiff_t nout, ptrdiff_t* lo, ptrdiff_t* hi) {
+        ptrdiff_t a = off >= 0 ? 0 : (-off + s - 1) / s;
+        ptrdiff_t b = size - 1 - off < 0 ? 0 : (size - 1 - off) / s + 1;
+        if (b > nout) b = nout;
+        *lo = a;
+        *hi = b > a ? b : a;
+    }
+
+    /* The real (unpadded) part [a, b) of window o along one axis. */
+    FASTNN_POOL_INLINE void fastnn_window(ptrdiff_t o, ptrdiff_t s, ptrdiff_t p, ptrdiff_t k,
+                                          ptrdiff_t size, ptrdiff_t* a, ptrdiff_t* b) {
+        ptrdiff_t lo = o * s - p, hi = lo + k;
+        *a = lo > 0 ? lo : 0;
+        *b = hi < size ? hi : size;
+    }
+
+    #define FASTNN_MAX_LOOP(S)                                                      \
+        for (ptrdiff_t o = lo; o < hi; o++) {                                      \
+            T v = xr[o * (S)], a = yr[o];                                          \
+            yr[o] = (v > a || v != v) ? v : a;                                     \
+        }
+    #define FASTNN_MAX_IDX_LOOP(S)                                                  \
+        for (ptrdiff_t o = lo; o < hi; o++) {                                      \
+            T v = xr[o * (S)], a = yr[o];                                          \
+            int take = (v > a) | (v != v);                                         \
+            yr[o] = take ? v : a;                                                  \
+            ir[o] = take ? base + o * (S) : ir[o];                                 \
+        }
+    #define FASTNN_ADD_LOOP(S) for (ptrdiff_t o = lo; o < hi; o++) yr[o] += xr[o * (S)];
+    #define FASTNN_ADD_BACK_LOOP(S) for (ptrdiff_t o = lo; o < hi; o++) gr[o * (S)] += sc[o];
+
+    #define FASTNN_POOL_KERNELS(T, SUF)                                              \
+    /* One (image, channel) plane: y (Ho, Wo) from x (H, W); idx NULL or (Ho, Wo). */ \
+    FASTNN_POOL_CLONES                                                             \
+    static void fastnn_pool_plane_##SUF(const T* restrict x, T* restrict y,        \
+                                        int64_t* restrict idx,                     \
+                                        const fastnn_pool_geom* g, int is_max) {   \
+        /* Without it (no memory) the taps are read row by row: same result. */    \
+        T* col = (!idx && g->kh > 1) ? (T*)malloc(g->W * sizeof(T)) : NULL;        \
+        for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
+            T* restrict yr = y + ho * g->Wo;                                       \
+            int64_t* restrict ir = idx ? idx + ho * g->Wo : NULL;                  \
+            ptrdiff_t h0, h1, w0, w1;                                              \
+            fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);                \
+            for (ptrdiff_t wo = 0; wo < g->Wo; wo++) yr[wo] = is_max ? -INFINITY : 0; \
+            if (ir)                                                                \
+                for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                         \
+                    fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);        \
+                    ir[wo] = h0 * g->W + w0;                                       \
+                }                                                                  \
+            if (col && !ir) {                                                      \
+                /* Separable: the window's rows reduced into col (contiguous), then \
+                 * col's taps; a third of the strided loads of tap by tap. */      \
+                const T* restrict x0 = x + h0 * g->W;                              \
+                for (ptrdiff_t w = 0; w < g->W; w++) col[w] = x0[w];               \
+                for (ptrdiff_t h = h0 + 1; h < h1; h++) {                          \
+                    const T* restrict xh = x + h * g->W;                           \
+                    if (is_max)                                                    \
+                        for (ptrdiff_t w = 0; w < g->W; w++) {                     \
+                            T v = xh[w], a = col[w];                               \
+                            col[w] = (v > a || v != v) ? v : a;                    \
+                        }                                                          \
+                    else                                                           \
+                        for (ptrdiff_t w = 0; w < g->W; w++) col[w] += xh[w];      \
+                }                                                                  \
+            }                                                                      \
+            for (ptrdiff_t h = h0; h < (col && !ir ? h0 + 1 : h1); h++)            \
+                for (ptrdiff_t j = 0; j < g->kw; j++) {                            \
+                    ptrdiff_t lo, hi, off = j - g->pl;                             \
+                    fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
+                    const T* restrict xr = (col && !ir ? col : x + h * g->W) + off; \
+                    int64_t base = h * g->W + off;                                 \
+                    if (!is_max) { FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_LOOP) }      \
+                    else if (ir) { FASTNN_BY_STRIDE(g->sw, FASTNN_MAX_IDX_LOOP) }  \
+                    else { FASTNN_BY_STRIDE(g->sw, FASTNN_MAX_LOOP) }              \
+                }                                                                  \
+            if (!is_max)                                                           \
+                for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                         \
+                    fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);        \
+                    yr[wo] = yr[wo] / (T)((h1 - h0) * (w1 - w0));                  \
+                }                                                                  \
+        }                                                                          \
+        free(col);                                                                 \
+    }                                                                              \
+    /* Channels [c0, c1) of image n, every output pixel (NHWC). */                 \
+    FASTNN_POOL_CLONES                                                             \
+    static void fastnn_pool_column_##SUF(const T* restrict x, T* restrict y,       \
+                                         int64_t* restrict idx,                    \
+                                         const fastnn_pool_geom* g, ptrdiff_t n,   \
+                                         ptrdiff_t c0, ptrdiff_t c1, int is_max) { \
+        ptrdiff_t nc = c1 - c0;                                                    \
+        for (ptrdiff_t ho = 0; ho < g->Ho; ho++)                                   \
+            for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
+                ptrdiff_t h0, h1, w0, w1, o = ((n * g->Ho + ho) * g->Wo + wo) * g->C + c0; \
+                fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);            \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);            \
+                T* restrict yp = y + o;                                            \
+                int64_t* restrict ip = idx ? idx + o : NULL;                       \
+                for (ptrdiff_t c = 0; c < nc; c++) yp[c] = is_max ? -INFINITY : 0; \
+                if (ip) for (ptrdiff_t c = 0; c < nc; c++) ip[c] = h0 * g->W + w0; \
+                for (ptrdiff_t h = h0; h < h1; h++)                                \
+                    for (ptrdiff_t w = w0; w < w1; w++) {                          \
+                        const T* restrict xp = x + ((n * g->H + h) * g->W + w) * g->C + c0; \
+                        int64_t p = h * g->W + w;                                  \
+                        if (!is_max)                                               \
+                            for (ptrdiff_t c = 0; c < nc; c++) yp[c] += xp[c];     \
+                        else if (ip)                                               \
+                            for (ptrdiff_t c = 0; c < nc; c++) {                   \
+                                T v = xp[c], a = yp[c];                            \
+                                int take = (v > a) | (v != v);                     \
+                                yp[c] = take ? v : a;                              \
+                                ip[c] = take ? p : ip[c];                          \
+                            }                                                      \
+                        else                                                       \
+                            for (ptrdiff_t c = 0; c < nc; c++) {                   \
+                                T v = xp[c], a = yp[c];                            \
+                                yp[c] = (v > a || v != v) ? v : a;                 \
+                            }                                                      \
+                    }                                                              \
+                if (!is_max) {                                                     \
+                    T cnt = (T)((h1 - h0) * (w1 - w0));                            \
+                    for (ptrdiff_t c = 0; c < nc; c++) yp[c] = yp[c] / cnt;        \
+                }                                                                  \
+            }                                                                      \
+    }                                                                              \
+    /* Backward of one NCHW plane: gx = scatter-add of gy to the argmaxes (max), or \
+     * of gy / count over each window's real elements (average, idx NULL). */      \
+    FASTNN_POOL_CLONES                                                             \
+    static void fastnn_pool_plane_back_##SUF(const T* restrict gy,                 \
+                                             const int64_t* restrict idx,          \
+                                             T* restrict gx, T* restrict sc,       \
+                                             const fastnn_pool_geom* g) {          \
+        for (ptrdiff_t p = 0; p < g->H * g->W; p++) gx[p] = 0;                     \
+        if (idx) {                                                                 \
+            for (ptrdiff_t o = 0; o < g->Ho * g->Wo; o++) gx[idx[o]] += gy[o];     \
+            return;                                                                \
+        }                                                                          \
+        for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
+            ptrdiff_t h0, h1, w0, w1;                                              \
+            fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);                \
+            for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);            \
+                sc[wo] = gy[ho * g->Wo + wo] / (T)((h1 - h0) * (w1 - w0));         \
+            }                                                                      \
+            for (ptrdiff_t h = h0; h < h1; h++)                                    \
+                for (ptrdiff_t j = 0; j < g->kw; j++) {                            \
+                    ptrdiff_t lo, hi, off = j - g->pl;                             \
+                    fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
+                    T* restrict gr = gx + h * g->W + off;                          \
+                    FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_BACK_LOOP)                  \
+                }                                                                  \
+        }                                                                          \
+    }                                                                              \
+    /* Backward of channels [c0, c1) of image n (NHWC), as the plane version. */  \
+    FASTNN_POOL_CLONES                                                             \
+    static void fastnn_pool_column_back_##SUF(const T* restrict gy,                \
+                                              const int64_t* restrict idx,         \
+                                              T* restrict gx, T* restrict sc,      \
+                                              const fastnn_pool_geom* g,           \
+                                              ptrdiff_t n, ptrdiff_t c0,           \
+                                              ptrdiff_t c1) {                      \
+        ptrdiff_t nc = c1 - c0, HW = g->H * g->W;                                  \
+        T* restrict gxn = gx + n * HW * g->C + c0;                                 \
+        for (ptrdiff_t p = 0; p < HW; p++)                                         \
+            for (ptrdiff_t c = 0; c < nc; c++) gxn[p * g->C + c] = 0;              \
+        for (ptrdiff_t ho = 0; ho < g->Ho; ho++)                                   \
+            for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
+                ptrdiff_t o = ((n * g->Ho + ho) * g->Wo + wo) * g->C + c0;         \
+                const T* restrict gp = gy + o;                                     \
+                if (idx) {                                                         \
+                    const int64_t* restrict ip = idx + o;                          \
+                    for (ptrdiff_t c = 0; c < nc; c++) gxn[ip[c] * g->C + c] += gp[c]; \
+                    continue;                                                      \
+                }                                                                  \
+                ptrdiff_t h0, h1, w0, w1;                                          \
+                fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);            \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);            \
+                T cnt = (T)((h1 - h0) * (w1 - w0));                                \
+                for (ptrdiff_t c = 0; c < nc; c++) sc[c] = gp[c] / cnt;            \
+                for (ptrdiff_t h = h0; h < h1; h++)                                \
+                    for (ptrdiff_t w = w0; w < w1; w++) {                          \
+                        T* restrict q = gxn + (h * g->W + w) * g->C;               \
+                        for (ptrdiff_t c = 0; c < nc; c++) q[c] += sc[c];          \
+                    }                                                              \
+            }                                                                      \
+    }
+
+    #define T float
+    FASTNN_POOL_KERNELS(float, f32)
+    #undef T
+    #define T double
+    FASTNN_POOL_KERNELS(double, f64)
+    #undef T
+    """
+    ctypedef struct fastnn_pool_geom:
+        Py_ssize_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo
+    void fastnn_pool_plane_f32(const float* x, float* y, int64_t* idx,
+                               const fastnn_pool_geom* g, int is_max) noexcept nogil
+    void fastnn_pool_plane_f64(const double* x, double* y, int64_t* idx,
+                               const fastnn_pool_geom* g, int is_max) noexcept nogil
+    void fastnn_pool_column_f32(const float* x, float* y, int64_t* idx,
+                                const fastnn_pool_geom* g, Py_ssize_t n, Py_ssize_t c0,
+                                Py_ssize_t c1, int is_max) noexcept nogil
+    void fastnn_pool_column_f64(const double* x, double* y, int64_t* idx,
+                                const fastnn_pool_geom* g, Py_ssize_t n, Py_ssize_t c0,
+                                Py_ssize_t c1, int is_max) noexcept nogil
+    void fastnn_pool_plane_back_f32(const float* gy, const int64_t* idx, float* gx,
+                                    float* sc, const fastnn_pool_geom* g) noexcept nogil
+    void fastnn_pool_plane_back_f64(const double* gy, const int64_t* idx, double* gx,
+                                    double* sc, const fastnn_pool_geom* g) noexcept nogil
+    void fastnn_pool_column_back_f32(const float* gy, const int64_t* idx, float* gx,
+                                     float* sc, const fastnn_pool_geom* g, Py_ssize_t n,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void fastnn_pool_column_back_f64(const double* gy, const int64_t* idx, double* gx,
+                                     double* sc, const fastnn_pool_geom* g, Py_ssize_t n,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+
+# Items below this many input elements run serially: a parallel region costs a few
+# microseconds, about what 2-3 thousand elements of pooling take.
+DEF PAR_MIN = 1 << 14
+# NHWC work items: a column of this many channels of one image.
+DEF CBLOCK = 64
+
+
+cdef fastnn_pool_geom make_geom(tuple g):
+    cdef fastnn_pool_geom r
+    (r.N, r.C, r.H, r.W, r.kh, r.kw, r.sh, r.sw, r.pt, r.pl, r.Ho, r.Wo) = g
+    return r
+
+
+# ---------------------------------------------------------------- typed items
+cdef inline void pool_item(const floating* x, floating* y, int64_t* idx,
+                           const fastnn_pool_geom* g, bint nhwc, Py_ssize_t it,
+                           Py_ssize_t nblk, bint is_max) noexcept nogil:
+    cdef Py_ssize_t n, c0, c1, pin = g.H * g.W, pout = g.Ho * g.Wo
+    if not nhwc:
+        if floating is float:
+            fastnn_pool_plane_f32(x + it * pin, y + it * pout,
+                                  NULL if idx == NULL else idx + it * pout, g, is_max)
+        else:
+            fastnn_pool_plane_f64(x + it * pin, y + it * pout,
+                                  NULL if idx == NULL else idx + it * pout, g, is_max)
+        return
+    n = it // nblk
+    c0 = (it % nblk) * CBLOCK
+    c1 = c0 + CBLOCK if c0 + CBLOCK < g.C else g.C
+    if floating is float:
+        fastnn_pool_column_f32(x, y, idx, g, n, c0, c1, is_max)
+    else:
+        fastnn_pool_column_f64(x, y, idx, g, n, c0, c1, is_max)
+
+
+cdef inline void back_item(const floating* gy, const int64_t* idx, floating* gx,
+                           floating* scratch, const fastnn_pool_geom* g, bint nhwc,
+                           Py_ssize_t it, Py_ssize_t nblk) noexcept nogil:
+    cdef Py_ssize_t n, c0, c1, pin = g.H * g.W, pout = g.Ho * g.Wo
+    if not nhwc:
+        if floating is float:
+            fastnn_pool_plane_back_f32(gy + it * pout, NULL if idx == NULL else idx + it * pout,
+                                       gx + it * pin, scratch, g)
+        else:
+            fastnn_pool_plane_back_f64(gy + it * pout, NULL if idx == NULL else idx + it * pout,
+                                       gx + it * pin, scratch, g)
+        return
+    n = it // nblk
+    c0 = (it % nblk) * CBLOCK
+    c1 = c0 + CBLOCK if c0 + CBLOCK < g.C else g.C
+    if floating is float:
+        fastnn_pool_column_back_f32(gy, idx, gx, scratch, g, n, c0, c1)
+    else:
+        fastnn_pool_column_back_f64(gy, idx, gx, scratch, g, n, c0, c1)
+
+
+# ---------------------------------------------------------------- entry points
+def pool2d_forward(const floating[::1] x, floating[::1] y, int64_t[::1] idx, tuple geom,
+                   bint nhwc, bint is_max, int num_threads):
+    """y (and, for max pooling, idx when not None) from x; see the module notes."""
+    cdef fastnn_pool_geom g = make_geom(geom)
+    cdef int64_t* ip = NULL if idx is None else &idx[0]
+    cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
+    cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
+    cdef int nt = num_threads if g.N * g.C * g.H * g.W >= PAR_MIN else 1
+    if items == 0:
+        return
+    with nogil:
+        for it in prange(items, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+            pool_item(&x[0], &y[0], ip, &g, nhwc, it, nblk, is_max)
+
+
+def pool2d_backward(const floating[::1] gy, const int64_t[::1] idx, floating[::1] gx,
+                    tuple geom, bint nhwc, int num_threads):
+    """gx from gy: scattered to the argmax positions ``idx`` (flat h*W + w in each
+    plane) for max pooling, spread over each window's real elements when idx is None
+    (average pooling)."""
+    cdef fastnn_pool_geom g = make_geom(geom)
+    cdef const int64_t* ip = NULL if idx is None else &idx[0]
+    cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
+    cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
+    cdef int nt = num_threads if g.N * g.C * g.H * g.W >= PAR_MIN else 1
+    cdef floating* scratch
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    if items == 0:
+        return
+    with nogil, parallel(num_threads=nt, use_threads_if=nt > 1):
+        scratch = <floating*>malloc((g.Wo + CBLOCK + 1) * sizeof(floating))
+        for it in prange(items, schedule="static"):
+            if scratch == NULL:
+                failed_p[0] = 1
+            else:
+                back_item(&gy[0], ip, &gx[0], scratch, &g, nhwc, it, nblk)
+        free(scratch)
+    if failed:
+        raise MemoryError("pooling backward: could not allocate scratch")
