@@ -1,0 +1,650 @@
+# cython: language_level=3
+"""Recurrent kernels: LSTM (TensorFlow BasicLSTMCell layout), GRU and SimpleRNN (Keras
+layouts), forward over a sequence and backpropagation through time.
+
+Three layers (DESIGN.md). The ``def`` entry points take C-contiguous buffers that
+:mod:`fastnn.recurrent` validated and allocated; everything runs time-major with the
+GIL released once per call. A step is one GEMM for the recurrent product (the input
+projection of all steps is one GEMM up front) plus one fused pass over the gate
+pre-activations: all gate nonlinearities and the state update in a single sweep, so the
+gates never make a second trip through memory. Backward runs the gate pass in reverse
+per step with only the recurrent GEMM ``dh_prev = dz_t @ W_h^T`` inside the loop; the
+weight, bias and input gradients of all steps are then three big GEMMs and a column sum
+over the stacked gate gradients.
+
+The gate passes are C (the verbatim block) for the same reason as the activation
+kernels: compiled for AVX-512, AVX2+FMA and the baseline, one set picked at import
+(``FASTNN_UKERNEL_MAX`` caps it). Each output element is computed by one work item in
+the same order whatever the thread count, so results are bitwise identical for any
+count; the column sums of the bias gradients run down the rows in a fixed order.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+from fastnn_ext._blas cimport gemm
+
+import os as _os
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include "_vecmath.h"  /* fastnn_sigmoid_*, fastnn_tanh_* */
+
+    enum {
+        FASTNN_LSTM_FWD, FASTNN_LSTM_BWD,
+        FASTNN_GRU_FWD, FASTNN_GRU_BWD,             /* reset_after=True */
+        FASTNN_GRU0_FWD_A, FASTNN_GRU0_FWD_B,       /* reset_after=False, before / after */
+        FASTNN_GRU0_BWD_A, FASTNN_GRU0_BWD_B,       /*   the product (r * h) @ U_h */
+        FASTNN_RNN_FWD, FASTNN_RNN_BWD
+    };
+
+    /* The operands of one step's gate pass, rows [r0, r1) of the batch. Gate rows are
+     * contiguous, G*H wide; per-row state rows H wide; g (the gradient arriving from the
+     * step's output) has row stride ldg, 0 meaning one row of zeros. Pointers are void*
+     * so that one struct serves both dtypes. */
+    typedef struct {
+        ptrdiff_t H, ldg;
+        void *z, *q, *h_out, *c_out, *tc, *rh, *dh, *dc, *dz, *dq;
+        const void *bias, *bias2, *h_prev, *c_prev, *g;
+        double forget_bias;
+        int store, relu;
+    } fastnn_rnn_args;
+
+    #define FASTNN_RNN_INLINE static inline __attribute__((always_inline))
+    #define RP(T, p) ((T* __restrict)(p))
+
+    #define FASTNN_RNN_DEFINE(T, S)                                                       \\
+    FASTNN_RNN_INLINE void fastnn_lstm_fwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {   \\
+        /* c_prev and c_out may be the same row (an in-place cell): each element is read \\
+         * before it is written, so they are the only pointers not marked restrict. */   \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 4 * H;                                        \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* cp = (const T*)a->c_prev + r * H;                                        \\
+        T* co = (T*)a->c_out + r * H;                                                     \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        T fb = (T)a->forget_bias;                                                         \\
+        T* __restrict tc = RP(T, a->tc) + r * H;                                          \\
+        int store = a->store;                                                             \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T si = fastnn_sigmoid_##S(z[k] + b[k]);                                       \\
+            T tj = fastnn_tanh_##S(z[H + k] + b[H + k]);                                  \\
+            T sf = fastnn_sigmoid_##S((z[2 * H + k] + b[2 * H + k]) + fb);                \\
+            T so = fastnn_sigmoid_##S(z[3 * H + k] + b[3 * H + k]);                       \\
+            T cn = cp[k] * sf + si * tj;                                                  \\
+            T t = fastnn_tanh_##S(cn);                                                    \\
+            co[k] = cn; ho[k] = t * so;                                                   \\
+            if (store) {                                                                  \\
+                z[k] = si; z[H + k] = tj; z[2 * H + k] = sf; z[3 * H + k] = so; tc[k] = t;\\
+            }                                                                             \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_lstm_bwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {   \\
+        /* z holds the gate activations (i, j, f, o), tc = tanh(c_new). dc: in the     \\
+         * gradient reaching c_new from the next step, out the one reaching c_prev. */  \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 4 * H;                               \\
+        const T* __restrict tc = (const T*)a->tc + r * H;                                 \\
+        const T* __restrict cp = (const T*)a->c_prev + r * H;                             \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        const T* __restrict dh = (const T*)a->dh + r * H;                                 \\
+        T* __restrict dc = RP(T, a->dc) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 4 * H;                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T si = z[k], tj = z[H + k], sf = z[2 * H + k], so = z[3 * H + k], t = tc[k];  \\
+            T d = dh[k] + g[k];                                                           \\
+            T dcn = dc[k] + d * so * ((1 - t) * (1 + t));                                 \\
+            dz[k] = dcn * tj * (si * (1 - si));                                           \\
+            dz[H + k] = dcn * si * ((1 - tj) * (1 + tj));                                 \\
+            dz[2 * H + k] = dcn * cp[k] * (sf * (1 - sf));                                \\
+            dz[3 * H + k] = d * t * (so * (1 - so));                                      \\
+            dc[k] = dcn * sf;                                                             \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru_fwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        /* reset_after: z = x W + b_in, q = h U (+ b_rec here). Stores (z, r, hh) in z   \\
+         * and h U_h + b_rec_h in q for the backward. */                                  \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 3 * H;                                        \\
+        T* __restrict q = RP(T, a->q) + r * 3 * H;                                        \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* __restrict b2 = (const T*)a->bias2;                                      \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        int store = a->store;                                                             \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T qh = q[2 * H + k] + b2[2 * H + k];                                          \\
+            T zg = fastnn_sigmoid_##S((z[k] + b[k]) + (q[k] + b2[k]));                    \\
+            T rg = fastnn_sigmoid_##S((z[H + k] + b[H + k]) + (q[H + k] + b2[H + k]));    \\
+            T hh = fastnn_tanh_##S((z[2 * H + k] + b[2 * H + k]) + rg * qh);              \\
+            ho[k] = zg * hp[k] + (1 - zg) * hh;                                           \\
+            if (store) { z[k] = zg; z[H + k] = rg; z[2 * H + k] = hh; q[2 * H + k] = qh; } \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru_bwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        /* dz: gradient of x W + b_in; dq: of h U + b_rec; dh: in the gradient from the  \\
+         * next step, out the direct part z * dh of the one reaching h_prev. */          \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 3 * H;                               \\
+        const T* __restrict q = (const T*)a->q + r * 3 * H;                               \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        T* __restrict dh = RP(T, a->dh) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 3 * H;                                      \\
+        T* __restrict dq = RP(T, a->dq) + r * 3 * H;                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T zg = z[k], rg = z[H + k], hh = z[2 * H + k];                                \\
+            T d = dh[k] + g[k];                                                           \\
+            T dzp = d * (hp[k] - hh) * (zg * (1 - zg));                                   \\
+            T dhp = d * (1 - zg) * ((1 - hh) * (1 + hh));                                 \\
+            T drp = dhp * q[2 * H + k] * (rg * (1 - rg));                                 \\
+            dz[k] = dzp; dz[H + k] = drp; dz[2 * H + k] = dhp;                            \\
+            dq[k] = dzp; dq[H + k] = drp; dq[2 * H + k] = dhp * rg;                       \\
+            dh[k] = d * zg;                                                               \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_fwd_a_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        /* reset_after=False, first half: q = h U_zr (2H wide); z, r into z; r * h. */   \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 3 * H;                                        \\
+        const T* __restrict q = (const T*)a->q + r * 2 * H;                               \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        T* __restrict rh = RP(T, a->rh) + r * H;                                          \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T zg = fastnn_sigmoid_##S((z[k] + b[k]) + q[k]);                              \\
+            T rg = fastnn_sigmoid_##S((z[H + k] + b[H + k]) + q[H + k]);                  \\
+            z[k] = zg; z[H + k] = rg; rh[k] = rg * hp[k];                                 \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_fwd_b_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        /* second half: q = (r * h) U_h (H wide); hh into z, the new state. */           \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 3 * H;                                        \\
+        const T* __restrict q = (const T*)a->q + r * H;                                   \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T hh = fastnn_tanh_##S((z[2 * H + k] + b[2 * H + k]) + q[k]);                 \\
+            T zg = z[k];                                                                  \\
+            ho[k] = zg * hp[k] + (1 - zg) * hh;                                           \\
+            z[2 * H + k] = hh;                                                            \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_bwd_a_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 3 * H;                               \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        T* __restrict dh = RP(T, a->dh) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 3 * H;                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T zg = z[k], hh = z[2 * H + k];                                               \\
+            T d = dh[k] + g[k];                                                           \\
+            dz[k] = d * (hp[k] - hh) * (zg * (1 - zg));                                   \\
+            dz[2 * H + k] = d * (1 - zg) * ((1 - hh) * (1 + hh));                         \\
+            dh[k] = d * zg;                                                               \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_bwd_b_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        /* dq = d(r * h), the gradient through U_h. */                                    \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 3 * H;                               \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        const T* __restrict dq = (const T*)a->dq + r * H;                                 \\
+        T* __restrict dh = RP(T, a->dh) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 3 * H;                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T rg = z[H + k];                                                              \\
+            dz[H + k] = dq[k] * hp[k] * (rg * (1 - rg));                                  \\
+            dh[k] = dh[k] + dq[k] * rg;                                                   \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_rnn_fwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * H;                                   \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        if (a->relu) {  /* np.maximum(v, 0): NaN stays NaN */                             \\
+            for (k = 0; k < H; k++) { T v = z[k] + b[k]; ho[k] = v <= 0 ? (T)0 : v; }     \\
+        } else {                                                                          \\
+            for (k = 0; k < H; k++) ho[k] = fastnn_tanh_##S(z[k] + b[k]);                 \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_rnn_bwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        /* h_out: the step's output y, from which the derivative is taken. */             \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict y = (const T*)a->h_out + r * H;                               \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        const T* __restrict dh = (const T*)a->dh + r * H;                                 \\
+        T* __restrict dz = RP(T, a->dz) + r * H;                                          \\
+        if (a->relu) {                                                                    \\
+            for (k = 0; k < H; k++) { T d = dh[k] + g[k]; dz[k] = y[k] > 0 ? d : (T)0; }  \\
+        } else {                                                                          \\
+            for (k = 0; k < H; k++) {                                                     \\
+                T v = y[k];                                                               \\
+                dz[k] = (dh[k] + g[k]) * ((1 - v) * (1 + v));                             \\
+            }                                                                             \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_rnn_pass_impl_##S(int op, const fastnn_rnn_args* a,    \\
+                                                    ptrdiff_t r0, ptrdiff_t r1) {         \\
+        ptrdiff_t r;                                                                      \\
+        for (r = r0; r < r1; r++) {                                                       \\
+            switch (op) {                                                                 \\
+            case FASTNN_LSTM_FWD: fastnn_lstm_fwd_##S(a, r); break;                       \\
+            case FASTNN_LSTM_BWD: fastnn_lstm_bwd_##S(a, r); break;                       \\
+            case FASTNN_GRU_FWD: fastnn_gru_fwd_##S(a, r); break;                         \\
+            case FASTNN_GRU_BWD: fastnn_gru_bwd_##S(a, r); break;                         \\
+            case FASTNN_GRU0_FWD_A: fastnn_gru0_fwd_a_##S(a, r); break;                   \\
+            case FASTNN_GRU0_FWD_B: fastnn_gru0_fwd_b_##S(a, r); break;                   \\
+            case FASTNN_GRU0_BWD_A: fastnn_gru0_bwd_a_##S(a, r); break;                   \\
+            case FASTNN_GRU0_BWD_B: fastnn_gru0_bwd_b_##S(a, r); break;                   \\
+            case FASTNN_RNN_FWD: fastnn_rnn_fwd_##S(a, r); break;                         \\
+            case FASTNN_RNN_BWD: fastnn_rnn_bwd_##S(a, r); break;                         \\
+            }                                                                             \\
+        }                                                                                 \\
+    }
+
+    FASTNN_RNN_DEFINE(float, f32)
+    FASTNN_RNN_DEFINE(double, f64)
+
+    typedef void (*fastnn_rnn_pass_fn)(int, const fastnn_rnn_args*, ptrdiff_t, ptrdiff_t);
+
+    #define FASTNN_RNN_VARIANT(SUFFIX, ATTR)                                              \\
+    ATTR static void fastnn_rnn_pass_f32_##SUFFIX(int op, const fastnn_rnn_args* a,       \\
+                                                  ptrdiff_t r0, ptrdiff_t r1)             \\
+    { fastnn_rnn_pass_impl_f32(op, a, r0, r1); }                                          \\
+    ATTR static void fastnn_rnn_pass_f64_##SUFFIX(int op, const fastnn_rnn_args* a,       \\
+                                                  ptrdiff_t r0, ptrdiff_t r1)             \\
+    { fastnn_rnn_pass_impl_f64(op, a, r0, r1); }
+
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #define FASTNN_RNN_X86 1
+    FASTNN_RNN_VARIANT(avx512, __attribute__((target("avx512f,fma,prefer-vector-width=512"))))
+    FASTNN_RNN_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+    #endif
+    FASTNN_RNN_VARIANT(base, )
+
+    static fastnn_rnn_pass_fn fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_base;
+    static fastnn_rnn_pass_fn fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_base;
+
+    /* 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (as the other kernels); cap < 0: none. */
+    static int fastnn_rnn_pick(int cap) {
+        int level = fastnn_simd_level(cap);
+        fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_base;
+        fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_base;
+    #ifdef FASTNN_RNN_X86
+        if (level == 1) {
+            fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_avx2;
+            fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_avx2;
+        } else if (level == 2) {
+            fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_avx512;
+            fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_avx512;
+        }
+    #endif
+        return level;
+    }
+    """
+    ctypedef struct fastnn_rnn_args:
+        Py_ssize_t H, ldg
+        void *z
+        void *q
+        void *h_out
+        void *c_out
+        void *tc
+        void *rh
+        void *dh
+        void *dc
+        void *dz
+        void *dq
+        const void *bias
+        const void *bias2
+        const void *h_prev
+        const void *c_prev
+        const void *g
+        double forget_bias
+        int store, relu
+    void fastnn_rnn_pass_f32(int op, const fastnn_rnn_args* a, Py_ssize_t r0,
+                             Py_ssize_t r1) noexcept nogil
+    void fastnn_rnn_pass_f64(int op, const fastnn_rnn_args* a, Py_ssize_t r0,
+                             Py_ssize_t r1) noexcept nogil
+    int fastnn_rnn_pick(int cap) noexcept nogil
+    enum:
+        FASTNN_LSTM_FWD
+        FASTNN_LSTM_BWD
+        FASTNN_GRU_FWD
+        FASTNN_GRU_BWD
+        FASTNN_GRU0_FWD_A
+        FASTNN_GRU0_FWD_B
+        FASTNN_GRU0_BWD_A
+        FASTNN_GRU0_BWD_B
+        FASTNN_RNN_FWD
+        FASTNN_RNN_BWD
+
+
+def _pick_simd():
+    """Select the SIMD path of the gate passes (FASTNN_UKERNEL_MAX caps it: 0 baseline,
+    1 AVX2+FMA, 2 AVX-512). Returns the level in use."""
+    cap = _os.environ.get("FASTNN_UKERNEL_MAX", "")
+    return fastnn_rnn_pick(int(cap) if cap.strip().isdigit() else -1)
+
+
+SIMD_LEVEL = _pick_simd()
+
+# A gate pass goes parallel from this many units (rows * H) on, in work items of about
+# ITEM_UNITS units (whole rows). An LSTM unit costs five exp-based nonlinearities,
+# ~1.5 ns with AVX-512 on float32, so 16384 units are ~25 us serial: enough to pay for
+# waking the thread team (~2-5 us with GOMP_SPINCOUNT=10000) between two GEMMs.
+DEF PAR_MIN_UNITS = 16384
+DEF ITEM_UNITS = 4096
+PARALLEL_MIN_UNITS = PAR_MIN_UNITS
+
+
+# ---------------------------------------------------------------- drivers
+cdef void run_pass(bint dbl, int op, const fastnn_rnn_args* a, Py_ssize_t rows,
+                   int num_threads) noexcept nogil:
+    cdef Py_ssize_t per, items, it, r0, r1
+    if rows <= 0 or a.H <= 0:
+        return
+    per = ITEM_UNITS // a.H if a.H < ITEM_UNITS else 1
+    items = (rows + per - 1) // per
+    if num_threads > items:
+        num_threads = <int>items
+    if num_threads > 1 and rows * a.H >= PAR_MIN_UNITS:
+        for it in prange(items, schedule="static", num_threads=num_threads):
+            r0 = it * per
+            r1 = r0 + per if r0 + per < rows else rows
+            if dbl:
+                fastnn_rnn_pass_f64(op, a, r0, r1)
+            else:
+                fastnn_rnn_pass_f32(op, a, r0, r1)
+    elif dbl:
+        fastnn_rnn_pass_f64(op, a, 0, rows)
+    else:
+        fastnn_rnn_pass_f32(op, a, 0, rows)
+
+
+cdef void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lda,
+                      floating* out, int num_threads) noexcept nogil:
+    # out[j] = sum over rows of a[r, j], added in row order: each column's sum is one
+    # work item's, so the thread count cannot change it. Blocks of 256 columns keep the
+    # running sums in registers / L1 while the rows stream past.
+    cdef Py_ssize_t nb = (cols + 255) // 256, blk, j0, j1, r, j
+    if num_threads > nb:
+        num_threads = <int>nb
+    memset(out, 0, cols * sizeof(floating))
+    if num_threads > 1 and rows * cols >= 4 * PAR_MIN_UNITS:
+        for blk in prange(nb, schedule="static", num_threads=num_threads):
+            j0 = blk * 256
+            j1 = j0 + 256 if j0 + 256 < cols else cols
+            for r in range(rows):
+                for j in range(j0, j1):
+                    out[j] = out[j] + a[r * lda + j]
+    else:
+        for r in range(rows):
+            for j in range(cols):
+                out[j] = out[j] + a[r * lda + j]
+
+
+cdef inline void zero_args(fastnn_rnn_args* a, Py_ssize_t H) noexcept nogil:
+    memset(a, 0, sizeof(fastnn_rnn_args))
+    a.H = H
+
+
+cdef void weight_grads(const floating* x, Py_ssize_t N, Py_ssize_t I, const floating* kernel,
+                       const floating* hprev, Py_ssize_t H, const floating* dz, Py_ssize_t G,
+                       floating* grad_kernel, floating* grad_rkernel, floating* grad_bias,
+                       floating* grad_x, int num_threads) noexcept nogil:
+    # The products of all steps at once: X^T dZ, H_prev^T dZ, sum(dZ), dZ W_x^T.
+    gemm(True, False, I, G, N, <floating>1, x, I, dz, G, <floating>0, grad_kernel, G)
+    if grad_rkernel != NULL:
+        gemm(True, False, H, G, N, <floating>1, hprev, H, dz, G, <floating>0, grad_rkernel, G)
+    column_sums(dz, N, G, G, grad_bias, num_threads)
+    gemm(False, True, N, I, G, <floating>1, dz, G, kernel, G, <floating>0, grad_x, I)
+
+
+# ---------------------------------------------------------------- LSTM
+cdef void lstm_steps(const floating* x, const floating* kernel, const floating* bias,
+                     double forget_bias, floating* z, floating* hs, floating* cs, floating* tc,
+                     Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint training,
+                     int num_threads) noexcept nogil:
+    # hs, cs: T + 1 blocks of (B, H), block 0 the initial state. Without training, cs
+    # has 2 blocks used in turn (c_T ends in block T % 2).
+    cdef Py_ssize_t G = 4 * H, BH = B * H, t
+    cdef fastnn_rnn_args a
+    zero_args(&a, H)
+    a.bias = bias
+    a.forget_bias = forget_bias
+    a.store = training
+    gemm(False, False, T * B, G, I, <floating>1, x, I, kernel, G, <floating>0, z, G)
+    for t in range(T):
+        gemm(False, False, B, G, H, <floating>1, hs + t * BH, H, kernel + I * G, G,
+             <floating>1, z + t * B * G, G)
+        a.z = z + t * B * G
+        a.h_out = hs + (t + 1) * BH
+        if training:
+            a.c_prev = cs + t * BH
+            a.c_out = cs + (t + 1) * BH
+            a.tc = tc + t * BH
+        else:
+            a.c_prev = cs + (t % 2) * BH
+            a.c_out = cs + ((t + 1) % 2) * BH
+        run_pass(floating is double, FASTNN_LSTM_FWD, &a, B, num_threads)
+
+
+def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                 const floating[::1] bias, double forget_bias, floating[:, ::1] z,
+                 floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] tc,
+                 Py_ssize_t T, Py_ssize_t B, bint training, int num_threads):
+    """x (T*B, I) time-major; z (T*B, 4H) scratch, the gate activations when training;
+    hs ((T+1)*B, H) and cs ((T+1)*B or 2*B, H) with the initial state in the first B
+    rows; tc (T*B, H) tanh(c) when training (else unused). B, T >= 1."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1]
+    with nogil:
+        lstm_steps(&x[0, 0] if I else NULL, &kernel[0, 0], &bias[0], forget_bias, &z[0, 0],
+                   &hs[0, 0], &cs[0, 0], &tc[0, 0] if training else NULL, T, B, I, H,
+                   training, num_threads)
+
+
+def lstm_cell(const floating[:, ::1] x, const floating[:, ::1] h, const floating[:, ::1] c,
+              const floating[:, ::1] kernel, const floating[::1] bias, double forget_bias,
+              floating[:, ::1] z, floating[:, ::1] h_out, floating[:, ::1] c_out,
+              int num_threads):
+    """One step: z (B, 4H) scratch; h_out / c_out may be h / c themselves (B >= 1)."""
+    cdef Py_ssize_t B = x.shape[0], I = x.shape[1], H = h.shape[1], G = 4 * H
+    cdef fastnn_rnn_args a
+    with nogil:
+        zero_args(&a, H)
+        gemm(False, False, B, G, I, <floating>1, &x[0, 0] if I else NULL, I, &kernel[0, 0], G,
+             <floating>0, &z[0, 0], G)
+        gemm(False, False, B, G, H, <floating>1, &h[0, 0], H, &kernel[I, 0], G,
+             <floating>1, &z[0, 0], G)
+        a.z = &z[0, 0]
+        a.bias = &bias[0]
+        a.forget_bias = forget_bias
+        a.c_prev = &c[0, 0]
+        a.c_out = &c_out[0, 0]
+        a.h_out = &h_out[0, 0]
+        run_pass(floating is double, FASTNN_LSTM_FWD, &a, B, num_threads)
+
+
+def lstm_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                  const floating[:, ::1] gates, const floating[:, ::1] tc,
+                  const floating[:, ::1] hs, const floating[:, ::1] cs,
+                  const floating[::1] g, Py_ssize_t g_step, Py_ssize_t ldg,
+                  floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dz,
+                  floating[:, ::1] grad_x, floating[:, ::1] grad_kernel,
+                  floating[::1] grad_bias, Py_ssize_t T, Py_ssize_t B, int num_threads):
+    """BPTT over the cache of :func:`lstm_forward`. g: the output gradient, step t's
+    rows at g[t * g_step + b * ldg] (g_step = ldg = 0: one row of zeros). dh, dc: in the
+    gradients of h_T, c_T, out those of h_0, c_0. dz (T*B, 4H) scratch."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], G = 4 * H, BH = B * H, t
+    cdef const floating* kx = &kernel[0, 0]
+    cdef fastnn_rnn_args a
+    with nogil:
+        zero_args(&a, H)
+        a.ldg = ldg
+        a.dh = &dh[0, 0]
+        a.dc = &dc[0, 0]
+        for t in range(T - 1, -1, -1):
+            a.z = <void*>&gates[t * B, 0]
+            a.tc = <void*>&tc[t * B, 0]
+            a.c_prev = &cs[t * B, 0]
+            a.g = &g[t * g_step]
+            a.dz = &dz[t * B, 0]
+            run_pass(floating is double, FASTNN_LSTM_BWD, &a, B, num_threads)
+            gemm(False, True, B, H, G, <floating>1, &dz[t * B, 0], G, kx + I * G, G,
+                 <floating>0, &dh[0, 0], H)
+        weight_grads(&x[0, 0] if I else NULL, T * B, I, kx, &hs[0, 0], H, &dz[0, 0], G,
+                     &grad_kernel[0, 0], &grad_kernel[I, 0], &grad_bias[0],
+                     &grad_x[0, 0] if I else NULL, num_threads)
+
+
+# ---------------------------------------------------------------- GRU
+def gru_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                const floating[:, ::1] rkernel, const floating[::1] bias,
+                const floating[::1] rbias, floating[:, ::1] z, floating[:, ::1] q,
+                floating[:, ::1] qh, floating[:, ::1] rh, floating[:, ::1] hs,
+                Py_ssize_t T, Py_ssize_t B, bint reset_after, bint training, int num_threads):
+    """x (T*B, I) time-major; z (T*B, 3H) scratch, the gates (z, r, hh) when training;
+    hs ((T+1)*B, H), h_0 in the first B rows. reset_after: q (T*B or B, 3H) receives
+    h U (+ b_rec for h), kept per step when training; rbias is the recurrent bias.
+    Otherwise q (B, 2H) and qh (B, H) are scratch and rh (T*B or B, H) receives r * h."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], G = 3 * H, BH = B * H, t, s
+    cdef const floating* kr = &rkernel[0, 0]
+    cdef fastnn_rnn_args a
+    cdef bint dbl = floating is double
+    with nogil:
+        zero_args(&a, H)
+        a.bias = &bias[0]
+        a.store = training
+        gemm(False, False, T * B, G, I, <floating>1, &x[0, 0] if I else NULL, I,
+             &kernel[0, 0], G, <floating>0, &z[0, 0], G)
+        for t in range(T):
+            s = t if training else 0
+            a.z = &z[t * B, 0]
+            a.h_prev = &hs[t * B, 0]
+            a.h_out = &hs[(t + 1) * B, 0]
+            if reset_after:
+                gemm(False, False, B, G, H, <floating>1, &hs[t * B, 0], H, kr, G,
+                     <floating>0, &q[s * B, 0], G)
+                a.q = &q[s * B, 0]
+                a.bias2 = &rbias[0]
+                run_pass(dbl, FASTNN_GRU_FWD, &a, B, num_threads)
+            else:
+                gemm(False, False, B, 2 * H, H, <floating>1, &hs[t * B, 0], H, kr, G,
+                     <floating>0, &q[0, 0], 2 * H)
+                a.q = &q[0, 0]
+                a.rh = &rh[s * B, 0]
+                run_pass(dbl, FASTNN_GRU0_FWD_A, &a, B, num_threads)
+                gemm(False, False, B, H, H, <floating>1, &rh[s * B, 0], H, kr + 2 * H, G,
+                     <floating>0, &qh[0, 0], H)
+                a.q = &qh[0, 0]
+                run_pass(dbl, FASTNN_GRU0_FWD_B, &a, B, num_threads)
+
+
+def gru_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                 const floating[:, ::1] rkernel, const floating[:, ::1] gates,
+                 const floating[:, ::1] q, const floating[:, ::1] rh,
+                 const floating[:, ::1] hs, const floating[::1] g, Py_ssize_t g_step,
+                 Py_ssize_t ldg, floating[:, ::1] dh, floating[:, ::1] dz, floating[:, ::1] dq,
+                 floating[:, ::1] grad_x, floating[:, ::1] grad_kernel,
+                 floating[:, ::1] grad_rkernel, floating[:, ::1] grad_bias,
+                 Py_ssize_t T, Py_ssize_t B, bint reset_after, int num_threads):
+    """BPTT over the cache of :func:`gru_forward` (training). dh: in the gradient of
+    h_T, out that of h_0. dz (T*B, 3H) scratch; dq (T*B, 3H) scratch with reset_after,
+    else (B, H). grad_bias (2, 3H) with reset_after, else (1, 3H)."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], G = 3 * H, N = T * B, t
+    cdef const floating* kr = &rkernel[0, 0]
+    cdef fastnn_rnn_args a
+    cdef bint dbl = floating is double
+    with nogil:
+        zero_args(&a, H)
+        a.ldg = ldg
+        a.dh = &dh[0, 0]
+        for t in range(T - 1, -1, -1):
+            a.z = <void*>&gates[t * B, 0]
+            a.h_prev = &hs[t * B, 0]
+            a.g = &g[t * g_step]
+            a.dz = &dz[t * B, 0]
+            if reset_after:
+                a.q = <void*>&q[t * B, 0]
+                a.dq = &dq[t * B, 0]
+                run_pass(dbl, FASTNN_GRU_BWD, &a, B, num_threads)
+                gemm(False, True, B, H, G, <floating>1, &dq[t * B, 0], G, kr, G,
+                     <floating>1, &dh[0, 0], H)
+            else:
+                run_pass(dbl, FASTNN_GRU0_BWD_A, &a, B, num_threads)
+                gemm(False, True, B, H, H, <floating>1, &dz[t * B, 2 * H], G, kr + 2 * H, G,
+                     <floating>0, &dq[0, 0], H)
+                a.dq = &dq[0, 0]
+                run_pass(dbl, FASTNN_GRU0_BWD_B, &a, B, num_threads)
+                gemm(False, True, B, H, 2 * H, <floating>1, &dz[t * B, 0], G, kr, G,
+                     <floating>1, &dh[0, 0], H)
+        if reset_after:
+            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0], &hs[0, 0], H,
+                         &dz[0, 0], G, &grad_kernel[0, 0], NULL, &grad_bias[0, 0],
+                         &grad_x[0, 0] if I else NULL, num_threads)
+            gemm(True, False, H, G, N, <floating>1, &hs[0, 0], H, &dq[0, 0], G,
+                 <floating>0, &grad_rkernel[0, 0], G)
+            column_sums(&dq[0, 0], N, G, G, &grad_bias[1, 0], num_threads)
+        else:
+            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0], &hs[0, 0], H,
+                         &dz[0, 0], G, &grad_kernel[0, 0], NULL, &grad_bias[0, 0],
+                         &grad_x[0, 0] if I else NULL, num_threads)
+            gemm(True, False, H, 2 * H, N, <floating>1, &hs[0, 0], H, &dz[0, 0], G,
+                 <floating>0, &grad_rkernel[0, 0], G)
+            gemm(True, False, H, H, N, <floating>1, &rh[0, 0], H, &dz[0, 2 * H], G,
+                 <floating>0, &grad_rkernel[0, 2 * H], G)
+
+
+# ---------------------------------------------------------------- SimpleRNN
+def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                const floating[:, ::1] rkernel, const floating[::1] bias,
+                floating[:, ::1] z, floating[:, ::1] hs, Py_ssize_t T, Py_ssize_t B,
+                bint relu, int num_threads):
+    """x (T*B, I) time-major; z (T*B, H) scratch; hs ((T+1)*B, H), h_0 in the first B rows."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], t
+    cdef fastnn_rnn_args a
+    with nogil:
+        zero_args(&a, H)
+        a.bias = &bias[0]
+        a.relu = relu
+        gemm(False, False, T * B, H, I, <floating>1, &x[0, 0] if I else NULL, I,
+             &kernel[0, 0], H, <floating>0, &z[0, 0], H)
+        for t in range(T):
+            gemm(False, False, B, H, H, <floating>1, &hs[t * B, 0], H, &rkernel[0, 0], H,
+                 <floating>1, &z[t * B, 0], H)
+            a.z = &z[t * B, 0]
+            a.h_out = &hs[(t + 1) * B, 0]
+            run_pass(floating is double, FASTNN_RNN_FWD, &a, B, num_threads)
+
+
+def rnn_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                 const floating[:, ::1] rkernel, const floating[:, ::1] hs,
+                 const floating[::1] g, Py_ssize_t g_step, Py_ssize_t ldg,
+                 floating[:, ::1] dh, floating[:, ::1] dz, floating[:, ::1] grad_x,
+                 floating[:, ::1] grad_kernel, floating[:, ::1] grad_rkernel,
+                 floating[::1] grad_bias, Py_ssize_t T, Py_ssize_t B, bint relu,
+                 int num_threads):
+    """BPTT over the states hs of :func:`rnn_forward`; dh in/out as for the LSTM."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], t
+    cdef fastnn_rnn_args a
+    with nogil:
+        zero_args(&a, H)
+        a.ldg = ldg
+        a.relu = relu
+        a.dh = &dh[0, 0]
+        for t in range(T - 1, -1, -1):
+            a.h_out = <void*>&hs[(t + 1) * B, 0]
+            a.g = &g[t * g_step]
+            a.dz = &dz[t * B, 0]
+            run_pass(floating is double, FASTNN_RNN_BWD, &a, B, num_threads)
+            gemm(False, True, B, H, H, <floating>1, &dz[t * B, 0], H, &rkernel[0, 0], H,
+                 <floating>0, &dh[0, 0], H)
+        weight_grads(&x[0, 0] if I else NULL, T * B, I, &kernel[0, 0], &hs[0, 0], H,
+                     &dz[0, 0], H, &grad_kernel[0, 0], &grad_rkernel[0, 0], &grad_bias[0],
+                     &grad_x[0, 0] if I else NULL, num_threads)
