@@ -47,7 +47,6 @@ __all__ = [
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
-_ND = np.ndarray
 _PAR_MIN = _recurrent.PARALLEL_MIN_UNITS
 
 
@@ -57,7 +56,7 @@ def _by_dtype(name):
     return {_F32: kernel["float"], _F64: kernel["double"]}
 
 
-_LSTM_CELL = _by_dtype("lstm_cell")
+_LSTM_CELL = _by_dtype("lstm_cell_general")
 _LSTM_FWD = _by_dtype("lstm_forward")
 _LSTM_BWD = _by_dtype("lstm_backward")
 _GRU_FWD = _by_dtype("gru_forward")
@@ -205,38 +204,6 @@ def _lstm_weights(kernel, bias, I, H, fn):
     return kernel, bias
 
 
-def _lstm_cell_fast(x, h, c, kernel, bias, forget_bias, out_h, out_c):
-    """The common call -- C-contiguous arrays of one float dtype, no out buffers or
-    the states themselves as out -- with the fewest checks that keep it safe; None
-    sends the call to the general path (which raises the errors)."""
-    dt = x.dtype
-    if not ((dt is _F32 or dt is _F64) and h.dtype is dt and c.dtype is dt
-            and kernel.dtype is dt and bias.dtype is dt and type(forget_bias) is float):
-        return None
-    xs, hsh, ks = x.shape, h.shape, kernel.shape
-    if len(xs) != 2 or len(hsh) != 2 or c.shape != hsh or len(ks) != 2:
-        return None
-    B, I = xs
-    H = hsh[1]
-    if hsh[0] != B or ks[0] != I + H or ks[1] != 4 * H or bias.shape != (4 * H,):
-        return None
-    if not (x.flags.c_contiguous and h.flags.c_contiguous and c.flags.c_contiguous
-            and kernel.flags.c_contiguous):
-        return None
-    if out_h is None:
-        out_h = np.empty(hsh, dt)
-    elif out_h is not h:
-        return None
-    if out_c is None:
-        out_c = np.empty(hsh, dt)
-    elif out_c is not c:
-        return None
-    if B and H:
-        _LSTM_CELL[dt](x, h, c, kernel, bias, forget_bias, np.empty((B, 4 * H), dt), out_h,
-                       out_c, _threads(B * H))
-    return out_h, out_c
-
-
 def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None):
     """One LSTM step in TensorFlow's BasicLSTMCell layout.
 
@@ -277,9 +244,9 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
     >>> h_new.shape, round(float(c_new[0, 0]), 6)
     ((2, 4), 0.167342)
     """
-    if (type(x) is _ND and type(h) is _ND and type(c) is _ND and type(kernel) is _ND
-            and type(bias) is _ND):
-        done = _lstm_cell_fast(x, h, c, kernel, bias, forget_bias, out_h, out_c)
+    if type(forget_bias) is float:
+        done = _recurrent.lstm_cell(x, h, c, kernel, bias, forget_bias, out_h, out_c,
+                                    get_num_threads)
         if done is not None:
             return done
     fn = "lstm_cell"
@@ -312,8 +279,7 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
     else:
         cbuf, ctarget = prepare_out(out_c, (B, H), dt, fn, others + (hc, hbuf), "out_c")
     if B and H:
-        _LSTM_CELL[dt](xc, hc, cc, kc, bc, forget_bias, np.empty((B, 4 * H), dt), hbuf, cbuf,
-                       _threads(B * H))
+        _LSTM_CELL[dt](xc, hc, cc, kc, bc, forget_bias, hbuf, cbuf, _threads(B * H))
     return finish_out(hbuf, htarget), finish_out(cbuf, ctarget)
 
 
