@@ -91,6 +91,12 @@ def _threads(units):
     return get_num_threads() if units >= _PAR_MIN else 1
 
 
+def _seq_threads(B, H):
+    # The gate passes go parallel from PARALLEL_MIN_UNITS units, the packed recurrent
+    # products (B x H x 4H multiply-adds per step) from about 2^20.
+    return get_num_threads() if B * H >= _PAR_MIN or 4 * B * H * H >= 1 << 20 else 1
+
+
 def _expect(arr, shape, name, fn, what=""):
     if arr.shape != shape:
         what = f" ({what})" if what else ""
@@ -350,7 +356,7 @@ def lstm(x, h0, c0, kernel, bias, *, forget_bias=1.0, time_major=False, return_s
     tc = np.empty((T * B if training else 0, H), dt)
     if T and B and H:
         _LSTM_FWD[dt](xt, kc, bc, forget_bias, z, hs, cs, tc, T, B, bool(training),
-                      _threads(B * H))
+                      _seq_threads(B, H))
     outputs = _outputs(hs, T, B, H, time_major, training)
     last = T if training else T % 2
     state = (hs[T * B:].copy(), cs[last * B:(last + 1) * B].copy())
@@ -407,7 +413,7 @@ def lstm_backward(grad_outputs, grad_hT, grad_cT, cache):
     gb = np.empty(4 * H, dt)
     if T and B and H:
         _LSTM_BWD[dt](cache.x, cache.kernel, cache.gates, cache.tc, cache.hs, cache.cs, g,
-                      g_step, ldg, dh, dc, dz, gx, gk, gb, T, B, _threads(B * H))
+                      g_step, ldg, dh, dc, dz, gx, gk, gb, T, B, _seq_threads(B, H))
     else:
         _zero_grads(gx, gk, gb)
     return _grad_x(gx, cache), dh, dc, gk, gb
@@ -524,7 +530,7 @@ def gru(x, h0, kernel, recurrent_kernel, bias, *, reset_after=True, time_major=F
         b_in = b_rec = bc
     if T and B and H:
         _GRU_FWD[dt](xt, kc, rkc, b_in, b_rec, z, q, qh, rh, hs, T, B, bool(reset_after),
-                     bool(training), _threads(B * H))
+                     bool(training), _seq_threads(B, H))
     outputs = _outputs(hs, T, B, H, time_major, training)
     result = (outputs, hs[T * B:].copy()) if return_state else (outputs,)
     if training:
@@ -574,7 +580,7 @@ def gru_backward(grad_outputs, grad_hT, cache):
     if T and B and H:
         _GRU_BWD[dt](cache.x, cache.kernel, cache.recurrent_kernel, cache.gates, cache.q,
                      cache.rh, cache.hs, g, g_step, ldg, dh, dz, dq, gx, gk, grk, gb, T, B,
-                     cache.reset_after, _threads(B * H))
+                     cache.reset_after, _seq_threads(B, H))
     else:
         _zero_grads(gx, gk, grk, gb)
     return _grad_x(gx, cache), dh, gk, grk, gb if cache.reset_after else gb[0]
@@ -705,7 +711,7 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, *, activation="tanh", time
     z = np.empty((T * B, H), dt)
     relu = activation == "relu"
     if T and B and H:
-        _RNN_FWD[dt](xt, kc, rkc, bc, z, hs, T, B, relu, _threads(B * H))
+        _RNN_FWD[dt](xt, kc, rkc, bc, z, hs, T, B, relu, _seq_threads(B, H))
     result = (_outputs(hs, T, B, H, time_major, training), hs[T * B:].copy())
     if training:
         result += (RecurrentCache(kind="simple_rnn", dtype=dt, time_major=bool(time_major),
@@ -743,7 +749,7 @@ def simple_rnn_backward(grad_outputs, grad_hT, cache):
     gb = np.empty(H, dt)
     if T and B and H:
         _RNN_BWD[dt](cache.x, cache.kernel, cache.recurrent_kernel, cache.hs, g, g_step, ldg,
-                     dh, dz, gx, gk, grk, gb, T, B, cache.relu, _threads(B * H))
+                     dh, dz, gx, gk, grk, gb, T, B, cache.relu, _seq_threads(B, H))
     else:
         _zero_grads(gx, gk, grk, gb)
     return _grad_x(gx, cache), dh, gk, grk, gb

@@ -25,6 +25,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from fastnn_ext._blas cimport gemm
+from fastnn_ext._openmp cimport fastnn_omp_thread_id
+from fastnn_ext._ukernel cimport FASTNN_UGEMM_SCRATCH, fastnn_ukernel_pick, ugemm
 
 import os as _os
 
@@ -392,12 +394,15 @@ def _pick_simd():
 
 
 SIMD_LEVEL = _pick_simd()
+fastnn_ukernel_pick(SIMD_LEVEL)
 
 # A gate pass goes parallel from this many units (rows * H) on, in work items of about
 # ITEM_UNITS units (whole rows). An LSTM unit costs five exp-based nonlinearities,
 # ~1.5 ns with AVX-512 on float32, so 16384 units are ~25 us serial: enough to pay for
 # waking the thread team (~2-5 us with GOMP_SPINCOUNT=10000) between two GEMMs.
 DEF PAR_MIN_UNITS = 16384
+# The recurrent products go parallel from this many multiply-adds (~30 us serial).
+DEF PAR_MIN_FLOPS = 1 << 20
 DEF ITEM_UNITS = 4096
 PARALLEL_MIN_UNITS = PAR_MIN_UNITS
 
@@ -496,6 +501,85 @@ cdef void xh_product(const floating* x, const floating* h, const floating* w, fl
     gemm(False, False, B, G, H, <floating>1, h, H, w + I * G, G, <floating>1, z, G)
 
 
+# The per-step recurrent products (B, H) @ (H, G) and (B, G) @ (G, H) against a weight
+# that stays the same for all T steps: BLAS would pack the weight again at every step,
+# and its threads synchronise per call. So the weight is packed once per call into
+# column panels of PANEL_W values (contiguous rows of one panel, no 4 KiB-stride
+# aliasing in L1) and multiplied by the register-blocked kernel of the convolutions, in
+# parallel over panels (each panel's columns are one work item's: bitwise the same for
+# any thread count). The panel width is a multiple of every SIMD path's block width.
+cdef bint USE_PANELS = True
+
+
+def _use_panels(bint on):
+    """Test hook: False sends every recurrent product to BLAS."""
+    global USE_PANELS
+    USE_PANELS = on
+
+
+cdef struct Panels:
+    void* packed
+    Py_ssize_t* aoff
+    Py_ssize_t* boff
+    void* scratch
+    Py_ssize_t K, N, W, per_thread
+
+
+cdef bint panels_init(Panels* p, const floating* w, Py_ssize_t sk, Py_ssize_t sn,
+                      Py_ssize_t K, Py_ssize_t N, int num_threads) noexcept nogil:
+    # B[k, n] = w[k * sk + n * sn] for k < K, n < N; False (nothing allocated) when N is
+    # not a whole number of panels or memory is short: the caller then uses BLAS.
+    cdef Py_ssize_t W = 16 if floating is double else 32, i, k, j
+    cdef floating* dst
+    memset(p, 0, sizeof(Panels))
+    if N % W or K == 0 or not USE_PANELS:
+        return False
+    p.K, p.N, p.W = K, N, W
+    p.per_thread = FASTNN_UGEMM_SCRATCH(K)
+    p.packed = malloc(K * N * sizeof(floating))
+    p.aoff = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    p.boff = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    p.scratch = malloc(p.per_thread * (num_threads if num_threads > 1 else 1) * sizeof(floating))
+    if p.packed == NULL or p.aoff == NULL or p.boff == NULL or p.scratch == NULL:
+        panels_free(p)
+        return False
+    dst = <floating*>p.packed
+    for i in range(N // W):
+        for k in range(K):
+            for j in range(W):
+                dst[(i * K + k) * W + j] = w[k * sk + (i * W + j) * sn]
+    for k in range(K):
+        p.aoff[k] = k
+        p.boff[k] = k * W
+    return True
+
+
+cdef void panels_free(Panels* p) noexcept nogil:
+    free(p.packed)
+    free(p.aoff)
+    free(p.boff)
+    free(p.scratch)
+    memset(p, 0, sizeof(Panels))
+
+
+cdef void panels_product(const Panels* p, const floating* a, Py_ssize_t M, floating* c,
+                         Py_ssize_t ldc, bint accumulate, int num_threads) noexcept nogil:
+    # c (M, N) (+)= a (M, K) @ B, a C-contiguous.
+    cdef Py_ssize_t n = p.N // p.W, i, K = p.K, W = p.W
+    cdef const floating* packed = <const floating*>p.packed
+    cdef floating* scratch = <floating*>p.scratch
+    if num_threads > n:
+        num_threads = <int>n
+    if num_threads > 1 and M * p.N * K >= PAR_MIN_FLOPS:
+        for i in prange(n, schedule="static", num_threads=num_threads):
+            ugemm(M, W, K, a, K, NULL, p.aoff, packed + i * K * W, p.boff, c + i * W, ldc,
+                  accumulate, NULL, NULL, scratch + fastnn_omp_thread_id() * p.per_thread)
+    else:
+        for i in range(n):
+            ugemm(M, W, K, a, K, NULL, p.aoff, packed + i * K * W, p.boff, c + i * W, ldc,
+                  accumulate, NULL, NULL, scratch)
+
+
 # ---------------------------------------------------------------- LSTM
 cdef void lstm_steps(const floating* x, const floating* kernel, const floating* bias,
                      double forget_bias, floating* z, floating* hs, floating* cs, floating* tc,
@@ -509,10 +593,23 @@ cdef void lstm_steps(const floating* x, const floating* kernel, const floating* 
     a.bias = bias
     a.forget_bias = forget_bias
     a.store = training
-    gemm(False, False, T * B, G, I, <floating>1, x, I, kernel, G, <floating>0, z, G)
+    cdef Panels wh, wx
+    cdef bint packed = B > SMALL_B and T > 1 and panels_init(&wh, kernel + I * G, G, 1, H, G,
+                                                             num_threads)
+    # With the steps on the packed kernel the input projection goes there too: one kind
+    # of thread team for the whole call (BLAS's threads and OpenMP's, taking turns on the
+    # same cores, each spin-wait while the other works).
+    if packed and panels_init(&wx, kernel, G, 1, I, G, num_threads):
+        panels_product(&wx, x, T * B, z, G, False, num_threads)
+        panels_free(&wx)
+    else:
+        gemm(False, False, T * B, G, I, <floating>1, x, I, kernel, G, <floating>0, z, G)
     for t in range(T):
-        xh_product(<floating*>NULL, hs + t * BH, kernel + I * G, z + t * B * G, B, 0, H, G,
-                   True)
+        if packed:
+            panels_product(&wh, hs + t * BH, B, z + t * B * G, G, True, num_threads)
+        else:
+            xh_product(<floating*>NULL, hs + t * BH, kernel + I * G, z + t * B * G, B, 0, H,
+                       G, True)
         a.z = z + t * B * G
         a.h_out = hs + (t + 1) * BH
         if training:
@@ -523,6 +620,8 @@ cdef void lstm_steps(const floating* x, const floating* kernel, const floating* 
             a.c_prev = cs + (t % 2) * BH
             a.c_out = cs + ((t + 1) % 2) * BH
         run_pass(floating is double, FASTNN_LSTM_FWD, &a, B, num_threads)
+    if packed:
+        panels_free(&wh)
 
 
 def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
@@ -653,7 +752,12 @@ def lstm_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
     cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], G = 4 * H, BH = B * H, t
     cdef const floating* kx = &kernel[0, 0]
     cdef fastnn_rnn_args a
+    cdef Panels wt
+    cdef bint packed
     with nogil:
+        # B[k, n] = W_h[n, k]: the transposed recurrent kernel
+        packed = B > SMALL_B and T > 1 and panels_init(&wt, kx + I * G, 1, G, G, H,
+                                                       num_threads)
         zero_args(&a, H)
         a.ldg = ldg
         a.dh = &dh[0, 0]
@@ -665,8 +769,13 @@ def lstm_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
             a.g = &g[t * g_step]
             a.dz = &dz[t * B, 0]
             run_pass(floating is double, FASTNN_LSTM_BWD, &a, B, num_threads)
-            gemm(False, True, B, H, G, <floating>1, &dz[t * B, 0], G, kx + I * G, G,
-                 <floating>0, &dh[0, 0], H)
+            if packed:
+                panels_product(&wt, &dz[t * B, 0], B, &dh[0, 0], H, False, num_threads)
+            else:
+                gemm(False, True, B, H, G, <floating>1, &dz[t * B, 0], G, kx + I * G, G,
+                     <floating>0, &dh[0, 0], H)
+        if packed:
+            panels_free(&wt)
         weight_grads(&x[0, 0] if I else NULL, T * B, I, kx, &hs[0, 0], H, &dz[0, 0], G,
                      &grad_kernel[0, 0], &grad_kernel[I, 0], &grad_bias[0],
                      &grad_x[0, 0] if I else NULL, num_threads)

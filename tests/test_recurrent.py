@@ -157,6 +157,35 @@ def test_lstm_cell_batch_paths(B):
         assert_close(hT, want[0], dtype, "lstm h")
 
 
+@pytest.mark.parametrize("H", [4, 8, 24, 7])
+@pytest.mark.parametrize("panels", [True, False])
+def test_lstm_recurrent_product_paths(H, panels):
+    # Batches above the small-batch path multiply by a packed copy of the recurrent
+    # kernel (when 4H is a whole number of panels) or through BLAS: both match.
+    from fastnn_ext import _recurrent
+    rng = np.random.default_rng(H)
+    B, T, I = 9, 5, 5
+    x, h0, c0 = rng.standard_normal((B, T, I)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    kernel, bias = _lstm_params(rng, I, H)
+    go = rng.standard_normal((B, T, H))
+    _recurrent._use_panels(panels)
+    try:
+        for dtype in DTYPES:
+            args = _cast(dtype, x, h0, c0, kernel, bias)
+            out, (h, c), cache = fastnn.lstm(*args, training=True)
+            want, _, want_c = ref.lstm(*args)
+            assert_close(out, want, dtype, "outputs")
+            assert_close(c, want_c, dtype, "c_T")
+            grads = fastnn.lstm_backward(go.astype(dtype), None, None, cache)
+            if dtype == np.float64:
+                def loss():
+                    return np.sum(ref.lstm(x, h0, c0, kernel, bias)[0] * go)
+                _check_grads(grads, _numeric_grad(loss, [x, h0, c0, kernel, bias]),
+                             ["x", "h0", "c0", "kernel", "bias"])
+    finally:
+        _recurrent._use_panels(True)
+
+
 # ------------------------------------------------------------------ gradients
 def _numeric_grad(f, arrays, eps=1e-6):
     """Central differences of the scalar f() with respect to every element of arrays."""
