@@ -20,7 +20,7 @@ count; the column sums of the bias gradients run down the rows in a fixed order.
 """
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -36,6 +36,20 @@ cdef extern from *:
     """
     #include <stddef.h>
     #include "_vecmath.h"  /* fastnn_sigmoid_*, fastnn_tanh_* */
+
+    /* For a time loop run by one thread team from start to end: a barrier (orphaned:
+     * it binds to the team of the calling thread, a no-op outside any) and the team's
+     * size. */
+    #ifdef _OPENMP
+    #include <omp.h>
+    static void fastnn_team_barrier(void) {
+        #pragma omp barrier
+    }
+    static int fastnn_team_size(void) { return omp_get_num_threads(); }
+    #else
+    static void fastnn_team_barrier(void) {}
+    static int fastnn_team_size(void) { return 1; }
+    #endif
 
     enum {
         FASTNN_LSTM_FWD, FASTNN_LSTM_BWD,
@@ -372,6 +386,8 @@ cdef extern from *:
     void fastnn_rnn_pass_f64(int op, const fastnn_rnn_args* a, Py_ssize_t r0,
                              Py_ssize_t r1) noexcept nogil
     int fastnn_rnn_pick(int cap) noexcept nogil
+    void fastnn_team_barrier() noexcept nogil
+    int fastnn_team_size() noexcept nogil
     enum:
         FASTNN_LSTM_FWD
         FASTNN_LSTM_BWD
@@ -580,19 +596,102 @@ cdef void panels_product(const Panels* p, const floating* a, Py_ssize_t M, float
                   accumulate, NULL, NULL, scratch)
 
 
+# The LSTM time loops on packed kernels run inside ONE parallel region, each thread
+# doing its share of every step between two barriers (its panels of the product, then
+# its rows of the gate pass), instead of opening two regions per step: between regions
+# idle threads go to sleep after GOMP_SPINCOUNT spins, and waking them costs more than a
+# step's work where wake-ups are slow (measured 1 ms per step on a shared VM). The shares
+# are fixed by the thread's index, and every panel and row is computed by the same code
+# whatever the split: results stay bitwise identical for any thread count.
+cdef inline void panels_part(const Panels* p, const floating* a, Py_ssize_t M, floating* c,
+                             Py_ssize_t ldc, bint accumulate, int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t n = p.N // p.W, i, K = p.K, W = p.W
+    cdef const floating* packed = <const floating*>p.packed
+    cdef floating* scratch = <floating*>p.scratch + tid * p.per_thread
+    for i in range(n * tid // nth, n * (tid + 1) // nth):
+        ugemm(M, W, K, a, K, NULL, p.aoff, packed + i * K * W, p.boff, c + i * W, ldc,
+              accumulate, NULL, NULL, scratch)
+
+
+cdef inline void pass_part(bint dbl, int op, const fastnn_rnn_args* a, Py_ssize_t rows,
+                           int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t r0 = rows * tid // nth, r1 = rows * (tid + 1) // nth
+    if r1 <= r0:
+        return
+    if dbl:
+        fastnn_rnn_pass_f64(op, a, r0, r1)
+    else:
+        fastnn_rnn_pass_f32(op, a, r0, r1)
+
+
+cdef inline void lstm_fwd_args(fastnn_rnn_args* a, const floating* bias, double forget_bias,
+                               Py_ssize_t H, bint training) noexcept nogil:
+    zero_args(a, H)
+    a.bias = bias
+    a.forget_bias = forget_bias
+    a.store = training
+
+
+cdef inline void lstm_fwd_step(fastnn_rnn_args* a, floating* z, floating* hs, floating* cs,
+                               floating* tc, Py_ssize_t t, Py_ssize_t B, Py_ssize_t H,
+                               bint training) noexcept nogil:
+    # hs, cs: T + 1 blocks of (B, H), block 0 the initial state. Without training, cs
+    # has 2 blocks used in turn (c_T ends in block T % 2).
+    cdef Py_ssize_t BH = B * H
+    a.z = z + t * B * 4 * H
+    a.h_out = hs + (t + 1) * BH
+    a.c_prev = cs + (t if training else t % 2) * BH
+    a.c_out = cs + (t + 1 if training else (t + 1) % 2) * BH
+    a.tc = tc + t * BH if training else NULL
+
+
+cdef void lstm_fwd_team(const Panels* wx, const Panels* wh, const floating* x,
+                        const floating* bias, double forget_bias, floating* z, floating* hs,
+                        floating* cs, floating* tc, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                        bint training, int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, BH = B * H, t
+    cdef fastnn_rnn_args a
+    lstm_fwd_args(&a, bias, forget_bias, H, training)
+    panels_part(wx, x, T * B, z, G, False, tid, nth)
+    fastnn_team_barrier()
+    for t in range(T):
+        panels_part(wh, hs + t * BH, B, z + t * B * G, G, True, tid, nth)
+        fastnn_team_barrier()
+        lstm_fwd_step(&a, z, hs, cs, tc, t, B, H, training)
+        pass_part(floating is double, FASTNN_LSTM_FWD, &a, B, tid, nth)
+        fastnn_team_barrier()
+
+
+cdef void lstm_bwd_team(const Panels* wt, const floating* gates, const floating* tc,
+                        const floating* cs, const floating* g, Py_ssize_t g_step, Py_ssize_t ldg,
+                        floating* dh, floating* dc, floating* dz, Py_ssize_t T, Py_ssize_t B,
+                        Py_ssize_t H, int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, t
+    cdef fastnn_rnn_args a
+    zero_args(&a, H)
+    a.ldg = ldg
+    a.dh = dh
+    a.dc = dc
+    for t in range(T - 1, -1, -1):
+        a.z = <void*>(gates + t * B * G)
+        a.tc = <void*>(tc + t * B * H)
+        a.c_prev = cs + t * B * H
+        a.g = g + t * g_step
+        a.dz = dz + t * B * G
+        pass_part(floating is double, FASTNN_LSTM_BWD, &a, B, tid, nth)
+        fastnn_team_barrier()
+        panels_part(wt, dz + t * B * G, B, dh, H, False, tid, nth)
+        fastnn_team_barrier()
+
+
 # ---------------------------------------------------------------- LSTM
 cdef void lstm_steps(const floating* x, const floating* kernel, const floating* bias,
                      double forget_bias, floating* z, floating* hs, floating* cs, floating* tc,
                      Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint training,
                      int num_threads) noexcept nogil:
-    # hs, cs: T + 1 blocks of (B, H), block 0 the initial state. Without training, cs
-    # has 2 blocks used in turn (c_T ends in block T % 2).
     cdef Py_ssize_t G = 4 * H, BH = B * H, t
     cdef fastnn_rnn_args a
-    zero_args(&a, H)
-    a.bias = bias
-    a.forget_bias = forget_bias
-    a.store = training
+    lstm_fwd_args(&a, bias, forget_bias, H, training)
     cdef Panels wh, wx
     cdef bint packed = B > SMALL_B and T > 1 and panels_init(&wh, kernel + I * G, G, 1, H, G,
                                                              num_threads)
@@ -600,25 +699,24 @@ cdef void lstm_steps(const floating* x, const floating* kernel, const floating* 
     # of thread team for the whole call (BLAS's threads and OpenMP's, taking turns on the
     # same cores, each spin-wait while the other works).
     if packed and panels_init(&wx, kernel, G, 1, I, G, num_threads):
-        panels_product(&wx, x, T * B, z, G, False, num_threads)
+        if num_threads > 1:
+            with parallel(num_threads=num_threads):
+                lstm_fwd_team(&wx, &wh, x, bias, forget_bias, z, hs, cs, tc, T, B, H,
+                              training, fastnn_omp_thread_id(), fastnn_team_size())
+        else:
+            lstm_fwd_team(&wx, &wh, x, bias, forget_bias, z, hs, cs, tc, T, B, H, training,
+                          0, 1)
         panels_free(&wx)
-    else:
-        gemm(False, False, T * B, G, I, <floating>1, x, I, kernel, G, <floating>0, z, G)
+        panels_free(&wh)
+        return
+    gemm(False, False, T * B, G, I, <floating>1, x, I, kernel, G, <floating>0, z, G)
     for t in range(T):
         if packed:
             panels_product(&wh, hs + t * BH, B, z + t * B * G, G, True, num_threads)
         else:
             xh_product(<floating*>NULL, hs + t * BH, kernel + I * G, z + t * B * G, B, 0, H,
                        G, True)
-        a.z = z + t * B * G
-        a.h_out = hs + (t + 1) * BH
-        if training:
-            a.c_prev = cs + t * BH
-            a.c_out = cs + (t + 1) * BH
-            a.tc = tc + t * BH
-        else:
-            a.c_prev = cs + (t % 2) * BH
-            a.c_out = cs + ((t + 1) % 2) * BH
+        lstm_fwd_step(&a, z, hs, cs, tc, t, B, H, training)
         run_pass(floating is double, FASTNN_LSTM_FWD, &a, B, num_threads)
     if packed:
         panels_free(&wh)
@@ -758,20 +856,26 @@ def lstm_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
         # B[k, n] = W_h[n, k]: the transposed recurrent kernel
         packed = B > SMALL_B and T > 1 and panels_init(&wt, kx + I * G, 1, G, G, H,
                                                        num_threads)
-        zero_args(&a, H)
-        a.ldg = ldg
-        a.dh = &dh[0, 0]
-        a.dc = &dc[0, 0]
-        for t in range(T - 1, -1, -1):
-            a.z = <void*>&gates[t * B, 0]
-            a.tc = <void*>&tc[t * B, 0]
-            a.c_prev = &cs[t * B, 0]
-            a.g = &g[t * g_step]
-            a.dz = &dz[t * B, 0]
-            run_pass(floating is double, FASTNN_LSTM_BWD, &a, B, num_threads)
-            if packed:
-                panels_product(&wt, &dz[t * B, 0], B, &dh[0, 0], H, False, num_threads)
-            else:
+        if packed and num_threads > 1:
+            with parallel(num_threads=num_threads):
+                lstm_bwd_team(&wt, &gates[0, 0], &tc[0, 0], &cs[0, 0], &g[0], g_step, ldg,
+                              &dh[0, 0], &dc[0, 0], &dz[0, 0], T, B, H,
+                              fastnn_omp_thread_id(), fastnn_team_size())
+        elif packed:
+            lstm_bwd_team(&wt, &gates[0, 0], &tc[0, 0], &cs[0, 0], &g[0], g_step, ldg,
+                          &dh[0, 0], &dc[0, 0], &dz[0, 0], T, B, H, 0, 1)
+        else:
+            zero_args(&a, H)
+            a.ldg = ldg
+            a.dh = &dh[0, 0]
+            a.dc = &dc[0, 0]
+            for t in range(T - 1, -1, -1):
+                a.z = <void*>&gates[t * B, 0]
+                a.tc = <void*>&tc[t * B, 0]
+                a.c_prev = &cs[t * B, 0]
+                a.g = &g[t * g_step]
+                a.dz = &dz[t * B, 0]
+                run_pass(floating is double, FASTNN_LSTM_BWD, &a, B, num_threads)
                 gemm(False, True, B, H, G, <floating>1, &dz[t * B, 0], G, kx + I * G, G,
                      <floating>0, &dh[0, 0], H)
         if packed:
