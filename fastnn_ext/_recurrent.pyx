@@ -10,7 +10,10 @@ pre-activations: all gate nonlinearities and the state update in a single sweep,
 gates never make a second trip through memory. Backward runs the gate pass in reverse
 per step with only the recurrent GEMM ``dh_prev = dz_t @ W_h^T`` inside the loop; the
 weight, bias and input gradients of all steps are then three big GEMMs and a column sum
-over the stacked gate gradients.
+over the stacked gate gradients. For LSTM batches above a few rows the recurrent kernel
+is packed once per call and the whole time loop runs in one parallel region (see
+``panels_init`` and ``lstm_fwd_team``); tiny batches multiply inside the gate-pass loop
+(``xh_product``); everything else goes through BLAS.
 
 The gate passes are C (the verbatim block) for the same reason as the activation
 kernels: compiled for AVX-512, AVX2+FMA and the baseline, one set picked at import
