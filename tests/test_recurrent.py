@@ -721,3 +721,38 @@ def test_import_makes_convert_available():
     mod = importlib.import_module("fastnn")
     assert mod.convert is convert
     assert callable(mod.convert.lstm_from_torch)
+
+
+
+def _lstm_round_trip(x, h0, k, b):
+    out, _, cache = fastnn.lstm(x, h0, h0, k, b, training=True)
+    return (out,) + fastnn.lstm_backward(out, None, None, cache)
+
+
+def _forked_child(args, want):
+    # Runs in the forked child: exit status 0 when the results match the parent's.
+    try:
+        same = all(np.array_equal(a, w) for a, w in zip(_lstm_round_trip(*args), want))
+        os._exit(0 if same else 3)
+    except BaseException:
+        os._exit(4)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_after_use_does_not_hang():
+    import multiprocessing
+    rng = np.random.default_rng(15)
+    args = (rng.standard_normal((64, 3, 8)), rng.standard_normal((64, 256)),
+            rng.standard_normal((264, 1024)) * 0.1, rng.standard_normal(1024))
+    with fastnn.threads(2):
+        want = _lstm_round_trip(*args)          # the OpenMP team has run in this process
+        child = multiprocessing.get_context("fork").Process(target=_forked_child,
+                                                            args=(args, want))
+        child.start()
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("lstm in a forked child hung")
+        assert child.exitcode == 0
+        for a, w in zip(_lstm_round_trip(*args), want):
+            np.testing.assert_array_equal(a, w)
