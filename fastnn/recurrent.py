@@ -215,8 +215,9 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
 
     ``z = [x, h] @ kernel + bias`` split in column blocks (i, j, f, o);
     ``c_new = c * sigmoid(f + forget_bias) + sigmoid(i) * tanh(j)``,
-    ``h_new = tanh(c_new) * sigmoid(o)``. Computed as two GEMMs into one gate buffer
-    (no concatenation of x and h) and one fused pass for all gates.
+    ``h_new = tanh(c_new) * sigmoid(o)``. Computed as one product (BLAS; for batches
+    of up to 4 rows a loop that streams the kernel once per row) and one fused pass for
+    all gates, in a single call that releases the GIL.
 
     Parameters
     ----------
