@@ -17,7 +17,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_config", "_blas", "_conv", "_activations", "_pooling"]
+MODULES = ["_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent"]
 
 PROBE = r"""
 #include <omp.h>
@@ -96,7 +96,7 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,
-        depends=["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h"],
+        depends=["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h", "fastnn_ext/_vecmath.h"],
     )
     for name in MODULES
 ]

@@ -13,6 +13,10 @@ from fastnn.activations import (leaky_relu, leaky_relu_backward, log_softmax, lo
                                 relu, relu_backward, sigmoid, sigmoid_backward, softmax,
                                 softmax_backward, softmax_cross_entropy,
                                 softmax_cross_entropy_backward, tanh, tanh_backward)
+from fastnn.recurrent import (RecurrentCache, gru, gru_backward, gru_cell, gru_cell_backward, lstm,
+                              lstm_backward, lstm_cell, lstm_cell_backward, simple_rnn,
+                              simple_rnn_backward)
+from fastnn import convert
 
 __version__ = "0.1.0"
 
@@ -25,4 +29,6 @@ __all__ = [
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
+    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward", "gru_cell", "gru_cell_backward",
+    "gru", "gru_backward", "simple_rnn", "simple_rnn_backward", "RecurrentCache", "convert",
 ]

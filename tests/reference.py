@@ -606,3 +606,108 @@ __all__ += [
     "tanh", "tanh_backward", "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
 ]
+
+
+# ------------------------------------------------------------------ recurrent
+# The cell equations of SPEC.md ("Recurrent cells") written out one step at a time,
+# batch-major, in float64. Gradients of these are checked by finite differences in the
+# tests, not derived here.
+def _sig(v):
+    return 0.5 * (1.0 + np.tanh(0.5 * v))      # the logistic function, no overflow
+
+
+def lstm_cell(x, h, c, kernel, bias, forget_bias=1.0):
+    """TensorFlow BasicLSTMCell: z = [x, h] @ kernel + bias, blocks (i, j, f, o)."""
+    x, h, c, kernel, bias = (np.asarray(a, dtype=np.float64) for a in (x, h, c, kernel, bias))
+    H = h.shape[1]
+    z = np.concatenate([x, h], axis=1) @ kernel + bias
+    i, j, f, o = (z[:, k * H:(k + 1) * H] for k in range(4))
+    c_new = c * _sig(f + forget_bias) + _sig(i) * np.tanh(j)
+    return np.tanh(c_new) * _sig(o), c_new
+
+
+def lstm(x, h0, c0, kernel, bias, forget_bias=1.0, time_major=False):
+    """(outputs, h_T, c_T) over x (B, T, I) (or (T, B, I)), state zeros for None."""
+    x = np.asarray(x, dtype=np.float64)
+    if time_major:
+        x = x.transpose(1, 0, 2)
+    B, T = x.shape[:2]
+    H = np.shape(kernel)[1] // 4
+    h = np.zeros((B, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    c = np.zeros((B, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
+    outs = []
+    for t in range(T):
+        h, c = lstm_cell(x[:, t], h, c, kernel, bias, forget_bias)
+        outs.append(h)
+    out = np.stack(outs, axis=1) if outs else np.zeros((B, 0, H))
+    return (out.transpose(1, 0, 2) if time_major else out), h, c
+
+
+def keras_lstm(x, kernel, recurrent_kernel, bias):
+    """Keras LSTM (gate blocks i, f, c, o), x (B, T, I), zero initial state."""
+    H = recurrent_kernel.shape[0]
+    h = c = np.zeros((x.shape[0], H))
+    outs = []
+    for t in range(x.shape[1]):
+        z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
+        c = _sig(f) * c + _sig(i) * np.tanh(g)
+        h = _sig(o) * np.tanh(c)
+        outs.append(h)
+    return np.stack(outs, axis=1)
+
+
+def gru_cell(x, h, kernel, recurrent_kernel, bias, reset_after=True):
+    """Keras GRU, gate blocks (z, r, h); bias (2, 3H) with reset_after, else (3H,)."""
+    x, h, kernel, recurrent_kernel, bias = (np.asarray(a, dtype=np.float64)
+                                            for a in (x, h, kernel, recurrent_kernel, bias))
+    H = h.shape[1]
+    blk = lambda a, k: a[..., k * H:(k + 1) * H]   # noqa: E731
+    if reset_after:
+        xz = x @ kernel + bias[0]
+        hz = h @ recurrent_kernel + bias[1]
+        z = _sig(blk(xz, 0) + blk(hz, 0))
+        r = _sig(blk(xz, 1) + blk(hz, 1))
+        hh = np.tanh(blk(xz, 2) + r * blk(hz, 2))
+    else:
+        xz = x @ kernel + bias
+        z = _sig(blk(xz, 0) + h @ blk(recurrent_kernel, 0))
+        r = _sig(blk(xz, 1) + h @ blk(recurrent_kernel, 1))
+        hh = np.tanh(blk(xz, 2) + (r * h) @ blk(recurrent_kernel, 2))
+    return z * h + (1 - z) * hh
+
+
+def gru(x, h0, kernel, recurrent_kernel, bias, reset_after=True, time_major=False):
+    """(outputs, h_T) of the Keras GRU over a sequence."""
+    x = np.asarray(x, dtype=np.float64)
+    if time_major:
+        x = x.transpose(1, 0, 2)
+    B, T = x.shape[:2]
+    H = np.shape(recurrent_kernel)[0]
+    h = np.zeros((B, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    outs = []
+    for t in range(T):
+        h = gru_cell(x[:, t], h, kernel, recurrent_kernel, bias, reset_after)
+        outs.append(h)
+    out = np.stack(outs, axis=1) if outs else np.zeros((B, 0, H))
+    return (out.transpose(1, 0, 2) if time_major else out), h
+
+
+def simple_rnn(x, h0, kernel, recurrent_kernel, bias, activation="tanh", time_major=False):
+    """(outputs, h_T) of h_t = act(x_t W + h_{t-1} U + b)."""
+    x = np.asarray(x, dtype=np.float64)
+    if time_major:
+        x = x.transpose(1, 0, 2)
+    B, T = x.shape[:2]
+    H = np.shape(recurrent_kernel)[0]
+    act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0))
+    h = np.zeros((B, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    outs = []
+    for t in range(T):
+        h = act(x[:, t] @ kernel + h @ recurrent_kernel + bias)
+        outs.append(h)
+    out = np.stack(outs, axis=1) if outs else np.zeros((B, 0, H))
+    return (out.transpose(1, 0, 2) if time_major else out), h
+
+
+__all__ += ["lstm_cell", "lstm", "keras_lstm", "gru_cell", "gru", "simple_rnn"]

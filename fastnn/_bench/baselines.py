@@ -349,3 +349,85 @@ def softmax_cross_entropy(logits, labels):
     e[rows, labels] -= 1
     e *= logits.dtype.type(1.0 / N)
     return np.asarray(loss, dtype=logits.dtype), e
+
+
+# ------------------------------------------------------------------ recurrent
+# TensorFlow BasicLSTMCell layout: kernel (I + H, 4H) over [x, h], gate blocks (i, j, f, o).
+def _lstm_gates(z, H, forget_bias):
+    si = sigmoid(z[:, :H])
+    tj = np.tanh(z[:, H:2 * H])
+    sf = sigmoid(z[:, 2 * H:3 * H] + forget_bias)
+    so = sigmoid(z[:, 3 * H:])
+    return si, tj, sf, so
+
+
+def lstm_cell(x, h, c, kernel, bias, forget_bias=0.0):
+    """One step: two products into the gate matrix (no concatenation of x and h), then
+    the gate nonlinearities as whole-array NumPy operations."""
+    I, H = x.shape[1], h.shape[1]
+    z = x @ kernel[:I]
+    z += h @ kernel[I:]
+    z += bias
+    si, tj, sf, so = _lstm_gates(z, H, forget_bias)
+    c_new = c * sf + si * tj
+    return np.tanh(c_new) * so, c_new
+
+
+def lstm_forward(x, h0, c0, kernel, bias, forget_bias=0.0):
+    """Batch-major x (B, T, I): the input projection of all steps as one product, then
+    one recurrent product and the gate update per step. Returns (outputs, h_T, c_T)."""
+    B, T, I = x.shape
+    H = h0.shape[1]
+    zx = (x.reshape(B * T, I) @ kernel[:I]).reshape(B, T, 4 * H) + bias
+    wh = kernel[I:]
+    h, c = h0, c0
+    out = np.empty((B, T, H), dtype=x.dtype)
+    for t in range(T):
+        si, tj, sf, so = _lstm_gates(zx[:, t] + h @ wh, H, forget_bias)
+        c = c * sf + si * tj
+        h = np.tanh(c) * so
+        out[:, t] = h
+    return out, h, c
+
+
+def lstm_forward_backward(x, h0, c0, kernel, bias, grad_out, forget_bias=0.0):
+    """Forward keeping the gates, then backpropagation through time with the gate
+    gradients of all steps stacked, so that the kernel, bias and input gradients are one
+    product each. Returns (outputs, grad_x, grad_kernel, grad_bias)."""
+    B, T, I = x.shape
+    H = h0.shape[1]
+    zx = (x.reshape(B * T, I) @ kernel[:I]).reshape(B, T, 4 * H) + bias
+    wh = kernel[I:]
+    h, c = h0, c0
+    out = np.empty((B, T, H), dtype=x.dtype)
+    hprev = np.empty((B, T, H), dtype=x.dtype)
+    saved = []
+    for t in range(T):
+        hprev[:, t] = h
+        si, tj, sf, so = _lstm_gates(zx[:, t] + h @ wh, H, forget_bias)
+        c_prev = c
+        c = c * sf + si * tj
+        tc = np.tanh(c)
+        h = tc * so
+        out[:, t] = h
+        saved.append((si, tj, sf, so, tc, c_prev))
+    dz = np.empty((B, T, 4 * H), dtype=x.dtype)
+    dh = np.zeros((B, H), dtype=x.dtype)
+    dc = np.zeros((B, H), dtype=x.dtype)
+    for t in range(T - 1, -1, -1):
+        si, tj, sf, so, tc, c_prev = saved[t]
+        d = grad_out[:, t] + dh
+        dc = dc + d * so * (1 - tc * tc)
+        dz[:, t, :H] = dc * tj * si * (1 - si)
+        dz[:, t, H:2 * H] = dc * si * (1 - tj * tj)
+        dz[:, t, 2 * H:3 * H] = dc * c_prev * sf * (1 - sf)
+        dz[:, t, 3 * H:] = d * tc * so * (1 - so)
+        dc = dc * sf
+        dh = dz[:, t] @ wh.T
+    dz2 = dz.reshape(B * T, 4 * H)
+    grad_kernel = np.concatenate([x.reshape(B * T, I).T @ dz2, hprev.reshape(B * T, H).T @ dz2])
+    grad_x = (dz2 @ kernel[:I].T).reshape(B, T, I)
+    return out, grad_x, grad_kernel, dz2.sum(axis=0)
+
+
+__all__ += ["lstm_cell", "lstm_forward", "lstm_forward_backward"]

@@ -1,0 +1,756 @@
+"""Recurrent layers: LSTM, GRU and SimpleRNN cells and sequences, with backward (BPTT).
+
+Layouts
+-------
+LSTM: TensorFlow's BasicLSTMCell. ``kernel`` (I + H, 4H) acts on ``[x, h]``; the
+column blocks of ``z = [x, h] @ kernel + bias`` are the gates (i, j, f, o)::
+
+    c_new = c * sigmoid(f + forget_bias) + sigmoid(i) * tanh(j)
+    h_new = tanh(c_new) * sigmoid(o)
+
+GRU and SimpleRNN: Keras. GRU ``kernel`` (I, 3H) and ``recurrent_kernel`` (H, 3H), gate
+blocks (z, r, h); ``reset_after=True`` (Keras' default, cuDNN, PyTorch) applies the reset
+gate after the recurrent product and has a bias (2, 3H) -- input bias, recurrent bias --
+``reset_after=False`` (the original GRU) before it, with one bias (3H,)::
+
+    z = sigmoid(x Wz + h Uz + b...);  r = sigmoid(x Wr + h Ur + b...)
+    hh = tanh(x Wh + bh_in + r * (h Uh + bh_rec))      # reset_after=True
+    hh = tanh(x Wh + bh + (r * h) Uh)                   # reset_after=False
+    h_new = z * h + (1 - z) * hh
+
+SimpleRNN: ``h_new = activation(x @ kernel + h @ recurrent_kernel + bias)``.
+:mod:`fastnn.convert` moves weights from and to PyTorch and Keras.
+
+Sequences take x as (B, T, I) (``time_major=False``, the default) or (T, B, I), return
+outputs in the same layout, and with ``training=True`` also a cache for the matching
+``*_backward``, which reuses the forward's products instead of redoing them. Inside,
+the input projection of all steps is one GEMM, each step is one recurrent GEMM plus one
+fused pass over the gates, and backward stacks the gate gradients of all steps so that
+the kernel, bias and input gradients are each one big product.
+
+Gradients are computed in the dtype of the forward (the cache); gradient arguments of
+another float dtype are converted to it. ``None`` for a gradient argument means zero.
+"""
+import numpy as np
+
+from fastnn.activations import _as_real
+from fastnn._threads import get_num_threads
+from fastnn._validation import (as_float_array, check_ndim, contiguous, finish_out, prepare_out,
+                                result_dtype)
+from fastnn_ext import _recurrent
+
+__all__ = [
+    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
+    "gru_cell", "gru_cell_backward", "gru", "gru_backward",
+    "simple_rnn", "simple_rnn_backward", "RecurrentCache",
+]
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_PAR_MIN = _recurrent.PARALLEL_MIN_UNITS
+
+
+def _by_dtype(name):
+    """The float32 / float64 specialisations of a kernel (skips Cython's fused dispatch)."""
+    kernel = getattr(_recurrent, name)
+    return {_F32: kernel["float"], _F64: kernel["double"]}
+
+
+_LSTM_CELL = _by_dtype("lstm_cell_general")
+_LSTM_FWD = _by_dtype("lstm_forward")
+_LSTM_BWD = _by_dtype("lstm_backward")
+_GRU_FWD = _by_dtype("gru_forward")
+_GRU_BWD = _by_dtype("gru_backward")
+_RNN_FWD = _by_dtype("rnn_forward")
+_RNN_BWD = _by_dtype("rnn_backward")
+
+
+class RecurrentCache:
+    """What a training forward (``lstm/gru/simple_rnn(..., training=True)``) keeps for
+    its backward: the inputs in time-major order, the stored gate activations and the
+    states of every step. Treat it as opaque and read-only; a backward may be called on
+    it any number of times."""
+
+    __slots__ = ("kind", "dtype", "time_major", "T", "B", "I", "H", "x", "kernel",
+                 "recurrent_kernel", "hs", "cs", "gates", "tc", "q", "rh", "reset_after",
+                 "relu")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+    def __repr__(self):
+        layout = "time-major" if self.time_major else "batch-major"
+        return (f"RecurrentCache({self.kind}, T={self.T}, B={self.B}, I={self.I}, H={self.H}, "
+                f"{self.dtype}, {layout})")
+
+
+# ------------------------------------------------------------------ helpers
+def _threads(units):
+    # Below the gate pass's parallel threshold the count is unused: skip asking (~1 us).
+    return get_num_threads() if units >= _PAR_MIN else 1
+
+
+def _seq_threads(B, H):
+    # The gate passes go parallel from PARALLEL_MIN_UNITS units, the packed recurrent
+    # products (B x H x 4H multiply-adds per step) from about 2^20.
+    return get_num_threads() if B * H >= _PAR_MIN or 4 * B * H * H >= 1 << 20 else 1
+
+
+def _expect(arr, shape, name, fn, what=""):
+    if arr.shape != shape:
+        what = f" ({what})" if what else ""
+        raise ValueError(f"{fn}: {name} must have shape {shape}{what}, got {arr.shape}")
+
+
+def _state(value, B, H, name, fn, ref):
+    """An initial state (B, H), zeros when None; ``ref`` names where B comes from."""
+    if value is None:
+        return None
+    arr = as_float_array(value, name, fn)
+    check_ndim(arr, 2, name, fn, "(B, H)")
+    if arr.shape[0] != B:
+        raise ValueError(f"{fn}: {name} has batch {arr.shape[0]}, {ref} has batch {B} "
+                         f"(expected shape ({B}, {H}), got {arr.shape})")
+    if arr.shape[1] != H:
+        raise ValueError(f"{fn}: {name} has width {arr.shape[1]}, the kernel has H = {H} "
+                         f"(expected shape ({B}, {H}), got {arr.shape})")
+    return arr
+
+
+def _sequence_x(x, fn, time_major):
+    x = as_float_array(x, "x", fn)
+    check_ndim(x, 3, "x", fn, "(T, B, I)" if time_major else "(B, T, I)")
+    T, B = (x.shape[0], x.shape[1]) if time_major else (x.shape[1], x.shape[0])
+    return x, T, B, x.shape[2]
+
+
+def _time_major(x, dtype, time_major):
+    """x as a C-contiguous (T*B, I) matrix, rows ordered (t, b)."""
+    if not time_major:
+        x = x.transpose(1, 0, 2)
+    x = contiguous(x, dtype)
+    return x.reshape(x.shape[0] * x.shape[1], x.shape[2])
+
+
+def _initial(value, B, H, dtype, rows):
+    """A ((rows) * B, H) state buffer with the initial state (zeros for None) in block 0."""
+    buf = np.empty((rows * B, H), dtype=dtype)
+    if value is None:
+        buf[:B] = 0
+    else:
+        buf[:B] = value
+    return buf
+
+
+def _outputs(hs, T, B, H, time_major, copy):
+    """The outputs h_1..h_T from the state buffer, in the caller's layout."""
+    seq = hs[B:].reshape(T, B, H)
+    if not time_major:
+        return np.ascontiguousarray(seq.transpose(1, 0, 2))
+    return seq.copy() if copy else seq
+
+
+def _grad_seq(grad, cache, fn):
+    """(flat buffer, step stride, row stride) of the output gradient for the kernels."""
+    T, B, H, dtype = cache.T, cache.B, cache.H, cache.dtype
+    if grad is None:
+        return np.zeros(max(H, 1), dtype=dtype), 0, 0
+    g = as_float_array(grad, "grad_outputs", fn)
+    shape = (T, B, H) if cache.time_major else (B, T, H)
+    _expect(g, shape, "grad_outputs", fn, "the outputs' shape")
+    g = contiguous(g, dtype).reshape(-1)
+    if g.size == 0:
+        return np.zeros(max(H, 1), dtype=dtype), 0, 0
+    return (g, B * H, H) if cache.time_major else (g, H, T * H)
+
+
+def _grad_state(grad, cache, name, fn):
+    """A writable (B, H) copy of a final-state gradient (zeros for None)."""
+    if grad is None:
+        return np.zeros((cache.B, cache.H), dtype=cache.dtype)
+    g = as_float_array(grad, name, fn)
+    _expect(g, (cache.B, cache.H), name, fn, "(B, H)")
+    return np.array(g, dtype=cache.dtype, order="C")
+
+
+def _grad_x(gx, cache):
+    """The input gradient (T*B, I) time-major, back in the caller's layout."""
+    seq = gx.reshape(cache.T, cache.B, cache.I)
+    return seq if cache.time_major else np.ascontiguousarray(seq.transpose(1, 0, 2))
+
+
+def _backward_inputs(grad_outputs, grad_hT, cache, kind, fn):
+    """Checked backward arguments: (output gradient for the kernel, step stride, row
+    stride, writable grad_hT copy)."""
+    if not isinstance(cache, RecurrentCache) or cache.kind != kind:
+        raise TypeError(f"{fn}: cache must be the cache of {kind}(..., training=True), "
+                        f"got {type(cache).__name__}")
+    g, g_step, ldg = _grad_seq(grad_outputs, cache, fn)
+    return g, g_step, ldg, _grad_state(grad_hT, cache, "grad_hT", fn)
+
+
+def _zero_grads(*arrays):
+    for a in arrays:
+        a[...] = 0
+
+
+# ------------------------------------------------------------------ LSTM
+def _lstm_weights(kernel, bias, I, H, fn):
+    kernel = as_float_array(kernel, "kernel", fn)
+    check_ndim(kernel, 2, "kernel", fn, "(I + H, 4H)")
+    if kernel.shape[0] != I + H:
+        raise ValueError(f"{fn}: kernel must have I + H = {I} + {H} = {I + H} rows "
+                         f"(expected shape ({I + H}, {4 * H})), got {kernel.shape}")
+    if kernel.shape[1] != 4 * H:
+        raise ValueError(f"{fn}: kernel must have 4 * H = {4 * H} columns "
+                         f"(expected shape ({I + H}, {4 * H})), got {kernel.shape}")
+    bias = as_float_array(bias, "bias", fn)
+    _expect(bias, (4 * H,), "bias", fn, "4 * H")
+    return kernel, bias
+
+
+def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None):
+    """One LSTM step in TensorFlow's BasicLSTMCell layout.
+
+    ``z = [x, h] @ kernel + bias`` split in column blocks (i, j, f, o);
+    ``c_new = c * sigmoid(f + forget_bias) + sigmoid(i) * tanh(j)``,
+    ``h_new = tanh(c_new) * sigmoid(o)``. Computed as one product (BLAS; for batches
+    of up to 4 rows a loop that streams the kernel once per row) and one fused pass for
+    all gates, in a single call that releases the GIL.
+
+    Parameters
+    ----------
+    x : array_like
+        (B, I) input.
+    h, c : array_like
+        (B, H) state.
+    kernel : array_like
+        (I + H, 4H): rows for x, then rows for h; column blocks (i, j, f, o).
+    bias : array_like
+        (4H,).
+    forget_bias : float
+        Added to the forget gate's pre-activation (TensorFlow's default 1.0; use 0.0
+        for weights converted from PyTorch or Keras, see :mod:`fastnn.convert`).
+    out_h, out_c : ndarray, optional
+        (B, H) result buffers of the result dtype. ``out_h=h`` and ``out_c=c`` update
+        the state in place, so a loop over time allocates nothing.
+
+    Returns
+    -------
+    h_new, c_new : ndarray
+        (B, H) each (``out_h`` / ``out_c`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> B, I, H = 2, 3, 4
+    >>> x, h, c = np.ones((B, I)), np.zeros((B, H)), np.zeros((B, H))
+    >>> kernel, bias = np.full((I + H, 4 * H), 0.1), np.zeros(4 * H)
+    >>> h_new, c_new = fastnn.lstm_cell(x, h, c, kernel, bias)
+    >>> h_new.shape, round(float(c_new[0, 0]), 6)
+    ((2, 4), 0.167342)
+    """
+    if type(forget_bias) is float:
+        done = _recurrent.lstm_cell(x, h, c, kernel, bias, forget_bias, out_h, out_c,
+                                    get_num_threads)
+        if done is not None:
+            return done
+    fn = "lstm_cell"
+    forget_bias = _as_real(forget_bias, "forget_bias", fn)
+    x = as_float_array(x, "x", fn)
+    check_ndim(x, 2, "x", fn, "(B, I)")
+    B, I = x.shape
+    h = as_float_array(h, "h", fn)
+    check_ndim(h, 2, "h", fn, "(B, H)")
+    H = h.shape[1]
+    h = _state(h, B, H, "h", fn, "x")
+    c = as_float_array(c, "c", fn)
+    if c.shape != h.shape:
+        raise ValueError(f"{fn}: c must have the shape of h {h.shape}, got {c.shape}")
+    kernel, bias = _lstm_weights(kernel, bias, I, H, fn)
+    dt = result_dtype(x, h, c, kernel, bias)
+    xc, hc, cc = contiguous(x, dt), contiguous(h, dt), contiguous(c, dt)
+    kc, bc = contiguous(kernel, dt), contiguous(bias, dt)
+    # The kernel reads h and c completely (h in the GEMM, c element by element before
+    # writing that element), so out_h=h / out_c=c exactly is safe and stays in place.
+    in_place_h = out_h is not None and out_h is h and hc is h
+    in_place_c = out_c is not None and out_c is c and cc is c
+    others = (xc, kc, bc)
+    if in_place_h:
+        hbuf, htarget = out_h, out_h
+    else:
+        hbuf, htarget = prepare_out(out_h, (B, H), dt, fn, others + (hc, cc, out_c), "out_h")
+    if in_place_c:
+        cbuf, ctarget = out_c, out_c
+    else:
+        cbuf, ctarget = prepare_out(out_c, (B, H), dt, fn, others + (hc, hbuf), "out_c")
+    if B and H:
+        _LSTM_CELL[dt](xc, hc, cc, kc, bc, forget_bias, hbuf, cbuf, _threads(B * H))
+    return finish_out(hbuf, htarget), finish_out(cbuf, ctarget)
+
+
+def lstm(x, h0, c0, kernel, bias, *, forget_bias=1.0, time_major=False, return_state=True,
+         training=False):
+    """An LSTM over a sequence (TensorFlow BasicLSTMCell layout, see :func:`lstm_cell`).
+
+    Parameters
+    ----------
+    x : array_like
+        (B, T, I), or (T, B, I) with ``time_major=True``.
+    h0, c0 : array_like or None
+        (B, H) initial state; None means zeros.
+    kernel : array_like
+        (I + H, 4H), column blocks (i, j, f, o).
+    bias : array_like
+        (4H,).
+    forget_bias : float
+        Added to the forget gate (0.0 for converted PyTorch / Keras weights).
+    time_major : bool
+        Layout of x and of the outputs.
+    return_state : bool
+        Also return the final state ``(h_T, c_T)``.
+    training : bool
+        Also return a :class:`RecurrentCache` for :func:`lstm_backward`.
+
+    Returns
+    -------
+    outputs : ndarray
+        h_1 .. h_T, (B, T, H) or (T, B, H).
+    (h_T, c_T) : tuple of ndarray
+        (B, H) each; only when ``return_state``.
+    cache : RecurrentCache
+        Only when ``training``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> B, T, I, H = 2, 5, 3, 4
+    >>> x = np.ones((B, T, I))
+    >>> kernel, bias = np.full((I + H, 4 * H), 0.1), np.zeros(4 * H)
+    >>> out, (h, c) = fastnn.lstm(x, None, None, kernel, bias)
+    >>> out.shape, bool(np.array_equal(out[:, -1], h))
+    ((2, 5, 4), True)
+    """
+    fn = "lstm"
+    forget_bias = _as_real(forget_bias, "forget_bias", fn)
+    x, T, B, I = _sequence_x(x, fn, time_major)
+    if h0 is not None:
+        h0 = as_float_array(h0, "h0", fn)
+        check_ndim(h0, 2, "h0", fn, "(B, H)")
+        H = h0.shape[1]
+    else:
+        k = as_float_array(kernel, "kernel", fn)
+        check_ndim(k, 2, "kernel", fn, "(I + H, 4H)")
+        H = k.shape[0] - I
+        if H < 0:
+            raise ValueError(f"{fn}: kernel must have I + H rows with I = {I}, got {k.shape}")
+    h0 = _state(h0, B, H, "h0", fn, "x")
+    c0 = _state(c0, B, H, "c0", fn, "x")
+    kernel, bias = _lstm_weights(kernel, bias, I, H, fn)
+    dt = result_dtype(x, h0, c0, kernel, bias)
+    xt = _time_major(x, dt, time_major)
+    kc, bc = contiguous(kernel, dt), contiguous(bias, dt)
+    hs = _initial(h0, B, H, dt, T + 1)
+    cs = _initial(c0, B, H, dt, T + 1 if training else 2)
+    z = np.empty((T * B, 4 * H), dt)
+    tc = np.empty((T * B if training else 0, H), dt)
+    if T and B and H:
+        _LSTM_FWD[dt](xt, kc, bc, forget_bias, z, hs, cs, tc, T, B, bool(training),
+                      _seq_threads(B, H))
+    outputs = _outputs(hs, T, B, H, time_major, training)
+    last = T if training else T % 2
+    state = (hs[T * B:].copy(), cs[last * B:(last + 1) * B].copy())
+    result = (outputs, state) if return_state else (outputs,)
+    if training:
+        cache = RecurrentCache(kind="lstm", dtype=dt, time_major=bool(time_major), T=T, B=B,
+                               I=I, H=H, x=xt, kernel=kc, hs=hs, cs=cs, gates=z, tc=tc)
+        result += (cache,)
+    return result if len(result) > 1 else result[0]
+
+
+def lstm_backward(grad_outputs, grad_hT, grad_cT, cache):
+    """Backpropagation through time for :func:`lstm`.
+
+    Parameters
+    ----------
+    grad_outputs : array_like or None
+        Gradient with respect to the outputs, their shape and layout; None for zero.
+    grad_hT, grad_cT : array_like or None
+        (B, H) gradients with respect to the final state; None for zero.
+    cache : RecurrentCache
+        From ``lstm(..., training=True)``; not modified.
+
+    Returns
+    -------
+    grad_x : ndarray
+        x's shape and layout.
+    grad_h0, grad_c0 : ndarray
+        (B, H).
+    grad_kernel : ndarray
+        (I + H, 4H).
+    grad_bias : ndarray
+        (4H,) (also the gradient of forget_bias summed over the f block).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> B, T, I, H = 2, 5, 3, 4
+    >>> rng = np.random.default_rng(0)
+    >>> kernel, bias = rng.standard_normal((I + H, 4 * H)), np.zeros(4 * H)
+    >>> out, (h, c), cache = fastnn.lstm(rng.standard_normal((B, T, I)), None, None,
+    ...                                  kernel, bias, training=True)
+    >>> gx, gh0, gc0, gk, gb = fastnn.lstm_backward(np.ones_like(out), None, None, cache)
+    >>> gx.shape, gk.shape, gb.shape
+    ((2, 5, 3), (7, 16), (16,))
+    """
+    fn = "lstm_backward"
+    g, g_step, ldg, dh = _backward_inputs(grad_outputs, grad_hT, cache, "lstm", fn)
+    T, B, I, H, dt = cache.T, cache.B, cache.I, cache.H, cache.dtype
+    dc = _grad_state(grad_cT, cache, "grad_cT", fn)
+    dz = np.empty((T * B, 4 * H), dt)
+    gx = np.empty((T * B, I), dt)
+    gk = np.empty((I + H, 4 * H), dt)
+    gb = np.empty(4 * H, dt)
+    if T and B and H:
+        _LSTM_BWD[dt](cache.x, cache.kernel, cache.gates, cache.tc, cache.hs, cache.cs, g,
+                      g_step, ldg, dh, dc, dz, gx, gk, gb, T, B, _seq_threads(B, H))
+    else:
+        _zero_grads(gx, gk, gb)
+    return _grad_x(gx, cache), dh, dc, gk, gb
+
+
+def lstm_cell_backward(grad_h, grad_c, x, h, c, kernel, bias, *, forget_bias=1.0):
+    """Gradients of :func:`lstm_cell` (one forward step with its cache, then the backward).
+
+    Parameters
+    ----------
+    grad_h, grad_c : array_like or None
+        (B, H) gradients with respect to h_new and c_new; None for zero.
+    x, h, c, kernel, bias, forget_bias
+        As given to :func:`lstm_cell`.
+
+    Returns
+    -------
+    grad_x, grad_h, grad_c, grad_kernel, grad_bias : ndarray
+        Shaped like x, h, c, kernel, bias.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> x, h, c = np.ones((1, 2)), np.zeros((1, 3)), np.zeros((1, 3))
+    >>> gx, gh, gc, gk, gb = fastnn.lstm_cell_backward(np.ones((1, 3)), None, x, h, c,
+    ...                                                np.full((5, 12), 0.1), np.zeros(12))
+    >>> gk.shape
+    (5, 12)
+    """
+    fn = "lstm_cell_backward"
+    x = as_float_array(x, "x", fn)
+    check_ndim(x, 2, "x", fn, "(B, I)")
+    h = as_float_array(h, "h", fn)
+    check_ndim(h, 2, "h", fn, "(B, H)")
+    _, _, cache = lstm(x[:, None], h, c, kernel, bias, forget_bias=forget_bias,
+                       training=True)
+    g = None if grad_h is None else _grad_state(grad_h, cache, "grad_h", fn)
+    gx, gh, gc, gk, gb = lstm_backward(None, g, grad_c, cache)
+    return gx[:, 0], gh, gc, gk, gb
+
+
+# ------------------------------------------------------------------ GRU
+def _gru_weights(kernel, recurrent_kernel, bias, I, H, reset_after, fn):
+    kernel = as_float_array(kernel, "kernel", fn)
+    _expect(kernel, (I, 3 * H), "kernel", fn, "(I, 3H)")
+    rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
+    _expect(rk, (H, 3 * H), "recurrent_kernel", fn, "(H, 3H)")
+    bias = as_float_array(bias, "bias", fn)
+    if reset_after:
+        _expect(bias, (2, 3 * H), "bias", fn, "(2, 3H) with reset_after=True")
+    else:
+        _expect(bias, (3 * H,), "bias", fn, "(3H,) with reset_after=False")
+    return kernel, rk, bias
+
+
+def gru(x, h0, kernel, recurrent_kernel, bias, *, reset_after=True, time_major=False,
+        return_state=True, training=False):
+    """A GRU over a sequence (Keras layout; see the module notes for the equations).
+
+    Parameters
+    ----------
+    x : array_like
+        (B, T, I), or (T, B, I) with ``time_major=True``.
+    h0 : array_like or None
+        (B, H) initial state; None means zeros.
+    kernel : array_like
+        (I, 3H), column blocks (z, r, h).
+    recurrent_kernel : array_like
+        (H, 3H).
+    bias : array_like
+        (2, 3H) -- input bias, recurrent bias -- with ``reset_after=True``, else (3H,).
+    reset_after : bool
+        True: Keras' default, cuDNN and PyTorch; False: the original GRU.
+    time_major, return_state, training : bool
+        As for :func:`lstm`.
+
+    Returns
+    -------
+    outputs : ndarray
+        (B, T, H) or (T, B, H).
+    h_T : ndarray
+        (B, H), only when ``return_state``.
+    cache : RecurrentCache
+        Only when ``training``, for :func:`gru_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> B, T, I, H = 2, 5, 3, 4
+    >>> out, h = fastnn.gru(np.ones((B, T, I)), None, np.full((I, 3 * H), 0.1),
+    ...                     np.full((H, 3 * H), 0.1), np.zeros((2, 3 * H)))
+    >>> out.shape, h.shape
+    ((2, 5, 4), (2, 4))
+    """
+    fn = "gru"
+    x, T, B, I = _sequence_x(x, fn, time_major)
+    rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
+    check_ndim(rk, 2, "recurrent_kernel", fn, "(H, 3H)")
+    H = rk.shape[0]
+    h0 = _state(h0, B, H, "h0", fn, "x")
+    kernel, rk, bias = _gru_weights(kernel, rk, bias, I, H, reset_after, fn)
+    dt = result_dtype(x, h0, kernel, rk, bias)
+    xt = _time_major(x, dt, time_major)
+    kc, rkc = contiguous(kernel, dt), contiguous(rk, dt)
+    bc = contiguous(bias, dt).reshape(-1)
+    hs = _initial(h0, B, H, dt, T + 1)
+    z = np.empty((T * B, 3 * H), dt)
+    steps = T if training else 1
+    if reset_after:
+        q, qh, rh = np.empty((steps * B, 3 * H), dt), z[:0], z[:0]
+        b_in, b_rec = bc[:3 * H], bc[3 * H:]
+    else:
+        q, qh, rh = np.empty((B, 2 * H), dt), np.empty((B, H), dt), np.empty((steps * B, H), dt)
+        b_in = b_rec = bc
+    if T and B and H:
+        _GRU_FWD[dt](xt, kc, rkc, b_in, b_rec, z, q, qh, rh, hs, T, B, bool(reset_after),
+                     bool(training), _seq_threads(B, H))
+    outputs = _outputs(hs, T, B, H, time_major, training)
+    result = (outputs, hs[T * B:].copy()) if return_state else (outputs,)
+    if training:
+        cache = RecurrentCache(kind="gru", dtype=dt, time_major=bool(time_major), T=T, B=B,
+                               I=I, H=H, x=xt, kernel=kc, recurrent_kernel=rkc, hs=hs,
+                               gates=z, q=q, rh=rh, reset_after=bool(reset_after))
+        result += (cache,)
+    return result if len(result) > 1 else result[0]
+
+
+def gru_backward(grad_outputs, grad_hT, cache):
+    """Backpropagation through time for :func:`gru`.
+
+    Parameters
+    ----------
+    grad_outputs : array_like or None
+        Gradient with respect to the outputs (their shape and layout); None for zero.
+    grad_hT : array_like or None
+        (B, H) gradient with respect to the final state; None for zero.
+    cache : RecurrentCache
+        From ``gru(..., training=True)``.
+
+    Returns
+    -------
+    grad_x, grad_h0, grad_kernel, grad_recurrent_kernel, grad_bias : ndarray
+        Shaped like x, h0 (B, H), kernel, recurrent_kernel and bias.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> rng = np.random.default_rng(0)
+    >>> out, h, cache = fastnn.gru(rng.standard_normal((2, 5, 3)), None,
+    ...                            rng.standard_normal((3, 12)), rng.standard_normal((4, 12)),
+    ...                            np.zeros((2, 12)), training=True)
+    >>> [g.shape for g in fastnn.gru_backward(np.ones_like(out), None, cache)]
+    [(2, 5, 3), (2, 4), (3, 12), (4, 12), (2, 12)]
+    """
+    fn = "gru_backward"
+    g, g_step, ldg, dh = _backward_inputs(grad_outputs, grad_hT, cache, "gru", fn)
+    T, B, I, H, dt = cache.T, cache.B, cache.I, cache.H, cache.dtype
+    dz = np.empty((T * B, 3 * H), dt)
+    dq = np.empty((T * B, 3 * H) if cache.reset_after else (B, H), dt)
+    gx = np.empty((T * B, I), dt)
+    gk = np.empty((I, 3 * H), dt)
+    grk = np.empty((H, 3 * H), dt)
+    gb = np.empty((2 if cache.reset_after else 1, 3 * H), dt)
+    if T and B and H:
+        _GRU_BWD[dt](cache.x, cache.kernel, cache.recurrent_kernel, cache.gates, cache.q,
+                     cache.rh, cache.hs, g, g_step, ldg, dh, dz, dq, gx, gk, grk, gb, T, B,
+                     cache.reset_after, _seq_threads(B, H))
+    else:
+        _zero_grads(gx, gk, grk, gb)
+    return _grad_x(gx, cache), dh, gk, grk, gb if cache.reset_after else gb[0]
+
+
+def gru_cell(x, h, kernel, recurrent_kernel, bias, *, reset_after=True):
+    """One GRU step (Keras layout; :func:`gru` over a single step).
+
+    Parameters
+    ----------
+    x : array_like
+        (B, I).
+    h : array_like
+        (B, H).
+    kernel, recurrent_kernel, bias, reset_after
+        As for :func:`gru`.
+
+    Returns
+    -------
+    h_new : ndarray
+        (B, H).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> h = fastnn.gru_cell(np.ones((1, 2)), np.zeros((1, 3)), np.full((2, 9), 0.1),
+    ...                     np.full((3, 9), 0.1), np.zeros(9), reset_after=False)
+    >>> round(float(h[0, 0]), 6)
+    0.088852
+    """
+    fn = "gru_cell"
+    x = as_float_array(x, "x", fn)
+    check_ndim(x, 2, "x", fn, "(B, I)")
+    h = as_float_array(h, "h", fn)
+    check_ndim(h, 2, "h", fn, "(B, H)")
+    _, h_new = gru(x[:, None], _state(h, x.shape[0], h.shape[1], "h", fn, "x"), kernel,
+                   recurrent_kernel, bias, reset_after=reset_after)
+    return h_new
+
+
+def gru_cell_backward(grad_h, x, h, kernel, recurrent_kernel, bias, *, reset_after=True):
+    """Gradients of :func:`gru_cell` (one forward step with its cache, then the backward).
+
+    Returns
+    -------
+    grad_x, grad_h, grad_kernel, grad_recurrent_kernel, grad_bias : ndarray
+        Shaped like x, h, kernel, recurrent_kernel and bias.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> grads = fastnn.gru_cell_backward(np.ones((1, 3)), np.ones((1, 2)), np.zeros((1, 3)),
+    ...                                  np.full((2, 9), 0.1), np.full((3, 9), 0.1),
+    ...                                  np.zeros((2, 9)))
+    >>> [g.shape for g in grads]
+    [(1, 2), (1, 3), (2, 9), (3, 9), (2, 9)]
+    """
+    fn = "gru_cell_backward"
+    x = as_float_array(x, "x", fn)
+    check_ndim(x, 2, "x", fn, "(B, I)")
+    h = as_float_array(h, "h", fn)
+    check_ndim(h, 2, "h", fn, "(B, H)")
+    _, _, cache = gru(x[:, None], _state(h, x.shape[0], h.shape[1], "h", fn, "x"), kernel,
+                      recurrent_kernel, bias, reset_after=reset_after, training=True)
+    gx, gh, gk, grk, gb = gru_backward(None, _grad_state(grad_h, cache, "grad_h", fn), cache)
+    return gx[:, 0], gh, gk, grk, gb
+
+
+# ------------------------------------------------------------------ SimpleRNN
+_ACTIVATIONS = ("tanh", "relu")
+
+
+def simple_rnn(x, h0, kernel, recurrent_kernel, bias, *, activation="tanh", time_major=False,
+               training=False):
+    """A simple (Elman) RNN over a sequence, Keras layout:
+    ``h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)``.
+
+    Parameters
+    ----------
+    x : array_like
+        (B, T, I), or (T, B, I) with ``time_major=True``.
+    h0 : array_like or None
+        (B, H) initial state; None means zeros.
+    kernel : array_like
+        (I, H).
+    recurrent_kernel : array_like
+        (H, H).
+    bias : array_like
+        (H,).
+    activation : {"tanh", "relu"}
+    time_major, training : bool
+        As for :func:`lstm`.
+
+    Returns
+    -------
+    outputs : ndarray
+        (B, T, H) or (T, B, H).
+    h_T : ndarray
+        (B, H).
+    cache : RecurrentCache
+        Only when ``training``, for :func:`simple_rnn_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> out, h = fastnn.simple_rnn(np.ones((1, 3, 2)), None, np.full((2, 2), 0.5),
+    ...                            np.eye(2), np.zeros(2), activation="relu")
+    >>> out[0, :, 0]
+    array([1., 2., 3.])
+    """
+    fn = "simple_rnn"
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{fn}: activation must be 'tanh' or 'relu', got {activation!r}")
+    x, T, B, I = _sequence_x(x, fn, time_major)
+    rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
+    check_ndim(rk, 2, "recurrent_kernel", fn, "(H, H)")
+    H = rk.shape[0]
+    _expect(rk, (H, H), "recurrent_kernel", fn, "(H, H)")
+    h0 = _state(h0, B, H, "h0", fn, "x")
+    kernel = as_float_array(kernel, "kernel", fn)
+    _expect(kernel, (I, H), "kernel", fn, "(I, H)")
+    bias = as_float_array(bias, "bias", fn)
+    _expect(bias, (H,), "bias", fn, "(H,)")
+    dt = result_dtype(x, h0, kernel, rk, bias)
+    xt = _time_major(x, dt, time_major)
+    kc, rkc, bc = contiguous(kernel, dt), contiguous(rk, dt), contiguous(bias, dt)
+    hs = _initial(h0, B, H, dt, T + 1)
+    z = np.empty((T * B, H), dt)
+    relu = activation == "relu"
+    if T and B and H:
+        _RNN_FWD[dt](xt, kc, rkc, bc, z, hs, T, B, relu, _seq_threads(B, H))
+    result = (_outputs(hs, T, B, H, time_major, training), hs[T * B:].copy())
+    if training:
+        result += (RecurrentCache(kind="simple_rnn", dtype=dt, time_major=bool(time_major),
+                                  T=T, B=B, I=I, H=H, x=xt, kernel=kc, recurrent_kernel=rkc,
+                                  hs=hs, relu=relu),)
+    return result
+
+
+def simple_rnn_backward(grad_outputs, grad_hT, cache):
+    """Backpropagation through time for :func:`simple_rnn`.
+
+    Returns
+    -------
+    grad_x, grad_h0, grad_kernel, grad_recurrent_kernel, grad_bias : ndarray
+        Shaped like x, h0 (B, H), kernel, recurrent_kernel and bias. With relu the
+        derivative at 0 is taken as 0.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> out, h, cache = fastnn.simple_rnn(np.ones((1, 3, 2)), None, np.full((2, 2), 0.5),
+    ...                                   np.eye(2), np.zeros(2), activation="relu",
+    ...                                   training=True)
+    >>> gx, gh0, gk, grk, gb = fastnn.simple_rnn_backward(None, np.ones((1, 2)), cache)
+    >>> gb
+    array([3., 3.])
+    """
+    fn = "simple_rnn_backward"
+    g, g_step, ldg, dh = _backward_inputs(grad_outputs, grad_hT, cache, "simple_rnn", fn)
+    T, B, I, H, dt = cache.T, cache.B, cache.I, cache.H, cache.dtype
+    dz = np.empty((T * B, H), dt)
+    gx = np.empty((T * B, I), dt)
+    gk = np.empty((I, H), dt)
+    grk = np.empty((H, H), dt)
+    gb = np.empty(H, dt)
+    if T and B and H:
+        _RNN_BWD[dt](cache.x, cache.kernel, cache.recurrent_kernel, cache.hs, g, g_step, ldg,
+                     dh, dz, gx, gk, grk, gb, T, B, cache.relu, _seq_threads(B, H))
+    else:
+        _zero_grads(gx, gk, grk, gb)
+    return _grad_x(gx, cache), dh, gk, grk, gb

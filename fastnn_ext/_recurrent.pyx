@@ -1,0 +1,1049 @@
+# cython: language_level=3
+"""Recurrent kernels: LSTM (TensorFlow BasicLSTMCell layout), GRU and SimpleRNN (Keras
+layouts), forward over a sequence and backpropagation through time.
+
+Three layers (DESIGN.md). The ``def`` entry points take C-contiguous buffers that
+:mod:`fastnn.recurrent` validated and allocated; everything runs time-major with the
+GIL released once per call. A step is one GEMM for the recurrent product (the input
+projection of all steps is one GEMM up front) plus one fused pass over the gate
+pre-activations: all gate nonlinearities and the state update in a single sweep, so the
+gates never make a second trip through memory. Backward runs the gate pass in reverse
+per step with only the recurrent GEMM ``dh_prev = dz_t @ W_h^T`` inside the loop; the
+weight, bias and input gradients of all steps are then three big GEMMs and a column sum
+over the stacked gate gradients. For LSTM batches above a few rows the recurrent kernel
+is packed once per call and the whole time loop runs in one parallel region (see
+``panels_init`` and ``lstm_fwd_team``); tiny batches multiply inside the gate-pass loop
+(``xh_product``); everything else goes through BLAS.
+
+The gate passes are C (the verbatim block) for the same reason as the activation
+kernels: compiled for AVX-512, AVX2+FMA and the baseline, one set picked at import
+(``FASTNN_UKERNEL_MAX`` caps it). Each output element is computed by one work item in
+the same order whatever the thread count, so results are bitwise identical for any
+count; the column sums of the bias gradients run down the rows in a fixed order.
+"""
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from fastnn_ext._blas cimport gemm
+from fastnn_ext._openmp cimport fastnn_omp_thread_id
+from fastnn_ext._ukernel cimport FASTNN_UGEMM_SCRATCH, fastnn_ukernel_pick, ugemm
+
+import os as _os
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include "_vecmath.h"  /* fastnn_sigmoid_*, fastnn_tanh_* */
+
+    /* For a time loop run by one thread team from start to end: a barrier (orphaned:
+     * it binds to the team of the calling thread, a no-op outside any) and the team's
+     * size. */
+    #ifdef _OPENMP
+    #include <omp.h>
+    static void fastnn_team_barrier(void) {
+        #pragma omp barrier
+    }
+    static int fastnn_team_size(void) { return omp_get_num_threads(); }
+    #else
+    static void fastnn_team_barrier(void) {}
+    static int fastnn_team_size(void) { return 1; }
+    #endif
+
+    enum {
+        FASTNN_LSTM_FWD, FASTNN_LSTM_BWD,
+        FASTNN_GRU_FWD, FASTNN_GRU_BWD,             /* reset_after=True */
+        FASTNN_GRU0_FWD_A, FASTNN_GRU0_FWD_B,       /* reset_after=False, before / after */
+        FASTNN_GRU0_BWD_A, FASTNN_GRU0_BWD_B,       /*   the product (r * h) @ U_h */
+        FASTNN_RNN_FWD, FASTNN_RNN_BWD,
+        FASTNN_MATVEC                               /* z (+)= [x, h_prev] @ w, rows of G */
+    };
+
+    /* The operands of one step's gate pass, rows [r0, r1) of the batch. Gate rows are
+     * contiguous, G*H wide; per-row state rows H wide; g (the gradient arriving from the
+     * step's output) has row stride ldg, 0 meaning one row of zeros. Pointers are void*
+     * so that one struct serves both dtypes. */
+    typedef struct {
+        ptrdiff_t H, ldg;
+        void *z, *q, *h_out, *c_out, *tc, *rh, *dh, *dc, *dz, *dq;
+        const void *bias, *bias2, *h_prev, *c_prev, *g, *x, *w;
+        ptrdiff_t n_in, G;
+        double forget_bias;
+        int store, relu, acc;
+    } fastnn_rnn_args;
+
+    #define FASTNN_RNN_INLINE static inline __attribute__((always_inline))
+    #define RP(T, p) ((T* __restrict)(p))
+    /* The rows a pass reads and writes never overlap except element for element
+     * (an in-place c), but they are too many for gcc's run-time alias checks (at most
+     * 10) and gcc does not take restrict from local pointers: without this the gate
+     * loops stay scalar (measured 3x slower on float32). */
+    #define FASTNN_IVDEP _Pragma("GCC ivdep")
+
+    #define FASTNN_RNN_DEFINE(T, S)                                                       \\
+    FASTNN_RNN_INLINE void fastnn_lstm_fwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {   \\
+        /* c_prev and c_out may be the same row (an in-place cell): each element is read \\
+         * before it is written, so they are the only pointers not marked restrict. */   \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 4 * H;                                        \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* cp = (const T*)a->c_prev + r * H;                                        \\
+        T* co = (T*)a->c_out + r * H;                                                     \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        T fb = (T)a->forget_bias;                                                         \\
+        T* __restrict tc = RP(T, a->tc) + r * H;                                          \\
+        int store = a->store;                                                             \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T si = fastnn_sigmoid_##S(z[k] + b[k]);                                       \\
+            T tj = fastnn_tanh_##S(z[H + k] + b[H + k]);                                  \\
+            T sf = fastnn_sigmoid_##S((z[2 * H + k] + b[2 * H + k]) + fb);                \\
+            T so = fastnn_sigmoid_##S(z[3 * H + k] + b[3 * H + k]);                       \\
+            T cn = cp[k] * sf + si * tj;                                                  \\
+            T t = fastnn_tanh_##S(cn);                                                    \\
+            co[k] = cn; ho[k] = t * so;                                                   \\
+            if (store) {                                                                  \\
+                z[k] = si; z[H + k] = tj; z[2 * H + k] = sf; z[3 * H + k] = so; tc[k] = t;\\
+            }                                                                             \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_lstm_bwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {   \\
+        /* z holds the gate activations (i, j, f, o), tc = tanh(c_new). dc: in the     \\
+         * gradient reaching c_new from the next step, out the one reaching c_prev. */  \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 4 * H;                               \\
+        const T* __restrict tc = (const T*)a->tc + r * H;                                 \\
+        const T* __restrict cp = (const T*)a->c_prev + r * H;                             \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        const T* __restrict dh = (const T*)a->dh + r * H;                                 \\
+        T* __restrict dc = RP(T, a->dc) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 4 * H;                                      \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T si = z[k], tj = z[H + k], sf = z[2 * H + k], so = z[3 * H + k], t = tc[k];  \\
+            T d = dh[k] + g[k];                                                           \\
+            T dcn = dc[k] + d * so * ((1 - t) * (1 + t));                                 \\
+            dz[k] = dcn * tj * (si * (1 - si));                                           \\
+            dz[H + k] = dcn * si * ((1 - tj) * (1 + tj));                                 \\
+            dz[2 * H + k] = dcn * cp[k] * (sf * (1 - sf));                                \\
+            dz[3 * H + k] = d * t * (so * (1 - so));                                      \\
+            dc[k] = dcn * sf;                                                             \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru_fwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        /* reset_after: z = x W + b_in, q = h U (+ b_rec here). Stores (z, r, hh) in z   \\
+         * and h U_h + b_rec_h in q for the backward. */                                  \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 3 * H;                                        \\
+        T* __restrict q = RP(T, a->q) + r * 3 * H;                                        \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* __restrict b2 = (const T*)a->bias2;                                      \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        int store = a->store;                                                             \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T qh = q[2 * H + k] + b2[2 * H + k];                                          \\
+            T zg = fastnn_sigmoid_##S((z[k] + b[k]) + (q[k] + b2[k]));                    \\
+            T rg = fastnn_sigmoid_##S((z[H + k] + b[H + k]) + (q[H + k] + b2[H + k]));    \\
+            T hh = fastnn_tanh_##S((z[2 * H + k] + b[2 * H + k]) + rg * qh);              \\
+            ho[k] = zg * hp[k] + (1 - zg) * hh;                                           \\
+            if (store) { z[k] = zg; z[H + k] = rg; z[2 * H + k] = hh; q[2 * H + k] = qh; }\\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru_bwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        /* dz: gradient of x W + b_in; dq: of h U + b_rec; dh: in the gradient from the  \\
+         * next step, out the direct part z * dh of the one reaching h_prev. */          \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 3 * H;                               \\
+        const T* __restrict q = (const T*)a->q + r * 3 * H;                               \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        T* __restrict dh = RP(T, a->dh) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 3 * H;                                      \\
+        T* __restrict dq = RP(T, a->dq) + r * 3 * H;                                      \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T zg = z[k], rg = z[H + k], hh = z[2 * H + k];                                \\
+            T d = dh[k] + g[k];                                                           \\
+            T dzp = d * (hp[k] - hh) * (zg * (1 - zg));                                   \\
+            T dhp = d * (1 - zg) * ((1 - hh) * (1 + hh));                                 \\
+            T drp = dhp * q[2 * H + k] * (rg * (1 - rg));                                 \\
+            dz[k] = dzp; dz[H + k] = drp; dz[2 * H + k] = dhp;                            \\
+            dq[k] = dzp; dq[H + k] = drp; dq[2 * H + k] = dhp * rg;                       \\
+            dh[k] = d * zg;                                                               \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_fwd_a_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        /* reset_after=False, first half: q = h U_zr (2H wide); z, r into z; r * h. */   \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 3 * H;                                        \\
+        const T* __restrict q = (const T*)a->q + r * 2 * H;                               \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        T* __restrict rh = RP(T, a->rh) + r * H;                                          \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T zg = fastnn_sigmoid_##S((z[k] + b[k]) + q[k]);                              \\
+            T rg = fastnn_sigmoid_##S((z[H + k] + b[H + k]) + q[H + k]);                  \\
+            z[k] = zg; z[H + k] = rg; rh[k] = rg * hp[k];                                 \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_fwd_b_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        /* second half: q = (r * h) U_h (H wide); hh into z, the new state. */           \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        T* __restrict z = RP(T, a->z) + r * 3 * H;                                        \\
+        const T* __restrict q = (const T*)a->q + r * H;                                   \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T hh = fastnn_tanh_##S((z[2 * H + k] + b[2 * H + k]) + q[k]);                 \\
+            T zg = z[k];                                                                  \\
+            ho[k] = zg * hp[k] + (1 - zg) * hh;                                           \\
+            z[2 * H + k] = hh;                                                            \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_bwd_a_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 3 * H;                               \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        T* __restrict dh = RP(T, a->dh) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 3 * H;                                      \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T zg = z[k], hh = z[2 * H + k];                                               \\
+            T d = dh[k] + g[k];                                                           \\
+            dz[k] = d * (hp[k] - hh) * (zg * (1 - zg));                                   \\
+            dz[2 * H + k] = d * (1 - zg) * ((1 - hh) * (1 + hh));                         \\
+            dh[k] = d * zg;                                                               \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_gru0_bwd_b_##S(const fastnn_rnn_args* a, ptrdiff_t r) { \\
+        /* dq = d(r * h), the gradient through U_h. */                                    \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * 3 * H;                               \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        const T* __restrict dq = (const T*)a->dq + r * H;                                 \\
+        T* __restrict dh = RP(T, a->dh) + r * H;                                          \\
+        T* __restrict dz = RP(T, a->dz) + r * 3 * H;                                      \\
+        FASTNN_IVDEP                                                                      \\
+        for (k = 0; k < H; k++) {                                                         \\
+            T rg = z[H + k];                                                              \\
+            dz[H + k] = dq[k] * hp[k] * (rg * (1 - rg));                                  \\
+            dh[k] = dh[k] + dq[k] * rg;                                                   \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_rnn_fwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict z = (const T*)a->z + r * H;                                   \\
+        const T* __restrict b = (const T*)a->bias;                                        \\
+        T* __restrict ho = RP(T, a->h_out) + r * H;                                       \\
+        if (a->relu) {  /* np.maximum(v, 0): NaN stays NaN */                             \\
+            FASTNN_IVDEP                                                                  \\
+            for (k = 0; k < H; k++) { T v = z[k] + b[k]; ho[k] = v <= 0 ? (T)0 : v; }     \\
+        } else {                                                                          \\
+            FASTNN_IVDEP                                                                  \\
+            for (k = 0; k < H; k++) ho[k] = fastnn_tanh_##S(z[k] + b[k]);                 \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_rnn_bwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {    \\
+        /* h_out: the step's output y, from which the derivative is taken. */             \\
+        ptrdiff_t H = a->H, k;                                                            \\
+        const T* __restrict y = (const T*)a->h_out + r * H;                               \\
+        const T* __restrict g = (const T*)a->g + r * a->ldg;                              \\
+        const T* __restrict dh = (const T*)a->dh + r * H;                                 \\
+        T* __restrict dz = RP(T, a->dz) + r * H;                                          \\
+        if (a->relu) {                                                                    \\
+            FASTNN_IVDEP                                                                  \\
+            for (k = 0; k < H; k++) { T d = dh[k] + g[k]; dz[k] = y[k] > 0 ? d : (T)0; }  \\
+        } else {                                                                          \\
+            FASTNN_IVDEP                                                                  \\
+            for (k = 0; k < H; k++) {                                                     \\
+                T v = y[k];                                                               \\
+                dz[k] = (dh[k] + g[k]) * ((1 - v) * (1 + v));                             \\
+            }                                                                             \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_matvec_##S(const fastnn_rnn_args* a, ptrdiff_t r) {     \\
+        /* One row of [x, h] @ w for a small batch, where a BLAS call costs more than     \\
+         * the product: w (I + H, G) streams once per row from cache, four of its rows    \\
+         * per sweep over z (held in L1) so that each load and store of z feeds four      \\
+         * FMAs. acc: add to z instead of overwriting it. */                              \\
+        ptrdiff_t ni = a->n_in, H = a->H, G = a->G, n = ni + H, k, j;                     \\
+        T* __restrict z = RP(T, a->z) + r * G;                                            \\
+        const T* __restrict x = (const T*)a->x + r * ni;                                  \\
+        const T* __restrict hp = (const T*)a->h_prev + r * H;                             \\
+        const T* __restrict w = (const T*)a->w;                                           \\
+        if (!a->acc) {                                                                    \\
+            for (j = 0; j < G; j++) z[j] = 0;                                             \\
+        }                                                                                 \\
+        for (k = 0; k + 4 <= n; k += 4) {                                                 \\
+            T v0 = k < ni ? x[k] : hp[k - ni];                                            \\
+            T v1 = k + 1 < ni ? x[k + 1] : hp[k + 1 - ni];                                \\
+            T v2 = k + 2 < ni ? x[k + 2] : hp[k + 2 - ni];                                \\
+            T v3 = k + 3 < ni ? x[k + 3] : hp[k + 3 - ni];                                \\
+            const T* __restrict w0 = w + k * G;                                           \\
+            FASTNN_IVDEP                                                                  \\
+            for (j = 0; j < G; j++)                                                       \\
+                z[j] = z[j] + (v0 * w0[j] + v1 * w0[G + j] + v2 * w0[2 * G + j]           \\
+                               + v3 * w0[3 * G + j]);                                     \\
+        }                                                                                 \\
+        for (; k < n; k++) {                                                              \\
+            T v = k < ni ? x[k] : hp[k - ni];                                             \\
+            const T* __restrict w0 = w + k * G;                                           \\
+            FASTNN_IVDEP                                                                  \\
+            for (j = 0; j < G; j++) z[j] = z[j] + v * w0[j];                              \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_RNN_INLINE void fastnn_rnn_pass_impl_##S(int op, const fastnn_rnn_args* a,    \\
+                                                    ptrdiff_t r0, ptrdiff_t r1) {         \\
+        ptrdiff_t r;                                                                      \\
+        for (r = r0; r < r1; r++) {                                                       \\
+            switch (op) {                                                                 \\
+            case FASTNN_LSTM_FWD: fastnn_lstm_fwd_##S(a, r); break;                       \\
+            case FASTNN_LSTM_BWD: fastnn_lstm_bwd_##S(a, r); break;                       \\
+            case FASTNN_GRU_FWD: fastnn_gru_fwd_##S(a, r); break;                         \\
+            case FASTNN_GRU_BWD: fastnn_gru_bwd_##S(a, r); break;                         \\
+            case FASTNN_GRU0_FWD_A: fastnn_gru0_fwd_a_##S(a, r); break;                   \\
+            case FASTNN_GRU0_FWD_B: fastnn_gru0_fwd_b_##S(a, r); break;                   \\
+            case FASTNN_GRU0_BWD_A: fastnn_gru0_bwd_a_##S(a, r); break;                   \\
+            case FASTNN_GRU0_BWD_B: fastnn_gru0_bwd_b_##S(a, r); break;                   \\
+            case FASTNN_RNN_FWD: fastnn_rnn_fwd_##S(a, r); break;                         \\
+            case FASTNN_RNN_BWD: fastnn_rnn_bwd_##S(a, r); break;                         \\
+            case FASTNN_MATVEC: fastnn_matvec_##S(a, r); break;                           \\
+            }                                                                             \\
+        }                                                                                 \\
+    }
+
+    FASTNN_RNN_DEFINE(float, f32)
+    FASTNN_RNN_DEFINE(double, f64)
+
+    typedef void (*fastnn_rnn_pass_fn)(int, const fastnn_rnn_args*, ptrdiff_t, ptrdiff_t);
+
+    #define FASTNN_RNN_VARIANT(SUFFIX, ATTR)                                              \\
+    ATTR static void fastnn_rnn_pass_f32_##SUFFIX(int op, const fastnn_rnn_args* a,       \\
+                                                  ptrdiff_t r0, ptrdiff_t r1)             \\
+    { fastnn_rnn_pass_impl_f32(op, a, r0, r1); }                                          \\
+    ATTR static void fastnn_rnn_pass_f64_##SUFFIX(int op, const fastnn_rnn_args* a,       \\
+                                                  ptrdiff_t r0, ptrdiff_t r1)             \\
+    { fastnn_rnn_pass_impl_f64(op, a, r0, r1); }
+
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #define FASTNN_RNN_X86 1
+    FASTNN_RNN_VARIANT(avx512, __attribute__((target("avx512f,fma,prefer-vector-width=512"))))
+    FASTNN_RNN_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+    #endif
+    FASTNN_RNN_VARIANT(base, )
+
+    static fastnn_rnn_pass_fn fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_base;
+    static fastnn_rnn_pass_fn fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_base;
+
+    /* 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (as the other kernels); cap < 0: none. */
+    static int fastnn_rnn_pick(int cap) {
+        int level = fastnn_simd_level(cap);
+        fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_base;
+        fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_base;
+    #ifdef FASTNN_RNN_X86
+        if (level == 1) {
+            fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_avx2;
+            fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_avx2;
+        } else if (level == 2) {
+            fastnn_rnn_pass_f32 = fastnn_rnn_pass_f32_avx512;
+            fastnn_rnn_pass_f64 = fastnn_rnn_pass_f64_avx512;
+        }
+    #endif
+        return level;
+    }
+    """
+    ctypedef struct fastnn_rnn_args:
+        Py_ssize_t H, ldg
+        void *z
+        void *q
+        void *h_out
+        void *c_out
+        void *tc
+        void *rh
+        void *dh
+        void *dc
+        void *dz
+        void *dq
+        const void *bias
+        const void *bias2
+        const void *h_prev
+        const void *c_prev
+        const void *g
+        const void *x
+        const void *w
+        Py_ssize_t n_in, G
+        double forget_bias
+        int store, relu, acc
+    void fastnn_rnn_pass_f32(int op, const fastnn_rnn_args* a, Py_ssize_t r0,
+                             Py_ssize_t r1) noexcept nogil
+    void fastnn_rnn_pass_f64(int op, const fastnn_rnn_args* a, Py_ssize_t r0,
+                             Py_ssize_t r1) noexcept nogil
+    int fastnn_rnn_pick(int cap) noexcept nogil
+    void fastnn_team_barrier() noexcept nogil
+    int fastnn_team_size() noexcept nogil
+    enum:
+        FASTNN_LSTM_FWD
+        FASTNN_LSTM_BWD
+        FASTNN_GRU_FWD
+        FASTNN_GRU_BWD
+        FASTNN_GRU0_FWD_A
+        FASTNN_GRU0_FWD_B
+        FASTNN_GRU0_BWD_A
+        FASTNN_GRU0_BWD_B
+        FASTNN_RNN_FWD
+        FASTNN_RNN_BWD
+        FASTNN_MATVEC
+
+
+def _pick_simd():
+    """Select the SIMD path of the gate passes (FASTNN_UKERNEL_MAX caps it: 0 baseline,
+    1 AVX2+FMA, 2 AVX-512). Returns the level in use."""
+    cap = _os.environ.get("FASTNN_UKERNEL_MAX", "")
+    return fastnn_rnn_pick(int(cap) if cap.strip().isdigit() else -1)
+
+
+SIMD_LEVEL = _pick_simd()
+fastnn_ukernel_pick(SIMD_LEVEL)
+
+# A gate pass goes parallel from this many units (rows * H) on, in work items of about
+# ITEM_UNITS units (whole rows). An LSTM unit costs five exp-based nonlinearities,
+# ~1.5 ns with AVX-512 on float32, so 16384 units are ~25 us serial: enough to pay for
+# waking the thread team (~2-5 us with GOMP_SPINCOUNT=10000) between two GEMMs.
+DEF PAR_MIN_UNITS = 16384
+# The recurrent products go parallel from this many multiply-adds (~30 us serial).
+DEF PAR_MIN_FLOPS = 1 << 20
+DEF ITEM_UNITS = 4096
+PARALLEL_MIN_UNITS = PAR_MIN_UNITS
+
+
+# ---------------------------------------------------------------- drivers
+cdef void run_pass(bint dbl, int op, const fastnn_rnn_args* a, Py_ssize_t rows,
+                   int num_threads) noexcept nogil:
+    cdef Py_ssize_t per, items, it, r0, r1
+    if rows <= 0 or a.H <= 0:
+        return
+    per = ITEM_UNITS // a.H if a.H < ITEM_UNITS else 1
+    items = (rows + per - 1) // per
+    if num_threads > items:
+        num_threads = <int>items
+    if num_threads > 1 and rows * a.H >= PAR_MIN_UNITS:
+        for it in prange(items, schedule="static", num_threads=num_threads):
+            r0 = it * per
+            r1 = r0 + per if r0 + per < rows else rows
+            if dbl:
+                fastnn_rnn_pass_f64(op, a, r0, r1)
+            else:
+                fastnn_rnn_pass_f32(op, a, r0, r1)
+    elif dbl:
+        fastnn_rnn_pass_f64(op, a, 0, rows)
+    else:
+        fastnn_rnn_pass_f32(op, a, 0, rows)
+
+
+cdef void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lda,
+                      floating* out, int num_threads) noexcept nogil:
+    # out[j] = sum over rows of a[r, j], added in row order: each column's sum is one
+    # work item's, so the thread count cannot change it. Blocks of 256 columns keep the
+    # running sums in registers / L1 while the rows stream past.
+    cdef Py_ssize_t nb = (cols + 255) // 256, blk, j0, j1, r, j
+    if num_threads > nb:
+        num_threads = <int>nb
+    memset(out, 0, cols * sizeof(floating))
+    if num_threads > 1 and rows * cols >= 4 * PAR_MIN_UNITS:
+        for blk in prange(nb, schedule="static", num_threads=num_threads):
+            j0 = blk * 256
+            j1 = j0 + 256 if j0 + 256 < cols else cols
+            for r in range(rows):
+                for j in range(j0, j1):
+                    out[j] = out[j] + a[r * lda + j]
+    else:
+        for r in range(rows):
+            for j in range(cols):
+                out[j] = out[j] + a[r * lda + j]
+
+
+cdef inline void zero_args(fastnn_rnn_args* a, Py_ssize_t H) noexcept nogil:
+    memset(a, 0, sizeof(fastnn_rnn_args))
+    a.H = H
+
+
+cdef void weight_grads(const floating* x, Py_ssize_t N, Py_ssize_t I, const floating* kernel,
+                       const floating* hprev, Py_ssize_t H, const floating* dz, Py_ssize_t G,
+                       floating* grad_kernel, floating* grad_rkernel, floating* grad_bias,
+                       floating* grad_x, int num_threads) noexcept nogil:
+    # The products of all steps at once: X^T dZ, H_prev^T dZ, sum(dZ), dZ W_x^T.
+    gemm(True, False, I, G, N, <floating>1, x, I, dz, G, <floating>0, grad_kernel, G)
+    if grad_rkernel != NULL:
+        gemm(True, False, H, G, N, <floating>1, hprev, H, dz, G, <floating>0, grad_rkernel, G)
+    column_sums(dz, N, G, G, grad_bias, num_threads)
+    gemm(False, True, N, I, G, <floating>1, dz, G, kernel, G, <floating>0, grad_x, I)
+
+
+# Batches up to this size multiply by the kernel in the gate pass's own loop (rows of w
+# streamed from cache into a z row held in L1) instead of calling BLAS: at batch 1 a
+# BLAS call costs ~1 us of setup, and packing the kernel is wasted on one row (float32,
+# (I, H) = (12, 64): 0.3 us against 1.7 us). Past a few rows BLAS's reuse of each
+# packed kernel panel across rows wins.
+DEF SMALL_B = 4
+
+
+cdef void xh_product(const floating* x, const floating* h, const floating* w, floating* z,
+                     Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
+                     bint acc) noexcept nogil:
+    # z (+)= x @ w[:I] + h @ w[I:], rows of G.
+    cdef fastnn_rnn_args a
+    if B <= SMALL_B:
+        zero_args(&a, H)
+        a.x = x
+        a.h_prev = h
+        a.w = w
+        a.n_in = I
+        a.G = G
+        a.z = z
+        a.acc = acc
+        if floating is double:
+            fastnn_rnn_pass_f64(FASTNN_MATVEC, &a, 0, B)
+        else:
+            fastnn_rnn_pass_f32(FASTNN_MATVEC, &a, 0, B)
+        return
+    cdef floating* xh = NULL
+    cdef Py_ssize_t r
+    # One product over [x, h] rows copied side by side rather than two into the same z:
+    # z is written once, BLAS starts its threads once (float32 B16 I128 H256: 175 us
+    # against 197; no slower at B64 I512 H512).
+    if not acc and I:
+        xh = <floating*>malloc(B * (I + H) * sizeof(floating))
+    if xh != NULL:
+        for r in range(B):
+            memcpy(xh + r * (I + H), x + r * I, I * sizeof(floating))
+            memcpy(xh + r * (I + H) + I, h + r * H, H * sizeof(floating))
+        gemm(False, False, B, G, I + H, <floating>1, xh, I + H, w, G, <floating>0, z, G)
+        free(xh)
+        return
+    gemm(False, False, B, G, I, <floating>1, x, I, w, G, <floating>(1 if acc else 0), z, G)
+    gemm(False, False, B, G, H, <floating>1, h, H, w + I * G, G, <floating>1, z, G)
+
+
+# The per-step recurrent products (B, H) @ (H, G) and (B, G) @ (G, H) against a weight
+# that stays the same for all T steps: BLAS would pack the weight again at every step,
+# and its threads synchronise per call. So the weight is packed once per call into
+# column panels of PANEL_W values (contiguous rows of one panel, no 4 KiB-stride
+# aliasing in L1) and multiplied by the register-blocked kernel of the convolutions, in
+# parallel over panels (each panel's columns are one work item's: bitwise the same for
+# any thread count). The panel width is a multiple of every SIMD path's block width.
+cdef bint USE_PANELS = True
+
+
+def _use_panels(bint on):
+    """Test hook: False sends every recurrent product to BLAS."""
+    global USE_PANELS
+    USE_PANELS = on
+
+
+cdef struct Panels:
+    void* packed
+    Py_ssize_t* aoff
+    Py_ssize_t* boff
+    void* scratch
+    Py_ssize_t K, N, W, per_thread
+
+
+cdef bint panels_init(Panels* p, const floating* w, Py_ssize_t sk, Py_ssize_t sn,
+                      Py_ssize_t K, Py_ssize_t N, int num_threads) noexcept nogil:
+    # B[k, n] = w[k * sk + n * sn] for k < K, n < N; False (nothing allocated) when N is
+    # not a whole number of panels or memory is short: the caller then uses BLAS.
+    cdef Py_ssize_t W = 16 if floating is double else 32, i, k, j
+    cdef floating* dst
+    memset(p, 0, sizeof(Panels))
+    if N % W or K == 0 or not USE_PANELS:
+        return False
+    p.K, p.N, p.W = K, N, W
+    p.per_thread = FASTNN_UGEMM_SCRATCH(K)
+    p.packed = malloc(K * N * sizeof(floating))
+    p.aoff = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    p.boff = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t))
+    p.scratch = malloc(p.per_thread * (num_threads if num_threads > 1 else 1) * sizeof(floating))
+    if p.packed == NULL or p.aoff == NULL or p.boff == NULL or p.scratch == NULL:
+        panels_free(p)
+        return False
+    dst = <floating*>p.packed
+    for i in range(N // W):
+        for k in range(K):
+            for j in range(W):
+                dst[(i * K + k) * W + j] = w[k * sk + (i * W + j) * sn]
+    for k in range(K):
+        p.aoff[k] = k
+        p.boff[k] = k * W
+    return True
+
+
+cdef void panels_free(Panels* p) noexcept nogil:
+    free(p.packed)
+    free(p.aoff)
+    free(p.boff)
+    free(p.scratch)
+    memset(p, 0, sizeof(Panels))
+
+
+cdef void panels_product(const Panels* p, const floating* a, Py_ssize_t M, floating* c,
+                         Py_ssize_t ldc, bint accumulate, int num_threads) noexcept nogil:
+    # c (M, N) (+)= a (M, K) @ B, a C-contiguous.
+    cdef Py_ssize_t n = p.N // p.W, i, K = p.K, W = p.W
+    cdef const floating* packed = <const floating*>p.packed
+    cdef floating* scratch = <floating*>p.scratch
+    if num_threads > n:
+        num_threads = <int>n
+    if num_threads > 1 and M * p.N * K >= PAR_MIN_FLOPS:
+        for i in prange(n, schedule="static", num_threads=num_threads):
+            ugemm(M, W, K, a, K, NULL, p.aoff, packed + i * K * W, p.boff, c + i * W, ldc,
+                  accumulate, NULL, NULL, scratch + fastnn_omp_thread_id() * p.per_thread)
+    else:
+        for i in range(n):
+            ugemm(M, W, K, a, K, NULL, p.aoff, packed + i * K * W, p.boff, c + i * W, ldc,
+                  accumulate, NULL, NULL, scratch)
+
+
+# The LSTM time loops on packed kernels run inside ONE parallel region, each thread
+# doing its share of every step between two barriers (its panels of the product, then
+# its rows of the gate pass), instead of opening two regions per step: between regions
+# idle threads go to sleep after GOMP_SPINCOUNT spins, and waking them costs more than a
+# step's work where wake-ups are slow (measured 1 ms per step on a shared VM). The shares
+# are fixed by the thread's index, and every panel and row is computed by the same code
+# whatever the split: results stay bitwise identical for any thread count.
+cdef inline void panels_part(const Panels* p, const floating* a, Py_ssize_t M, floating* c,
+                             Py_ssize_t ldc, bint accumulate, int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t n = p.N // p.W, i, K = p.K, W = p.W
+    cdef const floating* packed = <const floating*>p.packed
+    cdef floating* scratch = <floating*>p.scratch + tid * p.per_thread
+    for i in range(n * tid // nth, n * (tid + 1) // nth):
+        ugemm(M, W, K, a, K, NULL, p.aoff, packed + i * K * W, p.boff, c + i * W, ldc,
+              accumulate, NULL, NULL, scratch)
+
+
+cdef inline void pass_part(bint dbl, int op, const fastnn_rnn_args* a, Py_ssize_t rows,
+                           int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t r0 = rows * tid // nth, r1 = rows * (tid + 1) // nth
+    if r1 <= r0:
+        return
+    if dbl:
+        fastnn_rnn_pass_f64(op, a, r0, r1)
+    else:
+        fastnn_rnn_pass_f32(op, a, r0, r1)
+
+
+cdef inline void lstm_fwd_args(fastnn_rnn_args* a, const floating* bias, double forget_bias,
+                               Py_ssize_t H, bint training) noexcept nogil:
+    zero_args(a, H)
+    a.bias = bias
+    a.forget_bias = forget_bias
+    a.store = training
+
+
+cdef inline void lstm_fwd_step(fastnn_rnn_args* a, floating* z, floating* hs, floating* cs,
+                               floating* tc, Py_ssize_t t, Py_ssize_t B, Py_ssize_t H,
+                               bint training) noexcept nogil:
+    # hs, cs: T + 1 blocks of (B, H), block 0 the initial state. Without training, cs
+    # has 2 blocks used in turn (c_T ends in block T % 2).
+    cdef Py_ssize_t BH = B * H
+    a.z = z + t * B * 4 * H
+    a.h_out = hs + (t + 1) * BH
+    a.c_prev = cs + (t if training else t % 2) * BH
+    a.c_out = cs + (t + 1 if training else (t + 1) % 2) * BH
+    a.tc = tc + t * BH if training else NULL
+
+
+cdef void lstm_fwd_team(const Panels* wx, const Panels* wh, const floating* x,
+                        const floating* bias, double forget_bias, floating* z, floating* hs,
+                        floating* cs, floating* tc, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                        bint training, int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, BH = B * H, t
+    cdef fastnn_rnn_args a
+    lstm_fwd_args(&a, bias, forget_bias, H, training)
+    panels_part(wx, x, T * B, z, G, False, tid, nth)
+    fastnn_team_barrier()
+    for t in range(T):
+        panels_part(wh, hs + t * BH, B, z + t * B * G, G, True, tid, nth)
+        fastnn_team_barrier()
+        lstm_fwd_step(&a, z, hs, cs, tc, t, B, H, training)
+        pass_part(floating is double, FASTNN_LSTM_FWD, &a, B, tid, nth)
+        fastnn_team_barrier()
+
+
+cdef void lstm_bwd_team(const Panels* wt, const floating* gates, const floating* tc,
+                        const floating* cs, const floating* g, Py_ssize_t g_step, Py_ssize_t ldg,
+                        floating* dh, floating* dc, floating* dz, Py_ssize_t T, Py_ssize_t B,
+                        Py_ssize_t H, int tid, int nth) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, t
+    cdef fastnn_rnn_args a
+    zero_args(&a, H)
+    a.ldg = ldg
+    a.dh = dh
+    a.dc = dc
+    for t in range(T - 1, -1, -1):
+        a.z = <void*>(gates + t * B * G)
+        a.tc = <void*>(tc + t * B * H)
+        a.c_prev = cs + t * B * H
+        a.g = g + t * g_step
+        a.dz = dz + t * B * G
+        pass_part(floating is double, FASTNN_LSTM_BWD, &a, B, tid, nth)
+        fastnn_team_barrier()
+        panels_part(wt, dz + t * B * G, B, dh, H, False, tid, nth)
+        fastnn_team_barrier()
+
+
+# ---------------------------------------------------------------- LSTM
+cdef void lstm_steps(const floating* x, const floating* kernel, const floating* bias,
+                     double forget_bias, floating* z, floating* hs, floating* cs, floating* tc,
+                     Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint training,
+                     int num_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, BH = B * H, t
+    cdef fastnn_rnn_args a
+    lstm_fwd_args(&a, bias, forget_bias, H, training)
+    cdef Panels wh, wx
+    cdef bint packed = B > SMALL_B and T > 1 and panels_init(&wh, kernel + I * G, G, 1, H, G,
+                                                             num_threads)
+    # With the steps on the packed kernel the input projection goes there too: one kind
+    # of thread team for the whole call (BLAS's threads and OpenMP's, taking turns on the
+    # same cores, each spin-wait while the other works).
+    if packed and panels_init(&wx, kernel, G, 1, I, G, num_threads):
+        if num_threads > 1:
+            with parallel(num_threads=num_threads):
+                lstm_fwd_team(&wx, &wh, x, bias, forget_bias, z, hs, cs, tc, T, B, H,
+                              training, fastnn_omp_thread_id(), fastnn_team_size())
+        else:
+            lstm_fwd_team(&wx, &wh, x, bias, forget_bias, z, hs, cs, tc, T, B, H, training,
+                          0, 1)
+        panels_free(&wx)
+        panels_free(&wh)
+        return
+    gemm(False, False, T * B, G, I, <floating>1, x, I, kernel, G, <floating>0, z, G)
+    for t in range(T):
+        if packed:
+            panels_product(&wh, hs + t * BH, B, z + t * B * G, G, True, num_threads)
+        else:
+            xh_product(<floating*>NULL, hs + t * BH, kernel + I * G, z + t * B * G, B, 0, H,
+                       G, True)
+        lstm_fwd_step(&a, z, hs, cs, tc, t, B, H, training)
+        run_pass(floating is double, FASTNN_LSTM_FWD, &a, B, num_threads)
+    if packed:
+        panels_free(&wh)
+
+
+def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                 const floating[::1] bias, double forget_bias, floating[:, ::1] z,
+                 floating[:, ::1] hs, floating[:, ::1] cs, floating[:, ::1] tc,
+                 Py_ssize_t T, Py_ssize_t B, bint training, int num_threads):
+    """x (T*B, I) time-major; z (T*B, 4H) scratch, the gate activations when training;
+    hs ((T+1)*B, H) and cs ((T+1)*B or 2*B, H) with the initial state in the first B
+    rows; tc (T*B, H) tanh(c) when training (else unused). B, T >= 1."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1]
+    with nogil:
+        lstm_steps(&x[0, 0] if I else NULL, &kernel[0, 0], &bias[0], forget_bias, &z[0, 0],
+                   &hs[0, 0], &cs[0, 0], &tc[0, 0] if training else NULL, T, B, I, H,
+                   training, num_threads)
+
+
+# Exact ndarrays of the common call: float32 / float64, C-contiguous and aligned.
+cdef inline bint plain(object a, int ndim, int typenum):
+    return (cnp.PyArray_CheckExact(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
+            and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
+
+
+cdef inline void* data(object a):
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef int cell_step(const floating* x, const floating* h, const floating* c,
+                   const floating* kernel, const floating* bias, double forget_bias,
+                   floating* h_out, floating* c_out, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                   int num_threads) except -1:
+    cdef Py_ssize_t G = 4 * H
+    cdef fastnn_rnn_args a
+    cdef floating* z = <floating*>malloc(B * G * sizeof(floating))
+    if z == NULL:
+        raise MemoryError()
+    with nogil:
+        xh_product(x, h, kernel, z, B, I, H, G, False)
+        zero_args(&a, H)
+        a.z = z
+        a.bias = bias
+        a.forget_bias = forget_bias
+        a.c_prev = c
+        a.c_out = c_out
+        a.h_out = h_out
+        run_pass(floating is double, FASTNN_LSTM_FWD, &a, B, num_threads)
+    free(z)
+    return 0
+
+
+def lstm_cell(x, h, c, kernel, bias, double forget_bias, out_h, out_c, threads):
+    """One LSTM step for the common call, or None when the call is not the common one.
+
+    The common call: exact ndarrays of one dtype (float32 / float64), C-contiguous and
+    aligned, consistent shapes (x (B, I), h and c (B, H), kernel (I + H, 4H), bias
+    (4H,)), out_h None or h itself and out_c None or c itself (writeable). Anything else
+    returns None and :func:`fastnn.lstm_cell` takes its general path, which converts the
+    arguments and raises the errors. ``threads()`` gives the thread count; it is called
+    only for batches big enough to use it. Why this entry checks its own arguments: at
+    batch 1 the step itself takes ~1 us, while typed memoryviews cost ~0.15 us per
+    argument to acquire and the Python-level checks ~2 us.
+    """
+    cdef int tn, nt
+    cdef Py_ssize_t B, I, H
+    cdef cnp.npy_intp dims[2]
+    if not cnp.PyArray_CheckExact(x):
+        return None
+    tn = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if tn != cnp.NPY_FLOAT and tn != cnp.NPY_DOUBLE:
+        return None
+    if not (plain(x, 2, tn) and plain(h, 2, tn) and plain(c, 2, tn) and plain(kernel, 2, tn)
+            and plain(bias, 1, tn)):
+        return None
+    B = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    I = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    H = cnp.PyArray_DIM(<cnp.ndarray>h, 1)
+    if (cnp.PyArray_DIM(<cnp.ndarray>h, 0) != B or cnp.PyArray_DIM(<cnp.ndarray>c, 0) != B
+            or cnp.PyArray_DIM(<cnp.ndarray>c, 1) != H
+            or cnp.PyArray_DIM(<cnp.ndarray>kernel, 0) != I + H
+            or cnp.PyArray_DIM(<cnp.ndarray>kernel, 1) != 4 * H
+            or cnp.PyArray_DIM(<cnp.ndarray>bias, 0) != 4 * H):
+        return None
+    dims[0] = B
+    dims[1] = H
+    if out_h is None:
+        out_h = cnp.PyArray_EMPTY(2, dims, tn, 0)
+    elif out_h is not h or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>h):
+        return None
+    if out_c is None:
+        out_c = cnp.PyArray_EMPTY(2, dims, tn, 0)
+    elif out_c is not c or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>c):
+        return None
+    if B == 0 or H == 0:
+        return out_h, out_c
+    nt = threads() if B * H >= PAR_MIN_UNITS else 1
+    if tn == cnp.NPY_DOUBLE:
+        cell_step[double](<const double*>data(x), <const double*>data(h), <const double*>data(c),
+                  <const double*>data(kernel), <const double*>data(bias), forget_bias,
+                  <double*>data(out_h), <double*>data(out_c), B, I, H, nt)
+    else:
+        cell_step[float](<const float*>data(x), <const float*>data(h), <const float*>data(c),
+                  <const float*>data(kernel), <const float*>data(bias), forget_bias,
+                  <float*>data(out_h), <float*>data(out_c), B, I, H, nt)
+    return out_h, out_c
+
+
+def lstm_cell_general(const floating[:, ::1] x, const floating[:, ::1] h,
+                      const floating[:, ::1] c, const floating[:, ::1] kernel,
+                      const floating[::1] bias, double forget_bias, floating[:, ::1] h_out,
+                      floating[:, ::1] c_out, int num_threads):
+    """One step; h_out / c_out may be h / c themselves (B, H >= 1)."""
+    cell_step(&x[0, 0] if x.shape[1] else NULL, &h[0, 0], &c[0, 0], &kernel[0, 0], &bias[0],
+              forget_bias, &h_out[0, 0], &c_out[0, 0], x.shape[0], x.shape[1], h.shape[1],
+              num_threads)
+
+
+def lstm_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                  const floating[:, ::1] gates, const floating[:, ::1] tc,
+                  const floating[:, ::1] hs, const floating[:, ::1] cs,
+                  const floating[::1] g, Py_ssize_t g_step, Py_ssize_t ldg,
+                  floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dz,
+                  floating[:, ::1] grad_x, floating[:, ::1] grad_kernel,
+                  floating[::1] grad_bias, Py_ssize_t T, Py_ssize_t B, int num_threads):
+    """BPTT over the cache of :func:`lstm_forward`. g: the output gradient, step t's
+    rows at g[t * g_step + b * ldg] (g_step = ldg = 0: one row of zeros). dh, dc: in the
+    gradients of h_T, c_T, out those of h_0, c_0. dz (T*B, 4H) scratch."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], G = 4 * H, BH = B * H, t
+    cdef const floating* kx = &kernel[0, 0]
+    cdef fastnn_rnn_args a
+    cdef Panels wt
+    cdef bint packed
+    with nogil:
+        # B[k, n] = W_h[n, k]: the transposed recurrent kernel
+        packed = B > SMALL_B and T > 1 and panels_init(&wt, kx + I * G, 1, G, G, H,
+                                                       num_threads)
+        if packed and num_threads > 1:
+            with parallel(num_threads=num_threads):
+                lstm_bwd_team(&wt, &gates[0, 0], &tc[0, 0], &cs[0, 0], &g[0], g_step, ldg,
+                              &dh[0, 0], &dc[0, 0], &dz[0, 0], T, B, H,
+                              fastnn_omp_thread_id(), fastnn_team_size())
+        elif packed:
+            lstm_bwd_team(&wt, &gates[0, 0], &tc[0, 0], &cs[0, 0], &g[0], g_step, ldg,
+                          &dh[0, 0], &dc[0, 0], &dz[0, 0], T, B, H, 0, 1)
+        else:
+            zero_args(&a, H)
+            a.ldg = ldg
+            a.dh = &dh[0, 0]
+            a.dc = &dc[0, 0]
+            for t in range(T - 1, -1, -1):
+                a.z = <void*>&gates[t * B, 0]
+                a.tc = <void*>&tc[t * B, 0]
+                a.c_prev = &cs[t * B, 0]
+                a.g = &g[t * g_step]
+                a.dz = &dz[t * B, 0]
+                run_pass(floating is double, FASTNN_LSTM_BWD, &a, B, num_threads)
+                gemm(False, True, B, H, G, <floating>1, &dz[t * B, 0], G, kx + I * G, G,
+                     <floating>0, &dh[0, 0], H)
+        if packed:
+            panels_free(&wt)
+        weight_grads(&x[0, 0] if I else NULL, T * B, I, kx, &hs[0, 0], H, &dz[0, 0], G,
+                     &grad_kernel[0, 0], &grad_kernel[I, 0], &grad_bias[0],
+                     &grad_x[0, 0] if I else NULL, num_threads)
+
+
+# ---------------------------------------------------------------- GRU
+def gru_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                const floating[:, ::1] rkernel, const floating[::1] bias,
+                const floating[::1] rbias, floating[:, ::1] z, floating[:, ::1] q,
+                floating[:, ::1] qh, floating[:, ::1] rh, floating[:, ::1] hs,
+                Py_ssize_t T, Py_ssize_t B, bint reset_after, bint training, int num_threads):
+    """x (T*B, I) time-major; z (T*B, 3H) scratch, the gates (z, r, hh) when training;
+    hs ((T+1)*B, H), h_0 in the first B rows. reset_after: q (T*B or B, 3H) receives
+    h U (+ b_rec for h), kept per step when training; rbias is the recurrent bias.
+    Otherwise q (B, 2H) and qh (B, H) are scratch and rh (T*B or B, H) receives r * h."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], G = 3 * H, BH = B * H, t, s
+    cdef const floating* kr = &rkernel[0, 0]
+    cdef fastnn_rnn_args a
+    cdef bint dbl = floating is double
+    with nogil:
+        zero_args(&a, H)
+        a.bias = &bias[0]
+        a.store = training
+        gemm(False, False, T * B, G, I, <floating>1, &x[0, 0] if I else NULL, I,
+             &kernel[0, 0], G, <floating>0, &z[0, 0], G)
+        for t in range(T):
+            s = t if training else 0
+            a.z = &z[t * B, 0]
+            a.h_prev = &hs[t * B, 0]
+            a.h_out = &hs[(t + 1) * B, 0]
+            if reset_after:
+                gemm(False, False, B, G, H, <floating>1, &hs[t * B, 0], H, kr, G,
+                     <floating>0, &q[s * B, 0], G)
+                a.q = &q[s * B, 0]
+                a.bias2 = &rbias[0]
+                run_pass(dbl, FASTNN_GRU_FWD, &a, B, num_threads)
+            else:
+                gemm(False, False, B, 2 * H, H, <floating>1, &hs[t * B, 0], H, kr, G,
+                     <floating>0, &q[0, 0], 2 * H)
+                a.q = &q[0, 0]
+                a.rh = &rh[s * B, 0]
+                run_pass(dbl, FASTNN_GRU0_FWD_A, &a, B, num_threads)
+                gemm(False, False, B, H, H, <floating>1, &rh[s * B, 0], H, kr + 2 * H, G,
+                     <floating>0, &qh[0, 0], H)
+                a.q = &qh[0, 0]
+                run_pass(dbl, FASTNN_GRU0_FWD_B, &a, B, num_threads)
+
+
+def gru_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                 const floating[:, ::1] rkernel, const floating[:, ::1] gates,
+                 const floating[:, ::1] q, const floating[:, ::1] rh,
+                 const floating[:, ::1] hs, const floating[::1] g, Py_ssize_t g_step,
+                 Py_ssize_t ldg, floating[:, ::1] dh, floating[:, ::1] dz, floating[:, ::1] dq,
+                 floating[:, ::1] grad_x, floating[:, ::1] grad_kernel,
+                 floating[:, ::1] grad_rkernel, floating[:, ::1] grad_bias,
+                 Py_ssize_t T, Py_ssize_t B, bint reset_after, int num_threads):
+    """BPTT over the cache of :func:`gru_forward` (training). dh: in the gradient of
+    h_T, out that of h_0. dz (T*B, 3H) scratch; dq (T*B, 3H) scratch with reset_after,
+    else (B, H). grad_bias (2, 3H) with reset_after, else (1, 3H)."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], G = 3 * H, N = T * B, t
+    cdef const floating* kr = &rkernel[0, 0]
+    cdef fastnn_rnn_args a
+    cdef bint dbl = floating is double
+    with nogil:
+        zero_args(&a, H)
+        a.ldg = ldg
+        a.dh = &dh[0, 0]
+        for t in range(T - 1, -1, -1):
+            a.z = <void*>&gates[t * B, 0]
+            a.h_prev = &hs[t * B, 0]
+            a.g = &g[t * g_step]
+            a.dz = &dz[t * B, 0]
+            if reset_after:
+                a.q = <void*>&q[t * B, 0]
+                a.dq = &dq[t * B, 0]
+                run_pass(dbl, FASTNN_GRU_BWD, &a, B, num_threads)
+                gemm(False, True, B, H, G, <floating>1, &dq[t * B, 0], G, kr, G,
+                     <floating>1, &dh[0, 0], H)
+            else:
+                run_pass(dbl, FASTNN_GRU0_BWD_A, &a, B, num_threads)
+                gemm(False, True, B, H, H, <floating>1, &dz[t * B, 2 * H], G, kr + 2 * H, G,
+                     <floating>0, &dq[0, 0], H)
+                a.dq = &dq[0, 0]
+                run_pass(dbl, FASTNN_GRU0_BWD_B, &a, B, num_threads)
+                gemm(False, True, B, H, 2 * H, <floating>1, &dz[t * B, 0], G, kr, G,
+                     <floating>1, &dh[0, 0], H)
+        if reset_after:
+            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0], &hs[0, 0], H,
+                         &dz[0, 0], G, &grad_kernel[0, 0], NULL, &grad_bias[0, 0],
+                         &grad_x[0, 0] if I else NULL, num_threads)
+            gemm(True, False, H, G, N, <floating>1, &hs[0, 0], H, &dq[0, 0], G,
+                 <floating>0, &grad_rkernel[0, 0], G)
+            column_sums(&dq[0, 0], N, G, G, &grad_bias[1, 0], num_threads)
+        else:
+            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0], &hs[0, 0], H,
+                         &dz[0, 0], G, &grad_kernel[0, 0], NULL, &grad_bias[0, 0],
+                         &grad_x[0, 0] if I else NULL, num_threads)
+            gemm(True, False, H, 2 * H, N, <floating>1, &hs[0, 0], H, &dz[0, 0], G,
+                 <floating>0, &grad_rkernel[0, 0], G)
+            gemm(True, False, H, H, N, <floating>1, &rh[0, 0], H, &dz[0, 2 * H], G,
+                 <floating>0, &grad_rkernel[0, 2 * H], G)
+
+
+# ---------------------------------------------------------------- SimpleRNN
+def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                const floating[:, ::1] rkernel, const floating[::1] bias,
+                floating[:, ::1] z, floating[:, ::1] hs, Py_ssize_t T, Py_ssize_t B,
+                bint relu, int num_threads):
+    """x (T*B, I) time-major; z (T*B, H) scratch; hs ((T+1)*B, H), h_0 in the first B rows."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], t
+    cdef fastnn_rnn_args a
+    with nogil:
+        zero_args(&a, H)
+        a.bias = &bias[0]
+        a.relu = relu
+        gemm(False, False, T * B, H, I, <floating>1, &x[0, 0] if I else NULL, I,
+             &kernel[0, 0], H, <floating>0, &z[0, 0], H)
+        for t in range(T):
+            gemm(False, False, B, H, H, <floating>1, &hs[t * B, 0], H, &rkernel[0, 0], H,
+                 <floating>1, &z[t * B, 0], H)
+            a.z = &z[t * B, 0]
+            a.h_out = &hs[(t + 1) * B, 0]
+            run_pass(floating is double, FASTNN_RNN_FWD, &a, B, num_threads)
+
+
+def rnn_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
+                 const floating[:, ::1] rkernel, const floating[:, ::1] hs,
+                 const floating[::1] g, Py_ssize_t g_step, Py_ssize_t ldg,
+                 floating[:, ::1] dh, floating[:, ::1] dz, floating[:, ::1] grad_x,
+                 floating[:, ::1] grad_kernel, floating[:, ::1] grad_rkernel,
+                 floating[::1] grad_bias, Py_ssize_t T, Py_ssize_t B, bint relu,
+                 int num_threads):
+    """BPTT over the states hs of :func:`rnn_forward`; dh in/out as for the LSTM."""
+    cdef Py_ssize_t I = x.shape[1], H = hs.shape[1], t
+    cdef fastnn_rnn_args a
+    with nogil:
+        zero_args(&a, H)
+        a.ldg = ldg
+        a.relu = relu
+        a.dh = &dh[0, 0]
+        for t in range(T - 1, -1, -1):
+            a.h_out = <void*>&hs[(t + 1) * B, 0]
+            a.g = &g[t * g_step]
+            a.dz = &dz[t * B, 0]
+            run_pass(floating is double, FASTNN_RNN_BWD, &a, B, num_threads)
+            gemm(False, True, B, H, H, <floating>1, &dz[t * B, 0], H, &rkernel[0, 0], H,
+                 <floating>0, &dh[0, 0], H)
+        weight_grads(&x[0, 0] if I else NULL, T * B, I, &kernel[0, 0], &hs[0, 0], H,
+                     &dz[0, 0], H, &grad_kernel[0, 0], &grad_rkernel[0, 0], &grad_bias[0],
+                     &grad_x[0, 0] if I else NULL, num_threads)
