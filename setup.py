@@ -17,7 +17,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_config", "_blas", "_conv", "_activations"]
+MODULES = ["_config", "_blas", "_conv", "_activations", "_banded"]
 
 PROBE = r"""
 #include <omp.h>

@@ -10,6 +10,9 @@ from fastnn.activations import (leaky_relu, leaky_relu_backward, log_softmax, lo
                                 relu, relu_backward, sigmoid, sigmoid_backward, softmax,
                                 softmax_backward, softmax_cross_entropy,
                                 softmax_cross_entropy_backward, tanh, tanh_backward)
+from fastnn.banded import (band_part, banded_matmul, banded_matmul_backward, locally_connected1d,
+                           locally_connected1d_backward, locally_connected2d,
+                           locally_connected2d_backward, masked_matmul, masked_matmul_backward)
 
 __version__ = "0.1.0"
 
@@ -19,4 +22,7 @@ __all__ = [
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
+    "band_part", "banded_matmul", "banded_matmul_backward", "masked_matmul",
+    "masked_matmul_backward", "locally_connected1d", "locally_connected1d_backward",
+    "locally_connected2d", "locally_connected2d_backward",
 ]
