@@ -12,7 +12,8 @@ from fastnn.activations import (leaky_relu, leaky_relu_backward, log_softmax, lo
                                 softmax_cross_entropy_backward, tanh, tanh_backward)
 from fastnn.banded import (band_part, banded_matmul, banded_matmul_backward, locally_connected1d,
                            locally_connected1d_backward, locally_connected2d,
-                           locally_connected2d_backward, masked_matmul, masked_matmul_backward)
+                           locally_connected2d_backward, masked_matmul, masked_matmul_backward,
+                           prepare_mask)
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,6 @@ __all__ = [
     "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "band_part", "banded_matmul", "banded_matmul_backward", "masked_matmul",
-    "masked_matmul_backward", "locally_connected1d", "locally_connected1d_backward",
+    "masked_matmul_backward", "prepare_mask", "locally_connected1d", "locally_connected1d_backward",
     "locally_connected2d", "locally_connected2d_backward",
 ]

@@ -26,24 +26,31 @@ from fastnn.conv import _Geometry, _parse_padding, col2im, im2col
 from fastnn_ext import _banded
 
 __all__ = ["band_part", "banded_matmul", "banded_matmul_backward", "masked_matmul",
-           "masked_matmul_backward", "locally_connected1d", "locally_connected1d_backward",
+           "masked_matmul_backward", "prepare_mask", "PreparedMask", "locally_connected1d",
+           "locally_connected1d_backward",
            "locally_connected2d", "locally_connected2d_backward"]
 
-# Paths of banded_matmul, by the band's number of diagonals (nd = lower + upper + 1)
-# and density (kept entries / n_in*n_out). Measured float32 on 2 cores, B64:
-#   nd <= DIAG_MAX_DIAGONALS: the diagonal kernel (vectorised along columns, no GEMM
-#     call overhead, reads only the band) beats GEMM tiles, whose work is
-#     (block + nd) / nd times the band's.
-#   above it, GEMM on diagonal tiles of DIAG_TILE_MIN..DIAG_TILE_MAX columns.
-#   density >= DENSE_BAND_DENSITY: one masking pass and one dense GEMM (the tiles
-#     would compute about twice the band, and dense GEMM runs on all BLAS threads).
-DIAG_MAX_DIAGONALS = 48
+# Paths of banded_matmul, by the band's number of diagonals (nd = lower + upper + 1),
+# the batch and the density (kept entries / n_in*n_out). Measured float32, one thread:
+#   diagonal kernel (vectorised along columns, reads only the band, no GEMM call
+#     overhead) for nd <= DIAG_MAX_DIAGONALS or a batch below DIAG_MAX_BATCH rows:
+#     B64 n1024 band(1,1) 0.06 ms vs 0.15 ms in GEMM tiles, B1 n4096 band(3,3)
+#     0.05 vs 0.21 ms; from band(8,8) on the tiles win (B64 n4096: 0.67 vs 0.86 ms;
+#     band(32,32) B256: 5.0 vs 10 ms), their work being only (block + nd) / nd
+#     times the band's at GEMM speed.
+#   GEMM on diagonal tiles of max(nd, DIAG_TILE_MIN) .. DIAG_TILE_MAX columns.
+#   density >= DENSE_BAND_DENSITY: one masking pass and one dense GEMM. At B128
+#     n2048 band(256,256) (density 0.23) the tiles took 5.4 ms against 28 ms dense;
+#     the tiles compute at most about twice the band, so dense wins only from
+#     about half the matrix on.
+DIAG_MAX_DIAGONALS = 8
+DIAG_MAX_BATCH = 8
 DIAG_TILE_MIN = 64
 DIAG_TILE_MAX = 256
 DENSE_BAND_DENSITY = 0.5
 # masked_matmul: below this density the compressed index (cost ~ nnz * batch, the
 # batch a contiguous vector) beats masking w and one dense GEMM.
-DENSE_MASK_DENSITY = 0.35
+DENSE_MASK_DENSITY = 0.1
 # Inputs smaller than this many multiply-adds run on one thread.
 SERIAL_WORK = 1 << 15
 
@@ -139,21 +146,21 @@ def _band_count(n_in, n_out, lower, upper):
 class _BandPlan:
     """The path (diagonal kernel, GEMM tiles or dense) for one band and shape."""
 
-    def __init__(self, n_in, n_out, lower, upper):
-        self.lower, self.upper = lower, upper
+    def __init__(self, batch, n_in, n_out, lower, upper):
+        self.batch, self.lower, self.upper = batch, lower, upper
         self.diagonals = lower + upper + 1
         self.count = _band_count(n_in, n_out, lower, upper)
         density = self.count / max(n_in * n_out, 1)
         if density >= DENSE_BAND_DENSITY:
             self.path = "dense"
-        elif self.diagonals <= DIAG_MAX_DIAGONALS:
+        elif self.diagonals <= DIAG_MAX_DIAGONALS or batch < DIAG_MAX_BATCH:
             self.path = "diag"
         else:
             self.path = "tiled"
         self.block = int(min(max(self.diagonals, DIAG_TILE_MIN), DIAG_TILE_MAX))
 
     def transposed(self, n_in, n_out):
-        return _BandPlan(n_out, n_in, self.upper, self.lower)
+        return _BandPlan(self.batch, n_out, n_in, self.upper, self.lower)
 
 
 def _band_product(x2, w, plan, y2, dtype):
@@ -163,10 +170,11 @@ def _band_product(x2, w, plan, y2, dtype):
         return
     nt = _threads_for(B * plan.count)
     if plan.path == "dense":
-        wm = contiguous(np.where(_band_mask(*w.shape, plan.lower, plan.upper), w, 0), dtype)
-        _banded.dense_gemm(x2, wm, y2, False, 1.0)
+        wm = np.where(_band_mask(*w.shape, plan.lower, plan.upper), w, 0).astype(dtype, copy=False)
+        y2 += np.matmul(x2, wm)
     elif plan.path == "diag":
-        _banded.band_diag(x2, w.astype(dtype, copy=False), x2, y2, plan.lower, plan.upper, False, nt)
+        _banded.band_diag(x2, w.astype(dtype, copy=False), x2, y2, plan.lower, plan.upper,
+                          False, nt)
     else:
         with blas_single_thread():
             _banded.band_tiled(x2, w.astype(dtype, copy=False), x2, y2, plan.lower, plan.upper,
@@ -233,7 +241,7 @@ def banded_matmul(x, w, num_lower, num_upper, bias=None, *, out=None):
     _fill_bias(y2, bias)
     if y2.size and n_in:
         x2 = contiguous(x, dtype).reshape(-1, n_in)
-        _band_product(x2, w, _BandPlan(n_in, n_out, lower, upper), y2, dtype)
+        _band_product(x2, w, _BandPlan(x2.shape[0], n_in, n_out, lower, upper), y2, dtype)
     return finish_out(buf, target)
 
 
@@ -290,9 +298,9 @@ def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
     grad_y = _check_grad_y(fn, grad_y, x, n_out)
     lower, upper = _clip_band(fn, num_lower, num_upper, n_in, n_out)
     dtype = result_dtype(grad_y, x, w)
-    plan = _BandPlan(n_in, n_out, lower, upper)
     gy2 = contiguous(grad_y, dtype).reshape(-1, n_out)
     x2 = contiguous(x, dtype).reshape(-1, n_in)
+    plan = _BandPlan(x2.shape[0], n_in, n_out, lower, upper)
     grad_x = np.zeros(x.shape, dtype=dtype)
     _band_product(gy2, w.T, plan.transposed(n_in, n_out), grad_x.reshape(-1, n_in), dtype)
     grad_w = np.zeros((n_in, n_out), dtype=dtype)
@@ -300,7 +308,7 @@ def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
     if B and grad_w.size:
         nt = _threads_for(B * plan.count)
         if plan.path == "dense":
-            _banded.dense_at_b(x2, gy2, grad_w)
+            np.matmul(x2.T, gy2, out=grad_w)
             np.copyto(grad_w, 0, where=~_band_mask(n_in, n_out, lower, upper))
         elif plan.path == "diag":
             _banded.band_diag(x2, grad_w, gy2, grad_w, lower, upper, True, nt)
@@ -312,25 +320,44 @@ def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
 
 
 # ------------------------------------------------------------------ masked_matmul
-class _MaskPlan:
-    """A mask as bytes, its density and (for sparse masks) CSR/CSC indices."""
+class PreparedMask:
+    """A weight mask compressed once for :func:`masked_matmul` (see :func:`prepare_mask`).
 
-    def __init__(self, fn, mask, shape):
+    Holds a snapshot of the mask (later changes to the array it came from are not
+    seen), its non-zero count, and for sparse masks the column indices of each
+    row's non-zeros (CSR) and the row indices of each column's (CSC).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(n_in, n_out)``.
+    nnz : int
+        Number of non-zeros.
+    dense : bool
+        Whether products take the dense path (density at least
+        ``DENSE_MASK_DENSITY``).
+    """
+
+    def __init__(self, mask, fn="prepare_mask", snapshot=False):
         try:
             m = np.asarray(mask)
         except Exception as exc:
             raise TypeError(f"{fn}: mask could not be converted to an array ({exc})") from None
         if m.dtype.kind not in "biuf":
             raise TypeError(f"{fn}: mask must be a bool, integer or float array, got {m.dtype}")
-        if m.shape != shape:
-            raise ValueError(f"{fn}: mask must have the shape of w {shape}, got {m.shape}")
+        if m.ndim != 2:
+            raise ValueError(f"{fn}: mask must be 2-D (n_in, n_out), got shape {m.shape}")
         if m.dtype == np.bool_:
             self.bytes = np.ascontiguousarray(m).view(np.uint8)
+            if snapshot and np.may_share_memory(self.bytes, m):
+                self.bytes = self.bytes.copy()
         else:
             self.bytes = (m != 0).view(np.uint8)
-        n_in, n_out = shape
+        self.shape = m.shape
+        n_in, n_out = m.shape
+        nt = _threads_for(n_in * n_out // 8)
         counts = np.empty(n_in, dtype=np.int64)
-        _banded.mask_row_counts(self.bytes, counts, _threads_for(n_in * n_out // 8))
+        _banded.mask_row_counts(self.bytes, counts, nt)
         self.nnz = int(counts.sum())
         self.dense = self.nnz >= DENSE_MASK_DENSITY * n_in * n_out
         if not self.dense:
@@ -339,21 +366,72 @@ class _MaskPlan:
             self.row_cols = np.empty(self.nnz, dtype=np.int64)
             self.col_ptr = np.empty(n_out + 1, dtype=np.int64)
             self.col_rows = np.empty(self.nnz, dtype=np.int64)
+            self.csr_to_csc = np.empty(self.nnz, dtype=np.int64)
             _banded.mask_index(self.bytes, self.row_ptr, self.row_cols, self.col_ptr,
-                               self.col_rows, _threads_for(n_in * n_out // 8))
+                               self.col_rows, self.csr_to_csc, nt)
+
+    def __repr__(self):
+        return f"PreparedMask(shape={self.shape}, nnz={self.nnz}, dense={self.dense})"
 
     def masked(self, w, dtype):
-        wm = np.empty(w.shape, dtype=dtype)
-        _banded.apply_mask(w.astype(dtype, copy=False), self.bytes, wm,
-                           _threads_for(w.size // 4))
+        """``w`` where the mask is non-zero, exact zeros elsewhere, as ``dtype``."""
+        wm = np.empty(self.shape, dtype=dtype)
+        _banded.apply_mask(contiguous(w, dtype), self.bytes, wm, _threads_for(wm.size // 4))
         return wm
+
+    def values(self, w, dtype, csc):
+        """The kept weights in CSC (column by column) or CSR order, as ``dtype``."""
+        vals = np.empty(self.nnz, dtype=dtype)
+        _banded.gather_values(contiguous(w, dtype), self.row_ptr, self.row_cols,
+                              self.csr_to_csc, csc, vals, _threads_for(self.nnz))
+        return vals
+
+
+def prepare_mask(mask):
+    """Compress a weight mask once, for repeated :func:`masked_matmul` calls.
+
+    ``masked_matmul(x, w, mask)`` with a plain array scans the mask and builds its
+    index on every call (O(n_in * n_out)); a prepared mask makes the sparse
+    products cost only in proportion to the non-zeros. The mask is copied: to
+    change it, prepare it again.
+
+    Parameters
+    ----------
+    mask : array_like
+        ``(n_in, n_out)``, bool, integer or float; non-zero keeps the weight.
+
+    Returns
+    -------
+    PreparedMask
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> m = fastnn.prepare_mask(np.eye(3, dtype=bool))
+    >>> m.nnz
+    3
+    >>> fastnn.masked_matmul(np.ones((1, 3)), np.full((3, 3), 2.0), m)
+    array([[2., 2., 2.]])
+    """
+    if isinstance(mask, PreparedMask):
+        return mask
+    return PreparedMask(mask, snapshot=True)
+
+
+def _transposed(a2, dtype, nt):
+    out = np.empty(a2.shape[::-1], dtype=dtype)
+    _banded.transpose(a2.astype(dtype, copy=False), out, nt)
+    return out
 
 
 def _masked_setup(fn, x, w, mask):
     x = as_float_array(x, "x", fn)
     w = as_float_array(w, "w", fn)
     _check_x_w(fn, x, w)
-    return x, w, _MaskPlan(fn, mask, w.shape)
+    plan = mask if isinstance(mask, PreparedMask) else PreparedMask(mask, fn)
+    if plan.shape != w.shape:
+        raise ValueError(f"{fn}: mask must have the shape of w {w.shape}, got {plan.shape}")
+    return x, w, plan
 
 
 def masked_matmul(x, w, mask, bias=None, *, out=None):
@@ -365,9 +443,10 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
         ``(..., n_in)``.
     w : array_like
         ``(n_in, n_out)``.
-    mask : array_like
+    mask : array_like or PreparedMask
         ``(n_in, n_out)``, bool, integer or float; a weight is kept where the mask
-        is non-zero, and is an exact zero elsewhere (even when ``w`` holds NaN there).
+        is non-zero and is an exact zero elsewhere (even where ``w`` holds NaN).
+        A :func:`prepare_mask` result skips the per-call scan of the mask.
     bias : array_like, optional
         ``(n_out,)``.
     out : ndarray, optional
@@ -380,10 +459,11 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
 
     Notes
     -----
-    Masks with under ``DENSE_MASK_DENSITY`` non-zeros are compressed per call into
-    row and column indices (one scan of the mask, which skips zero bytes eight at a
-    time) and multiplied at a cost proportional to the non-zeros; denser masks take
-    one masking pass and one dense GEMM.
+    Masks with fewer than ``DENSE_MASK_DENSITY`` non-zeros use a compressed index
+    (per column, the rows kept) and cost in proportion to the non-zeros, the batch
+    being the vectorised axis; denser masks take one masking pass and one dense
+    GEMM. A plain-array mask is scanned and indexed on every call (the scan skips
+    zero bytes eight at a time); use :func:`prepare_mask` when the mask is reused.
 
     Examples
     --------
@@ -399,23 +479,35 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
     dtype = result_dtype(x, w, bias)
     buf, target = prepare_out(out, x.shape[:-1] + (n_out,), dtype, fn, (x, w, bias))
     y2 = buf.reshape(-1, n_out)
-    _fill_bias(y2, bias)
     B = y2.shape[0]
-    if B and n_in and n_out:
-        if plan.dense:
-            _banded.dense_gemm(contiguous(x, dtype).reshape(-1, n_in), plan.masked(w, dtype),
-                               y2, False, 1.0)
-        else:
-            x_t = contiguous(x.reshape(-1, n_in).T, dtype)
-            y_t = contiguous(y2.T, dtype)
-            _banded.sparse_rows(x_t, w.T.astype(dtype, copy=False), plan.col_ptr, plan.col_rows,
-                                y_t, _threads_for(B * plan.nnz))
-            y2[...] = y_t.T
+    if B and n_in and n_out and plan.dense:
+        np.matmul(contiguous(x, dtype).reshape(-1, n_in), plan.masked(w, dtype), out=y2)
+        if bias is not None:
+            y2 += bias
+    elif B and n_in and n_out:
+        nt = _threads_for(B * plan.nnz)
+        x_t = _transposed(x.reshape(-1, n_in), dtype, nt)
+        y_t = np.empty((n_out, B), dtype=dtype)
+        _fill_bias(y_t.T, bias)
+        _banded.sparse_rows(x_t, plan.values(w, dtype, True), plan.col_ptr, plan.col_rows,
+                            y_t, nt)
+        _banded.transpose(y_t, y2, nt)
+    else:
+        _fill_bias(y2, bias)
     return finish_out(buf, target)
 
 
 def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
     """Gradients of :func:`masked_matmul`; ``grad_w`` is exactly 0 where mask is 0.
+
+    Parameters
+    ----------
+    grad_y : array_like
+        ``(..., n_out)``.
+    x, w, mask
+        As given to the forward call (``mask`` may be a :func:`prepare_mask` result).
+    bias : bool
+        Whether the forward had a bias (compute ``grad_bias``).
 
     Returns
     -------
@@ -447,22 +539,21 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
     B = x2.shape[0]
     grad_x = np.zeros(x.shape, dtype=dtype)
     if plan.dense:
-        grad_w = np.empty((n_in, n_out), dtype=dtype)
-        if B and n_in and n_out:
-            _banded.dense_gemm(gy2, plan.masked(w, dtype), grad_x.reshape(-1, n_in), True, 0.0)
-        if grad_w.size:
-            _banded.dense_at_b(x2, gy2, grad_w)
+        grad_w = np.zeros((n_in, n_out), dtype=dtype)
+        if B and n_in and n_out:    # (grad_w stays zero for an empty batch)
+            np.matmul(gy2, plan.masked(w, dtype).T, out=grad_x.reshape(-1, n_in))
+            np.matmul(x2.T, gy2, out=grad_w)
             _banded.apply_mask(grad_w, plan.bytes, grad_w, _threads_for(grad_w.size // 4))
     else:
         grad_w = np.zeros((n_in, n_out), dtype=dtype)
         if B and plan.nnz:
             nt = _threads_for(B * plan.nnz)
-            x_t = contiguous(x2.T, dtype)
-            gy_t = contiguous(gy2.T, dtype)
+            x_t = _transposed(x2, dtype, nt)
+            gy_t = _transposed(gy2, dtype, nt)
             gx_t = np.zeros((n_in, B), dtype=dtype)
-            _banded.sparse_rows(gy_t, w.astype(dtype, copy=False), plan.row_ptr, plan.row_cols,
-                                gx_t, nt)
-            grad_x.reshape(-1, n_in)[...] = gx_t.T
+            _banded.sparse_rows(gy_t, plan.values(w, dtype, False), plan.row_ptr,
+                                plan.row_cols, gx_t, nt)
+            _banded.transpose(gx_t, grad_x.reshape(-1, n_in), nt)
             _banded.sparse_weight_grad(x_t, gy_t, plan.row_ptr, plan.row_cols, grad_w, nt)
     grad_b = _sum_rows(gy2, dtype) if bias else None
     return grad_x, grad_w, grad_b

@@ -35,6 +35,106 @@ cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
+# The diagonal kernels' inner loops, in C so that they carry `restrict` (gcc then
+# vectorises them without alias checks) and are compiled for AVX-512, AVX2 and the
+# baseline, picked at load time (gcc target_clones): a portable build still runs
+# full-width vectors.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define FASTNN_BAND_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define FASTNN_BAND_CLONES
+    #endif
+    #define FASTNN_BAND_LOOPS(T, S)                                                        \
+    FASTNN_BAND_CLONES static void fastnn_band_rows4_##S(                               \
+            T* restrict y0, T* restrict y1, T* restrict y2, T* restrict y3,             \
+            const T* restrict x0, const T* restrict x1, const T* restrict x2,           \
+            const T* restrict x3, const T* restrict wk, Py_ssize_t n) {                 \
+        for (Py_ssize_t j = 0; j < n; j++) {                                            \
+            T v = wk[j];                                                                \
+            y0[j] += x0[j] * v; y1[j] += x1[j] * v;                                     \
+            y2[j] += x2[j] * v; y3[j] += x3[j] * v;                                     \
+        }                                                                               \
+    }                                                                                   \
+    FASTNN_BAND_CLONES static void fastnn_band_row_##S(                                 \
+            T* restrict y, const T* restrict x, const T* restrict wk,                   \
+            Py_ssize_t n) {                                                             \
+        for (Py_ssize_t j = 0; j < n; j++) y[j] += x[j] * wk[j];                         \
+    }                                                                                   \
+    FASTNN_BAND_CLONES static void fastnn_sparse_row_##S(                              \
+            T* restrict y, const T* restrict src, Py_ssize_t ld, const T* restrict vals, \
+            const int64_t* restrict idx, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n) {   \
+        for (Py_ssize_t p = p0; p < p1; p++) {                                          \
+            const T a = vals[p]; const T* restrict x = src + idx[p] * ld;                \
+            for (Py_ssize_t j = 0; j < n; j++) y[j] += a * x[j];                         \
+        }                                                                               \
+    }
+    FASTNN_BAND_LOOPS(float, f32)
+    FASTNN_BAND_LOOPS(double, f64)
+    /* out = w where m != 0 else +0.0, by masking the bits: branch-free, vectorised,
+       and exact (a NaN under a zero mask becomes 0, where w * 0 would stay NaN).
+       out may be w itself (same index only: no loop-carried dependence). */
+    #define FASTNN_MASK_LOOP(T, U, S)                                                     \
+    FASTNN_BAND_CLONES static void fastnn_mask_##S(const T* w, const unsigned char* m,   \
+                                                  T* out, Py_ssize_t n) {               \
+        const U* wb = (const U*)w; U* ob = (U*)out;                                      \
+        _Pragma("GCC ivdep")                                                             \
+        for (Py_ssize_t j = 0; j < n; j++) ob[j] = wb[j] & ((U)0 - (U)(m[j] != 0));     \
+    }
+    FASTNN_MASK_LOOP(float, uint32_t, f32)
+    FASTNN_MASK_LOOP(double, uint64_t, f64)
+    """
+    void fastnn_band_rows4_f32(float* y0, float* y1, float* y2, float* y3, const float* x0,
+                               const float* x1, const float* x2, const float* x3,
+                               const float* wk, Py_ssize_t n) noexcept nogil
+    void fastnn_band_rows4_f64(double* y0, double* y1, double* y2, double* y3, const double* x0,
+                               const double* x1, const double* x2, const double* x3,
+                               const double* wk, Py_ssize_t n) noexcept nogil
+    void fastnn_band_row_f32(float* y, const float* x, const float* wk,
+                             Py_ssize_t n) noexcept nogil
+    void fastnn_band_row_f64(double* y, const double* x, const double* wk,
+                             Py_ssize_t n) noexcept nogil
+    void fastnn_sparse_row_f32(float* y, const float* src, Py_ssize_t ld, const float* vals,
+                               const int64_t* idx, Py_ssize_t p0, Py_ssize_t p1,
+                               Py_ssize_t n) noexcept nogil
+    void fastnn_sparse_row_f64(double* y, const double* src, Py_ssize_t ld, const double* vals,
+                               const int64_t* idx, Py_ssize_t p0, Py_ssize_t p1,
+                               Py_ssize_t n) noexcept nogil
+    void fastnn_mask_f32(const float* w, const uint8_t* m, float* out, Py_ssize_t n) noexcept nogil
+    void fastnn_mask_f64(const double* w, const uint8_t* m, double* out,
+                         Py_ssize_t n) noexcept nogil
+
+
+cdef inline void band_rows4(floating* y0, floating* y1, floating* y2, floating* y3,
+                            const floating* x0, const floating* x1, const floating* x2,
+                            const floating* x3, const floating* wk,
+                            Py_ssize_t n) noexcept nogil:
+    # y_r[j] += x_r[j] * wk[j] for j < n, four rows sharing one load of wk.
+    if floating is float:
+        fastnn_band_rows4_f32(y0, y1, y2, y3, x0, x1, x2, x3, wk, n)
+    else:
+        fastnn_band_rows4_f64(y0, y1, y2, y3, x0, x1, x2, x3, wk, n)
+
+
+cdef inline void band_row(floating* y, const floating* x, const floating* wk,
+                          Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastnn_band_row_f32(y, x, wk, n)
+    else:
+        fastnn_band_row_f64(y, x, wk, n)
+
+
+cdef inline void sparse_row(floating* y, const floating* src, Py_ssize_t ld,
+                            const floating* vals, const int64_t* idx, Py_ssize_t p0,
+                            Py_ssize_t p1, Py_ssize_t n) noexcept nogil:
+    # y[:n] += sum over p in [p0, p1) of vals[p] * src[idx[p] * ld :][:n], p in order.
+    if floating is float:
+        fastnn_sparse_row_f32(y, src, ld, vals, idx, p0, p1, n)
+    else:
+        fastnn_sparse_row_f64(y, src, ld, vals, idx, p0, p1, n)
+
+
 # ------------------------------------------------------------------ banded: diagonal kernel
 cdef inline Py_ssize_t diag_span(Py_ssize_t k, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
                                  Py_ssize_t n_in, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
@@ -51,79 +151,55 @@ cdef void diag_item(const floating[:, ::1] x, const floating[:, :] w, floating[:
                     floating* wd) noexcept nogil:
     # wd[k, jj] = w[j0 + jj + d, j0 + jj] with d = k - upper: the band of this
     # column block stored by diagonals, so that the inner loop runs along j with
-    # unit stride in x, wd and y alike (vectorises for any band width).
+    # unit stride in x, wd and y alike (vectorises for any band width). It is
+    # gathered row by row: each row's band is a contiguous run of w, where walking
+    # a diagonal of a wide w would touch a new page per element.
     cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1]
     cdef Py_ssize_t nd = lower + upper + 1, width = j1 - j0
-    cdef Py_ssize_t k, d, j, lo, hi, b
-    cdef const floating* xr0
-    cdef const floating* xr1
-    cdef const floating* xr2
-    cdef const floating* xr3
-    cdef floating* yr0
-    cdef floating* yr1
-    cdef floating* yr2
-    cdef floating* yr3
-    cdef floating* wk
-    cdef floating v
-    for k in range(nd):
-        d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
-        for j in range(lo, hi):
-            wd[k * width + j - j0] = w[j + d, j]
+    cdef Py_ssize_t k, d, j, lo, hi, b, i
+    if w.strides[1] <= w.strides[0]:
+        for i in range(imax(0, j0 - upper), imin(n_in, j1 + lower)):
+            for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
+                wd[(i - j + upper) * width + j - j0] = w[i, j]
+    else:   # a transposed w (the backward's grad_x): its columns are the runs
+        for j in range(j0, j1):
+            for i in range(imax(0, j - upper), imin(n_in, j + lower + 1)):
+                wd[(i - j + upper) * width + j - j0] = w[i, j]
     b = 0
     while b + 4 <= B:
-        yr0 = &y[b, 0]
-        yr1 = &y[b + 1, 0]
-        yr2 = &y[b + 2, 0]
-        yr3 = &y[b + 3, 0]
-        xr0 = &x[b, 0]
-        xr1 = &x[b + 1, 0]
-        xr2 = &x[b + 2, 0]
-        xr3 = &x[b + 3, 0]
         for k in range(nd):
             d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
-            wk = wd + k * width - j0
-            for j in range(lo, hi):
-                v = wk[j]
-                yr0[j] += xr0[j + d] * v
-                yr1[j] += xr1[j + d] * v
-                yr2[j] += xr2[j + d] * v
-                yr3[j] += xr3[j + d] * v
+            if hi > lo:
+                band_rows4(&y[b, lo], &y[b + 1, lo], &y[b + 2, lo], &y[b + 3, lo], &x[b, lo + d],
+                           &x[b + 1, lo + d], &x[b + 2, lo + d], &x[b + 3, lo + d],
+                           wd + k * width + lo - j0, hi - lo)
         b += 4
     while b < B:
-        yr0 = &y[b, 0]
-        xr0 = &x[b, 0]
         for k in range(nd):
             d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
-            wk = wd + k * width - j0
-            for j in range(lo, hi):
-                yr0[j] += xr0[j + d] * wk[j]
+            if hi > lo:
+                band_row(&y[b, lo], &x[b, lo + d], wd + k * width + lo - j0, hi - lo)
         b += 1
 
 
 cdef void diag_grad_item(const floating[:, ::1] x, const floating[:, ::1] gy, floating[:, ::1] gw,
                          Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
                          floating* gd) noexcept nogil:
-    # gd[k, jj] = sum_b x[b, j + d] * gy[b, j] for j = j0 + jj, summed over b in order.
+    # gd[k, jj] = sum_b x[b, j + d] * gy[b, j] for j = j0 + jj, summed over b in order,
+    # then written to gw row by row (contiguous runs, as the gather of diag_item).
     cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1]
     cdef Py_ssize_t nd = lower + upper + 1, width = j1 - j0
-    cdef Py_ssize_t k, d, j, lo, hi, b
-    cdef const floating* xr
-    cdef const floating* gr
-    cdef floating* gk
+    cdef Py_ssize_t k, d, j, lo, hi, b, i
     for k in range(nd * width):
         gd[k] = 0
     for b in range(B):
-        xr = &x[b, 0]
-        gr = &gy[b, 0]
         for k in range(nd):
             d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
-            gk = gd + k * width - j0
-            for j in range(lo, hi):
-                gk[j] += xr[j + d] * gr[j]
-    for k in range(nd):
-        d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
-        for j in range(lo, hi):
-            gw[j + d, j] = gd[k * width + j - j0]
+            if hi > lo:
+                band_row(gd + k * width + lo - j0, &x[b, lo + d], &gy[b, lo], hi - lo)
+    for i in range(imax(0, j0 - upper), imin(n_in, j1 + lower)):
+        for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
+            gw[i, j] = gd[(i - j + upper) * width + j - j0]
 
 
 def band_diag(const floating[:, ::1] x, const floating[:, :] w, const floating[:, ::1] gy,
@@ -169,10 +245,16 @@ cdef void tiled_item(const floating[:, ::1] x, const floating[:, :] w, floating[
     tile_rows(j0, j1, lower, upper, n_in, &i0, &i1)
     if i1 <= i0:
         return
-    for i in range(i0, i1):
+    if w.strides[1] <= w.strides[0]:
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                tile[(i - i0) * width + j - j0] = \
+                    w[i, j] if (i - j <= lower and j - i <= upper) else 0
+    else:   # a transposed w: read it along its memory order
         for j in range(j0, j1):
-            tile[(i - i0) * width + j - j0] = \
-                w[i, j] if (i - j <= lower and j - i <= upper) else 0
+            for i in range(i0, i1):
+                tile[(i - i0) * width + j - j0] = \
+                    w[i, j] if (i - j <= lower and j - i <= upper) else 0
     gemm(False, False, B, width, i1 - i0, <floating>1, &x[0, i0], n_in,
          tile, width, <floating>1, &y[0, j0], n_out)
 
@@ -218,53 +300,43 @@ def band_tiled(const floating[:, ::1] x, const floating[:, :] w, const floating[
                 free(tile)
 
 
-# ------------------------------------------------------------------ dense helpers
-def dense_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
-               bint trans_b, floating beta):
-    """c = a @ op(b) + beta * c by one BLAS call (BLAS may use its own threads)."""
-    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[1]
-    cdef Py_ssize_t ldb = b.shape[1]
-    if m == 0 or n == 0:
-        return
-    with nogil:
-        gemm(False, trans_b, m, n, k, <floating>1, &a[0, 0] if k else NULL, k,
-             &b[0, 0] if k else NULL, ldb, beta, &c[0, 0], n)
-
-
-def dense_at_b(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c):
-    """c = a^T @ b by one BLAS call."""
-    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0]
-    if m == 0 or n == 0:
-        return
-    with nogil:
-        gemm(True, False, m, n, k, <floating>1, &a[0, 0] if k else NULL, m,
-             &b[0, 0] if k else NULL, n, <floating>0, &c[0, 0], n)
-
-
-def apply_mask(const floating[:, :] w, const uint8_t[:, ::1] mask, floating[:, ::1] out,
+# ------------------------------------------------------------------ masks
+def apply_mask(const floating[:, ::1] w, const uint8_t[:, ::1] mask, floating[:, ::1] out,
                int num_threads):
-    """out = w where mask else 0 (exact zeros: a NaN under a zero mask is dropped)."""
-    cdef Py_ssize_t n0 = out.shape[0], n1 = out.shape[1], i, j
+    """out = w where mask else 0 (exact zeros: a NaN under a zero mask is dropped).
+    ``out`` may be ``w`` itself."""
+    cdef Py_ssize_t n0 = out.shape[0], n1 = out.shape[1], i
+    if n1 == 0:
+        return
     with nogil:
         for i in prange(n0, schedule="static", num_threads=num_threads):
-            for j in range(n1):
-                out[i, j] = w[i, j] if mask[i, j] else 0
+            if floating is float:
+                fastnn_mask_f32(&w[i, 0], &mask[i, 0], &out[i, 0], n1)
+            else:
+                fastnn_mask_f64(&w[i, 0], &mask[i, 0], &out[i, 0], n1)
 
 
 # ------------------------------------------------------------------ masked: sparse index
-cdef Py_ssize_t count_row(const uint8_t* m, Py_ssize_t n) noexcept nogil:
-    # Skips zero bytes eight at a time: sparse masks are mostly zero words.
-    cdef Py_ssize_t j = 0, c = 0
+cdef Py_ssize_t scan_row(const uint8_t* m, Py_ssize_t n, int64_t* cols) noexcept nogil:
+    # The non-zeros of a mask row: their count, and their columns into cols unless
+    # it is NULL. Skips zero bytes eight at a time: sparse masks are mostly zero words.
+    cdef Py_ssize_t j = 0, c = 0, t
     cdef uint64_t word
-    while j + 8 <= n:
-        memcpy(&word, m + j, 8)
-        if word != 0:
-            c += (m[j] != 0) + (m[j + 1] != 0) + (m[j + 2] != 0) + (m[j + 3] != 0) \
-                + (m[j + 4] != 0) + (m[j + 5] != 0) + (m[j + 6] != 0) + (m[j + 7] != 0)
-        j += 8
     while j < n:
-        c += m[j] != 0
-        j += 1
+        if j + 8 <= n:
+            memcpy(&word, m + j, 8)
+            if word == 0:
+                j += 8
+                continue
+            t = j + 8
+        else:
+            t = n
+        while j < t:
+            if m[j]:
+                if cols != NULL:
+                    cols[c] = j
+                c += 1
+            j += 1
     return c
 
 
@@ -273,22 +345,21 @@ def mask_row_counts(const uint8_t[:, ::1] mask, int64_t[::1] counts, int num_thr
     cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i
     with nogil:
         for i in prange(n0, schedule="static", num_threads=num_threads):
-            counts[i] = count_row(&mask[i, 0], n1) if n1 else 0
+            counts[i] = scan_row(&mask[i, 0], n1, NULL) if n1 else 0
 
 
 def mask_index(const uint8_t[:, ::1] mask, const int64_t[::1] row_ptr, int64_t[::1] row_cols,
-               int64_t[::1] col_ptr, int64_t[::1] col_rows, int num_threads):
-    """Fill the CSR column indices (row_ptr given) and the CSC row indices (rows
-    ascending within each column; col_ptr has n1 + 1 entries, filled here)."""
-    cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i, j, p, q
+               int64_t[::1] col_ptr, int64_t[::1] col_rows, int64_t[::1] csr_to_csc,
+               int num_threads):
+    """Fill the CSR column indices (row_ptr given), the CSC row indices (rows
+    ascending within each column; col_ptr has n1 + 1 entries, filled here) and,
+    for each CSR entry, its position in the CSC order."""
+    cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i, j, p
     cdef int64_t[::1] fill = np.empty(n1 + 1, dtype=np.int64)
     with nogil:
         for i in prange(n0, schedule="static", num_threads=num_threads):
-            q = row_ptr[i]
-            for j in range(n1):
-                if mask[i, j]:
-                    row_cols[q] = j
-                    q = q + 1
+            if n1 and row_ptr[i + 1] > row_ptr[i]:
+                scan_row(&mask[i, 0], n1, &row_cols[row_ptr[i]])
         for j in range(n1 + 1):
             col_ptr[j] = 0
         for p in range(row_ptr[n0]):
@@ -301,29 +372,61 @@ def mask_index(const uint8_t[:, ::1] mask, const int64_t[::1] row_ptr, int64_t[:
             for p in range(row_ptr[i], row_ptr[i + 1]):
                 j = row_cols[p]
                 col_rows[fill[j]] = i
+                csr_to_csc[p] = fill[j]
                 fill[j] += 1
 
 
-def sparse_rows(const floating[:, ::1] src_t, const floating[:, :] w, const int64_t[::1] ptr,
+def gather_values(const floating[:, ::1] w, const int64_t[::1] row_ptr,
+                  const int64_t[::1] row_cols, const int64_t[::1] perm, bint permuted,
+                  floating[::1] vals, int num_threads):
+    """vals[q] = w[i, row_cols[p]] for the CSR entries p of row i, with q = p or
+    (``permuted``) q = perm[p]: w is read in memory order whatever order vals
+    takes, so a CSC walk never strides down the columns of a large w."""
+    cdef Py_ssize_t n0 = w.shape[0], i, p
+    with nogil:
+        for i in prange(n0, schedule="static", num_threads=num_threads):
+            if permuted:
+                for p in range(row_ptr[i], row_ptr[i + 1]):
+                    vals[perm[p]] = w[i, row_cols[p]]
+            else:
+                for p in range(row_ptr[i], row_ptr[i + 1]):
+                    vals[p] = w[i, row_cols[p]]
+
+
+def sparse_rows(const floating[:, ::1] src_t, const floating[::1] vals, const int64_t[::1] ptr,
                 const int64_t[::1] idx, floating[:, ::1] dst_t, int num_threads):
-    """dst_t[r, :] += sum_p w[r, idx[p]] * src_t[idx[p], :] over p in ptr[r]:ptr[r+1].
+    """dst_t[r, :] += sum_p vals[p] * src_t[idx[p], :] over p in ptr[r]:ptr[r+1].
 
     The batch is the contiguous last axis, so every non-zero is a vector update."""
-    cdef Py_ssize_t n_dst = dst_t.shape[0], B = dst_t.shape[1], r, p, c, b
-    cdef floating v
-    cdef floating* dr
-    cdef const floating* sr
-    if B == 0:
+    cdef Py_ssize_t n_dst = dst_t.shape[0], B = dst_t.shape[1], r
+    if B == 0 or vals.shape[0] == 0:
         return
     with nogil:
         for r in prange(n_dst, schedule="static", num_threads=num_threads):
-            dr = &dst_t[r, 0]
-            for p in range(ptr[r], ptr[r + 1]):
-                c = idx[p]
-                v = w[r, c]
-                sr = &src_t[c, 0]
-                for b in range(B):
-                    dr[b] += v * sr[b]
+            if ptr[r + 1] > ptr[r]:
+                sparse_row(&dst_t[r, 0], &src_t[0, 0], B, &vals[0], &idx[0], ptr[r], ptr[r + 1], B)
+
+
+def transpose(const floating[:, :] a, floating[:, ::1] out, int num_threads):
+    """out = a.T in 32 x 32 blocks (a any strides): the sparse kernels want the batch
+    as the contiguous axis, and NumPy's strided copy of a transpose is ~10x slower."""
+    cdef Py_ssize_t n0 = out.shape[0], n1 = out.shape[1], nb = (n0 + 31) // 32
+    cdef Py_ssize_t blk, i0, j0, i, j
+    with nogil:
+        for blk in prange(nb, schedule="static", num_threads=num_threads):
+            i0 = blk * 32
+            for j0 in range(0, n1, 32):
+                # The inner loop walks the long axis, so that the strided side
+                # steps by the short one: a 32-row block at a stride of many KiB
+                # would map every row to the same cache set.
+                if n1 <= n0:
+                    for j in range(j0, imin(j0 + 32, n1)):
+                        for i in range(i0, imin(i0 + 32, n0)):
+                            out[i, j] = a[j, i]
+                else:
+                    for i in range(i0, imin(i0 + 32, n0)):
+                        for j in range(j0, imin(j0 + 32, n1)):
+                            out[i, j] = a[j, i]
 
 
 def sparse_weight_grad(const floating[:, ::1] x_t, const floating[:, ::1] gy_t,
