@@ -32,18 +32,19 @@ __all__ = ["band_part", "banded_matmul", "banded_matmul_backward", "masked_matmu
 
 # Paths of banded_matmul, by the band's number of diagonals (nd = lower + upper + 1),
 # the batch and the density (kept entries / n_in*n_out). Measured float32, one thread:
-#   diagonal kernel (vectorised along columns, reads only the band, no GEMM call
-#     overhead) for nd <= DIAG_MAX_DIAGONALS or a batch below DIAG_MAX_BATCH rows:
-#     B64 n1024 band(1,1) 0.06 ms vs 0.15 ms in GEMM tiles, B1 n4096 band(3,3)
-#     0.05 vs 0.21 ms; from band(8,8) on the tiles win (B64 n4096: 0.67 vs 0.86 ms;
-#     band(32,32) B256: 5.0 vs 10 ms), their work being only (block + nd) / nd
-#     times the band's at GEMM speed.
-#   GEMM on diagonal tiles of max(nd, DIAG_TILE_MIN) .. DIAG_TILE_MAX columns.
+#   diagonal kernel (register tiles of 4 rows x 2 vectors of columns, vectorised
+#     along the columns, reads only the band, no GEMM call overhead) for
+#     nd <= DIAG_MAX_DIAGONALS or a batch below DIAG_MAX_BATCH rows. Against GEMM
+#     tiles: B64 n4096 band(8,8) 0.34 vs 0.69 ms, B256 n4096 band(32,32) 3.0 vs
+#     4.3 ms, B64 n2048 band(64,64) 0.89 vs 1.25 ms; B128 n2048 band(256,256)
+#     7.9 vs 5.6 ms (the tiles win from here on), B1 n4096 band(3,3) 0.05 vs 0.24.
+#   GEMM on diagonal tiles of max(nd, DIAG_TILE_MIN) .. DIAG_TILE_MAX columns,
+#     whose work is only (block + nd) / nd times the band's, at GEMM speed.
 #   density >= DENSE_BAND_DENSITY: one masking pass and one dense GEMM. At B128
-#     n2048 band(256,256) (density 0.23) the tiles took 5.4 ms against 28 ms dense;
+#     n2048 band(256,256) (density 0.23) the tiles took 5.6 ms against 28 ms dense;
 #     the tiles compute at most about twice the band, so dense wins only from
 #     about half the matrix on.
-DIAG_MAX_DIAGONALS = 8
+DIAG_MAX_DIAGONALS = 160
 DIAG_MAX_BATCH = 8
 DIAG_TILE_MIN = 64
 DIAG_TILE_MAX = 256

@@ -72,6 +72,52 @@ cdef extern from *:
     }
     FASTNN_BAND_LOOPS(float, f32)
     FASTNN_BAND_LOOPS(double, f64)
+    /* Four rows by TC columns of y held in registers over all nd diagonals: per
+       diagonal, one load of wd serves four rows and y is loaded and stored once per
+       tile instead of once per diagonal. x points at x[row, j + d0] (d0 the first
+       diagonal), y at y[row, j], wd at this tile's column of diagonal 0. */
+    #define FASTNN_BAND_TILE(T, S, TC)                                                   \
+    FASTNN_BAND_CLONES static void fastnn_band_tile4_##S(                               \
+            T* restrict y, Py_ssize_t ldy, const T* restrict x, Py_ssize_t ldx,         \
+            const T* restrict wd, Py_ssize_t ldw, Py_ssize_t nd) {                      \
+        T acc[4][TC];                                                                   \
+        for (int r = 0; r < 4; r++)                                                     \
+            for (int j = 0; j < TC; j++) acc[r][j] = y[r * ldy + j];                    \
+        for (Py_ssize_t k = 0; k < nd; k++) {                                           \
+            const T* restrict wk = wd + k * ldw;                                        \
+            for (int r = 0; r < 4; r++) {                                               \
+                const T* restrict xr = x + r * ldx + k;                                 \
+                for (int j = 0; j < TC; j++) acc[r][j] += xr[j] * wk[j];                \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < 4; r++)                                                     \
+            for (int j = 0; j < TC; j++) y[r * ldy + j] = acc[r][j];                    \
+    }
+    FASTNN_BAND_TILE(float, f32, 32)
+    FASTNN_BAND_TILE(double, f64, 16)
+    /* The weight gradient's tile: four diagonals by TC columns of
+       gd[k, j] = sum_b x[b, j + d_k] * gy[b, j] in registers over the whole batch
+       (b ascending). x points at x[0, j + d_k] of the first of the four diagonals,
+       gy at gy[0, j], gd at gd[k, j]. */
+    #define FASTNN_BAND_GTILE(T, S, TC)                                                  \
+    FASTNN_BAND_CLONES static void fastnn_band_gtile4_##S(                              \
+            T* restrict gd, Py_ssize_t ldg, const T* restrict x, Py_ssize_t ldx,        \
+            const T* restrict gy, Py_ssize_t ldgy, Py_ssize_t B) {                      \
+        T acc[4][TC];                                                                   \
+        for (int r = 0; r < 4; r++)                                                     \
+            for (int j = 0; j < TC; j++) acc[r][j] = 0;                                 \
+        for (Py_ssize_t b = 0; b < B; b++) {                                            \
+            const T* restrict g = gy + b * ldgy;                                        \
+            for (int r = 0; r < 4; r++) {                                               \
+                const T* restrict xr = x + b * ldx + r;                                 \
+                for (int j = 0; j < TC; j++) acc[r][j] += xr[j] * g[j];                 \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < 4; r++)                                                     \
+            for (int j = 0; j < TC; j++) gd[r * ldg + j] = acc[r][j];                   \
+    }
+    FASTNN_BAND_GTILE(float, f32, 32)
+    FASTNN_BAND_GTILE(double, f64, 16)
     /* out = w where m != 0 else +0.0, by masking the bits: branch-free, vectorised,
        and exact (a NaN under a zero mask becomes 0, where w * 0 would stay NaN).
        out may be w itself (same index only: no loop-carried dependence). */
@@ -91,6 +137,14 @@ cdef extern from *:
     void fastnn_band_rows4_f64(double* y0, double* y1, double* y2, double* y3, const double* x0,
                                const double* x1, const double* x2, const double* x3,
                                const double* wk, Py_ssize_t n) noexcept nogil
+    void fastnn_band_tile4_f32(float* y, Py_ssize_t ldy, const float* x, Py_ssize_t ldx,
+                               const float* wd, Py_ssize_t ldw, Py_ssize_t nd) noexcept nogil
+    void fastnn_band_tile4_f64(double* y, Py_ssize_t ldy, const double* x, Py_ssize_t ldx,
+                               const double* wd, Py_ssize_t ldw, Py_ssize_t nd) noexcept nogil
+    void fastnn_band_gtile4_f32(float* gd, Py_ssize_t ldg, const float* x, Py_ssize_t ldx,
+                                const float* gy, Py_ssize_t ldgy, Py_ssize_t B) noexcept nogil
+    void fastnn_band_gtile4_f64(double* gd, Py_ssize_t ldg, const double* x, Py_ssize_t ldx,
+                                const double* gy, Py_ssize_t ldgy, Py_ssize_t B) noexcept nogil
     void fastnn_band_row_f32(float* y, const float* x, const float* wk,
                              Py_ssize_t n) noexcept nogil
     void fastnn_band_row_f64(double* y, const double* x, const double* wk,
@@ -115,6 +169,27 @@ cdef inline void band_rows4(floating* y0, floating* y1, floating* y2, floating* 
         fastnn_band_rows4_f32(y0, y1, y2, y3, x0, x1, x2, x3, wk, n)
     else:
         fastnn_band_rows4_f64(y0, y1, y2, y3, x0, x1, x2, x3, wk, n)
+
+
+cdef inline Py_ssize_t tile_cols(floating* dummy) noexcept nogil:
+    # Columns of one register tile of fastnn_band_tile4 (two 512-bit vectors).
+    return 32 if floating is float else 16
+
+
+cdef inline void band_tile4(floating* y, Py_ssize_t ldy, const floating* x, Py_ssize_t ldx,
+                            const floating* wd, Py_ssize_t ldw, Py_ssize_t nd) noexcept nogil:
+    if floating is float:
+        fastnn_band_tile4_f32(y, ldy, x, ldx, wd, ldw, nd)
+    else:
+        fastnn_band_tile4_f64(y, ldy, x, ldx, wd, ldw, nd)
+
+
+cdef inline void band_gtile4(floating* gd, Py_ssize_t ldg, const floating* x, Py_ssize_t ldx,
+                             const floating* gy, Py_ssize_t ldgy, Py_ssize_t B) noexcept nogil:
+    if floating is float:
+        fastnn_band_gtile4_f32(gd, ldg, x, ldx, gy, ldgy, B)
+    else:
+        fastnn_band_gtile4_f64(gd, ldg, x, ldx, gy, ldgy, B)
 
 
 cdef inline void band_row(floating* y, const floating* x, const floating* wk,
@@ -146,6 +221,22 @@ cdef inline Py_ssize_t diag_span(Py_ssize_t k, Py_ssize_t upper, Py_ssize_t j0, 
     return d
 
 
+cdef inline void diag_rows4(const floating[:, ::1] x, floating[:, ::1] y, const floating* wd,
+                            Py_ssize_t nd, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t width,
+                            Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t b) noexcept nogil:
+    # Rows b..b+3, columns [c0, c1) of the diagonal block that starts at column j0
+    # (wd holds its diagonals, width columns each), streaming y once per diagonal.
+    cdef Py_ssize_t k, d, lo, hi, n_in = x.shape[1]
+    if c1 <= c0:
+        return
+    for k in range(nd):
+        d = diag_span(k, upper, c0, c1, n_in, &lo, &hi)
+        if hi > lo:
+            band_rows4(&y[b, lo], &y[b + 1, lo], &y[b + 2, lo], &y[b + 3, lo], &x[b, lo + d],
+                       &x[b + 1, lo + d], &x[b + 2, lo + d], &x[b + 3, lo + d],
+                       wd + k * width + lo - j0, hi - lo)
+
+
 cdef void diag_item(const floating[:, ::1] x, const floating[:, :] w, floating[:, ::1] y,
                     Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
                     floating* wd) noexcept nogil:
@@ -165,14 +256,20 @@ cdef void diag_item(const floating[:, ::1] x, const floating[:, :] w, floating[:
         for j in range(j0, j1):
             for i in range(imax(0, j - upper), imin(n_in, j + lower + 1)):
                 wd[(i - j + upper) * width + j - j0] = w[i, j]
+    # Columns [a, e) read only rows of x that exist on every diagonal; whole
+    # register tiles cover [a, t), the streaming loops the edges.
+    cdef Py_ssize_t tc = tile_cols(wd), ldy = y.shape[1], a, e, t, c
+    a = imin(imax(j0, upper), j1)
+    e = imax(imin(j1, n_in - lower), a)
+    t = a + (e - a) // tc * tc
     b = 0
     while b + 4 <= B:
-        for k in range(nd):
-            d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
-            if hi > lo:
-                band_rows4(&y[b, lo], &y[b + 1, lo], &y[b + 2, lo], &y[b + 3, lo], &x[b, lo + d],
-                           &x[b + 1, lo + d], &x[b + 2, lo + d], &x[b + 3, lo + d],
-                           wd + k * width + lo - j0, hi - lo)
+        diag_rows4(x, y, wd, nd, upper, j0, width, j0, a, b)
+        c = a
+        while c < t:
+            band_tile4(&y[b, c], ldy, &x[b, c - upper], n_in, wd + c - j0, width, nd)
+            c += tc
+        diag_rows4(x, y, wd, nd, upper, j0, width, t, j1, b)
         b += 4
     while b < B:
         for k in range(nd):
@@ -182,21 +279,44 @@ cdef void diag_item(const floating[:, ::1] x, const floating[:, :] w, floating[:
         b += 1
 
 
+cdef inline void stream_grad(floating* gk, const floating* xr, const floating* gr, Py_ssize_t d,
+                             Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    # gk[j] += xr[j + d] * gr[j] for j in [lo, hi) (gk indexed by column).
+    if hi > lo:
+        band_row(gk + lo, xr + lo + d, gr + lo, hi - lo)
+
+
 cdef void diag_grad_item(const floating[:, ::1] x, const floating[:, ::1] gy, floating[:, ::1] gw,
                          Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
                          floating* gd) noexcept nogil:
     # gd[k, jj] = sum_b x[b, j + d] * gy[b, j] for j = j0 + jj, summed over b in order,
     # then written to gw row by row (contiguous runs, as the gather of diag_item).
-    cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1]
+    # Register tiles (four diagonals by tile_cols columns) cover the columns that
+    # every diagonal reaches, [a, t), for the first kt diagonals; the streaming loop
+    # does the rest.
+    cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1], n_out = gy.shape[1]
     cdef Py_ssize_t nd = lower + upper + 1, width = j1 - j0
-    cdef Py_ssize_t k, d, j, lo, hi, b, i
+    cdef Py_ssize_t k, d, j, lo, hi, b, i, c
+    cdef Py_ssize_t tc = tile_cols(gd), a, e, t, kt = nd // 4 * 4
+    a = imin(imax(j0, upper), j1)
+    e = imax(imin(j1, n_in - lower), a)
+    t = a + (e - a) // tc * tc
     for k in range(nd * width):
         gd[k] = 0
+    for k in range(0, kt, 4):
+        c = a
+        while c < t:
+            band_gtile4(gd + k * width + c - j0, width, &x[0, c + k - upper], n_in, &gy[0, c],
+                        n_out, B)
+            c += tc
     for b in range(B):
         for k in range(nd):
             d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
-            if hi > lo:
-                band_row(gd + k * width + lo - j0, &x[b, lo + d], &gy[b, lo], hi - lo)
+            if k < kt and t > a:
+                stream_grad(gd + k * width - j0, &x[b, 0], &gy[b, 0], d, lo, a)
+                stream_grad(gd + k * width - j0, &x[b, 0], &gy[b, 0], d, t, hi)
+            else:
+                stream_grad(gd + k * width - j0, &x[b, 0], &gy[b, 0], d, lo, hi)
     for i in range(imax(0, j0 - upper), imin(n_in, j1 + lower)):
         for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
             gw[i, j] = gd[(i - j + upper) * width + j - j0]

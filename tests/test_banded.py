@@ -123,7 +123,8 @@ def test_banded_matmul_larger_shapes(monkeypatch, path):
 
 def test_banded_matmul_picks_each_path():
     assert fb._BandPlan(64, 1024, 1024, 1, 1).path == "diag"
-    assert fb._BandPlan(64, 4096, 4096, 8, 8).path == "tiled"
+    assert fb._BandPlan(64, 4096, 4096, 8, 8).path == "diag"
+    assert fb._BandPlan(128, 2048, 2048, 256, 256).path == "tiled"
     assert fb._BandPlan(1, 4096, 4096, 8, 8).path == "diag"
     assert fb._BandPlan(64, 100, 100, 99, 99).path == "dense"
 
