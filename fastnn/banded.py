@@ -16,6 +16,7 @@ dense-GEMM paths, may reach the others, as ``x @ (w * mask)`` would); a NaN in a
 dropped weight never reaches ``y``.
 """
 import contextlib
+import math
 
 import numpy as np
 
@@ -54,6 +55,11 @@ DENSE_BAND_DENSITY = 0.5
 DENSE_MASK_DENSITY = 0.1
 # Inputs smaller than this many multiply-adds run on one thread.
 SERIAL_WORK = 1 << 15
+
+
+def _rows(a, n):
+    """``a`` as (rows, n): its leading axes flattened (also when n or a row count is 0)."""
+    return a.reshape(math.prod(a.shape[:-1]), n)
 
 
 def _threads_for(work):
@@ -238,10 +244,10 @@ def banded_matmul(x, w, num_lower, num_upper, bias=None, *, out=None):
     lower, upper = _clip_band(fn, num_lower, num_upper, n_in, n_out)
     dtype = result_dtype(x, w, bias)
     buf, target = prepare_out(out, x.shape[:-1] + (n_out,), dtype, fn, (x, w, bias))
-    y2 = buf.reshape(-1, n_out)
+    y2 = _rows(buf, n_out)
     _fill_bias(y2, bias)
     if y2.size and n_in:
-        x2 = contiguous(x, dtype).reshape(-1, n_in)
+        x2 = _rows(contiguous(x, dtype), n_in)
         _band_product(x2, w, _BandPlan(x2.shape[0], n_in, n_out, lower, upper), y2, dtype)
     return finish_out(buf, target)
 
@@ -299,11 +305,11 @@ def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
     grad_y = _check_grad_y(fn, grad_y, x, n_out)
     lower, upper = _clip_band(fn, num_lower, num_upper, n_in, n_out)
     dtype = result_dtype(grad_y, x, w)
-    gy2 = contiguous(grad_y, dtype).reshape(-1, n_out)
-    x2 = contiguous(x, dtype).reshape(-1, n_in)
+    gy2 = _rows(contiguous(grad_y, dtype), n_out)
+    x2 = _rows(contiguous(x, dtype), n_in)
     plan = _BandPlan(x2.shape[0], n_in, n_out, lower, upper)
     grad_x = np.zeros(x.shape, dtype=dtype)
-    _band_product(gy2, w.T, plan.transposed(n_in, n_out), grad_x.reshape(-1, n_in), dtype)
+    _band_product(gy2, w.T, plan.transposed(n_in, n_out), _rows(grad_x, n_in), dtype)
     grad_w = np.zeros((n_in, n_out), dtype=dtype)
     B = x2.shape[0]
     if B and grad_w.size:
@@ -479,15 +485,15 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
     bias = _check_bias(fn, bias, n_out)
     dtype = result_dtype(x, w, bias)
     buf, target = prepare_out(out, x.shape[:-1] + (n_out,), dtype, fn, (x, w, bias))
-    y2 = buf.reshape(-1, n_out)
+    y2 = _rows(buf, n_out)
     B = y2.shape[0]
     if B and n_in and n_out and plan.dense:
-        np.matmul(contiguous(x, dtype).reshape(-1, n_in), plan.masked(w, dtype), out=y2)
+        np.matmul(_rows(contiguous(x, dtype), n_in), plan.masked(w, dtype), out=y2)
         if bias is not None:
             y2 += bias
     elif B and n_in and n_out:
         nt = _threads_for(B * plan.nnz)
-        x_t = _transposed(x.reshape(-1, n_in), dtype, nt)
+        x_t = _transposed(_rows(x, n_in), dtype, nt)
         y_t = np.empty((n_out, B), dtype=dtype)
         _fill_bias(y_t.T, bias)
         _banded.sparse_rows(x_t, plan.values(w, dtype, True), plan.col_ptr, plan.col_rows,
@@ -535,14 +541,14 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
     n_in, n_out = w.shape
     grad_y = _check_grad_y(fn, grad_y, x, n_out)
     dtype = result_dtype(grad_y, x, w)
-    gy2 = contiguous(grad_y, dtype).reshape(-1, n_out)
-    x2 = contiguous(x, dtype).reshape(-1, n_in)
+    gy2 = _rows(contiguous(grad_y, dtype), n_out)
+    x2 = _rows(contiguous(x, dtype), n_in)
     B = x2.shape[0]
     grad_x = np.zeros(x.shape, dtype=dtype)
     if plan.dense:
         grad_w = np.zeros((n_in, n_out), dtype=dtype)
         if B and n_in and n_out:    # (grad_w stays zero for an empty batch)
-            np.matmul(gy2, plan.masked(w, dtype).T, out=grad_x.reshape(-1, n_in))
+            np.matmul(gy2, plan.masked(w, dtype).T, out=_rows(grad_x, n_in))
             np.matmul(x2.T, gy2, out=grad_w)
             _banded.apply_mask(grad_w, plan.bytes, grad_w, _threads_for(grad_w.size // 4))
     else:
@@ -554,7 +560,7 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
             gx_t = np.zeros((n_in, B), dtype=dtype)
             _banded.sparse_rows(gy_t, plan.values(w, dtype, False), plan.row_ptr,
                                 plan.row_cols, gx_t, nt)
-            _banded.transpose(gx_t, grad_x.reshape(-1, n_in), nt)
+            _banded.transpose(gx_t, _rows(grad_x, n_in), nt)
             _banded.sparse_weight_grad(x_t, gy_t, plan.row_ptr, plan.row_cols, grad_w, nt)
     grad_b = _sum_rows(gy2, dtype) if bias else None
     return grad_x, grad_w, grad_b

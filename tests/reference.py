@@ -434,7 +434,8 @@ def masked_matmul_backward(grad_y, x, w, mask):
     """(grad_x, grad_w, grad_bias) of masked_matmul: grad_w is (x^T grad_y) * mask."""
     g = np.asarray(grad_y, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
-    g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+    rows = int(np.prod(x.shape[:-1]))
+    g2, x2 = g.reshape(rows, g.shape[-1]), x.reshape(rows, x.shape[-1])
     keep = np.asarray(mask) != 0
     return (g @ masked_weight(w, mask).T, np.where(keep, x2.T @ g2, 0.0), g2.sum(axis=0))
 

@@ -81,8 +81,8 @@ def test_band_part_drops_nan_outside_and_keeps_dtype():
 # ------------------------------------------------------------------ banded_matmul
 @pytest.mark.parametrize("path", BAND_PATHS)
 @PROPERTY
-@given(batch=st.lists(st.integers(0, 5), min_size=0, max_size=2), n_in=st.integers(1, 30),
-       n_out=st.integers(1, 30), lower=band_bound, upper=band_bound, with_bias=st.booleans(),
+@given(batch=st.lists(st.integers(0, 5), min_size=0, max_size=2), n_in=st.integers(0, 30),
+       n_out=st.integers(0, 30), lower=band_bound, upper=band_bound, with_bias=st.booleans(),
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2 ** 32 - 1))
 def test_banded_matmul_matches_reference(monkeypatch, path, batch, n_in, n_out, lower, upper,
                                          with_bias, dtype, seed):
@@ -240,8 +240,8 @@ def test_banded_matmul_bad_input():
 # ------------------------------------------------------------------ masked_matmul
 @pytest.mark.parametrize("path", MASK_PATHS)
 @PROPERTY
-@given(batch=st.lists(st.integers(0, 5), min_size=0, max_size=2), n_in=st.integers(1, 25),
-       n_out=st.integers(1, 25), density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+@given(batch=st.lists(st.integers(0, 5), min_size=0, max_size=2), n_in=st.integers(0, 25),
+       n_out=st.integers(0, 25), density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
        mask_kind=st.sampled_from(["bool", "int", "float", "prepared"]),
        with_bias=st.booleans(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2 ** 32 - 1))
 def test_masked_matmul_matches_reference(monkeypatch, path, batch, n_in, n_out, density,
