@@ -130,6 +130,29 @@ cdef extern from *:
     }
     FASTNN_MASK_LOOP(float, uint32_t, f32)
     FASTNN_MASK_LOOP(double, uint64_t, f64)
+    /* Count of the non-zero bytes of a run. */
+    FASTNN_BAND_CLONES static Py_ssize_t fastnn_count_ones(const unsigned char* m, Py_ssize_t n) {
+        uint32_t c = 0; Py_ssize_t total = 0;
+        for (Py_ssize_t j0 = 0; j0 < n; j0 += 1 << 20) {   /* no 32-bit overflow */
+            Py_ssize_t j1 = j0 + (1 << 20) < n ? j0 + (1 << 20) : n;
+            c = 0;
+            for (Py_ssize_t j = j0; j < j1; j++) c += m[j] != 0;
+            total += c;
+        }
+        return total;
+    }
+    /* Byte offset of the lowest-addressed non-zero byte of a non-zero word loaded
+       by memcpy, and the word with that byte's bit cleared. */
+    static inline int fastnn_first_byte(uint64_t v) {
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        return __builtin_ctzll(v) >> 3;
+    #else
+        unsigned char b[8]; int k = 0; memcpy(b, &v, 8); while (!b[k]) k++; return k;
+    #endif
+    }
+    static inline uint64_t fastnn_clear_byte(uint64_t v, int k) {
+        unsigned char b[8]; memcpy(b, &v, 8); b[k] = 0; memcpy(&v, b, 8); return v;
+    }
     """
     void fastnn_band_rows4_f32(float* y0, float* y1, float* y2, float* y3, const float* x0,
                                const float* x1, const float* x2, const float* x3,
@@ -155,6 +178,9 @@ cdef extern from *:
     void fastnn_sparse_row_f64(double* y, const double* src, Py_ssize_t ld, const double* vals,
                                const int64_t* idx, Py_ssize_t p0, Py_ssize_t p1,
                                Py_ssize_t n) noexcept nogil
+    Py_ssize_t fastnn_count_ones(const uint8_t* m, Py_ssize_t n) noexcept nogil
+    int fastnn_first_byte(uint64_t v) noexcept nogil
+    uint64_t fastnn_clear_byte(uint64_t v, int k) noexcept nogil
     void fastnn_mask_f32(const float* w, const uint8_t* m, float* out, Py_ssize_t n) noexcept nogil
     void fastnn_mask_f64(const double* w, const uint8_t* m, double* out,
                          Py_ssize_t n) noexcept nogil
@@ -437,26 +463,26 @@ def apply_mask(const floating[:, ::1] w, const uint8_t[:, ::1] mask, floating[:,
 
 
 # ------------------------------------------------------------------ masked: sparse index
-cdef Py_ssize_t scan_row(const uint8_t* m, Py_ssize_t n, int64_t* cols) noexcept nogil:
-    # The non-zeros of a mask row: their count, and their columns into cols unless
-    # it is NULL. Skips zero bytes eight at a time: sparse masks are mostly zero words.
-    cdef Py_ssize_t j = 0, c = 0, t
+cdef Py_ssize_t fill_row(const uint8_t* m, Py_ssize_t n, int64_t* cols) noexcept nogil:
+    # The columns of the non-zeros of a mask row into cols; returns their count.
+    # Skips zero words (sparse masks are mostly zero) and visits only the non-zero
+    # bytes of the others.
+    cdef Py_ssize_t j = 0, c = 0
     cdef uint64_t word
+    cdef int k
+    while j + 8 <= n:
+        memcpy(&word, m + j, 8)
+        while word:
+            k = fastnn_first_byte(word)
+            cols[c] = j + k
+            c += 1
+            word = fastnn_clear_byte(word, k)
+        j += 8
     while j < n:
-        if j + 8 <= n:
-            memcpy(&word, m + j, 8)
-            if word == 0:
-                j += 8
-                continue
-            t = j + 8
-        else:
-            t = n
-        while j < t:
-            if m[j]:
-                if cols != NULL:
-                    cols[c] = j
-                c += 1
-            j += 1
+        if m[j]:
+            cols[c] = j
+            c += 1
+        j += 1
     return c
 
 
@@ -465,7 +491,7 @@ def mask_row_counts(const uint8_t[:, ::1] mask, int64_t[::1] counts, int num_thr
     cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i
     with nogil:
         for i in prange(n0, schedule="static", num_threads=num_threads):
-            counts[i] = scan_row(&mask[i, 0], n1, NULL) if n1 else 0
+            counts[i] = fastnn_count_ones(&mask[i, 0], n1) if n1 else 0
 
 
 def mask_index(const uint8_t[:, ::1] mask, const int64_t[::1] row_ptr, int64_t[::1] row_cols,
@@ -479,7 +505,7 @@ def mask_index(const uint8_t[:, ::1] mask, const int64_t[::1] row_ptr, int64_t[:
     with nogil:
         for i in prange(n0, schedule="static", num_threads=num_threads):
             if n1 and row_ptr[i + 1] > row_ptr[i]:
-                scan_row(&mask[i, 0], n1, &row_cols[row_ptr[i]])
+                fill_row(&mask[i, 0], n1, &row_cols[row_ptr[i]])
         for j in range(n1 + 1):
             col_ptr[j] = 0
         for p in range(row_ptr[n0]):
