@@ -497,8 +497,9 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
     elif B and n_in and n_out:
         nt = _threads_for(B * plan.nnz)
         x_t = _transposed(_rows(x, n_in), dtype, nt)
-        y_t = np.empty((n_out, B), dtype=dtype)
-        _fill_bias(y_t.T, bias)
+        y_t = np.zeros((n_out, B), dtype=dtype)
+        if bias is not None:
+            y_t += bias[:, None]
         _banded.sparse_rows(x_t, plan.values(w, dtype, True), plan.col_ptr, plan.col_rows,
                             y_t, nt)
         _banded.transpose(y_t, y2, nt)

@@ -25,6 +25,8 @@ import numpy as np
 # (1 KiB in float32) and its diagonals of w stay in L1/L2 while every batch row
 # streams past them.
 DEF DIAG_COLS = 256
+# Rows of the sparse products' output per item.
+DEF SPARSE_ROWS = 64
 
 
 cdef inline Py_ssize_t imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -46,6 +48,14 @@ cdef extern from *:
     #else
     #define FASTNN_BAND_CLONES
     #endif
+    /* One 512-bit vector of T (GCC/clang vector extensions, lowered to narrower
+       registers in the AVX2 and baseline clones); loads and stores are unaligned. */
+    typedef float fastnn_v_f32 __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef double fastnn_v_f64 __attribute__((vector_size(64), aligned(8), may_alias));
+    #define FASTNN_V(S) fastnn_v_##S
+    #define FASTNN_VL(S) ((Py_ssize_t)(64 / sizeof(((fastnn_v_##S){0})[0])))
+    #define FASTNN_LOAD(S, p) (*(const fastnn_v_##S*)(p))
+    #define FASTNN_STORE(S, p, v) (*(fastnn_v_##S*)(p) = (v))
     #define FASTNN_BAND_LOOPS(T, S)                                                        \
     FASTNN_BAND_CLONES static void fastnn_band_rows4_##S(                               \
             T* restrict y0, T* restrict y1, T* restrict y2, T* restrict y3,             \
@@ -65,59 +75,80 @@ cdef extern from *:
     FASTNN_BAND_CLONES static void fastnn_sparse_row_##S(                              \
             T* restrict y, const T* restrict src, Py_ssize_t ld, const T* restrict vals, \
             const int64_t* restrict idx, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n) {   \
-        for (Py_ssize_t p = p0; p < p1; p++) {                                          \
+        Py_ssize_t b0 = 0;                                                              \
+        for (; b0 + FASTNN_VL(S) <= n; b0 += FASTNN_VL(S)) {                            \
+            FASTNN_V(S) acc = FASTNN_LOAD(S, y + b0);                                   \
+            for (Py_ssize_t p = p0; p < p1; p++)                                        \
+                acc += vals[p] * FASTNN_LOAD(S, src + idx[p] * ld + b0);                 \
+            FASTNN_STORE(S, y + b0, acc);                                               \
+        }                                                                               \
+        for (Py_ssize_t p = p0; p < p1 && b0 < n; p++) {                                \
             const T a = vals[p]; const T* restrict x = src + idx[p] * ld;                \
-            for (Py_ssize_t j = 0; j < n; j++) y[j] += a * x[j];                         \
+            for (Py_ssize_t j = b0; j < n; j++) y[j] += a * x[j];                        \
         }                                                                               \
     }
     FASTNN_BAND_LOOPS(float, f32)
     FASTNN_BAND_LOOPS(double, f64)
-    /* Four rows by TC columns of y held in registers over all nd diagonals: per
+    /* Four rows by two vectors of columns of y held in registers over all nd diagonals: per
        diagonal, one load of wd serves four rows and y is loaded and stored once per
        tile instead of once per diagonal. x points at x[row, j + d0] (d0 the first
        diagonal), y at y[row, j], wd at this tile's column of diagonal 0. */
-    #define FASTNN_BAND_TILE(T, S, TC)                                                   \
+    #define FASTNN_BAND_TILE(T, S)                                                       \
     FASTNN_BAND_CLONES static void fastnn_band_tile4_##S(                               \
             T* restrict y, Py_ssize_t ldy, const T* restrict x, Py_ssize_t ldx,         \
             const T* restrict wd, Py_ssize_t ldw, Py_ssize_t nd) {                      \
-        T acc[4][TC];                                                                   \
-        for (int r = 0; r < 4; r++)                                                     \
-            for (int j = 0; j < TC; j++) acc[r][j] = y[r * ldy + j];                    \
+        const Py_ssize_t L = FASTNN_VL(S);                                              \
+        FASTNN_V(S) acc[4][2];                                                          \
+        for (int r = 0; r < 4; r++) {                                                   \
+            acc[r][0] = FASTNN_LOAD(S, y + r * ldy);                                    \
+            acc[r][1] = FASTNN_LOAD(S, y + r * ldy + L);                                \
+        }                                                                               \
         for (Py_ssize_t k = 0; k < nd; k++) {                                           \
-            const T* restrict wk = wd + k * ldw;                                        \
+            FASTNN_V(S) w0 = FASTNN_LOAD(S, wd + k * ldw);                              \
+            FASTNN_V(S) w1 = FASTNN_LOAD(S, wd + k * ldw + L);                          \
             for (int r = 0; r < 4; r++) {                                               \
                 const T* restrict xr = x + r * ldx + k;                                 \
-                for (int j = 0; j < TC; j++) acc[r][j] += xr[j] * wk[j];                \
+                acc[r][0] += FASTNN_LOAD(S, xr) * w0;                                   \
+                acc[r][1] += FASTNN_LOAD(S, xr + L) * w1;                               \
             }                                                                           \
         }                                                                               \
-        for (int r = 0; r < 4; r++)                                                     \
-            for (int j = 0; j < TC; j++) y[r * ldy + j] = acc[r][j];                    \
+        for (int r = 0; r < 4; r++) {                                                   \
+            FASTNN_STORE(S, y + r * ldy, acc[r][0]);                                    \
+            FASTNN_STORE(S, y + r * ldy + L, acc[r][1]);                                \
+        }                                                                               \
     }
-    FASTNN_BAND_TILE(float, f32, 32)
-    FASTNN_BAND_TILE(double, f64, 16)
-    /* The weight gradient's tile: four diagonals by TC columns of
+    FASTNN_BAND_TILE(float, f32)
+    FASTNN_BAND_TILE(double, f64)
+    /* The weight gradient's tile: four diagonals by two vectors of columns of
        gd[k, j] = sum_b x[b, j + d_k] * gy[b, j] in registers over the whole batch
        (b ascending). x points at x[0, j + d_k] of the first of the four diagonals,
        gy at gy[0, j], gd at gd[k, j]. */
-    #define FASTNN_BAND_GTILE(T, S, TC)                                                  \
+    #define FASTNN_BAND_GTILE(T, S)                                                      \
     FASTNN_BAND_CLONES static void fastnn_band_gtile4_##S(                              \
             T* restrict gd, Py_ssize_t ldg, const T* restrict x, Py_ssize_t ldx,        \
             const T* restrict gy, Py_ssize_t ldgy, Py_ssize_t B) {                      \
-        T acc[4][TC];                                                                   \
-        for (int r = 0; r < 4; r++)                                                     \
-            for (int j = 0; j < TC; j++) acc[r][j] = 0;                                 \
+        const Py_ssize_t L = FASTNN_VL(S);                                              \
+        FASTNN_V(S) acc[4][2];                                                          \
+        for (int r = 0; r < 4; r++) {                                                   \
+            acc[r][0] = (FASTNN_V(S)){0};                                               \
+            acc[r][1] = (FASTNN_V(S)){0};                                               \
+        }                                                                               \
         for (Py_ssize_t b = 0; b < B; b++) {                                            \
-            const T* restrict g = gy + b * ldgy;                                        \
+            FASTNN_V(S) g0 = FASTNN_LOAD(S, gy + b * ldgy);                             \
+            FASTNN_V(S) g1 = FASTNN_LOAD(S, gy + b * ldgy + L);                         \
             for (int r = 0; r < 4; r++) {                                               \
                 const T* restrict xr = x + b * ldx + r;                                 \
-                for (int j = 0; j < TC; j++) acc[r][j] += xr[j] * g[j];                 \
+                acc[r][0] += FASTNN_LOAD(S, xr) * g0;                                   \
+                acc[r][1] += FASTNN_LOAD(S, xr + L) * g1;                               \
             }                                                                           \
         }                                                                               \
-        for (int r = 0; r < 4; r++)                                                     \
-            for (int j = 0; j < TC; j++) gd[r * ldg + j] = acc[r][j];                   \
+        for (int r = 0; r < 4; r++) {                                                   \
+            FASTNN_STORE(S, gd + r * ldg, acc[r][0]);                                   \
+            FASTNN_STORE(S, gd + r * ldg + L, acc[r][1]);                               \
+        }                                                                               \
     }
-    FASTNN_BAND_GTILE(float, f32, 32)
-    FASTNN_BAND_GTILE(double, f64, 16)
+    FASTNN_BAND_GTILE(float, f32)
+    FASTNN_BAND_GTILE(double, f64)
     /* out = w where m != 0 else +0.0, by masking the bits: branch-free, vectorised,
        and exact (a NaN under a zero mask becomes 0, where w * 0 would stay NaN).
        out may be w itself (same index only: no loop-carried dependence). */
@@ -539,18 +570,37 @@ def gather_values(const floating[:, ::1] w, const int64_t[::1] row_ptr,
                     vals[p] = w[i, row_cols[p]]
 
 
+cdef void sparse_block(const floating[:, ::1] src_t, const floating[::1] vals,
+                       const int64_t[::1] ptr, const int64_t[::1] idx, floating[:, ::1] dst_t,
+                       Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    # Rows [r0, r1) of dst_t, one cache line of batch columns at a time: the
+    # slice of src_t that the rows gather from (n_src x 64 bytes) stays in L2, where
+    # whole rows of a wide batch would be fetched from further out for every
+    # non-zero.
+    cdef Py_ssize_t B = dst_t.shape[1], ld = src_t.shape[1], b0 = 0, r, nb
+    cdef Py_ssize_t chunk = 64 // sizeof(floating)
+    while b0 < B:
+        nb = imin(chunk, B - b0)
+        for r in range(r0, r1):
+            if ptr[r + 1] > ptr[r]:
+                sparse_row(&dst_t[r, b0], &src_t[0, b0], ld, &vals[0], &idx[0], ptr[r],
+                           ptr[r + 1], nb)
+        b0 += chunk
+
+
 def sparse_rows(const floating[:, ::1] src_t, const floating[::1] vals, const int64_t[::1] ptr,
                 const int64_t[::1] idx, floating[:, ::1] dst_t, int num_threads):
     """dst_t[r, :] += sum_p vals[p] * src_t[idx[p], :] over p in ptr[r]:ptr[r+1].
 
     The batch is the contiguous last axis, so every non-zero is a vector update."""
-    cdef Py_ssize_t n_dst = dst_t.shape[0], B = dst_t.shape[1], r
+    cdef Py_ssize_t n_dst = dst_t.shape[0], B = dst_t.shape[1], blk
+    cdef Py_ssize_t nblocks = (n_dst + SPARSE_ROWS - 1) // SPARSE_ROWS
     if B == 0 or vals.shape[0] == 0:
         return
     with nogil:
-        for r in prange(n_dst, schedule="static", num_threads=num_threads):
-            if ptr[r + 1] > ptr[r]:
-                sparse_row(&dst_t[r, 0], &src_t[0, 0], B, &vals[0], &idx[0], ptr[r], ptr[r + 1], B)
+        for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+            sparse_block(src_t, vals, ptr, idx, dst_t, blk * SPARSE_ROWS,
+                         imin(blk * SPARSE_ROWS + SPARSE_ROWS, n_dst))
 
 
 def transpose(const floating[:, :] a, floating[:, ::1] out, int num_threads):

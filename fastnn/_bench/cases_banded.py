@@ -16,7 +16,7 @@ torch
     locally connected layer ``F.unfold`` + a batched matmul.
 
 Rates: every case counts the useful work -- 2 flops per kept weight per batch row (the
-band's or the mask's non-zeros, three products for a backward) -- so GFLOP/s shows how
+band's or the mask's non-zeros, two products for a backward) -- so GFLOP/s shows how
 well the band is used, not the dense product's flops. The forward banded cases over
 n = 1024, 2048, 4096 at band (8, 8) show the time growing linearly in n.
 """
@@ -75,7 +75,7 @@ def _banded_case(B, n, lower, upper, backward):
         name=f"banded {kind} B{B} n{n} band({lower},{upper})", family=FAMILY, setup=setup,
         contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
                     Contender("torch", _torch_masked(backward), requires="torch")],
-        flops=(3.0 if backward else 1.0) * 2.0 * B * _band_count(n, lower, upper),
+        flops=(2.0 if backward else 1.0) * 2.0 * B * _band_count(n, lower, upper),
         dtype=np.dtype(DTYPE).name,
         params=dict(op=f"banded_matmul {kind}", batch=B, n=n, num_lower=lower, num_upper=upper),
     )
