@@ -25,6 +25,8 @@ import numpy as np
 # (1 KiB in float32) and its diagonals of w stay in L1/L2 while every batch row
 # streams past them.
 DEF DIAG_COLS = 256
+# Rows of w requested ahead while a diagonal block is gathered.
+DEF PREFETCH_ROWS = 16
 # Rows of the sparse products' output per item.
 DEF SPARSE_ROWS = 64
 
@@ -163,6 +165,11 @@ cdef extern from *:
     }
     FASTNN_MASK_LOOP(float, uint32_t, f32)
     FASTNN_MASK_LOOP(double, uint64_t, f64)
+    static inline void fastnn_prefetch(const void* p) {
+    #if defined(__GNUC__)
+        __builtin_prefetch(p);
+    #endif
+    }
     /* Count of the non-zero bytes of a run. */
     FASTNN_BAND_CLONES static Py_ssize_t fastnn_count_ones(const unsigned char* m, Py_ssize_t n) {
         uint32_t c = 0; Py_ssize_t total = 0;
@@ -211,6 +218,7 @@ cdef extern from *:
     void fastnn_sparse_row_f64(double* y, const double* src, Py_ssize_t ld, const double* vals,
                                const int64_t* idx, Py_ssize_t p0, Py_ssize_t p1,
                                Py_ssize_t n) noexcept nogil
+    void fastnn_prefetch(const void* p) noexcept nogil
     Py_ssize_t fastnn_count_ones(const uint8_t* m, Py_ssize_t n) noexcept nogil
     int fastnn_first_byte(uint64_t v) noexcept nogil
     uint64_t fastnn_clear_byte(uint64_t v, int k) noexcept nogil
@@ -307,12 +315,21 @@ cdef void diag_item(const floating[:, ::1] x, const floating[:, :] w, floating[:
     cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1]
     cdef Py_ssize_t nd = lower + upper + 1, width = j1 - j0
     cdef Py_ssize_t k, d, j, lo, hi, b, i
+    cdef Py_ssize_t i_end = imin(n_in, j1 + lower), ip
     if w.strides[1] <= w.strides[0]:
-        for i in range(imax(0, j0 - upper), imin(n_in, j1 + lower)):
+        for i in range(imax(0, j0 - upper), i_end):
+            # Each row's run lies a whole row of w past the previous one, a stride
+            # the hardware prefetcher does not follow: ask for rows ahead.
+            ip = i + PREFETCH_ROWS
+            if ip < i_end:
+                fastnn_prefetch(&w[ip, imin(imax(j0, ip - lower), w.shape[1] - 1)])
             for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
                 wd[(i - j + upper) * width + j - j0] = w[i, j]
     else:   # a transposed w (the backward's grad_x): its columns are the runs
         for j in range(j0, j1):
+            ip = j + PREFETCH_ROWS
+            if ip < j1:
+                fastnn_prefetch(&w[imin(imax(0, ip - upper), n_in - 1), ip])
             for i in range(imax(0, j - upper), imin(n_in, j + lower + 1)):
                 wd[(i - j + upper) * width + j - j0] = w[i, j]
     # Columns [a, e) read only rows of x that exist on every diagonal; whole
