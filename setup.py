@@ -17,7 +17,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent"]
+MODULES = ["_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent", "_banded"]
 
 PROBE = r"""
 #include <omp.h>

@@ -17,6 +17,10 @@ from fastnn.recurrent import (RecurrentCache, gru, gru_backward, gru_cell, gru_c
                               lstm_backward, lstm_cell, lstm_cell_backward, simple_rnn,
                               simple_rnn_backward)
 from fastnn import convert
+from fastnn.banded import (band_part, banded_matmul, banded_matmul_backward, locally_connected1d,
+                           locally_connected1d_backward, locally_connected2d,
+                           locally_connected2d_backward, masked_matmul, masked_matmul_backward,
+                           prepare_mask)
 
 __version__ = "0.1.0"
 
@@ -31,4 +35,7 @@ __all__ = [
     "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward", "gru_cell", "gru_cell_backward",
     "gru", "gru_backward", "simple_rnn", "simple_rnn_backward", "RecurrentCache", "convert",
+    "band_part", "banded_matmul", "banded_matmul_backward", "masked_matmul",
+    "masked_matmul_backward", "prepare_mask", "locally_connected1d", "locally_connected1d_backward",
+    "locally_connected2d", "locally_connected2d_backward",
 ]

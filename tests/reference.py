@@ -711,3 +711,117 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, activation="tanh", time_ma
 
 
 __all__ += ["lstm_cell", "lstm", "keras_lstm", "gru_cell", "gru", "simple_rnn"]
+# ------------------------------------------------------------------ banded and masked weights
+def band_keep(n_rows, n_cols, num_lower, num_upper):
+    """Boolean band of tf.linalg.band_part, entry by entry."""
+    keep = np.zeros((n_rows, n_cols), dtype=bool)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            keep[i, j] = ((num_lower < 0 or i - j <= num_lower)
+                          and (num_upper < 0 or j - i <= num_upper))
+    return keep
+
+
+def band_part(w, num_lower, num_upper):
+    w = np.asarray(w, dtype=np.float64)
+    return np.where(band_keep(w.shape[-2], w.shape[-1], num_lower, num_upper), w, 0.0)
+
+
+def masked_weight(w, mask):
+    """w where mask is non-zero, exact zeros elsewhere (a NaN under a zero mask is dropped)."""
+    return np.where(np.asarray(mask) != 0, np.asarray(w, dtype=np.float64), 0.0)
+
+
+def masked_matmul(x, w, mask, bias=None):
+    """x @ (w * mask) + bias in float64, over the leading axes of x."""
+    y = np.asarray(x, dtype=np.float64) @ masked_weight(w, mask)
+    return y if bias is None else y + np.asarray(bias, dtype=np.float64)
+
+
+def masked_matmul_backward(grad_y, x, w, mask):
+    """(grad_x, grad_w, grad_bias) of masked_matmul: grad_w is (x^T grad_y) * mask."""
+    g = np.asarray(grad_y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    rows = int(np.prod(x.shape[:-1]))
+    g2, x2 = g.reshape(rows, g.shape[-1]), x.reshape(rows, x.shape[-1])
+    keep = np.asarray(mask) != 0
+    return (g @ masked_weight(w, mask).T, np.where(keep, x2.T @ g2, 0.0), g2.sum(axis=0))
+
+
+def banded_matmul(x, w, num_lower, num_upper, bias=None):
+    w = np.asarray(w)
+    return masked_matmul(x, w, band_keep(*w.shape, num_lower, num_upper), bias)
+
+
+def banded_matmul_backward(grad_y, x, w, num_lower, num_upper):
+    w = np.asarray(w)
+    return masked_matmul_backward(grad_y, x, w, band_keep(*w.shape, num_lower, num_upper))
+
+
+def _lc_padding(size, k, s, padding):
+    if padding == "same":
+        return same_padding(size, k, s, 1)
+    if padding == "valid":
+        return 0, 0
+    if isinstance(padding, (int, np.integer)):
+        return int(padding), int(padding)
+    return tuple(padding)
+
+
+def _lc_padded(x, kernel_size, stride, padding):
+    """x (NHWC) zero-padded in float64, and its (top, left) padding."""
+    x = np.asarray(x, dtype=np.float64)
+    N, H, W, C = x.shape
+    if isinstance(padding, str):
+        (pt, pb), (pl, pr) = (_lc_padding(H, kernel_size[0], stride[0], padding),
+                              _lc_padding(W, kernel_size[1], stride[1], padding))
+    else:
+        (pt, pb), (pl, pr) = padding
+    xp = np.zeros((N, H + pt + pb, W + pl + pr, C))
+    xp[:, pt:pt + H, pl:pl + W] = x
+    return xp, (pt, pl)
+
+
+def locally_connected2d(x, weight, bias, kernel_size, stride, padding):
+    """NHWC locally connected layer by an explicit loop over output pixels.
+
+    ``padding`` is "same", "valid" or ((top, bottom), (left, right)); weight
+    (Ho, Wo, kh*kw*C, K) with patch rows ordered (i, j, c)."""
+    xp, _ = _lc_padded(x, kernel_size, stride, padding)
+    N, C = x.shape[0], x.shape[3]
+    (kh, kw), (sh, sw) = kernel_size, stride
+    Ho = (xp.shape[1] - kh) // sh + 1
+    Wo = (xp.shape[2] - kw) // sw + 1
+    K = weight.shape[-1]
+    y = np.zeros((N, Ho, Wo, K))
+    for oh in range(Ho):
+        for ow in range(Wo):
+            patch = xp[:, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw, :].reshape(N, kh * kw * C)
+            y[:, oh, ow] = patch @ np.asarray(weight[oh, ow], dtype=np.float64)
+            if bias is not None:
+                y[:, oh, ow] += bias[oh, ow]
+    return y
+
+
+def locally_connected2d_backward(grad_y, x, weight, kernel_size, stride, padding):
+    """(grad_x, grad_weight, grad_bias) of locally_connected2d, by the same pixel loop."""
+    g = np.asarray(grad_y, dtype=np.float64)
+    xp, (pt, pl) = _lc_padded(x, kernel_size, stride, padding)
+    N, H, W, C = x.shape
+    (kh, kw), (sh, sw) = kernel_size, stride
+    gxp = np.zeros_like(xp)
+    Ho, Wo = g.shape[1:3]
+    gw = np.zeros(weight.shape)
+    for oh in range(Ho):
+        for ow in range(Wo):
+            rows, cols = slice(oh * sh, oh * sh + kh), slice(ow * sw, ow * sw + kw)
+            patch = xp[:, rows, cols, :].reshape(N, kh * kw * C)
+            gw[oh, ow] = patch.T @ g[:, oh, ow]
+            gxp[:, rows, cols, :] += (g[:, oh, ow] @ np.asarray(weight[oh, ow], dtype=np.float64).T
+                                      ).reshape(N, kh, kw, C)
+    return gxp[:, pt:pt + H, pl:pl + W], gw, g.sum(axis=0)
+
+
+__all__ += ["band_keep", "band_part", "masked_weight", "masked_matmul", "masked_matmul_backward",
+            "banded_matmul", "banded_matmul_backward", "locally_connected2d",
+            "locally_connected2d_backward"]

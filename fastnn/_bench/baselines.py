@@ -431,3 +431,36 @@ def lstm_forward_backward(x, h0, c0, kernel, bias, grad_out, forget_bias=0.0):
 
 
 __all__ += ["lstm_cell", "lstm_forward", "lstm_forward_backward"]
+# ------------------------------------------------------------------ banded and masked weights
+def band_mask(n_in, n_out, num_lower, num_upper):
+    """Boolean (n_in, n_out) mask of ``tf.linalg.band_part``'s band."""
+    i = np.arange(n_in)[:, None]
+    j = np.arange(n_out)[None, :]
+    return (i - j <= num_lower) & (j - i <= num_upper)
+
+
+def masked_matmul(x, w, mask):
+    """``x @ (w * mask)``: the dense product a NumPy user writes for masked weights."""
+    return x @ (w * mask)
+
+
+def masked_matmul_backward(grad_y, x, w, mask):
+    """Dense-masked gradients: (grad_y @ (w * mask).T, (x.T @ grad_y) * mask, sum of grad_y)."""
+    return grad_y @ (w * mask).T, (x.T @ grad_y) * mask, grad_y.sum(axis=0)
+
+
+def locally_connected2d(x, weight, bias, kernel_size, padding):
+    """NHWC locally connected layer, stride 1: patches by ``sliding_window_view`` of the
+    zero-padded image, ordered (i, j, c), then one batched matmul over output pixels."""
+    N, H, W, C = x.shape
+    Ho, Wo, ckk, K = weight.shape
+    kh, kw = kernel_size
+    (pt, pb), (pl, pr) = padding
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, :Ho, :Wo]   # N, Ho, Wo, C, kh, kw
+    cols = win.transpose(1, 2, 0, 4, 5, 3).reshape(Ho * Wo, N, ckk)
+    y = np.matmul(cols, weight.reshape(Ho * Wo, ckk, K))                  # Ho*Wo, N, K
+    return y.transpose(1, 0, 2).reshape(N, Ho, Wo, K) + bias
+
+
+__all__ += ["band_mask", "masked_matmul", "masked_matmul_backward", "locally_connected2d"]

@@ -1,0 +1,702 @@
+# cython: language_level=3
+"""Banded, masked and locally connected matrix products (forward and backward).
+
+Every driver splits its work into items chosen from the shape alone (column
+blocks, rows, output positions), each output element is produced by exactly one
+item and every reduction runs in a fixed order inside its item, so results are
+bitwise identical for any thread count. Drivers that call GEMM from a ``prange``
+expect the Python layer to hold BLAS to one thread.
+
+Band convention: ``lower`` and ``upper`` are already clipped to the matrix
+(``0 <= lower < n_in``, ``0 <= upper < n_out``); entry ``(i, j)`` of w is in the
+band when ``-upper <= i - j <= lower``, i.e. on diagonal ``d = i - j``.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport uint8_t, uint64_t, int64_t
+from libc.string cimport memcpy
+
+from fastnn_ext._blas cimport gemm
+
+import numpy as np
+
+# Output columns per item of the diagonal kernels: the item's slice of a y row
+# (1 KiB in float32) and its diagonals of w stay in L1/L2 while every batch row
+# streams past them.
+DEF DIAG_COLS = 256
+# Rows of w requested ahead while a diagonal block is gathered.
+DEF PREFETCH_ROWS = 16
+# Rows of the sparse products' output per item.
+DEF SPARSE_ROWS = 64
+
+
+cdef inline Py_ssize_t imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+# The inner loops of the diagonal and sparse kernels, in C: they carry `restrict`
+# (gcc vectorises the streaming loops without alias checks), the register tiles use
+# explicit GCC/clang vector types (gcc's SLP pass turned the equivalent arrays
+# of scalars into scalar code: measured 3x slower on the sparse rows), and gcc
+# compiles each for AVX-512, AVX2 and the baseline, picked at load time
+# (target_clones), so a portable build still runs full-width vectors.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define FASTNN_BAND_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define FASTNN_BAND_CLONES
+    #endif
+    /* One 512-bit vector of T (GCC/clang vector extensions, lowered to narrower
+       registers in the AVX2 and baseline clones); loads and stores are unaligned. */
+    typedef float fastnn_v_f32 __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef double fastnn_v_f64 __attribute__((vector_size(64), aligned(8), may_alias));
+    #define FASTNN_V(S) fastnn_v_##S
+    #define FASTNN_VL(S) ((Py_ssize_t)(64 / sizeof(((fastnn_v_##S){0})[0])))
+    #define FASTNN_LOAD(S, p) (*(const fastnn_v_##S*)(p))
+    #define FASTNN_STORE(S, p, v) (*(fastnn_v_##S*)(p) = (v))
+    #define FASTNN_BAND_LOOPS(T, S)                                                        \
+    FASTNN_BAND_CLONES static void fastnn_band_rows4_##S(                               \
+            T* restrict y0, T* restrict y1, T* restrict y2, T* restrict y3,             \
+            const T* restrict x0, const T* restrict x1, const T* restrict x2,           \
+            const T* restrict x3, const T* restrict wk, Py_ssize_t n) {                 \
+        for (Py_ssize_t j = 0; j < n; j++) {                                            \
+            T v = wk[j];                                                                \
+            y0[j] += x0[j] * v; y1[j] += x1[j] * v;                                     \
+            y2[j] += x2[j] * v; y3[j] += x3[j] * v;                                     \
+        }                                                                               \
+    }                                                                                   \
+    FASTNN_BAND_CLONES static void fastnn_band_row_##S(                                 \
+            T* restrict y, const T* restrict x, const T* restrict wk,                   \
+            Py_ssize_t n) {                                                             \
+        for (Py_ssize_t j = 0; j < n; j++) y[j] += x[j] * wk[j];                         \
+    }                                                                                   \
+    FASTNN_BAND_CLONES static void fastnn_sparse_row_##S(                              \
+            T* restrict y, const T* restrict src, Py_ssize_t ld, const T* restrict vals, \
+            const int64_t* restrict idx, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n) {   \
+        Py_ssize_t b0 = 0;                                                              \
+        for (; b0 + FASTNN_VL(S) <= n; b0 += FASTNN_VL(S)) {                            \
+            FASTNN_V(S) acc = FASTNN_LOAD(S, y + b0);                                   \
+            for (Py_ssize_t p = p0; p < p1; p++)                                        \
+                acc += vals[p] * FASTNN_LOAD(S, src + idx[p] * ld + b0);                 \
+            FASTNN_STORE(S, y + b0, acc);                                               \
+        }                                                                               \
+        for (Py_ssize_t p = p0; p < p1 && b0 < n; p++) {                                \
+            const T a = vals[p]; const T* restrict x = src + idx[p] * ld;                \
+            for (Py_ssize_t j = b0; j < n; j++) y[j] += a * x[j];                        \
+        }                                                                               \
+    }
+    FASTNN_BAND_LOOPS(float, f32)
+    FASTNN_BAND_LOOPS(double, f64)
+    /* Four rows by two vectors of columns of y held in registers over all nd diagonals: per
+       diagonal, one load of wd serves four rows and y is loaded and stored once per
+       tile instead of once per diagonal. x points at x[row, j + d0] (d0 the first
+       diagonal), y at y[row, j], wd at this tile's column of diagonal 0. */
+    #define FASTNN_BAND_TILE(T, S)                                                       \
+    FASTNN_BAND_CLONES static void fastnn_band_tile4_##S(                               \
+            T* restrict y, Py_ssize_t ldy, const T* restrict x, Py_ssize_t ldx,         \
+            const T* restrict wd, Py_ssize_t ldw, Py_ssize_t nd) {                      \
+        const Py_ssize_t L = FASTNN_VL(S);                                              \
+        FASTNN_V(S) acc[4][2];                                                          \
+        for (int r = 0; r < 4; r++) {                                                   \
+            acc[r][0] = FASTNN_LOAD(S, y + r * ldy);                                    \
+            acc[r][1] = FASTNN_LOAD(S, y + r * ldy + L);                                \
+        }                                                                               \
+        for (Py_ssize_t k = 0; k < nd; k++) {                                           \
+            FASTNN_V(S) w0 = FASTNN_LOAD(S, wd + k * ldw);                              \
+            FASTNN_V(S) w1 = FASTNN_LOAD(S, wd + k * ldw + L);                          \
+            for (int r = 0; r < 4; r++) {                                               \
+                const T* restrict xr = x + r * ldx + k;                                 \
+                acc[r][0] += FASTNN_LOAD(S, xr) * w0;                                   \
+                acc[r][1] += FASTNN_LOAD(S, xr + L) * w1;                               \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < 4; r++) {                                                   \
+            FASTNN_STORE(S, y + r * ldy, acc[r][0]);                                    \
+            FASTNN_STORE(S, y + r * ldy + L, acc[r][1]);                                \
+        }                                                                               \
+    }
+    FASTNN_BAND_TILE(float, f32)
+    FASTNN_BAND_TILE(double, f64)
+    /* The weight gradient's tile: four diagonals by two vectors of columns of
+       gd[k, j] = sum_b x[b, j + d_k] * gy[b, j] in registers over the whole batch
+       (b ascending). x points at x[0, j + d_k] of the first of the four diagonals,
+       gy at gy[0, j], gd at gd[k, j]. */
+    #define FASTNN_BAND_GTILE(T, S)                                                      \
+    FASTNN_BAND_CLONES static void fastnn_band_gtile4_##S(                              \
+            T* restrict gd, Py_ssize_t ldg, const T* restrict x, Py_ssize_t ldx,        \
+            const T* restrict gy, Py_ssize_t ldgy, Py_ssize_t B) {                      \
+        const Py_ssize_t L = FASTNN_VL(S);                                              \
+        FASTNN_V(S) acc[4][2];                                                          \
+        for (int r = 0; r < 4; r++) {                                                   \
+            acc[r][0] = (FASTNN_V(S)){0};                                               \
+            acc[r][1] = (FASTNN_V(S)){0};                                               \
+        }                                                                               \
+        for (Py_ssize_t b = 0; b < B; b++) {                                            \
+            FASTNN_V(S) g0 = FASTNN_LOAD(S, gy + b * ldgy);                             \
+            FASTNN_V(S) g1 = FASTNN_LOAD(S, gy + b * ldgy + L);                         \
+            for (int r = 0; r < 4; r++) {                                               \
+                const T* restrict xr = x + b * ldx + r;                                 \
+                acc[r][0] += FASTNN_LOAD(S, xr) * g0;                                   \
+                acc[r][1] += FASTNN_LOAD(S, xr + L) * g1;                               \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < 4; r++) {                                                   \
+            FASTNN_STORE(S, gd + r * ldg, acc[r][0]);                                   \
+            FASTNN_STORE(S, gd + r * ldg + L, acc[r][1]);                               \
+        }                                                                               \
+    }
+    FASTNN_BAND_GTILE(float, f32)
+    FASTNN_BAND_GTILE(double, f64)
+    /* out = w where m != 0 else +0.0, by masking the bits: branch-free, vectorised,
+       and exact (a NaN under a zero mask becomes 0, where w * 0 would stay NaN).
+       out may be w itself (same index only: no loop-carried dependence). */
+    #define FASTNN_MASK_LOOP(T, U, S)                                                     \
+    FASTNN_BAND_CLONES static void fastnn_mask_##S(const T* w, const unsigned char* m,   \
+                                                  T* out, Py_ssize_t n) {               \
+        const U* wb = (const U*)w; U* ob = (U*)out;                                      \
+        _Pragma("GCC ivdep")                                                             \
+        for (Py_ssize_t j = 0; j < n; j++) ob[j] = wb[j] & ((U)0 - (U)(m[j] != 0));     \
+    }
+    FASTNN_MASK_LOOP(float, uint32_t, f32)
+    FASTNN_MASK_LOOP(double, uint64_t, f64)
+    static inline void fastnn_prefetch(const void* p) {
+    #if defined(__GNUC__)
+        __builtin_prefetch(p);
+    #endif
+    }
+    /* Count of the non-zero bytes of a run. */
+    FASTNN_BAND_CLONES static Py_ssize_t fastnn_count_ones(const unsigned char* m, Py_ssize_t n) {
+        uint32_t c = 0; Py_ssize_t total = 0;
+        for (Py_ssize_t j0 = 0; j0 < n; j0 += 1 << 20) {   /* no 32-bit overflow */
+            Py_ssize_t j1 = j0 + (1 << 20) < n ? j0 + (1 << 20) : n;
+            c = 0;
+            for (Py_ssize_t j = j0; j < j1; j++) c += m[j] != 0;
+            total += c;
+        }
+        return total;
+    }
+    /* Byte offset of the lowest-addressed non-zero byte of a non-zero word loaded
+       by memcpy, and the word with that byte's bit cleared. */
+    static inline int fastnn_first_byte(uint64_t v) {
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        return __builtin_ctzll(v) >> 3;
+    #else
+        unsigned char b[8]; int k = 0; memcpy(b, &v, 8); while (!b[k]) k++; return k;
+    #endif
+    }
+    static inline uint64_t fastnn_clear_byte(uint64_t v, int k) {
+        unsigned char b[8]; memcpy(b, &v, 8); b[k] = 0; memcpy(&v, b, 8); return v;
+    }
+    """
+    void fastnn_band_rows4_f32(float* y0, float* y1, float* y2, float* y3, const float* x0,
+                               const float* x1, const float* x2, const float* x3,
+                               const float* wk, Py_ssize_t n) noexcept nogil
+    void fastnn_band_rows4_f64(double* y0, double* y1, double* y2, double* y3, const double* x0,
+                               const double* x1, const double* x2, const double* x3,
+                               const double* wk, Py_ssize_t n) noexcept nogil
+    void fastnn_band_tile4_f32(float* y, Py_ssize_t ldy, const float* x, Py_ssize_t ldx,
+                               const float* wd, Py_ssize_t ldw, Py_ssize_t nd) noexcept nogil
+    void fastnn_band_tile4_f64(double* y, Py_ssize_t ldy, const double* x, Py_ssize_t ldx,
+                               const double* wd, Py_ssize_t ldw, Py_ssize_t nd) noexcept nogil
+    void fastnn_band_gtile4_f32(float* gd, Py_ssize_t ldg, const float* x, Py_ssize_t ldx,
+                                const float* gy, Py_ssize_t ldgy, Py_ssize_t B) noexcept nogil
+    void fastnn_band_gtile4_f64(double* gd, Py_ssize_t ldg, const double* x, Py_ssize_t ldx,
+                                const double* gy, Py_ssize_t ldgy, Py_ssize_t B) noexcept nogil
+    void fastnn_band_row_f32(float* y, const float* x, const float* wk,
+                             Py_ssize_t n) noexcept nogil
+    void fastnn_band_row_f64(double* y, const double* x, const double* wk,
+                             Py_ssize_t n) noexcept nogil
+    void fastnn_sparse_row_f32(float* y, const float* src, Py_ssize_t ld, const float* vals,
+                               const int64_t* idx, Py_ssize_t p0, Py_ssize_t p1,
+                               Py_ssize_t n) noexcept nogil
+    void fastnn_sparse_row_f64(double* y, const double* src, Py_ssize_t ld, const double* vals,
+                               const int64_t* idx, Py_ssize_t p0, Py_ssize_t p1,
+                               Py_ssize_t n) noexcept nogil
+    void fastnn_prefetch(const void* p) noexcept nogil
+    Py_ssize_t fastnn_count_ones(const uint8_t* m, Py_ssize_t n) noexcept nogil
+    int fastnn_first_byte(uint64_t v) noexcept nogil
+    uint64_t fastnn_clear_byte(uint64_t v, int k) noexcept nogil
+    void fastnn_mask_f32(const float* w, const uint8_t* m, float* out, Py_ssize_t n) noexcept nogil
+    void fastnn_mask_f64(const double* w, const uint8_t* m, double* out,
+                         Py_ssize_t n) noexcept nogil
+
+
+cdef inline void band_rows4(floating* y0, floating* y1, floating* y2, floating* y3,
+                            const floating* x0, const floating* x1, const floating* x2,
+                            const floating* x3, const floating* wk,
+                            Py_ssize_t n) noexcept nogil:
+    # y_r[j] += x_r[j] * wk[j] for j < n, four rows sharing one load of wk.
+    if floating is float:
+        fastnn_band_rows4_f32(y0, y1, y2, y3, x0, x1, x2, x3, wk, n)
+    else:
+        fastnn_band_rows4_f64(y0, y1, y2, y3, x0, x1, x2, x3, wk, n)
+
+
+cdef inline Py_ssize_t tile_cols(floating* dummy) noexcept nogil:
+    # Columns of one register tile of fastnn_band_tile4 (two 512-bit vectors).
+    return 32 if floating is float else 16
+
+
+cdef inline void band_tile4(floating* y, Py_ssize_t ldy, const floating* x, Py_ssize_t ldx,
+                            const floating* wd, Py_ssize_t ldw, Py_ssize_t nd) noexcept nogil:
+    if floating is float:
+        fastnn_band_tile4_f32(y, ldy, x, ldx, wd, ldw, nd)
+    else:
+        fastnn_band_tile4_f64(y, ldy, x, ldx, wd, ldw, nd)
+
+
+cdef inline void band_gtile4(floating* gd, Py_ssize_t ldg, const floating* x, Py_ssize_t ldx,
+                             const floating* gy, Py_ssize_t ldgy, Py_ssize_t B) noexcept nogil:
+    if floating is float:
+        fastnn_band_gtile4_f32(gd, ldg, x, ldx, gy, ldgy, B)
+    else:
+        fastnn_band_gtile4_f64(gd, ldg, x, ldx, gy, ldgy, B)
+
+
+cdef inline void band_row(floating* y, const floating* x, const floating* wk,
+                          Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastnn_band_row_f32(y, x, wk, n)
+    else:
+        fastnn_band_row_f64(y, x, wk, n)
+
+
+cdef inline void sparse_row(floating* y, const floating* src, Py_ssize_t ld,
+                            const floating* vals, const int64_t* idx, Py_ssize_t p0,
+                            Py_ssize_t p1, Py_ssize_t n) noexcept nogil:
+    # y[:n] += sum over p in [p0, p1) of vals[p] * src[idx[p] * ld :][:n], p in order.
+    if floating is float:
+        fastnn_sparse_row_f32(y, src, ld, vals, idx, p0, p1, n)
+    else:
+        fastnn_sparse_row_f64(y, src, ld, vals, idx, p0, p1, n)
+
+
+# ------------------------------------------------------------------ banded: diagonal kernel
+cdef inline Py_ssize_t diag_span(Py_ssize_t k, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
+                                 Py_ssize_t n_in, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    # Diagonal k of a column block is d = i - j = k - upper; its columns j in
+    # [lo, hi) are those of [j0, j1) whose row j + d lies in [0, n_in).
+    cdef Py_ssize_t d = k - upper
+    lo[0] = imax(j0, -d)
+    hi[0] = imin(j1, n_in - d)
+    return d
+
+
+cdef inline void diag_rows4(const floating[:, ::1] x, floating[:, ::1] y, const floating* wd,
+                            Py_ssize_t nd, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t width,
+                            Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t b) noexcept nogil:
+    # Rows b..b+3, columns [c0, c1) of the diagonal block that starts at column j0
+    # (wd holds its diagonals, width columns each), streaming y once per diagonal.
+    cdef Py_ssize_t k, d, lo, hi, n_in = x.shape[1]
+    if c1 <= c0:
+        return
+    for k in range(nd):
+        d = diag_span(k, upper, c0, c1, n_in, &lo, &hi)
+        if hi > lo:
+            band_rows4(&y[b, lo], &y[b + 1, lo], &y[b + 2, lo], &y[b + 3, lo], &x[b, lo + d],
+                       &x[b + 1, lo + d], &x[b + 2, lo + d], &x[b + 3, lo + d],
+                       wd + k * width + lo - j0, hi - lo)
+
+
+cdef void diag_item(const floating[:, ::1] x, const floating[:, :] w, floating[:, ::1] y,
+                    Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
+                    floating* wd) noexcept nogil:
+    # wd[k, jj] = w[j0 + jj + d, j0 + jj] with d = k - upper: the band of this
+    # column block stored by diagonals, so that the inner loop runs along j with
+    # unit stride in x, wd and y alike (vectorises for any band width). It is
+    # gathered row by row: each row's band is a contiguous run of w, where walking
+    # a diagonal of a wide w would touch a new page per element.
+    cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1]
+    cdef Py_ssize_t nd = lower + upper + 1, width = j1 - j0
+    cdef Py_ssize_t k, d, j, lo, hi, b, i
+    cdef Py_ssize_t i_end = imin(n_in, j1 + lower), ip
+    if w.strides[1] <= w.strides[0]:
+        for i in range(imax(0, j0 - upper), i_end):
+            # Each row's run lies a whole row of w past the previous one, a stride
+            # the hardware prefetcher does not follow: ask for rows ahead.
+            ip = i + PREFETCH_ROWS
+            if ip < i_end:
+                fastnn_prefetch(&w[ip, imin(imax(j0, ip - lower), w.shape[1] - 1)])
+            for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
+                wd[(i - j + upper) * width + j - j0] = w[i, j]
+    else:   # a transposed w (the backward's grad_x): its columns are the runs
+        for j in range(j0, j1):
+            ip = j + PREFETCH_ROWS
+            if ip < j1:
+                fastnn_prefetch(&w[imin(imax(0, ip - upper), n_in - 1), ip])
+            for i in range(imax(0, j - upper), imin(n_in, j + lower + 1)):
+                wd[(i - j + upper) * width + j - j0] = w[i, j]
+    # Columns [a, e) read only rows of x that exist on every diagonal; whole
+    # register tiles cover [a, t), the streaming loops the edges.
+    cdef Py_ssize_t tc = tile_cols(wd), ldy = y.shape[1], a, e, t, c
+    a = imin(imax(j0, upper), j1)
+    e = imax(imin(j1, n_in - lower), a)
+    t = a + (e - a) // tc * tc
+    b = 0
+    while b + 4 <= B:
+        diag_rows4(x, y, wd, nd, upper, j0, width, j0, a, b)
+        c = a
+        while c < t:
+            band_tile4(&y[b, c], ldy, &x[b, c - upper], n_in, wd + c - j0, width, nd)
+            c += tc
+        diag_rows4(x, y, wd, nd, upper, j0, width, t, j1, b)
+        b += 4
+    while b < B:
+        for k in range(nd):
+            d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
+            if hi > lo:
+                band_row(&y[b, lo], &x[b, lo + d], wd + k * width + lo - j0, hi - lo)
+        b += 1
+
+
+cdef inline void stream_grad(floating* gk, const floating* xr, const floating* gr, Py_ssize_t d,
+                             Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    # gk[j] += xr[j + d] * gr[j] for j in [lo, hi) (gk indexed by column).
+    if hi > lo:
+        band_row(gk + lo, xr + lo + d, gr + lo, hi - lo)
+
+
+cdef void diag_grad_item(const floating[:, ::1] x, const floating[:, ::1] gy, floating[:, ::1] gw,
+                         Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
+                         floating* gd) noexcept nogil:
+    # gd[k, jj] = sum_b x[b, j + d] * gy[b, j] for j = j0 + jj, summed over b in order,
+    # then written to gw row by row (contiguous runs, as the gather of diag_item).
+    # Register tiles (four diagonals by tile_cols columns) cover the columns that
+    # every diagonal reaches, [a, t), for the first kt diagonals; the streaming loop
+    # does the rest.
+    cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1], n_out = gy.shape[1]
+    cdef Py_ssize_t nd = lower + upper + 1, width = j1 - j0
+    cdef Py_ssize_t k, d, j, lo, hi, b, i, c
+    cdef Py_ssize_t tc = tile_cols(gd), a, e, t, kt = nd // 4 * 4
+    a = imin(imax(j0, upper), j1)
+    e = imax(imin(j1, n_in - lower), a)
+    t = a + (e - a) // tc * tc
+    for k in range(nd * width):
+        gd[k] = 0
+    for k in range(0, kt, 4):
+        c = a
+        while c < t:
+            band_gtile4(gd + k * width + c - j0, width, &x[0, c + k - upper], n_in, &gy[0, c],
+                        n_out, B)
+            c += tc
+    for b in range(B):
+        for k in range(nd):
+            d = diag_span(k, upper, j0, j1, n_in, &lo, &hi)
+            if k < kt and t > a:
+                stream_grad(gd + k * width - j0, &x[b, 0], &gy[b, 0], d, lo, a)
+                stream_grad(gd + k * width - j0, &x[b, 0], &gy[b, 0], d, t, hi)
+            else:
+                stream_grad(gd + k * width - j0, &x[b, 0], &gy[b, 0], d, lo, hi)
+    for i in range(imax(0, j0 - upper), imin(n_in, j1 + lower)):
+        for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
+            gw[i, j] = gd[(i - j + upper) * width + j - j0]
+
+
+def band_diag(const floating[:, ::1] x, const floating[:, :] w, const floating[:, ::1] gy,
+              floating[:, ::1] out, Py_ssize_t lower, Py_ssize_t upper, bint weight_grad,
+              int num_threads):
+    """By diagonals, per block of output columns: ``out += x @ band(w)`` (out holds
+    the bias or zeros), or with ``weight_grad`` ``out[band] = (x^T @ gy)[band]``
+    (out is zero outside the band on entry; w is not read)."""
+    cdef Py_ssize_t n_out = out.shape[1]
+    cdef Py_ssize_t nblocks = (n_out + DIAG_COLS - 1) // DIAG_COLS, blk, j0, j1
+    cdef Py_ssize_t nd = lower + upper + 1
+    cdef floating* scratch
+    if num_threads > nblocks:
+        num_threads = <int>nblocks
+    with nogil:
+        for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+            scratch = <floating*>malloc(nd * DIAG_COLS * sizeof(floating))
+            if scratch != NULL:
+                j0 = blk * DIAG_COLS
+                j1 = imin(j0 + DIAG_COLS, n_out)
+                if weight_grad:
+                    diag_grad_item(x, gy, out, lower, upper, j0, j1, scratch)
+                else:
+                    diag_item(x, w, out, lower, upper, j0, j1, scratch)
+                free(scratch)
+
+
+# ------------------------------------------------------------------ banded: GEMM tiles
+cdef inline void tile_rows(Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t lower, Py_ssize_t upper,
+                           Py_ssize_t n_in, Py_ssize_t* i0, Py_ssize_t* i1) noexcept nogil:
+    # Rows of w that columns [j0, j1) touch inside the band.
+    i0[0] = imax(0, j0 - upper)
+    i1[0] = imin(n_in, j1 - 1 + lower + 1)
+    if i1[0] < i0[0]:
+        i1[0] = i0[0]
+
+
+cdef void tiled_item(const floating[:, ::1] x, const floating[:, :] w, floating[:, ::1] y,
+                     Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
+                     floating* tile) noexcept nogil:
+    cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1], n_out = y.shape[1]
+    cdef Py_ssize_t i0, i1, i, j, width = j1 - j0
+    tile_rows(j0, j1, lower, upper, n_in, &i0, &i1)
+    if i1 <= i0:
+        return
+    if w.strides[1] <= w.strides[0]:
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                tile[(i - i0) * width + j - j0] = \
+                    w[i, j] if (i - j <= lower and j - i <= upper) else 0
+    else:   # a transposed w: read it along its memory order
+        for j in range(j0, j1):
+            for i in range(i0, i1):
+                tile[(i - i0) * width + j - j0] = \
+                    w[i, j] if (i - j <= lower and j - i <= upper) else 0
+    gemm(False, False, B, width, i1 - i0, <floating>1, &x[0, i0], n_in,
+         tile, width, <floating>1, &y[0, j0], n_out)
+
+
+cdef void tiled_grad_item(const floating[:, ::1] x, const floating[:, ::1] gy, floating[:, ::1] gw,
+                          Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
+                          floating* tile) noexcept nogil:
+    cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1], n_out = gy.shape[1]
+    cdef Py_ssize_t i0, i1, i, j, width = j1 - j0
+    tile_rows(j0, j1, lower, upper, n_in, &i0, &i1)
+    if i1 <= i0:
+        return
+    gemm(True, False, i1 - i0, width, B, <floating>1, &x[0, i0], n_in,
+         &gy[0, j0], n_out, <floating>0, tile, width)
+    for i in range(i0, i1):
+        for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
+            gw[i, j] = tile[(i - i0) * width + j - j0]
+
+
+def band_tiled(const floating[:, ::1] x, const floating[:, :] w, const floating[:, ::1] gy,
+               floating[:, ::1] out, Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t block,
+               bint weight_grad, int num_threads):
+    """One GEMM per block of ``block`` output columns on the rows of w that the
+    block's band touches: ``out += x @ band(w)`` through a masked copy of that tile
+    of w, or with ``weight_grad`` ``out[band] = (x^T @ gy)[band]`` through a tile
+    of x^T @ gy (out is zero outside the band on entry; w is not read)."""
+    cdef Py_ssize_t n_in = x.shape[1], n_out = out.shape[1]
+    cdef Py_ssize_t nblocks = (n_out + block - 1) // block, blk, j0, j1
+    cdef Py_ssize_t tile_size = imax(1, imin(n_in, block + lower + upper) * block)
+    cdef floating* tile
+    if num_threads > nblocks:
+        num_threads = <int>nblocks
+    with nogil:
+        for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+            tile = <floating*>malloc(tile_size * sizeof(floating))
+            if tile != NULL:
+                j0 = blk * block
+                j1 = imin(j0 + block, n_out)
+                if weight_grad:
+                    tiled_grad_item(x, gy, out, lower, upper, j0, j1, tile)
+                else:
+                    tiled_item(x, w, out, lower, upper, j0, j1, tile)
+                free(tile)
+
+
+# ------------------------------------------------------------------ masks
+def apply_mask(const floating[:, ::1] w, const uint8_t[:, ::1] mask, floating[:, ::1] out,
+               int num_threads):
+    """out = w where mask else 0 (exact zeros: a NaN under a zero mask is dropped).
+    ``out`` may be ``w`` itself."""
+    cdef Py_ssize_t n0 = out.shape[0], n1 = out.shape[1], i
+    if n1 == 0:
+        return
+    with nogil:
+        for i in prange(n0, schedule="static", num_threads=num_threads):
+            if floating is float:
+                fastnn_mask_f32(&w[i, 0], &mask[i, 0], &out[i, 0], n1)
+            else:
+                fastnn_mask_f64(&w[i, 0], &mask[i, 0], &out[i, 0], n1)
+
+
+# ------------------------------------------------------------------ masked: sparse index
+cdef Py_ssize_t fill_row(const uint8_t* m, Py_ssize_t n, int64_t* cols) noexcept nogil:
+    # The columns of the non-zeros of a mask row into cols; returns their count.
+    # Skips zero words (sparse masks are mostly zero) and visits only the non-zero
+    # bytes of the others.
+    cdef Py_ssize_t j = 0, c = 0
+    cdef uint64_t word
+    cdef int k
+    while j + 8 <= n:
+        memcpy(&word, m + j, 8)
+        while word:
+            k = fastnn_first_byte(word)
+            cols[c] = j + k
+            c += 1
+            word = fastnn_clear_byte(word, k)
+        j += 8
+    while j < n:
+        if m[j]:
+            cols[c] = j
+            c += 1
+        j += 1
+    return c
+
+
+def mask_row_counts(const uint8_t[:, ::1] mask, int64_t[::1] counts, int num_threads):
+    """counts[i] = non-zeros of mask row i."""
+    cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i
+    with nogil:
+        for i in prange(n0, schedule="static", num_threads=num_threads):
+            counts[i] = fastnn_count_ones(&mask[i, 0], n1) if n1 else 0
+
+
+def mask_index(const uint8_t[:, ::1] mask, const int64_t[::1] row_ptr, int64_t[::1] row_cols,
+               int64_t[::1] col_ptr, int64_t[::1] col_rows, int64_t[::1] csr_to_csc,
+               int num_threads):
+    """Fill the CSR column indices (row_ptr given), the CSC row indices (rows
+    ascending within each column; col_ptr has n1 + 1 entries, filled here) and,
+    for each CSR entry, its position in the CSC order."""
+    cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i, j, p
+    cdef int64_t[::1] fill = np.empty(n1 + 1, dtype=np.int64)
+    with nogil:
+        for i in prange(n0, schedule="static", num_threads=num_threads):
+            if n1 and row_ptr[i + 1] > row_ptr[i]:
+                fill_row(&mask[i, 0], n1, &row_cols[row_ptr[i]])
+        for j in range(n1 + 1):
+            col_ptr[j] = 0
+        for p in range(row_ptr[n0]):
+            col_ptr[row_cols[p] + 1] += 1
+        for j in range(n1):
+            col_ptr[j + 1] += col_ptr[j]
+        for j in range(n1):
+            fill[j] = col_ptr[j]
+        for i in range(n0):
+            for p in range(row_ptr[i], row_ptr[i + 1]):
+                j = row_cols[p]
+                col_rows[fill[j]] = i
+                csr_to_csc[p] = fill[j]
+                fill[j] += 1
+
+
+def gather_values(const floating[:, ::1] w, const int64_t[::1] row_ptr,
+                  const int64_t[::1] row_cols, const int64_t[::1] perm, bint permuted,
+                  floating[::1] vals, int num_threads):
+    """vals[q] = w[i, row_cols[p]] for the CSR entries p of row i, with q = p or
+    (``permuted``) q = perm[p]: w is read in memory order whatever order vals
+    takes, so a CSC walk never strides down the columns of a large w."""
+    cdef Py_ssize_t n0 = w.shape[0], i, p
+    with nogil:
+        for i in prange(n0, schedule="static", num_threads=num_threads):
+            if permuted:
+                for p in range(row_ptr[i], row_ptr[i + 1]):
+                    vals[perm[p]] = w[i, row_cols[p]]
+            else:
+                for p in range(row_ptr[i], row_ptr[i + 1]):
+                    vals[p] = w[i, row_cols[p]]
+
+
+cdef void sparse_block(const floating[:, ::1] src_t, const floating[::1] vals,
+                       const int64_t[::1] ptr, const int64_t[::1] idx, floating[:, ::1] dst_t,
+                       Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    # Rows [r0, r1) of dst_t, one cache line of batch columns at a time: the
+    # slice of src_t that the rows gather from (n_src x 64 bytes) stays in L2, where
+    # whole rows of a wide batch would be fetched from further out for every
+    # non-zero.
+    cdef Py_ssize_t B = dst_t.shape[1], ld = src_t.shape[1], b0 = 0, r, nb
+    cdef Py_ssize_t chunk = 64 // sizeof(floating)
+    while b0 < B:
+        nb = imin(chunk, B - b0)
+        for r in range(r0, r1):
+            if ptr[r + 1] > ptr[r]:
+                sparse_row(&dst_t[r, b0], &src_t[0, b0], ld, &vals[0], &idx[0], ptr[r],
+                           ptr[r + 1], nb)
+        b0 += chunk
+
+
+def sparse_rows(const floating[:, ::1] src_t, const floating[::1] vals, const int64_t[::1] ptr,
+                const int64_t[::1] idx, floating[:, ::1] dst_t, int num_threads):
+    """dst_t[r, :] += sum_p vals[p] * src_t[idx[p], :] over p in ptr[r]:ptr[r+1].
+
+    The batch is the contiguous last axis, so every non-zero is a vector update."""
+    cdef Py_ssize_t n_dst = dst_t.shape[0], B = dst_t.shape[1], blk
+    cdef Py_ssize_t nblocks = (n_dst + SPARSE_ROWS - 1) // SPARSE_ROWS
+    if B == 0 or vals.shape[0] == 0:
+        return
+    with nogil:
+        for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+            sparse_block(src_t, vals, ptr, idx, dst_t, blk * SPARSE_ROWS,
+                         imin(blk * SPARSE_ROWS + SPARSE_ROWS, n_dst))
+
+
+def transpose(const floating[:, :] a, floating[:, ::1] out, int num_threads):
+    """out = a.T in 32 x 32 blocks (a any strides): the sparse kernels want the batch
+    as the contiguous axis, and NumPy's strided copy of a transpose is ~10x slower."""
+    cdef Py_ssize_t n0 = out.shape[0], n1 = out.shape[1], nb = (n0 + 31) // 32
+    cdef Py_ssize_t blk, i0, j0, i, j
+    with nogil:
+        for blk in prange(nb, schedule="static", num_threads=num_threads):
+            i0 = blk * 32
+            for j0 in range(0, n1, 32):
+                # The inner loop walks the long axis, so that the strided side
+                # steps by the short one: a 32-row block at a stride of many KiB
+                # would map every row to the same cache set.
+                if n1 <= n0:
+                    for j in range(j0, imin(j0 + 32, n1)):
+                        for i in range(i0, imin(i0 + 32, n0)):
+                            out[i, j] = a[j, i]
+                else:
+                    for i in range(i0, imin(i0 + 32, n0)):
+                        for j in range(j0, imin(j0 + 32, n1)):
+                            out[i, j] = a[j, i]
+
+
+def sparse_weight_grad(const floating[:, ::1] x_t, const floating[:, ::1] gy_t,
+                       const int64_t[::1] row_ptr, const int64_t[::1] row_cols,
+                       floating[:, ::1] gw, int num_threads):
+    """gw[i, j] = x_t[i, :] . gy_t[j, :] at the non-zeros (gw is zero elsewhere)."""
+    cdef Py_ssize_t n0 = gw.shape[0], B = x_t.shape[1], i, p, j, b
+    cdef floating s
+    cdef const floating* xr
+    cdef const floating* gr
+    with nogil:
+        for i in prange(n0, schedule="static", num_threads=num_threads):
+            xr = &x_t[i, 0] if B else NULL
+            for p in range(row_ptr[i], row_ptr[i + 1]):
+                j = row_cols[p]
+                s = 0
+                if B:
+                    gr = &gy_t[j, 0]
+                    for b in range(B):
+                        s = s + xr[b] * gr[b]
+                gw[i, j] = s
+
+
+# ------------------------------------------------------------------ locally connected
+def local_forward(const floating[:, :, ::1] cols, const floating[:, :, ::1] w,
+                  floating[:, :, ::1] y, floating beta, int num_threads):
+    """y[:, p, :] = cols[:, p, :] @ w[p] + beta * y[:, p, :] for every position p."""
+    cdef Py_ssize_t N = cols.shape[0], P = cols.shape[1], ckk = cols.shape[2], K = w.shape[2], p
+    if N == 0 or P == 0 or K == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=num_threads):
+            gemm(False, False, N, K, ckk, <floating>1, &cols[0, p, 0] if ckk else NULL, P * ckk,
+                 &w[p, 0, 0] if ckk else NULL, K, beta, &y[0, p, 0], P * K)
+
+
+def local_weight_grad(const floating[:, :, ::1] cols, const floating[:, :, ::1] gy,
+                      floating[:, :, ::1] gw, int num_threads):
+    """gw[p] = cols[:, p, :]^T @ gy[:, p, :]."""
+    cdef Py_ssize_t N = cols.shape[0], P = gw.shape[0], ckk = gw.shape[1], K = gw.shape[2], p
+    if P == 0 or ckk == 0 or K == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=num_threads):
+            gemm(True, False, ckk, K, N, <floating>1, &cols[0, p, 0] if N else NULL, P * ckk,
+                 &gy[0, p, 0] if N else NULL, P * K, <floating>0, &gw[p, 0, 0], K)
+
+
+def local_cols_grad(const floating[:, :, ::1] gy, const floating[:, :, ::1] w,
+                    floating[:, :, ::1] gcols, int num_threads):
+    """gcols[:, p, :] = gy[:, p, :] @ w[p]^T."""
+    cdef Py_ssize_t N = gy.shape[0], P = gy.shape[1], K = gy.shape[2], ckk = w.shape[1], p
+    if N == 0 or P == 0 or ckk == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=num_threads):
+            gemm(False, True, N, ckk, K, <floating>1, &gy[0, p, 0] if K else NULL, P * K,
+                 &w[p, 0, 0] if K else NULL, K, <floating>0, &gcols[0, p, 0], P * ckk)
