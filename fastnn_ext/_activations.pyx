@@ -296,7 +296,9 @@ cdef extern from *:
      * the row is read twice while in cache, nothing is stored. Else the gradient
      * scale_r * (softmax(x) sum(t) - t) into gx: exp(x - m) goes straight into gx and
      * is scaled there. At the label, p - 1 = -(s - e_label) / s from the double sum
-     * (a confident prediction's p = 1 - 1e-10 would round to 1 in float32: exactly 0). */
+     * (a confident prediction's p = 1 - 1e-10 would round to 1 in float32: exactly 0);
+     * when s - e_label loses more than 10 bits to cancellation, the other classes'
+     * terms are summed again instead. */
     #define FASTNN_ACT_DEFINE_XENT(T, S)                                                  \\
     FASTNN_ACT_INLINE void fastnn_xent_impl_##S(const T* x, const T* t,                   \\
             const int64_t* labels, double* loss, const T* scale, ptrdiff_t scale_step,   \\
@@ -341,11 +343,16 @@ cdef extern from *:
                 if (short_row) { for (j = 0; j < C; j++) g[j] = g[j] * a - sc * tr[j]; }  \\
                 else fastnn_span_impl_##S(FASTNN_OP_SCALE_SUB, tr, g, g, C, a, sc);       \\
             } else {                                                                      \\
-                double e_label = g[label];                                                \\
+                double rest = s - (double)g[label];                                       \\
+                if (rest < 0.0009765625 * s) {                                            \\
+                    /* s - e_label cancels: sum the other classes again. */               \\
+                    rest = 0;                                                             \\
+                    for (j = 0; j < C; j++) rest += j == label ? 0.0 : (double)g[j];      \\
+                }                                                                         \\
                 T a = (T)(sc / s);                                                        \\
                 if (short_row) { for (j = 0; j < C; j++) g[j] = g[j] * a; }               \\
                 else fastnn_span_impl_##S(FASTNN_OP_SCALE, NULL, g, g, C, a, 0);          \\
-                g[label] = (T)(-(s - e_label) / s * sc);                                  \\
+                g[label] = (T)(-rest / s * sc);                                           \\
             }                                                                             \\
         }                                                                                 \\
     }

@@ -598,7 +598,12 @@ def softmax_cross_entropy_backward(grad_loss, logits, labels, reduction="mean"):
     else:
         s = g.reshape(-1)
     p = softmax(x, axis=1)
-    return s[:, None] * (p * t.sum(axis=1, keepdims=True) - t)
+    g = p * t.sum(axis=1, keepdims=True) - t
+    if np.asarray(labels).ndim == 1:
+        # p - 1 at the label cancels for confident rows: -(the other classes' p) does not.
+        rows = np.arange(x.shape[0])
+        g[rows, np.asarray(labels)] = -np.where(t > 0, 0.0, p).sum(axis=1)
+    return s[:, None] * g
 
 
 __all__ += [
