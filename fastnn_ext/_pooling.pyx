@@ -179,14 +179,20 @@ cdef extern from *:
     /* Backward of one NCHW plane: gx = scatter-add of gy to the argmaxes (max), or \
      * of gy / count over each window's real elements (average, idx NULL). */      \
     FASTNN_POOL_CLONES                                                             \
-    static void fastnn_pool_plane_back_##SUF(const T* restrict gy,                 \
+    static int fastnn_pool_plane_back_##SUF(const T* restrict gy,                  \
                                              const int64_t* restrict idx,          \
                                              T* restrict gx, T* restrict sc,       \
                                              const fastnn_pool_geom* g) {          \
         for (ptrdiff_t p = 0; p < g->H * g->W; p++) gx[p] = 0;                     \
         if (idx) {                                                                 \
-            for (ptrdiff_t o = 0; o < g->Ho * g->Wo; o++) gx[idx[o]] += gy[o];     \
-            return;                                                                \
+            /* An index outside the plane is skipped and reported, not followed. */ \
+            int bad = 0;                                                           \
+            for (ptrdiff_t o = 0; o < g->Ho * g->Wo; o++) {                        \
+                int64_t k = idx[o];                                                \
+                if ((uint64_t)k < (uint64_t)(g->H * g->W)) gx[k] += gy[o];         \
+                else bad = 1;                                                      \
+            }                                                                      \
+            return bad;                                                            \
         }                                                                          \
         for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
             ptrdiff_t h0, h1, w0, w1;                                              \
@@ -203,16 +209,18 @@ cdef extern from *:
                     FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_BACK_LOOP)                  \
                 }                                                                  \
         }                                                                          \
+        return 0;                                                                  \
     }                                                                              \
     /* Backward of channels [c0, c1) of image n (NHWC), as the plane version. */  \
     FASTNN_POOL_CLONES                                                             \
-    static void fastnn_pool_column_back_##SUF(const T* restrict gy,                \
+    static int fastnn_pool_column_back_##SUF(const T* restrict gy,                 \
                                               const int64_t* restrict idx,         \
                                               T* restrict gx, T* restrict sc,      \
                                               const fastnn_pool_geom* g,           \
                                               ptrdiff_t n, ptrdiff_t c0,           \
                                               ptrdiff_t c1) {                      \
         ptrdiff_t nc = c1 - c0, HW = g->H * g->W;                                  \
+        int bad = 0;                                                               \
         T* restrict gxn = gx + n * HW * g->C + c0;                                 \
         for (ptrdiff_t p = 0; p < HW; p++)                                         \
             for (ptrdiff_t c = 0; c < nc; c++) gxn[p * g->C + c] = 0;              \
@@ -222,7 +230,10 @@ cdef extern from *:
                 const T* restrict gp = gy + o;                                     \
                 if (idx) {                                                         \
                     const int64_t* restrict ip = idx + o;                          \
-                    for (ptrdiff_t c = 0; c < nc; c++) gxn[ip[c] * g->C + c] += gp[c]; \
+                    for (ptrdiff_t c = 0; c < nc; c++) {                               \
+                        if ((uint64_t)ip[c] < (uint64_t)HW) gxn[ip[c] * g->C + c] += gp[c]; \
+                        else bad = 1;                                              \
+                    }                                                              \
                     continue;                                                      \
                 }                                                                  \
                 ptrdiff_t h0, h1, w0, w1;                                          \
@@ -236,6 +247,7 @@ cdef extern from *:
                         for (ptrdiff_t c = 0; c < nc; c++) q[c] += sc[c];          \
                     }                                                              \
             }                                                                      \
+        return bad;                                                                \
     }
 
     #define T float
@@ -257,14 +269,14 @@ cdef extern from *:
     void fastnn_pool_column_f64(const double* x, double* y, int64_t* idx,
                                 const fastnn_pool_geom* g, Py_ssize_t n, Py_ssize_t c0,
                                 Py_ssize_t c1, int is_max) noexcept nogil
-    void fastnn_pool_plane_back_f32(const float* gy, const int64_t* idx, float* gx,
+    int fastnn_pool_plane_back_f32(const float* gy, const int64_t* idx, float* gx,
                                     float* sc, const fastnn_pool_geom* g) noexcept nogil
-    void fastnn_pool_plane_back_f64(const double* gy, const int64_t* idx, double* gx,
+    int fastnn_pool_plane_back_f64(const double* gy, const int64_t* idx, double* gx,
                                     double* sc, const fastnn_pool_geom* g) noexcept nogil
-    void fastnn_pool_column_back_f32(const float* gy, const int64_t* idx, float* gx,
+    int fastnn_pool_column_back_f32(const float* gy, const int64_t* idx, float* gx,
                                      float* sc, const fastnn_pool_geom* g, Py_ssize_t n,
                                      Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-    void fastnn_pool_column_back_f64(const double* gy, const int64_t* idx, double* gx,
+    int fastnn_pool_column_back_f64(const double* gy, const int64_t* idx, double* gx,
                                      double* sc, const fastnn_pool_geom* g, Py_ssize_t n,
                                      Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
 
@@ -303,25 +315,27 @@ cdef inline void pool_item(const floating* x, floating* y, int64_t* idx,
         fastnn_pool_column_f64(x, y, idx, g, n, c0, c1, is_max)
 
 
-cdef inline void back_item(const floating* gy, const int64_t* idx, floating* gx,
-                           floating* scratch, const fastnn_pool_geom* g, bint nhwc,
-                           Py_ssize_t it, Py_ssize_t nblk) noexcept nogil:
+cdef inline int back_item(const floating* gy, const int64_t* idx, floating* gx,
+                          floating* scratch, const fastnn_pool_geom* g, bint nhwc,
+                          Py_ssize_t it, Py_ssize_t nblk) noexcept nogil:
+    """Returns 1 when an index outside its plane was skipped."""
     cdef Py_ssize_t n, c0, c1, pin = g.H * g.W, pout = g.Ho * g.Wo
     if not nhwc:
         if floating is float:
-            fastnn_pool_plane_back_f32(gy + it * pout, NULL if idx == NULL else idx + it * pout,
-                                       gx + it * pin, scratch, g)
+            return fastnn_pool_plane_back_f32(gy + it * pout,
+                                              NULL if idx == NULL else idx + it * pout,
+                                              gx + it * pin, scratch, g)
         else:
-            fastnn_pool_plane_back_f64(gy + it * pout, NULL if idx == NULL else idx + it * pout,
-                                       gx + it * pin, scratch, g)
-        return
+            return fastnn_pool_plane_back_f64(gy + it * pout,
+                                              NULL if idx == NULL else idx + it * pout,
+                                              gx + it * pin, scratch, g)
     n = it // nblk
     c0 = (it % nblk) * CBLOCK
     c1 = c0 + CBLOCK if c0 + CBLOCK < g.C else g.C
     if floating is float:
-        fastnn_pool_column_back_f32(gy, idx, gx, scratch, g, n, c0, c1)
+        return fastnn_pool_column_back_f32(gy, idx, gx, scratch, g, n, c0, c1)
     else:
-        fastnn_pool_column_back_f64(gy, idx, gx, scratch, g, n, c0, c1)
+        return fastnn_pool_column_back_f64(gy, idx, gx, scratch, g, n, c0, c1)
 
 
 # ---------------------------------------------------------------- entry points
@@ -344,24 +358,27 @@ def pool2d_backward(const floating[::1] gy, const int64_t[::1] idx, floating[::1
                     tuple geom, bint nhwc, int num_threads):
     """gx from gy: scattered to the argmax positions ``idx`` (flat h*W + w in each
     plane) for max pooling, spread over each window's real elements when idx is None
-    (average pooling)."""
+    (average pooling). Returns True when some index lay outside its plane (skipped;
+    the caller raises)."""
     cdef fastnn_pool_geom g = make_geom(geom)
     cdef const int64_t* ip = NULL if idx is None else &idx[0]
     cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
     cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
     cdef int nt = num_threads if g.N * g.C * g.H * g.W >= PAR_MIN else 1
     cdef floating* scratch
-    cdef int failed = 0
+    cdef int failed = 0, bad = 0
     cdef int* failed_p = &failed
+    cdef int* bad_p = &bad
     if items == 0:
-        return
+        return False
     with nogil, parallel(num_threads=nt, use_threads_if=nt > 1):
         scratch = <floating*>malloc((g.Wo + CBLOCK + 1) * sizeof(floating))
         for it in prange(items, schedule="static"):
             if scratch == NULL:
                 failed_p[0] = 1
-            else:
-                back_item(&gy[0], ip, &gx[0], scratch, &g, nhwc, it, nblk)
+            elif back_item(&gy[0], ip, &gx[0], scratch, &g, nhwc, it, nblk):
+                bad_p[0] = 1
         free(scratch)
     if failed:
         raise MemoryError("pooling backward: could not allocate scratch")
+    return bool(bad)
