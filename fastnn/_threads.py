@@ -124,6 +124,15 @@ def get_num_threads():
     This honours :func:`threads` in the calling Python thread, then
     :func:`set_num_threads`, then the default. It is 1 in a child process forked
     after fastnn was imported (see the module notes).
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> with fastnn.threads(3):
+    ...     fastnn.get_num_threads()
+    3
+    >>> fastnn.get_num_threads() >= 1
+    True
     """
     if _forked_child:
         return 1

@@ -69,7 +69,18 @@ class RecurrentCache:
     """What a training forward (``lstm/gru/simple_rnn(..., training=True)``) keeps for
     its backward: the inputs in time-major order, the stored gate activations and the
     states of every step. Treat it as opaque and read-only; a backward may be called on
-    it any number of times."""
+    it any number of times.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn
+    >>> x = np.ones((1, 3, 2)); kernel = np.full((2 + 4, 16), 0.1); bias = np.zeros(16)
+    >>> out, (h, c), cache = fastnn.lstm(x, None, None, kernel, bias, training=True)
+    >>> cache.kind, cache.T, cache.B, cache.H
+    ('lstm', 3, 1, 4)
+    >>> [g.shape for g in fastnn.lstm_backward(np.ones_like(out), None, None, cache)]
+    [(1, 3, 2), (1, 4), (1, 4), (6, 16), (16,)]
+    """
 
     __slots__ = ("kind", "dtype", "time_major", "T", "B", "I", "H", "x", "kernel",
                  "recurrent_kernel", "hs", "cs", "gates", "tc", "q", "rh", "reset_after",
