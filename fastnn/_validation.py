@@ -7,15 +7,30 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_array(a, name, fn):
-    """``np.asarray(a)``, refusing anything but float32/float64 with a TypeError."""
+def as_array(a, name, fn):
+    """``np.asarray(a)``, a TypeError naming the argument if it cannot be converted."""
     try:
-        arr = np.asarray(a)
+        return np.asarray(a)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{fn}: {name} could not be converted to an array ({exc})") from None
+
+
+def as_float_array(a, name, fn):
+    """``np.asarray(a)``, refusing anything but float32/float64 with a TypeError."""
+    arr = as_array(a, name, fn)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{fn}: {name} must have dtype float32 or float64, got {arr.dtype}")
     return arr
+
+
+def check_bias(bias, n, fn):
+    """None, or ``bias`` as a float array of shape (n,)."""
+    if bias is None:
+        return None
+    bias = as_float_array(bias, "bias", fn)
+    if bias.shape != (n,):
+        raise ValueError(f"{fn}: bias must have shape ({n},), got {bias.shape}")
+    return bias
 
 
 def result_dtype(*arrays):

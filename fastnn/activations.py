@@ -22,7 +22,8 @@ import numbers
 import numpy as np
 
 from fastnn._threads import get_num_threads
-from fastnn._validation import as_float_array, contiguous, finish_out, prepare_out, result_dtype
+from fastnn._validation import (as_array, as_float_array, contiguous, finish_out, prepare_out,
+                                result_dtype)
 from fastnn_ext import _activations
 
 __all__ = [
@@ -533,10 +534,7 @@ def _xent_setup(fn, logits, labels, reduction):
     if logits.ndim != 2:
         raise ValueError(f"{fn}: logits must be 2-D (N, C), got shape {logits.shape}")
     N, C = logits.shape
-    try:
-        lab = np.asarray(labels)
-    except Exception as exc:
-        raise TypeError(f"{fn}: labels could not be converted to an array ({exc})") from None
+    lab = as_array(labels, "labels", fn)
     if lab.ndim == 1:
         if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
             raise TypeError(f"{fn}: labels of shape (N,) are class indices and must have an "

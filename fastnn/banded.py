@@ -21,8 +21,8 @@ import math
 import numpy as np
 
 from fastnn._threads import blas_single_thread, get_num_threads
-from fastnn._validation import (as_float_array, as_int, check_ndim, contiguous, finish_out,
-                                int_tuple, prepare_out, result_dtype)
+from fastnn._validation import (as_array, as_float_array, as_int, check_bias, check_ndim,
+                                contiguous, finish_out, int_tuple, prepare_out, result_dtype)
 from fastnn.conv import _Geometry, _parse_padding, col2im, im2col
 from fastnn_ext import _banded
 
@@ -127,15 +127,6 @@ def _check_x_w(fn, x, w, xname="x"):
     if x.shape[-1] != w.shape[0]:
         raise ValueError(f"{fn}: {xname} has {x.shape[-1]} features (last axis of shape "
                          f"{x.shape}), w expects n_in = {w.shape[0]} (w has shape {w.shape})")
-
-
-def _check_bias(fn, bias, n_out):
-    if bias is None:
-        return None
-    bias = as_float_array(bias, "bias", fn)
-    if bias.shape != (n_out,):
-        raise ValueError(f"{fn}: bias must have shape ({n_out},), got {bias.shape}")
-    return bias
 
 
 def _clip_band(fn, num_lower, num_upper, n_in, n_out):
@@ -243,7 +234,7 @@ def banded_matmul(x, w, num_lower, num_upper, bias=None, *, out=None):
     w = as_float_array(w, "w", fn)
     _check_x_w(fn, x, w)
     n_in, n_out = w.shape
-    bias = _check_bias(fn, bias, n_out)
+    bias = check_bias(bias, n_out, fn)
     lower, upper = _clip_band(fn, num_lower, num_upper, n_in, n_out)
     dtype = result_dtype(x, w, bias)
     buf, target = prepare_out(out, x.shape[:-1] + (n_out,), dtype, fn, (x, w, bias))
@@ -349,10 +340,7 @@ class PreparedMask:
     """
 
     def __init__(self, mask, fn="prepare_mask", snapshot=False):
-        try:
-            m = np.asarray(mask)
-        except Exception as exc:
-            raise TypeError(f"{fn}: mask could not be converted to an array ({exc})") from None
+        m = as_array(mask, "mask", fn)
         if m.dtype.kind not in "biuf":
             raise TypeError(f"{fn}: mask must be a bool, integer or float array, got {m.dtype}")
         if m.ndim != 2:
@@ -485,7 +473,7 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
     fn = "masked_matmul"
     x, w, plan = _masked_setup(fn, x, w, mask)
     n_in, n_out = w.shape
-    bias = _check_bias(fn, bias, n_out)
+    bias = check_bias(bias, n_out, fn)
     dtype = result_dtype(x, w, bias)
     buf, target = prepare_out(out, x.shape[:-1] + (n_out,), dtype, fn, (x, w, bias))
     y2 = _rows(buf, n_out)

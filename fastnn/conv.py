@@ -15,7 +15,7 @@ import contextlib
 import numpy as np
 
 from fastnn._threads import blas_single_thread, get_num_threads
-from fastnn._validation import (as_float_array, as_int, check_ndim, contiguous,
+from fastnn._validation import (as_float_array, as_int, check_bias, check_ndim, contiguous,
                                 finish_out, int_tuple, prepare_out, result_dtype)
 from fastnn_ext import _conv
 
@@ -153,15 +153,6 @@ def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout, ndim=2
     return x, weight, geom
 
 
-def _check_bias(bias, K, fn):
-    if bias is None:
-        return None
-    bias = as_float_array(bias, "bias", fn)
-    if bias.shape != (K,):
-        raise ValueError(f"{fn}: bias must have shape ({K},), got {bias.shape}")
-    return bias
-
-
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
            layout="NCHW", out=None):
     """2-D convolution (cross-correlation) by im2col tiles and GEMM.
@@ -202,7 +193,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     """
     fn = "conv2d"
     x, weight, geom = _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout)
-    bias = _check_bias(bias, geom.K, fn)
+    bias = check_bias(bias, geom.K, fn)
     dtype = result_dtype(x, weight, bias)
     buf, target = prepare_out(out, geom.out_shape, dtype, fn, (x, weight, bias))
     if buf.size:
@@ -210,15 +201,21 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return finish_out(buf, target)
 
 
-def _phase_split(x, geom, dtype, nchw=None):
+def _phase_split(x, geom, dtype, nchw=None, splits=None):
     """x zero-padded and split by stride phase, as (array, Hq, Wq).
 
     NCHW gives (N, C, sh, sw, Hq, Wq) with ``xq[n, c, a, b, u, v] =
     xpad[n, c, u*sh + a, v*sw + b]`` (NHWC: (N, sh, sw, Hq, Wq, C)), so that every
     kernel tap of a strided convolution reads a contiguous run. For stride 1 it is
     just the padded image (and x itself when there is no padding). ``nchw=True``
-    turns an NHWC x into the NCHW form.
+    turns an NHWC x into the NCHW form. ``splits``: a dict shared by the calls that
+    split the same x with the same geometry, so that the split is made once.
     """
+    if splits is not None:
+        key = bool(nchw)
+        if key not in splits:
+            splits[key] = _phase_split(x, geom, dtype, nchw)
+        return splits[key]
     to_nchw = geom.nhwc and nchw
     if to_nchw:
         x = x.transpose(0, 3, 1, 2)
@@ -243,7 +240,7 @@ def _phase_split(x, geom, dtype, nchw=None):
     return np.ascontiguousarray(xq), Hq, Wq
 
 
-def _forward(x, weight, bias, buf, geom, dtype):
+def _forward(x, weight, bias, buf, geom, dtype, splits=None):
     wc = contiguous(weight, dtype)
     bc = None if bias is None else contiguous(bias, dtype)
     kg = geom.K // geom.groups
@@ -262,12 +259,12 @@ def _forward(x, weight, bias, buf, geom, dtype):
     if direct:
         xc = contiguous(x, dtype)
     elif geom.nhwc and kg < block_k:
-        xq, Hq, Wq = _phase_split(x, geom, dtype, nchw=True)
+        xq, Hq, Wq = _phase_split(x, geom, dtype, nchw=True, splits=splits)
         xc = xq
         wc = np.ascontiguousarray(wc.transpose(3, 2, 0, 1))
         out_nhwc = True
     else:
-        xq, Hq, Wq = _phase_split(x, geom, dtype)
+        xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         xc = xq
     # Only the packed NHWC path with few output channels calls BLAS. Toggling BLAS's
     # thread count when it is not needed is not free: OpenBLAS wakes its thread
@@ -345,13 +342,13 @@ def _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad):
     return grad_x, grad_w, grad_b
 
 
-def _weight_grad(x, gyc, grad_w, geom, dtype, nt):
+def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):
     """grad_weight: patches read in place from the phase-split image by the
     register-blocked kernel (vectorised along output channels), or packed im2col
     tiles and BLAS when a group has too few output channels to fill a vector."""
     kg = geom.K // geom.groups
     if kg >= 64 // np.dtype(dtype).itemsize:
-        xq, Hq, Wq = _phase_split(x, geom, dtype)
+        xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         _conv.conv2d_weight_grad_implicit(xq.reshape(-1), gyc, grad_w.reshape(-1),
                                           geom.kernel_args(), geom.nhwc, nt, Hq, Wq)
         return
@@ -595,7 +592,7 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     """
     fn = "conv1d"
     x4, w4, geom, layout = _conv1d_setup(fn, x, weight, stride, padding, dilation, groups, layout)
-    bias = _check_bias(bias, geom.K, fn)
+    bias = check_bias(bias, geom.K, fn)
     dtype = result_dtype(x4, w4, bias)
     buf, target = prepare_out(out, _shape_1d(geom.out_shape, geom), dtype, fn, (x4, w4, bias))
     if buf.size:
@@ -764,7 +761,7 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     fn = "conv_transpose2d"
     x, weight, tg = _transpose_setup(fn, x, weight, stride, padding, output_padding, dilation,
                                      groups, layout)
-    bias = _check_bias(bias, tg.Cout, fn)
+    bias = check_bias(bias, tg.Cout, fn)
     dtype = result_dtype(x, weight, bias)
     buf, target = prepare_out(out, tg.out_shape, dtype, fn, (x, weight, bias))
     if buf.size:
@@ -824,14 +821,16 @@ def conv_transpose2d_backward(grad_y, x, weight, *, stride=1, padding=0, output_
     nt = get_num_threads()
     grad_x = grad_w = grad_b = None
     reach = None if tg.fwd is None else tg.crop(grad_y)
+    splits = {}     # grad_x and grad_weight both read reach padded and phase-split
     if need_input_grad:
         grad_x = np.zeros(x.shape, dtype=dtype)
         if grad_x.size and reach is not None:
-            _forward(reach, weight, None, grad_x, tg.fwd, dtype)
+            _forward(reach, weight, None, grad_x, tg.fwd, dtype, splits)
     if need_weight_grad:
         grad_w = np.zeros(weight.shape, dtype=dtype)
         if grad_w.size and x.size and reach is not None:
-            _weight_grad(reach, contiguous(x, dtype).reshape(-1), grad_w, tg.fwd, dtype, nt)
+            _weight_grad(reach, contiguous(x, dtype).reshape(-1), grad_w, tg.fwd, dtype, nt,
+                         splits)
     if bias:
         grad_b = np.zeros(tg.Cout, dtype=dtype)
         if grad_y.size:

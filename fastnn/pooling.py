@@ -17,7 +17,7 @@ PyTorch: ``h * W + w`` for 2-D (whatever the layout), ``w`` for 1-D.
 import numpy as np
 
 from fastnn._threads import get_num_threads
-from fastnn._validation import as_float_array, check_ndim, contiguous, int_tuple
+from fastnn._validation import as_array, as_float_array, check_ndim, contiguous, int_tuple
 from fastnn.conv import _parse_padding, _parse_padding_1d
 from fastnn_ext import _pooling
 
@@ -143,10 +143,7 @@ def _backward(fn, ndim, grad_y, x, kernel_size, stride, padding, layout, is_max,
 
 
 def _check_indices(fn, indices, geom):
-    try:
-        idx = np.asarray(indices)
-    except Exception as exc:
-        raise TypeError(f"{fn}: indices could not be converted to an array ({exc})") from None
+    idx = as_array(indices, "indices", fn)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"{fn}: indices must be an integer array, got dtype {idx.dtype}")
     if idx.shape != geom.out_shape:

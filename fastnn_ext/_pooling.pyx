@@ -33,7 +33,6 @@ cdef extern from *:
     #include <stddef.h>
     #include <stdint.h>
     #include <math.h>
-    #include <stdlib.h>
 
     typedef struct {
         ptrdiff_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo;
@@ -84,12 +83,13 @@ cdef extern from *:
 
     #define FASTNN_POOL_KERNELS(T, SUF)                                              \
     /* One (image, channel) plane: y (Ho, Wo) from x (H, W); idx NULL or (Ho, Wo). */ \
+    /* col: W elements of scratch for the separable path, or NULL (the taps are  \
+     * then read row by row: the same result). */                                \
     FASTNN_POOL_CLONES                                                             \
     static void fastnn_pool_plane_##SUF(const T* restrict x, T* restrict y,        \
-                                        int64_t* restrict idx,                     \
+                                        int64_t* restrict idx, T* col,             \
                                         const fastnn_pool_geom* g, int is_max) {   \
-        /* Without it (no memory) the taps are read row by row: same result. */    \
-        T* col = (!idx && g->kh > 1) ? (T*)malloc(g->W * sizeof(T)) : NULL;        \
+        if (idx || g->kh == 1) col = NULL;                                         \
         for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
             T* restrict yr = y + ho * g->Wo;                                       \
             int64_t* restrict ir = idx ? idx + ho * g->Wo : NULL;                  \
@@ -133,7 +133,6 @@ cdef extern from *:
                     yr[wo] = yr[wo] / (T)((h1 - h0) * (w1 - w0));                  \
                 }                                                                  \
         }                                                                          \
-        free(col);                                                                 \
     }                                                                              \
     /* Channels [c0, c1) of image n, every output pixel (NHWC). */                 \
     FASTNN_POOL_CLONES                                                             \
@@ -259,9 +258,9 @@ cdef extern from *:
     """
     ctypedef struct fastnn_pool_geom:
         Py_ssize_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo
-    void fastnn_pool_plane_f32(const float* x, float* y, int64_t* idx,
+    void fastnn_pool_plane_f32(const float* x, float* y, int64_t* idx, float* col,
                                const fastnn_pool_geom* g, int is_max) noexcept nogil
-    void fastnn_pool_plane_f64(const double* x, double* y, int64_t* idx,
+    void fastnn_pool_plane_f64(const double* x, double* y, int64_t* idx, double* col,
                                const fastnn_pool_geom* g, int is_max) noexcept nogil
     void fastnn_pool_column_f32(const float* x, float* y, int64_t* idx,
                                 const fastnn_pool_geom* g, Py_ssize_t n, Py_ssize_t c0,
@@ -294,17 +293,17 @@ cdef fastnn_pool_geom make_geom(tuple g):
 
 
 # ---------------------------------------------------------------- typed items
-cdef inline void pool_item(const floating* x, floating* y, int64_t* idx,
+cdef inline void pool_item(const floating* x, floating* y, int64_t* idx, floating* col,
                            const fastnn_pool_geom* g, bint nhwc, Py_ssize_t it,
                            Py_ssize_t nblk, bint is_max) noexcept nogil:
     cdef Py_ssize_t n, c0, c1, pin = g.H * g.W, pout = g.Ho * g.Wo
     if not nhwc:
         if floating is float:
             fastnn_pool_plane_f32(x + it * pin, y + it * pout,
-                                  NULL if idx == NULL else idx + it * pout, g, is_max)
+                                  NULL if idx == NULL else idx + it * pout, col, g, is_max)
         else:
             fastnn_pool_plane_f64(x + it * pin, y + it * pout,
-                                  NULL if idx == NULL else idx + it * pout, g, is_max)
+                                  NULL if idx == NULL else idx + it * pout, col, g, is_max)
         return
     n = it // nblk
     c0 = (it % nblk) * CBLOCK
@@ -347,11 +346,16 @@ def pool2d_forward(const floating[::1] x, floating[::1] y, int64_t[::1] idx, tup
     cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
     cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
     cdef int nt = num_threads if g.N * g.C * g.H * g.W >= PAR_MIN else 1
+    cdef floating* col
     if items == 0:
         return
-    with nogil:
-        for it in prange(items, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-            pool_item(&x[0], &y[0], ip, &g, nhwc, it, nblk, is_max)
+    with nogil, parallel(num_threads=nt, use_threads_if=nt > 1):
+        # Per-thread scratch row; without it (no memory) the plane kernels skip the
+        # separable path and give the same result.
+        col = NULL if nhwc else <floating*>malloc((g.W + 1) * sizeof(floating))
+        for it in prange(items, schedule="static"):
+            pool_item(&x[0], &y[0], ip, col, &g, nhwc, it, nblk, is_max)
+        free(col)
 
 
 def pool2d_backward(const floating[::1] gy, const int64_t[::1] idx, floating[::1] gx,

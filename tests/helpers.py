@@ -1,5 +1,7 @@
 """Test helpers shared by the test modules (tests/ is on sys.path via conftest.py)."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -53,15 +55,14 @@ def numeric_grad(f, a, eps=1e-6):
     """Central finite differences of the scalar f() with respect to the array a
     (perturbed in place and restored)."""
     g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + eps
         fp = f()
-        flat[i] = old - eps
+        a[i] = old - eps
         fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
+        a[i] = old
+        g[i] = (fp - fm) / (2 * eps)
     return g
 
 
@@ -113,3 +114,17 @@ def assert_finite_difference_grads(forward, grads, arrays, names, grad_y, tol=1e
     for got, a, name in zip(grads, arrays, names):
         err = np.linalg.norm(got - numeric_grad(loss, a)) / max(np.linalg.norm(got), 1e-300)
         assert err < tol, f"{name}: relative error vs finite differences {err:.3g}"
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_at_simd_level(script, level, timeout=300):
+    """Run ``script`` (formatted with ``here`` = this folder, given the level as argv[1])
+    in a fresh interpreter whose kernels are capped at SIMD ``level``
+    (``FASTNN_UKERNEL_MAX``); it must exit 0 and print a line starting with "ok"."""
+    env = dict(os.environ, FASTNN_UKERNEL_MAX=str(level))
+    proc = subprocess.run([sys.executable, "-c", script.format(here=HERE), str(level)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok"), proc.stdout

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.activations
 import reference as ref
-from helpers import DTYPES, PROPERTY, TOL, assert_close, call_raises, numeric_grad
+from helpers import (DTYPES, PROPERTY, TOL, assert_close, call_raises, numeric_grad,
+                     run_at_simd_level)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 def assert_same_nonfinite(got, want, what="", dtype=np.float64):
     """NaN where the reference has NaN, the same infinities, close elsewhere."""
@@ -938,11 +938,7 @@ SIMD_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_simd_path_matches_reference(level):
-    env = dict(os.environ, FASTNN_UKERNEL_MAX=str(level))
-    proc = subprocess.run([sys.executable, "-c", SIMD_SCRIPT.format(here=HERE), str(level)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("ok")
+    run_at_simd_level(SIMD_SCRIPT, level, timeout=300)
 
 
 # ------------------------------------------------------------------ imports

@@ -7,8 +7,6 @@ installed) through the converters, the bad-input rules, memory layouts, empty ba
 out= buffers, and thread-count determinism.
 """
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -19,11 +17,10 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.convert as convert
 import reference as ref
-from helpers import call_raises, snapshot
+from helpers import call_raises, numeric_grad, run_at_simd_level, snapshot
 
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 DTYPES = (np.float32, np.float64)
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 PROPERTY = settings(max_examples=int(os.environ.get("FASTNN_TEST_EXAMPLES", "25")),
                     deadline=None, database=None, print_blob=True,
@@ -187,21 +184,9 @@ def test_lstm_recurrent_product_paths(H, panels):
 
 
 # ------------------------------------------------------------------ gradients
-def _numeric_grad(f, arrays, eps=1e-6):
+def _numeric_grad(f, arrays):
     """Central differences of the scalar f() with respect to every element of arrays."""
-    grads = []
-    for a in arrays:
-        g = np.zeros_like(a)
-        for idx in np.ndindex(a.shape):
-            old = a[idx]
-            a[idx] = old + eps
-            fp = f()
-            a[idx] = old - eps
-            fm = f()
-            a[idx] = old
-            g[idx] = (fp - fm) / (2 * eps)
-        grads.append(g)
-    return grads
+    return [numeric_grad(f, a) for a in arrays]
 
 
 def _check_grads(got, want, what):
@@ -709,11 +694,7 @@ SIMD_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("level", [0, 1])
 def test_simd_path_matches_reference(level):
-    env = dict(os.environ, FASTNN_UKERNEL_MAX=str(level))
-    proc = subprocess.run([sys.executable, "-c", SIMD_SCRIPT.format(here=HERE), str(level)],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("ok")
+    run_at_simd_level(SIMD_SCRIPT, level, timeout=120)
 
 
 def test_import_makes_convert_available():

@@ -1,14 +1,11 @@
 """Every runtime-dispatched kernel path (baseline, AVX2+FMA, AVX-512) against the
 float64 reference: FASTNN_UKERNEL_MAX caps the path chosen at import, so each level
 runs in its own interpreter."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import run_at_simd_level
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -53,8 +50,4 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_kernel_path_matches_reference(level):
-    env = dict(os.environ, FASTNN_UKERNEL_MAX=str(level))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(here=HERE), str(level)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("ok")
+    run_at_simd_level(SCRIPT, level, timeout=300)
