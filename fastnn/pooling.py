@@ -3,10 +3,14 @@
 Layouts: ``"NCHW"`` / ``"NHWC"`` images for the 2-D functions, ``"NCW"`` / ``"NWC"``
 sequences for the 1-D ones (run as height-1 images).
 
-Padding is never part of a window's value: max pooling pads with -inf and average
-pooling divides by the number of real (unpadded) elements in each window, like
-TensorFlow and PyTorch's ``count_include_pad=False``. ``"same"`` padding follows
-TensorFlow's rule (output ``ceil(in / stride)``, the odd element after). A window
+By default padding is never part of a window's value: max pooling pads with -inf
+and average pooling divides by the number of real (unpadded) elements in each
+window, like TensorFlow and PyTorch's ``count_include_pad=False`` (PyTorch's default
+is True; ``count_include_pad=True`` and ``divisor_override`` give PyTorch's other
+divisors). ``"same"`` padding follows TensorFlow's rule (output ``ceil(in / stride)``,
+the odd element after) on the dilated window. PyTorch's ``dilation`` (max pooling)
+and ``ceil_mode`` follow PyTorch's definitions, output size rule included; they are
+index arithmetic in the kernels, nothing is padded or copied for them. A window
 holding NaN gives NaN (PyTorch's behaviour; TensorFlow skips NaN), and its index is
 the last NaN's. Otherwise the index is the first maximum in row-major window order;
 a window of -inf values gives -inf and the index of its first real element.
@@ -14,10 +18,12 @@ a window of -inf values gives -inf and the index of its first real element.
 Indices (``return_indices=True``) are int64 and flat within each input plane, as in
 PyTorch: ``h * W + w`` for 2-D (whatever the layout), ``w`` for 1-D.
 """
+import numbers
+
 import numpy as np
 
 from fastnn._threads import get_num_threads
-from fastnn._validation import as_array, as_float_array, check_ndim, contiguous, int_tuple
+from fastnn._validation import as_array, as_float_array, as_int, check_ndim, contiguous, int_tuple
 from fastnn.conv import _parse_padding, _parse_padding_1d
 from fastnn_ext import _pooling
 
@@ -28,10 +34,45 @@ _LAYOUTS = {2: ("NCHW", "NHWC"), 1: ("NCW", "NWC")}
 _DIMS = {"NCHW": "N, C, H, W", "NHWC": "N, H, W, C", "NCW": "N, C, W", "NWC": "N, W, C"}
 
 
-class _PoolGeometry:
-    """Validated pooling geometry of a 2-D (or height-1) problem."""
+def _expand_one(value, ndim):
+    """PyTorch expands a 1-element tuple to every spatial axis (``(3,)`` means 3)."""
+    if ndim == 2 and isinstance(value, (tuple, list)) and len(value) == 1:
+        (item,) = value
+        if isinstance(item, (numbers.Integral, np.integer)) and not isinstance(item, (bool, np.bool_)):
+            return item
+    return value
 
-    def __init__(self, fn, ndim, layout, x, kernel_size, stride, padding):
+
+def _check_bool(value, name, fn):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _out_size(size, p0, p1, k, s, d, ceil_mode):
+    """PyTorch's pooling output size (``pooling_output_shape_pad_lr``): floor or ceil
+    of (size + p0 + p1 - ((k - 1) d + 1)) / s, plus one; in ceil mode the last window
+    must start inside the input or the left padding."""
+    span = size + p0 + p1 - ((k - 1) * d + 1)
+    if not ceil_mode:
+        return span // s + 1
+    n = -(-span // s) + 1
+    if (n - 1) * s >= size + p0:
+        n -= 1
+    return n
+
+
+class _PoolGeometry:
+    """Validated pooling geometry of a 2-D (or height-1) problem.
+
+    ``pytorch_args`` (dilation other than 1, ceil_mode, count_include_pad or
+    divisor_override in use) adds PyTorch's padding limit of half the effective
+    window; the TensorFlow-style calls without them keep the looser rule that every
+    window holds an input element (which both kinds of call must satisfy).
+    """
+
+    def __init__(self, fn, ndim, layout, x, kernel_size, stride, padding, dilation=1,
+                 ceil_mode=False, count_include_pad=False, divisor_override=None):
         if not isinstance(layout, str) or layout.upper() not in _LAYOUTS[ndim]:
             raise ValueError(f"{fn}: layout must be one of {', '.join(_LAYOUTS[ndim])}, "
                              f"got {layout!r}")
@@ -39,38 +80,66 @@ class _PoolGeometry:
         self.ndim = ndim
         self.channels_last = self.layout in ("NHWC", "NWC")
         check_ndim(x, ndim + 2, "x", fn, f"(layout {self.layout}: {_DIMS[self.layout]})")
-        k = int_tuple(kernel_size, ndim, "kernel_size", fn, minimum=1)
-        s = k if stride is None else int_tuple(stride, ndim, "stride", fn, minimum=1)
+        k = int_tuple(_expand_one(kernel_size, ndim), ndim, "kernel_size", fn, minimum=1)
+        if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+            s = k                                       # PyTorch: None or () is kernel_size
+        else:
+            s = int_tuple(_expand_one(stride, ndim), ndim, "stride", fn, minimum=1)
+        d = int_tuple(_expand_one(dilation, ndim), ndim, "dilation", fn, minimum=1)
+        ceil_mode = _check_bool(ceil_mode, "ceil_mode", fn)
+        count_include_pad = _check_bool(count_include_pad, "count_include_pad", fn)
+        if divisor_override is not None:
+            divisor_override = as_int(divisor_override, "divisor_override", fn)
+            if divisor_override == 0:
+                raise ValueError(f"{fn}: divisor_override must not be zero")
+        pytorch_args = (any(v != 1 for v in d) or ceil_mode or count_include_pad
+                        or divisor_override is not None)
         if self.channels_last:
             self.N, self.C = x.shape[0], x.shape[-1]
             spatial = x.shape[1:-1]
         else:
             self.N, self.C = x.shape[:2]
             spatial = x.shape[2:]
+        shown = padding                                 # as the caller wrote it
         if ndim == 1:
-            spatial, k, s = (1,) + spatial, (1,) + k, (1,) + s
+            spatial, k, s, d = (1,) + spatial, (1,) + k, (1,) + s, (1,) + d
             padding = _parse_padding_1d(padding, fn)
+        else:
+            padding = _expand_one(padding, ndim)
         self.H, self.W = spatial
         self.kh, self.kw = k
         self.sh, self.sw = s
-        pads = _parse_padding(padding, spatial, k, s, (1, 1), fn)
+        self.dh, self.dw = d
+        # "same": TensorFlow's rule on the effective (dilated) window (k - 1) d + 1.
+        pads = _parse_padding(padding, spatial, k, s, d, fn)
         (self.pt, self.pb), (self.pl, self.pr) = pads
-        self.Ho = (self.H + self.pt + self.pb - self.kh) // self.sh + 1
-        self.Wo = (self.W + self.pl + self.pr - self.kw) // self.sw + 1
-        window = f"{self.kh}x{self.kw}" if ndim == 2 else f"{self.kw}"
-        padded = (f"{self.H + self.pt + self.pb}x{self.W + self.pl + self.pr}" if ndim == 2
-                  else f"{self.W + self.pl + self.pr}")
+        self.Ho = _out_size(self.H, self.pt, self.pb, self.kh, self.sh, self.dh, ceil_mode)
+        self.Wo = _out_size(self.W, self.pl, self.pr, self.kw, self.sw, self.dw, ceil_mode)
+        self.mode = 2 if divisor_override is not None else (1 if count_include_pad else 0)
+        self.div = divisor_override or 0
+        axes = (("height", self.H, self.pt, self.pb, self.kh, self.sh, self.dh, self.Ho),
+                ("width", self.W, self.pl, self.pr, self.kw, self.sw, self.dw, self.Wo))
+        if ndim == 1:
+            axes = axes[1:]
         if self.Ho < 1 or self.Wo < 1:
+            window = "x".join(str(a[4]) for a in axes)
+            if any(a[6] != 1 for a in axes):
+                window += ", dilated to " + "x".join(str((a[4] - 1) * a[6] + 1) for a in axes)
+            padded = "x".join(str(a[1] + a[2] + a[3]) for a in axes)
             raise ValueError(f"{fn}: the pooling window ({window}) is larger than the padded "
                              f"input ({padded})")
-        # Every window must hold a real element (else its max / mean is undefined):
-        # the first window starts before the kernel's end, the last one inside the input.
-        for name, p0, k_, s_, size, n_out in (("height", self.pt, self.kh, self.sh, self.H, self.Ho),
-                                              ("width", self.pl, self.kw, self.sw, self.W, self.Wo)):
-            if p0 >= k_ or (n_out - 1) * s_ - p0 >= size:
-                raise ValueError(f"{fn}: padding {padding!r} leaves a window with no input "
+        for name, size, p0, p1, k_, s_, d_, n_out in axes:
+            span = (k_ - 1) * d_ + 1
+            if pytorch_args and not isinstance(padding, str) and max(p0, p1) > span // 2:
+                raise ValueError(
+                    f"{fn}: padding {shown!r} must be at most half the effective window "
+                    f"along the {name} ({max(p0, p1)} > {span} // 2) when dilation, ceil_mode, "
+                    f"count_include_pad or divisor_override is used (PyTorch's rule)")
+            if not _every_window_real(size, p0, k_, s_, d_, n_out):
+                raise ValueError(f"{fn}: padding {shown!r} leaves a window with no input "
                                  f"element along the {name} (padding must be smaller than "
-                                 f"the window)")
+                                 f"the window" + (", and some dilated tap must land in the "
+                                                  "input)" if d_ > 1 else ")"))
 
     def shape(self, h, w):
         """A result shape in the caller's layout and rank."""
@@ -88,12 +157,29 @@ class _PoolGeometry:
 
     def kernel_args(self):
         return (self.N, self.C, self.H, self.W, self.kh, self.kw, self.sh, self.sw,
-                self.pt, self.pl, self.Ho, self.Wo)
+                self.pt, self.pl, self.Ho, self.Wo, self.dh, self.dw, self.H + self.pb,
+                self.W + self.pr, self.mode, self.div)
 
 
-def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_indices):
+def _every_window_real(size, p0, k, s, d, n_out):
+    """Every window along one axis has a tap inside [0, size): the last one starts
+    before the input's end, and each that starts in the leading padding reaches the
+    input with a tap (with dilation the taps can step over it). Only the windows
+    starting in the padding are visited: at most p0 / s + 1 of them."""
+    if (n_out - 1) * s - p0 >= size or p0 > (k - 1) * d:
+        return False
+    for o in range(min(n_out, -(-p0 // s))):
+        lo = o * s - p0
+        first = lo + (-lo + d - 1) // d * d
+        if first >= size or first > lo + (k - 1) * d:
+            return False
+    return True
+
+
+def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_indices,
+             **options):
     x = as_float_array(x, "x", fn)
-    geom = _PoolGeometry(fn, ndim, layout, x, kernel_size, stride, padding)
+    geom = _PoolGeometry(fn, ndim, layout, x, kernel_size, stride, padding, **options)
     if not isinstance(return_indices, (bool, np.bool_)):
         raise TypeError(f"{fn}: return_indices must be a bool, got {return_indices!r}")
     if return_indices and not is_max:
@@ -107,9 +193,10 @@ def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_i
     return (y, idx) if return_indices else y
 
 
-def _backward(fn, ndim, grad_y, x, kernel_size, stride, padding, layout, is_max, indices):
+def _backward(fn, ndim, grad_y, x, kernel_size, stride, padding, layout, is_max, indices,
+              **options):
     x = as_float_array(x, "x", fn)
-    geom = _PoolGeometry(fn, ndim, layout, x, kernel_size, stride, padding)
+    geom = _PoolGeometry(fn, ndim, layout, x, kernel_size, stride, padding, **options)
     grad_y = as_float_array(grad_y, "grad_y", fn)
     if grad_y.shape != geom.out_shape:
         raise ValueError(f"{fn}: grad_y must have the output shape {geom.out_shape} "
@@ -153,7 +240,8 @@ def _check_indices(fn, indices, geom):
 
 
 # ------------------------------------------------------------------ 2-D
-def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_indices=False):
+def max_pool2d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+               layout="NCHW", return_indices=False):
     """2-D max pooling.
 
     Parameters
@@ -161,10 +249,21 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_
     x : array_like
         ``(N, C, H, W)`` for layout ``"NCHW"``, ``(N, H, W, C)`` for ``"NHWC"``.
     kernel_size : int or (int, int)
+        A 1-element tuple ``(k,)`` means ``k`` on both axes, as in PyTorch (also for
+        stride, padding and dilation).
     stride : int or (int, int), optional
-        Default: ``kernel_size``.
+        Default (None or ``()``): ``kernel_size``.
     padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
-        Padded positions hold -inf. Every window must hold a real element.
+        Padded positions hold -inf. Every window must hold a real element. ``"same"``
+        uses TensorFlow's rule on the dilated window ``(k - 1) * dilation + 1``.
+        With ``dilation > 1`` or ``ceil_mode`` an explicit padding may be at most half
+        the dilated window on each side (PyTorch's limit).
+    dilation : int or (int, int)
+        Spacing of the window's taps (PyTorch's ``dilation``; default 1).
+    ceil_mode : bool
+        Round the output size up instead of down (PyTorch's ``ceil_mode``): one more
+        window where the input leaves a partial one, provided it starts inside the
+        input or the leading padding. Default False, as in PyTorch.
     layout : {"NCHW", "NHWC"}
     return_indices : bool
         Also return the argmax of every window: int64, flat ``h * W + w`` within the
@@ -174,7 +273,8 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_
     -------
     y : ndarray
         ``(N, C, Ho, Wo)`` or ``(N, Ho, Wo, C)``, x's dtype, with
-        ``Ho = (H + pad_top + pad_bottom - kh) // stride + 1``.
+        ``Ho = floor((H + pad_top + pad_bottom - (kh - 1) * dilation - 1) / stride) + 1``
+        (``ceil`` in ceil_mode).
     indices : ndarray of int64, shaped like y (only with ``return_indices=True``)
 
     Examples
@@ -184,17 +284,36 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_
     >>> y, idx = fastnn.max_pool2d(x, 2, return_indices=True)
     >>> y, idx
     (array([[[[ 5., nan]]]]), array([[[[1, 6]]]]))
+    >>> fastnn.max_pool2d(np.arange(12.).reshape(1, 1, 2, 6), (1, 2), stride=(1, 2),
+    ...                   dilation=2, ceil_mode=True)
+    array([[[[ 2.,  4.,  4.],
+             [ 8., 10., 10.]]]])
     """
     return _forward("max_pool2d", 2, x, kernel_size, stride, padding, layout, True,
-                    return_indices)
+                    return_indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_indices=False):
-    """2-D average pooling over the real (unpadded) elements of each window.
+def avg_pool2d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=False, divisor_override=None, layout="NCHW",
+               return_indices=False):
+    """2-D average pooling.
 
-    Arguments as :func:`max_pool2d` (``return_indices`` must stay False). Padding
-    does not count: a window half in the padding averages its real half, like
-    TensorFlow and PyTorch's ``count_include_pad=False``.
+    Arguments as :func:`max_pool2d` (no dilation; ``return_indices`` must stay False),
+    plus PyTorch's divisor options.
+
+    Parameters
+    ----------
+    count_include_pad : bool
+        False (the default -- **PyTorch's default is True**): divide by the number of
+        real (unpadded) elements of each window, like TensorFlow. True: the padded
+        zeros count too, as in PyTorch, except the part of a ceil_mode window that
+        hangs past the padded end.
+    divisor_override : int, optional
+        Divide every window's sum by this (non-zero) int instead (PyTorch's
+        ``divisor_override``).
+    ceil_mode : bool
+        As in :func:`max_pool2d`. With ceil_mode, count_include_pad or
+        divisor_override an explicit padding may be at most half the window.
 
     Examples
     --------
@@ -202,13 +321,19 @@ def avg_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_
     >>> x = np.arange(6.0).reshape(1, 1, 2, 3)
     >>> fastnn.avg_pool2d(x, 2, padding="same")
     array([[[[2. , 3.5]]]])
+    >>> fastnn.avg_pool2d(x, 2, padding=1, count_include_pad=True)
+    array([[[[0.  , 0.75],
+             [0.75, 2.25]]]])
+    >>> fastnn.avg_pool2d(x, 2, ceil_mode=True, divisor_override=1)
+    array([[[[8., 7.]]]])
     """
     return _forward("avg_pool2d", 2, x, kernel_size, stride, padding, layout, False,
-                    return_indices)
+                    return_indices, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                    divisor_override=divisor_override)
 
 
-def max_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layout="NCHW",
-                        indices=None):
+def max_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, layout="NCHW", indices=None):
     """Gradient of :func:`max_pool2d` with respect to x.
 
     Each window's gradient goes to its argmax (windows that overlap add up).
@@ -219,7 +344,7 @@ def max_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layou
         Shaped like the forward result.
     x : array_like
         The forward input.
-    kernel_size, stride, padding, layout
+    kernel_size, stride, padding, dilation, ceil_mode, layout
         As given to the forward call.
     indices : array_like of int, optional
         The forward's ``return_indices`` result; without it the argmax is recomputed
@@ -239,13 +364,16 @@ def max_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layou
              [0., 0.]]]])
     """
     return _backward("max_pool2d_backward", 2, grad_y, x, kernel_size, stride, padding, layout,
-                     True, indices)
+                     True, indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+def avg_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=False, divisor_override=None, layout="NCHW"):
     """Gradient of :func:`avg_pool2d` with respect to x (x supplies the shape and dtype).
 
-    Each window's gradient is spread evenly over its real elements.
+    Each window's gradient, divided by the window's divisor (see :func:`avg_pool2d`;
+    the arguments must be those of the forward call), goes to each of its real
+    elements.
 
     Examples
     --------
@@ -253,43 +381,62 @@ def avg_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layou
     >>> fastnn.avg_pool2d_backward(np.array([[[[4.]]]]), np.zeros((1, 1, 2, 2)), 2)
     array([[[[1., 1.],
              [1., 1.]]]])
+    >>> fastnn.avg_pool2d_backward(np.ones((1, 1, 1, 1)), np.zeros((1, 1, 1, 1)), 2,
+    ...                            padding=1, stride=2, count_include_pad=True)
+    array([[[[0.25]]]])
     """
     return _backward("avg_pool2d_backward", 2, grad_y, x, kernel_size, stride, padding, layout,
-                     False, None)
+                     False, None, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                     divisor_override=divisor_override)
 
 
 # ------------------------------------------------------------------ 1-D
-def max_pool1d(x, kernel_size, *, stride=None, padding=0, layout="NCW", return_indices=False):
+def max_pool1d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+               layout="NCW", return_indices=False):
     """1-D max pooling of ``(N, C, W)`` (``"NCW"``) or ``(N, W, C)`` (``"NWC"``) input.
 
     As :func:`max_pool2d` on one axis; ``padding`` is an int, (left, right), "valid"
-    or "same" (stride 1 "same" keeps the length). Indices are positions ``w``.
+    or "same" (stride 1 "same" keeps the length); ``dilation`` and ``ceil_mode`` as
+    in PyTorch. Indices are positions ``w``.
 
     Examples
     --------
     >>> import numpy as np, fastnn
     >>> fastnn.max_pool1d(np.array([[[1., 3., 2., 0.]]]), 3, stride=1, padding="same")
     array([[[3., 3., 3., 2.]]])
+    >>> fastnn.max_pool1d(np.array([[[1., 3., 2., 0., 5.]]]), 2, stride=2, dilation=2,
+    ...                   ceil_mode=True)
+    array([[[2., 5.]]])
     """
     return _forward("max_pool1d", 1, x, kernel_size, stride, padding, layout, True,
-                    return_indices)
+                    return_indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool1d(x, kernel_size, *, stride=None, padding=0, layout="NCW", return_indices=False):
-    """1-D average pooling over the real elements of each window (see :func:`avg_pool2d`).
+def avg_pool1d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=False, divisor_override=None, layout="NCW",
+               return_indices=False):
+    """1-D average pooling (see :func:`avg_pool2d`; ``count_include_pad`` defaults to
+    False, the real-elements rule, where PyTorch's default is True).
+
+    ``divisor_override`` is not an argument of PyTorch's ``avg_pool1d``; it is
+    offered here as in the 2-D function.
 
     Examples
     --------
     >>> import numpy as np, fastnn
     >>> fastnn.avg_pool1d(np.array([[[1., 3., 2., 0.]]]), 3, stride=1, padding="same")
     array([[[2.        , 2.        , 1.66666667, 1.        ]]])
+    >>> fastnn.avg_pool1d(np.array([[[1., 3., 2., 0.]]]), 3, stride=1, padding=1,
+    ...                   count_include_pad=True)
+    array([[[1.33333333, 2.        , 1.66666667, 0.66666667]]])
     """
     return _forward("avg_pool1d", 1, x, kernel_size, stride, padding, layout, False,
-                    return_indices)
+                    return_indices, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                    divisor_override=divisor_override)
 
 
-def max_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layout="NCW",
-                        indices=None):
+def max_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, layout="NCW", indices=None):
     """Gradient of :func:`max_pool1d` with respect to x (see :func:`max_pool2d_backward`).
 
     Examples
@@ -299,10 +446,11 @@ def max_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layou
     array([[[0., 1., 1., 0.]]])
     """
     return _backward("max_pool1d_backward", 1, grad_y, x, kernel_size, stride, padding, layout,
-                     True, indices)
+                     True, indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layout="NCW"):
+def avg_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=False, divisor_override=None, layout="NCW"):
     """Gradient of :func:`avg_pool1d` with respect to x (x supplies the shape and dtype).
 
     Examples
@@ -312,4 +460,5 @@ def avg_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, layou
     array([[[0.5, 0.5, 0.5, 0.5]]])
     """
     return _backward("avg_pool1d_backward", 1, grad_y, x, kernel_size, stride, padding, layout,
-                     False, None)
+                     False, None, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                     divisor_override=divisor_override)

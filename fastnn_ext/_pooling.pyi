@@ -3,8 +3,11 @@ from numpy.typing import NDArray
 
 _F = NDArray[np.float32] | NDArray[np.float64]
 _I64 = NDArray[np.int64]
-# (N, C, H, W, kh, kw, sh, sw, pad_top, pad_left, Ho, Wo)
-_Geom = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
+# (N, C, H, W, kh, kw, sh, sw, pad_top, pad_left, Ho, Wo, dh, dw,
+#  H + pad_bottom, W + pad_right, divisor mode (0 real elements, 1 count_include_pad,
+#  2 divisor_override), divisor_override)
+_Geom = tuple[int, int, int, int, int, int, int, int, int, int, int, int,
+              int, int, int, int, int, int]
 
 # Flat, C-contiguous buffers of one dtype; nothing is validated here (see fastnn.pooling).
 def pool2d_forward(x: _F, y: _F, idx: _I64 | None, geom: _Geom, nhwc: bool, is_max: bool,

@@ -20,6 +20,12 @@ the taps one by one). Padding is never
 materialised: max pooling's -inf padding and average pooling's "count only real
 elements" both follow from skipping padded taps.
 
+PyTorch's extra arguments are index arithmetic on the same loops: a dilated window's
+rows and tap columns step by the dilation (outside the vectorised loops, so the
+dilation-1 code is unchanged), a ceil_mode window hanging past the input is clipped
+like any other, and count_include_pad / divisor_override only change the divisor
+(:c:func:`fastnn_divisor`).
+
 Max pooling takes the first maximum of a window in row-major order, and a NaN
 anywhere in the window wins (the last NaN gives the index), as PyTorch does.
 """
@@ -34,8 +40,12 @@ cdef extern from *:
     #include <stdint.h>
     #include <math.h>
 
+    /* dh, dw: dilation (max pooling). hp, wp: the padded end H + pad_bottom,
+     * W + pad_right. mode: how an average window is divided -- 0 by its real
+     * elements, 1 by its extent clipped at the padded end (count_include_pad), 2 by
+     * div (divisor_override). */
     typedef struct {
-        ptrdiff_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo;
+        ptrdiff_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo, dh, dw, hp, wp, mode, div;
     } fastnn_pool_geom;
 
     /* Memory-bound: measured no faster with AVX2 or AVX-512 clones than with the
@@ -58,12 +68,30 @@ cdef extern from *:
         *hi = b > a ? b : a;
     }
 
-    /* The real (unpadded) part [a, b) of window o along one axis. */
+    /* Window o along one axis, taps lo, lo + d, ..., lo + (k - 1) d with lo = o s - p:
+     * its first tap inside the input at *a and an exclusive bound *b, so that the real
+     * taps are a, a + d, ... below b (for d = 1 the real part [a, b)). */
     FASTNN_POOL_INLINE void fastnn_window(ptrdiff_t o, ptrdiff_t s, ptrdiff_t p, ptrdiff_t k,
-                                          ptrdiff_t size, ptrdiff_t* a, ptrdiff_t* b) {
-        ptrdiff_t lo = o * s - p, hi = lo + k;
-        *a = lo > 0 ? lo : 0;
+                                          ptrdiff_t d, ptrdiff_t size, ptrdiff_t* a,
+                                          ptrdiff_t* b) {
+        ptrdiff_t lo = o * s - p, hi = lo + (k - 1) * d + 1;
+        *a = lo >= 0 ? lo : lo + (-lo + d - 1) / d * d;
         *b = hi < size ? hi : size;
+    }
+
+    /* The divisor of average window (ho, wo) with real part [h0, h1) x [w0, w1):
+     * PyTorch's rule -- the real elements, or (count_include_pad) the window clipped
+     * at the padded end, so a ceil_mode window hanging past it counts only its
+     * padded part, or divisor_override. */
+    FASTNN_POOL_INLINE ptrdiff_t fastnn_divisor(const fastnn_pool_geom* g, ptrdiff_t ho,
+                                                ptrdiff_t wo, ptrdiff_t h0, ptrdiff_t h1,
+                                                ptrdiff_t w0, ptrdiff_t w1) {
+        if (g->mode == 0) return (h1 - h0) * (w1 - w0);
+        if (g->mode == 2) return g->div;
+        ptrdiff_t a = ho * g->sh - g->pt, b = wo * g->sw - g->pl;
+        ptrdiff_t ae = a + g->kh < g->hp ? a + g->kh : g->hp;
+        ptrdiff_t be = b + g->kw < g->wp ? b + g->kw : g->wp;
+        return (ae - a) * (be - b);
     }
 
     #define FASTNN_MAX_LOOP(S)                                                      \
@@ -94,11 +122,11 @@ cdef extern from *:
             T* restrict yr = y + ho * g->Wo;                                       \
             int64_t* restrict ir = idx ? idx + ho * g->Wo : NULL;                  \
             ptrdiff_t h0, h1, w0, w1;                                              \
-            fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);                \
+            fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);                \
             for (ptrdiff_t wo = 0; wo < g->Wo; wo++) yr[wo] = is_max ? -INFINITY : 0; \
             if (ir)                                                                \
                 for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                         \
-                    fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);        \
+                    fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);        \
                     ir[wo] = h0 * g->W + w0;                                       \
                 }                                                                  \
             if (col && !ir) {                                                      \
@@ -106,7 +134,7 @@ cdef extern from *:
                  * col's taps; a third of the strided loads of tap by tap. */      \
                 const T* restrict x0 = x + h0 * g->W;                              \
                 for (ptrdiff_t w = 0; w < g->W; w++) col[w] = x0[w];               \
-                for (ptrdiff_t h = h0 + 1; h < h1; h++) {                          \
+                for (ptrdiff_t h = h0 + g->dh; h < h1; h += g->dh) {               \
                     const T* restrict xh = x + h * g->W;                           \
                     if (is_max)                                                    \
                         for (ptrdiff_t w = 0; w < g->W; w++) {                     \
@@ -117,9 +145,9 @@ cdef extern from *:
                         for (ptrdiff_t w = 0; w < g->W; w++) col[w] += xh[w];      \
                 }                                                                  \
             }                                                                      \
-            for (ptrdiff_t h = h0; h < (col && !ir ? h0 + 1 : h1); h++)            \
+            for (ptrdiff_t h = h0; h < (col && !ir ? h0 + 1 : h1); h += g->dh)     \
                 for (ptrdiff_t j = 0; j < g->kw; j++) {                            \
-                    ptrdiff_t lo, hi, off = j - g->pl;                             \
+                    ptrdiff_t lo, hi, off = j * g->dw - g->pl;                     \
                     fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
                     const T* restrict xr = (col && !ir ? col : x + h * g->W) + off; \
                     int64_t base = h * g->W + off;                                 \
@@ -129,8 +157,8 @@ cdef extern from *:
                 }                                                                  \
             if (!is_max)                                                           \
                 for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                         \
-                    fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);        \
-                    yr[wo] = yr[wo] / (T)((h1 - h0) * (w1 - w0));                  \
+                    fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);        \
+                    yr[wo] = yr[wo] / (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1); \
                 }                                                                  \
         }                                                                          \
     }                                                                              \
@@ -144,14 +172,14 @@ cdef extern from *:
         for (ptrdiff_t ho = 0; ho < g->Ho; ho++)                                   \
             for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
                 ptrdiff_t h0, h1, w0, w1, o = ((n * g->Ho + ho) * g->Wo + wo) * g->C + c0; \
-                fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);            \
-                fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);            \
+                fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);            \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);            \
                 T* restrict yp = y + o;                                            \
                 int64_t* restrict ip = idx ? idx + o : NULL;                       \
                 for (ptrdiff_t c = 0; c < nc; c++) yp[c] = is_max ? -INFINITY : 0; \
                 if (ip) for (ptrdiff_t c = 0; c < nc; c++) ip[c] = h0 * g->W + w0; \
-                for (ptrdiff_t h = h0; h < h1; h++)                                \
-                    for (ptrdiff_t w = w0; w < w1; w++) {                          \
+                for (ptrdiff_t h = h0; h < h1; h += g->dh)                         \
+                    for (ptrdiff_t w = w0; w < w1; w += g->dw) {                   \
                         const T* restrict xp = x + ((n * g->H + h) * g->W + w) * g->C + c0; \
                         int64_t p = h * g->W + w;                                  \
                         if (!is_max)                                               \
@@ -170,7 +198,7 @@ cdef extern from *:
                             }                                                      \
                     }                                                              \
                 if (!is_max) {                                                     \
-                    T cnt = (T)((h1 - h0) * (w1 - w0));                            \
+                    T cnt = (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1);          \
                     for (ptrdiff_t c = 0; c < nc; c++) yp[c] = yp[c] / cnt;        \
                 }                                                                  \
             }                                                                      \
@@ -195,14 +223,14 @@ cdef extern from *:
         }                                                                          \
         for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
             ptrdiff_t h0, h1, w0, w1;                                              \
-            fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);                \
+            fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);                \
             for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
-                fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);            \
-                sc[wo] = gy[ho * g->Wo + wo] / (T)((h1 - h0) * (w1 - w0));         \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);            \
+                sc[wo] = gy[ho * g->Wo + wo] / (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1); \
             }                                                                      \
-            for (ptrdiff_t h = h0; h < h1; h++)                                    \
+            for (ptrdiff_t h = h0; h < h1; h += g->dh)                             \
                 for (ptrdiff_t j = 0; j < g->kw; j++) {                            \
-                    ptrdiff_t lo, hi, off = j - g->pl;                             \
+                    ptrdiff_t lo, hi, off = j * g->dw - g->pl;                     \
                     fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
                     T* restrict gr = gx + h * g->W + off;                          \
                     FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_BACK_LOOP)                  \
@@ -236,12 +264,12 @@ cdef extern from *:
                     continue;                                                      \
                 }                                                                  \
                 ptrdiff_t h0, h1, w0, w1;                                          \
-                fastnn_window(ho, g->sh, g->pt, g->kh, g->H, &h0, &h1);            \
-                fastnn_window(wo, g->sw, g->pl, g->kw, g->W, &w0, &w1);            \
-                T cnt = (T)((h1 - h0) * (w1 - w0));                                \
+                fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);            \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);            \
+                T cnt = (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1);              \
                 for (ptrdiff_t c = 0; c < nc; c++) sc[c] = gp[c] / cnt;            \
-                for (ptrdiff_t h = h0; h < h1; h++)                                \
-                    for (ptrdiff_t w = w0; w < w1; w++) {                          \
+                for (ptrdiff_t h = h0; h < h1; h += g->dh)                         \
+                    for (ptrdiff_t w = w0; w < w1; w += g->dw) {                   \
                         T* restrict q = gxn + (h * g->W + w) * g->C;               \
                         for (ptrdiff_t c = 0; c < nc; c++) q[c] += sc[c];          \
                     }                                                              \
@@ -257,7 +285,7 @@ cdef extern from *:
     #undef T
     """
     ctypedef struct fastnn_pool_geom:
-        Py_ssize_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo
+        Py_ssize_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo, dh, dw, hp, wp, mode, div
     void fastnn_pool_plane_f32(const float* x, float* y, int64_t* idx, float* col,
                                const fastnn_pool_geom* g, int is_max) noexcept nogil
     void fastnn_pool_plane_f64(const double* x, double* y, int64_t* idx, double* col,
@@ -288,7 +316,8 @@ DEF CBLOCK = 64
 
 cdef fastnn_pool_geom make_geom(tuple g):
     cdef fastnn_pool_geom r
-    (r.N, r.C, r.H, r.W, r.kh, r.kw, r.sh, r.sw, r.pt, r.pl, r.Ho, r.Wo) = g
+    (r.N, r.C, r.H, r.W, r.kh, r.kw, r.sh, r.sw, r.pt, r.pl, r.Ho, r.Wo,
+     r.dh, r.dw, r.hp, r.wp, r.mode, r.div) = g
     return r
 
 

@@ -20,7 +20,7 @@ __all__ = [
     "to_nchw", "from_nchw", "weight_to_oihw", "weight_from_oihw",
     "patches_nchw", "im2col", "col2im", "conv2d", "conv2d_backward",
     "conv2d_naive", "conv1d", "conv1d_backward", "conv_transpose2d",
-    "conv_transpose2d_backward", "pool2d", "pool2d_backward", "rel_err",
+    "conv_transpose2d_backward", "pool_out_size", "pool2d", "pool2d_backward", "rel_err",
 ]
 
 
@@ -392,28 +392,58 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, pads=((0, 0), (0, 0))
 
 
 # ------------------------------------------------------------------ pooling
-def pool2d(x, kernel_size, stride, pads, mode="max", layout="NCHW"):
+def pool_out_size(size, pad_before, pad_after, k, s, d=1, ceil_mode=False):
+    """PyTorch's pooling output size: floor (or ceil) of
+    (size + before + after - d*(k-1) - 1) / s, plus 1; in ceil mode a last window that
+    would start past the input and the leading padding is dropped."""
+    span = size + pad_before + pad_after - d * (k - 1) - 1
+    if not ceil_mode:
+        return span // s + 1
+    n = -(-span // s) + 1
+    if (n - 1) * s >= size + pad_before:
+        n -= 1
+    return n
+
+
+def _pool_taps(o, s, p0, k, d, size):
+    """The in-input positions of window o along one axis, in window order."""
+    return [o * s - p0 + i * d for i in range(k) if 0 <= o * s - p0 + i * d < size]
+
+
+def pool2d(x, kernel_size, stride, pads, mode="max", layout="NCHW", dilation=1,
+           ceil_mode=False, count_include_pad=False, divisor_override=None):
     """Max or average pooling by an explicit loop over windows, in float64.
 
-    ``pads`` is ((top, bottom), (left, right)); padded positions are skipped (max:
-    -inf padding; avg: divided by the count of real elements). Max returns
-    (y, indices): the first maximum in row-major window order, a NaN beating
-    everything and the last NaN winning (PyTorch's rule), indices flat h*W + w.
+    ``pads`` is ((top, bottom), (left, right)); window (oh, ow) has taps at padded
+    rows oh*sh - top + i*dh, columns ow*sw - left + j*dw. Padded taps are skipped
+    (max: -inf padding). Average: the window's sum divided by ``divisor_override``
+    when given, else (``count_include_pad``) by the window's extent clipped at the
+    padded end (H + bottom, W + right), else by its number of real elements. Max
+    returns (y, indices): the first maximum in row-major window order, a NaN beating
+    everything and the last NaN winning (PyTorch's rule), indices flat h*W + w; a
+    window of -inf gives the index of its first real tap.
     """
     xn = to_nchw(x, layout)
     N, C, H, W = xn.shape
-    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    (kh, kw), (sh, sw), (dh, dw) = _pair(kernel_size), _pair(stride), _pair(dilation)
     (pt, pb), (pl, pr) = pads
-    ho = (H + pt + pb - kh) // sh + 1
-    wo = (W + pl + pr - kw) // sw + 1
+    ho = pool_out_size(H, pt, pb, kh, sh, dh, ceil_mode)
+    wo = pool_out_size(W, pl, pr, kw, sw, dw, ceil_mode)
     y = np.zeros((N, C, ho, wo))
     idx = np.zeros((N, C, ho, wo), dtype=np.int64)
     for oh in range(ho):
         for ow in range(wo):
-            hs = [h for h in range(oh * sh - pt, oh * sh - pt + kh) if 0 <= h < H]
-            ws = [w for w in range(ow * sw - pl, ow * sw - pl + kw) if 0 <= w < W]
+            hs = _pool_taps(oh, sh, pt, kh, dh, H)
+            ws = _pool_taps(ow, sw, pl, kw, dw, W)
             if mode == "avg":
-                y[:, :, oh, ow] = xn[:, :, hs][:, :, :, ws].sum(axis=(2, 3)) / (len(hs) * len(ws))
+                if divisor_override is not None:
+                    div = divisor_override
+                elif count_include_pad:
+                    h0, w0 = oh * sh - pt, ow * sw - pl
+                    div = (min(h0 + kh, H + pb) - h0) * (min(w0 + kw, W + pr) - w0)
+                else:
+                    div = len(hs) * len(ws)
+                y[:, :, oh, ow] = xn[:, :, hs][:, :, :, ws].sum(axis=(2, 3)) / div
                 continue
             for n in range(N):
                 for c in range(C):
@@ -430,16 +460,19 @@ def pool2d(x, kernel_size, stride, pads, mode="max", layout="NCHW"):
 
 
 def pool2d_backward(grad_y, x_shape, kernel_size, stride, pads, mode="max", indices=None,
-                    layout="NCHW"):
+                    layout="NCHW", ceil_mode=False, count_include_pad=False,
+                    divisor_override=None):
     """The adjoint of :func:`pool2d`: each window's gradient to its argmax (max, by
-    ``indices``) or spread evenly over its real elements (avg)."""
+    ``indices``) or, divided by the window's divisor, to each of its real elements
+    (avg). ``ceil_mode`` only fixes the output size, which grad_y already has."""
+    del ceil_mode
     gy = to_nchw(grad_y, layout)
     if layout == "NHWC":
         N, H, W, C = x_shape
     else:
         N, C, H, W = x_shape
     (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
-    (pt, _), (pl, _) = pads
+    (pt, pb), (pl, pr) = pads
     gx = np.zeros((N, C, H * W))
     ho, wo = gy.shape[2:]
     if mode == "max":
@@ -451,9 +484,16 @@ def pool2d_backward(grad_y, x_shape, kernel_size, stride, pads, mode="max", indi
     gx = gx.reshape(N, C, H, W)
     for oh in range(ho):
         for ow in range(wo):
-            h0, w0 = max(oh * sh - pt, 0), max(ow * sw - pl, 0)
-            h1, w1 = min(oh * sh - pt + kh, H), min(ow * sw - pl + kw, W)
-            gx[:, :, h0:h1, w0:w1] += (gy[:, :, oh, ow] / ((h1 - h0) * (w1 - w0)))[:, :, None, None]
+            a, b = oh * sh - pt, ow * sw - pl
+            h0, w0 = max(a, 0), max(b, 0)
+            h1, w1 = min(a + kh, H), min(b + kw, W)
+            if divisor_override is not None:
+                div = divisor_override
+            elif count_include_pad:
+                div = (min(a + kh, H + pb) - a) * (min(b + kw, W + pr) - b)
+            else:
+                div = (h1 - h0) * (w1 - w0)
+            gx[:, :, h0:h1, w0:w1] += (gy[:, :, oh, ow] / div)[:, :, None, None]
     return from_nchw(gx, layout)
 
 
