@@ -17,7 +17,8 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent", "_banded"]
+# _runtime (the thread pool) comes first: fastnn_ext/__init__.py loads it before the kernels.
+MODULES = ["_runtime", "_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent", "_banded"]
 
 PROBE = r"""
 #include <omp.h>
@@ -74,12 +75,15 @@ if want_openmp is not False:
 # Never -ffast-math: with gcc it links crtfastmath and flushes denormals process-wide.
 compile_args = ["-O1", "-g"] if debug else ["-O3"]
 compile_args += ["-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function"]
-link_args = []
+# The kernels are compiled with -fopenmp (gcc lowers prange to GOMP_* calls) but not
+# linked with libgomp: _omp_shim.h, force-included, sends those calls to fastnn's own
+# pool (_runtime.h). See the notes at the top of _runtime.h for why.
+link_args = ["-pthread"]
 if native:
     compile_args.append("-march=native")
 if have_openmp:
     compile_args.append("-fopenmp")
-    link_args.append("-fopenmp")
+SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastnn_ext", "_omp_shim.h")
 
 build_flags = " ".join(compile_args)
 macros = [
@@ -93,10 +97,11 @@ extensions = [
         "fastnn_ext." + name,
         ["fastnn_ext/%s.pyx" % name],
         include_dirs=[numpy.get_include(), "fastnn_ext"],
-        extra_compile_args=compile_args,
+        extra_compile_args=compile_args + ([] if name == "_runtime" else ["-include", SHIM]),
         extra_link_args=link_args,
         define_macros=macros,
-        depends=["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h", "fastnn_ext/_vecmath.h"],
+        depends=["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h", "fastnn_ext/_vecmath.h",
+                 "fastnn_ext/_runtime.h", "fastnn_ext/_omp_shim.h"],
     )
     for name in MODULES
 ]

@@ -1,21 +1,37 @@
-"""Thread-count control for the OpenMP kernels, and BLAS held to one thread.
+"""Thread-count control, the cost model for how many threads a kernel gets, and the
+coexistence setting for NumPy's and SciPy's OpenBLAS.
 
 Semantics (also in :func:`set_num_threads`):
 
 * ``None`` means the default: ``OMP_NUM_THREADS`` when set, else the CPUs this
-  process may run on (``os.sched_getaffinity``).
+  process may run on now (``sched_getaffinity``, read on every call, so
+  ``os.sched_setaffinity`` takes effect at once).
 * ``-1`` means every CPU available to the process.
 * :func:`threads` overrides the count for the calling Python thread only.
-* In a child process forked after fastnn ran, kernels run serially: GNU libgomp's
-  thread pool does not survive ``fork``, and a parallel region there can hang.
+* ``threadpoolctl.threadpool_limits(n)`` (any ``user_api`` that includes "openmp")
+  caps fastnn at ``n`` threads, as it caps scikit-learn.
+* Counts above :data:`MAX_THREADS` (4x the machine's CPUs) are refused.
+
+The kernels run on fastnn's own thread pool (``fastnn_ext/_runtime.h``), not on
+libgomp's: idle workers sleep after ~50 us instead of spinning for ~8 ms, a team
+shrinks to the cores that other tasks leave free, and a forked child re-creates the
+pool. Results never depend on the thread count.
 """
 import contextlib
 import os
 import threading
 
-__all__ = ["set_num_threads", "get_num_threads", "threads"]
+from fastnn_ext import _runtime
+
+__all__ = ["set_num_threads", "get_num_threads", "threads", "set_coexistence",
+           "get_coexistence", "MAX_THREADS"]
+
+#: The largest thread count accepted: 4x the machine's CPUs (more only oversubscribes).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 _global_threads = None
+
+
 class _Local(threading.local):
     # Set in each thread's first access: a missing attribute on a threading.local
     # costs ~0.4 us to look up (it raises inside), a present one ~30 ns.
@@ -24,28 +40,8 @@ class _Local(threading.local):
 
 
 _local = _Local()
-_forked_child = False
-
-
-def _mark_forked_child():
-    global _forked_child, _default_cache
-    _forked_child = True
-    _default_cache = (None, None)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_mark_forked_child)
-
-
-def _available_cpus():
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-_default_cache = (None, None)   # (OMP_NUM_THREADS as read, resolved default)
-
+_available_cpus = _runtime.available_cpus
+_get_limit = _runtime.get_limit
 
 # os.environ.get costs ~0.7 us, half of a small kernel call; the mapping's raw store
 # (what os.environ updates on assignment) is read in ~20 ns. Other Pythons use get.
@@ -55,30 +51,24 @@ try:
 except Exception:  # pragma: no cover - not CPython's os._Environ
     _ENV_RAW, _ENV_KEY = os.environ, "OMP_NUM_THREADS"
 
+_env_cache = (None, None)   # (OMP_NUM_THREADS as read, its positive int value or None)
 
-def _default_threads():
-    # Resolving the default asks the OS for the affinity mask (~2 us); it is cached
-    # until OMP_NUM_THREADS changes or the process forks.
-    global _default_cache
+
+def _env_threads():
+    global _env_cache
     raw = _ENV_RAW.get(_ENV_KEY)
-    if _default_cache[0] == raw and _default_cache[1] is not None:
-        return _default_cache[1]
-    env = os.environ.get("OMP_NUM_THREADS")
-    value = _resolve_default(env)
-    _default_cache = (raw, value)
-    return value
-
-
-def _resolve_default(env):
-    env = (env or "").strip()
-    if env:
-        try:
-            value = int(env.split(",")[0])
-        except ValueError:
-            value = 0
-        if value > 0:
-            return value
-    return _available_cpus()
+    if _env_cache[0] != raw:
+        value = None
+        text = (os.environ.get("OMP_NUM_THREADS") or "").strip()
+        if text:
+            try:
+                value = int(text.split(",")[0])
+            except ValueError:
+                value = None
+            if value is not None and value < 1:
+                value = None
+        _env_cache = (raw, value)
+    return _env_cache[1]
 
 
 def _check_count(n, name="n"):
@@ -91,6 +81,9 @@ def _check_count(n, name="n"):
         return -1
     if n < 1:
         raise ValueError(f"{name} must be None, -1 or a positive int, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"{name}={n} is more than {MAX_THREADS} threads (4x the "
+                         f"{os.cpu_count()} CPUs of this machine); use -1 for all CPUs")
     return n
 
 
@@ -101,8 +94,8 @@ def set_num_threads(n=None):
     ----------
     n : int or None
         ``None`` restores the default (``OMP_NUM_THREADS`` if set, else the CPUs
-        available to the process); ``-1`` uses all available CPUs; a positive int
-        is used as given.
+        available to the process); ``-1`` uses all available CPUs; a positive int up
+        to :data:`MAX_THREADS` (4x the machine's CPUs) is used as given.
 
     Results do not depend on the thread count: every kernel splits its work by
     shape only and reduces in a fixed order.
@@ -119,11 +112,12 @@ def set_num_threads(n=None):
 
 
 def get_num_threads():
-    """Return the number of threads the next kernel call will use.
+    """Return the number of threads the next kernel call may use.
 
     This honours :func:`threads` in the calling Python thread, then
-    :func:`set_num_threads`, then the default. It is 1 in a child process forked
-    after fastnn was imported (see the module notes).
+    :func:`set_num_threads`, then the default, capped by an active
+    ``threadpoolctl.threadpool_limits``. A kernel uses fewer when its input is
+    small (see :func:`threads_for`) or when other tasks hold the cores.
 
     Examples
     --------
@@ -134,13 +128,14 @@ def get_num_threads():
     >>> fastnn.get_num_threads() >= 1
     True
     """
-    if _forked_child:
-        return 1
     stack = _local.stack
     n = stack[-1] if stack else _global_threads
     if n is None:
-        return _default_threads()
-    return _available_cpus() if n == -1 else n
+        n = _env_threads() or _available_cpus()
+    elif n == -1:
+        n = _available_cpus()
+    limit = _get_limit()
+    return limit if 0 < limit < n else n
 
 
 @contextlib.contextmanager
@@ -166,16 +161,62 @@ def threads(n):
         stack.pop()
 
 
-# --- BLAS held to one thread while a kernel's prange calls GEMM -----------------
-# Kernels parallelise over their own work items and call GEMM from each thread, so
-# BLAS must not spawn threads of its own (two levels of threads oversubscribe the
-# cores, and a BLAS that splits a product differently by thread count would break
-# bitwise reproducibility). The limit is reference-counted across Python threads:
-# the first kernel in sets 1 thread, the last one out restores what it found.
-_blas_lock = threading.Lock()
-_blas_depth = 0
-_blas_saved = []
+# --- the cost model ----------------------------------------------------------------
+#: Below these amounts of work (each in its kind's unit) a kernel runs on the calling
+#: thread; defined once, with the measurements, in fastnn_ext/_cost.h.
+SERIAL_BELOW = dict(_runtime.SERIAL_BELOW)
+
+
+def threads_for(work, kind="mac", items=None):
+    """Threads for a kernel call: 1 below ``SERIAL_BELOW[kind]``, else
+    :func:`get_num_threads`, never more than ``items`` (the kernel's work items)."""
+    if work < SERIAL_BELOW[kind]:
+        return 1
+    n = get_num_threads()
+    if items is not None and items < n:
+        return max(1, int(items))
+    return n
+
+
+# --- threadpoolctl -------------------------------------------------------------------
+def _register_threadpoolctl():
+    """Let threadpoolctl see and limit fastnn's pool (user_api "openmp")."""
+    try:
+        import threadpoolctl
+        base = threadpoolctl.LibController
+    except (ImportError, AttributeError):  # pragma: no cover - threadpoolctl < 3
+        return
+
+    class FastnnController(base):
+        """fastnn's thread pool (fastnn_ext/_runtime): the limit caps every team."""
+        user_api = "openmp"
+        internal_api = "fastnn"
+        filename_prefixes = ("_runtime",)
+        check_symbols = ("fastnn_rt_get_limit", "fastnn_rt_set_limit")
+
+        def get_num_threads(self):
+            # None while unlimited, so that restoring "the value before" clears the
+            # limit instead of fixing it at today's count.
+            return _get_limit() or None
+
+        def set_num_threads(self, num_threads):
+            _runtime.set_limit(int(num_threads) if num_threads else 0)
+
+        def get_version(self):
+            import fastnn
+            return fastnn.__version__
+
+    if not any(getattr(c, "internal_api", None) == "fastnn"
+               for c in getattr(threadpoolctl, "_ALL_CONTROLLERS", [])):
+        threadpoolctl.register(FastnnController)
+
+
+_register_threadpoolctl()
+
+
+# --- the coexistence setting -------------------------------------------------------
 _controller = None
+_coexistence = []   # [(lib controller, setter)] while the setting is on
 
 
 def _blas_libs():
@@ -187,29 +228,92 @@ def _blas_libs():
     return [lib for lib in _controller.lib_controllers if lib.user_api == "blas"]
 
 
-@contextlib.contextmanager
-def blas_single_thread():
-    """Hold every loaded BLAS to one thread for the duration of a kernel call."""
-    global _blas_depth, _blas_saved
-    with _blas_lock:
-        if _blas_depth == 0:
-            saved = []
-            for lib in _blas_libs():
-                n = lib.get_num_threads()
-                if n is not None and n != 1:
-                    lib.set_num_threads(1)
-                    saved.append((lib, n))
-            _blas_saved = saved
-        _blas_depth += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_depth -= 1
-            if _blas_depth == 0:
-                for lib, n in _blas_saved:
-                    lib.set_num_threads(n)
-                _blas_saved = []
+def _callback_setter(lib):
+    import ctypes
+    dll = ctypes.CDLL(lib.filepath)
+    prefix = getattr(lib, "_symbol_prefix", "") or ""
+    suffix = getattr(lib, "_symbol_suffix", "") or ""
+    names = [f"{prefix}openblas_set_threads_callback_function{suffix}",
+             "openblas_set_threads_callback_function"]
+    for name in names:
+        fn = getattr(dll, name, None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_void_p]
+            fn.restype = None
+            return fn
+    return None
+
+
+def set_coexistence(on=True):
+    """Run NumPy's and SciPy's OpenBLAS threads on fastnn's pool (opt-in, reversible).
+
+    OpenBLAS's own workers busy-wait about 100 ms after every multi-threaded call,
+    so a fastnn kernel right after a NumPy matmul finds the cores taken and runs on
+    one thread (fastnn detects this; it never gets slower than serial). With the
+    setting on, OpenBLAS hands its jobs to fastnn's pool (through OpenBLAS's
+    ``openblas_set_threads_callback_function``), whose idle workers sleep after
+    ~50 us: both libraries then run at full speed one after the other. The split of
+    OpenBLAS's work, and so its results, stay the same. This changes how NumPy and
+    SciPy run their BLAS threads for the whole process, which is why it is not the
+    default; ``set_coexistence(False)`` gives OpenBLAS its own threads back. Switch
+    it while no BLAS call is running in another thread.
+
+    Parameters
+    ----------
+    on : bool
+        True to route OpenBLAS's threads through fastnn's pool, False to undo it.
+
+    Returns
+    -------
+    list of str
+        The BLAS libraries now routed (empty when off, or when no loaded BLAS
+        offers the callback: OpenBLAS 0.3.28 or newer does).
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> routed = fastnn.set_coexistence(True)
+    >>> fastnn.get_coexistence() == bool(routed)
+    True
+    >>> fastnn.set_coexistence(False)
+    []
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"set_coexistence: on must be a bool, got {on!r}")
+    global _coexistence
+    for lib, setter in _coexistence:
+        setter(None)
+    _coexistence = []
+    if not on:
+        return []
+    address = _runtime.openblas_callback_address()
+    for lib in _blas_libs():
+        if lib.internal_api != "openblas":
+            continue
+        setter = _callback_setter(lib)
+        if setter is not None:
+            setter(address)
+            _coexistence.append((lib, setter))
+    return [lib.filepath for lib, _ in _coexistence]
+
+
+def get_coexistence():
+    """True while :func:`set_coexistence` routes some OpenBLAS through fastnn's pool."""
+    return bool(_coexistence)
+
+
+def _after_fork_child():
+    global _env_cache
+    _env_cache = (None, None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_child)
+
+
+def pool_info():
+    """State and counters of fastnn's thread pool (for show_config and the benchmark)."""
+    return _runtime.stats()
 
 
 def blas_info():

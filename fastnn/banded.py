@@ -15,12 +15,11 @@ in ``x[..., i]`` reaches the outputs that keep a weight in row ``i`` (and, on th
 dense-GEMM paths, may reach the others, as ``x @ (w * mask)`` would); a NaN in a
 dropped weight never reaches ``y``.
 """
-import contextlib
 import math
 
 import numpy as np
 
-from fastnn._threads import blas_single_thread, get_num_threads
+from fastnn._threads import get_num_threads, threads_for
 from fastnn._validation import (as_array, as_float_array, as_int, check_bias, check_ndim,
                                 contiguous, finish_out, int_tuple, prepare_out, result_dtype)
 from fastnn.conv import _Geometry, _parse_padding, col2im, im2col
@@ -56,8 +55,6 @@ DENSE_BAND_DENSITY = 0.5
 # 1 / 3 / 6 / 10 / 20 % against 7.4-8.5 ms dense (crossover ~12 %); a mask array
 # indexed on every call adds ~1 ms at 1 %, more as it fills (crossover ~6-8 %).
 DENSE_MASK_DENSITY = 0.1
-# Inputs smaller than this many multiply-adds run on one thread.
-SERIAL_WORK = 1 << 15
 
 
 def _rows(a, n):
@@ -66,7 +63,7 @@ def _rows(a, n):
 
 
 def _threads_for(work):
-    return get_num_threads() if work >= SERIAL_WORK else 1
+    return threads_for(work, "mac")
 
 
 def _band_mask(rows, cols, num_lower, num_upper):
@@ -177,9 +174,8 @@ def _band_product(x2, w, plan, y2, dtype):
         _banded.band_diag(x2, w.astype(dtype, copy=False), x2, y2, plan.lower, plan.upper,
                           False, nt)
     else:
-        with blas_single_thread():
-            _banded.band_tiled(x2, w.astype(dtype, copy=False), x2, y2, plan.lower, plan.upper,
-                               plan.block, False, nt)
+        _banded.band_tiled(x2, w.astype(dtype, copy=False), x2, y2, plan.lower, plan.upper,
+                           plan.block, False, nt)
 
 
 def _fill_bias(y2, bias):
@@ -314,8 +310,7 @@ def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
         elif plan.path == "diag":
             _banded.band_diag(x2, grad_w, gy2, grad_w, lower, upper, True, nt)
         else:
-            with blas_single_thread():
-                _banded.band_tiled(x2, grad_w, gy2, grad_w, lower, upper, plan.block, True, nt)
+            _banded.band_tiled(x2, grad_w, gy2, grad_w, lower, upper, plan.block, True, nt)
     grad_b = _sum_rows(gy2, dtype) if bias else None
     return grad_x, grad_w, grad_b
 
@@ -637,8 +632,7 @@ def _local_forward(fn, nd, x, weight, bias, kernel_size, stride, padding, layout
     if y.size:
         cols = lg.cols(x, dtype)
         w3 = contiguous(weight, dtype).reshape(P, lg.ckk, K)
-        with blas_single_thread():
-            _banded.local_forward(cols, w3, y, beta, _threads_for(N * P * lg.ckk * K))
+        _banded.local_forward(cols, w3, y, beta, _threads_for(N * P * lg.ckk * K))
     return np.ascontiguousarray(lg.from_nhwc(y.reshape(lg.out_shape_nhwc(K))))
 
 
@@ -660,10 +654,9 @@ def _local_backward(fn, nd, grad_y, x, weight, kernel_size, stride, padding, lay
     grad_w = np.zeros((P, ckk, K), dtype=dtype)
     gcols = np.zeros((N, P, ckk), dtype=dtype)
     nt = _threads_for(N * P * ckk * K)
-    with blas_single_thread() if N else contextlib.nullcontext():
-        if N:
-            _banded.local_weight_grad(cols, gy3, grad_w, nt)
-            _banded.local_cols_grad(gy3, w3, gcols, nt)
+    if N:
+        _banded.local_weight_grad(cols, gy3, grad_w, nt)
+        _banded.local_cols_grad(gy3, w3, gcols, nt)
     x4 = lg.to_nhwc(x)
     grad_x4 = col2im(gcols, x4.shape, lg.kernel, stride=lg.stride, padding=lg.pads,
                      layout="NHWC")

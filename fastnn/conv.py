@@ -10,11 +10,10 @@ y ``(N, Ho, Wo, K)``.
 All functions compute cross-correlation, like every framework; see
 :func:`flip_kernel` for true convolution.
 """
-import contextlib
 
 import numpy as np
 
-from fastnn._threads import blas_single_thread, get_num_threads
+from fastnn._threads import get_num_threads
 from fastnn._validation import (as_float_array, as_int, check_bias, check_ndim, contiguous,
                                 finish_out, int_tuple, prepare_out, result_dtype)
 from fastnn_ext import _conv
@@ -266,14 +265,9 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
     else:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         xc = xq
-    # Only the packed NHWC path with few output channels calls BLAS. Toggling BLAS's
-    # thread count when it is not needed is not free: OpenBLAS wakes its thread
-    # pool on the way back up, and those threads spin against ours.
-    uses_blas = direct and geom.nhwc and kg < _conv.SMALL_K_CHANNELS
-    with blas_single_thread() if uses_blas else contextlib.nullcontext():
-        _conv.conv2d_forward(xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
-                             geom.kernel_args(), geom.nhwc and not out_nhwc, get_num_threads(),
-                             None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
+    _conv.conv2d_forward(xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
+                         geom.kernel_args(), geom.nhwc and not out_nhwc, get_num_threads(),
+                         None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
@@ -345,16 +339,16 @@ def _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad):
 def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):
     """grad_weight: patches read in place from the phase-split image by the
     register-blocked kernel (vectorised along output channels), or packed im2col
-    tiles and BLAS when a group has too few output channels to fill a vector."""
+    tiles and the packed product when a group has too few output channels to fill a
+    vector."""
     kg = geom.K // geom.groups
     if kg >= 64 // np.dtype(dtype).itemsize:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         _conv.conv2d_weight_grad_implicit(xq.reshape(-1), gyc, grad_w.reshape(-1),
                                           geom.kernel_args(), geom.nhwc, nt, Hq, Wq)
         return
-    with blas_single_thread():
-        _conv.conv2d_weight_grad(contiguous(x, dtype).reshape(-1), gyc, grad_w.reshape(-1),
-                                 geom.kernel_args(), geom.nhwc, nt)
+    _conv.conv2d_weight_grad(contiguous(x, dtype).reshape(-1), gyc, grad_w.reshape(-1),
+                             geom.kernel_args(), geom.nhwc, nt)
 
 
 def _flipped_window(size, size_out, k, d, pad_before, pad_after):
@@ -372,9 +366,8 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     col2im. (Splitting a strided grad_x into one stride-1 convolution per stride
     phase measured 0.33-0.94x the GEMM path: the phase kernels are too small.)"""
     if geom.sh > 1 or geom.sw > 1:
-        with blas_single_thread():
-            _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1),
-                                    grad_x.reshape(-1), geom.kernel_args(), geom.nhwc, nt)
+        _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1),
+                                grad_x.reshape(-1), geom.kernel_args(), geom.nhwc, nt)
         return
     G, kh, kw = geom.groups, geom.kh, geom.kw
     cg, kg = geom.C // G, geom.K // G

@@ -34,7 +34,7 @@ another float dtype are converted to it. ``None`` for a gradient argument means 
 import numpy as np
 
 from fastnn.activations import _as_real
-from fastnn._threads import get_num_threads
+from fastnn._threads import SERIAL_BELOW, get_num_threads, threads_for
 from fastnn._validation import (as_float_array, check_ndim, contiguous, finish_out, prepare_out,
                                 result_dtype)
 from fastnn_ext import _recurrent
@@ -47,7 +47,6 @@ __all__ = [
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
-_PAR_MIN = _recurrent.PARALLEL_MIN_UNITS
 
 
 def _by_dtype(name):
@@ -99,13 +98,15 @@ class RecurrentCache:
 # ------------------------------------------------------------------ helpers
 def _threads(units):
     # Below the gate pass's parallel threshold the count is unused: skip asking (~1 us).
-    return get_num_threads() if units >= _PAR_MIN else 1
+    return threads_for(units, "gate")
 
 
 def _seq_threads(B, H):
-    # The gate passes go parallel from PARALLEL_MIN_UNITS units, the packed recurrent
-    # products (B x H x 4H multiply-adds per step) from about 2^20.
-    return get_num_threads() if B * H >= _PAR_MIN or 4 * B * H * H >= 1 << 20 else 1
+    # The gate passes go parallel from SERIAL_BELOW["gate"] units, the packed recurrent
+    # products (B x H x 4H multiply-adds per step) from SERIAL_BELOW["recurrent"].
+    if 4 * B * H * H >= SERIAL_BELOW["recurrent"]:
+        return get_num_threads()
+    return threads_for(B * H, "gate")
 
 
 def _expect(arr, shape, name, fn, what=""):

@@ -12,14 +12,22 @@ Band convention: ``lower`` and ``upper`` are already clipped to the matrix
 band when ``-upper <= i - j <= lower``, i.e. on diagonal ``d = i - j``.
 """
 from cython cimport floating
+from fastnn_ext._openmp cimport team
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.string cimport memcpy
 
-from fastnn_ext._blas cimport gemm
+from fastnn_ext._ukernel cimport fastnn_ukernel_pick, pgemm
+
+import os as _os
 
 import numpy as np
+
+# The products inside the prange run on the register-blocked kernel (pgemm), at the
+# SIMD level FASTNN_UKERNEL_MAX allows, like the convolutions.
+_cap = _os.environ.get("FASTNN_UKERNEL_MAX", "").strip()
+fastnn_ukernel_pick(int(_cap) if _cap.isdigit() else -1)
 
 # Output columns per item of the diagonal kernels: the item's slice of a y row
 # (1 KiB in float32) and its diagonals of w stay in L1/L2 while every batch row
@@ -411,7 +419,7 @@ def band_diag(const floating[:, ::1] x, const floating[:, :] w, const floating[:
     if num_threads > nblocks:
         num_threads = <int>nblocks
     with nogil:
-        for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+        for blk in prange(nblocks, schedule="static", num_threads=team(num_threads, nblocks)):
             scratch = <floating*>malloc(nd * DIAG_COLS * sizeof(floating))
             if scratch != NULL:
                 j0 = blk * DIAG_COLS
@@ -451,7 +459,7 @@ cdef void tiled_item(const floating[:, ::1] x, const floating[:, :] w, floating[
             for i in range(i0, i1):
                 tile[(i - i0) * width + j - j0] = \
                     w[i, j] if (i - j <= lower and j - i <= upper) else 0
-    gemm(False, False, B, width, i1 - i0, <floating>1, &x[0, i0], n_in,
+    pgemm(False, False, B, width, i1 - i0, <floating>1, &x[0, i0], n_in,
          tile, width, <floating>1, &y[0, j0], n_out)
 
 
@@ -463,7 +471,7 @@ cdef void tiled_grad_item(const floating[:, ::1] x, const floating[:, ::1] gy, f
     tile_rows(j0, j1, lower, upper, n_in, &i0, &i1)
     if i1 <= i0:
         return
-    gemm(True, False, i1 - i0, width, B, <floating>1, &x[0, i0], n_in,
+    pgemm(True, False, i1 - i0, width, B, <floating>1, &x[0, i0], n_in,
          &gy[0, j0], n_out, <floating>0, tile, width)
     for i in range(i0, i1):
         for j in range(imax(j0, i - lower), imin(j1, i + upper + 1)):
@@ -484,7 +492,7 @@ def band_tiled(const floating[:, ::1] x, const floating[:, :] w, const floating[
     if num_threads > nblocks:
         num_threads = <int>nblocks
     with nogil:
-        for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+        for blk in prange(nblocks, schedule="static", num_threads=team(num_threads, nblocks)):
             tile = <floating*>malloc(tile_size * sizeof(floating))
             if tile != NULL:
                 j0 = blk * block
@@ -505,7 +513,7 @@ def apply_mask(const floating[:, ::1] w, const uint8_t[:, ::1] mask, floating[:,
     if n1 == 0:
         return
     with nogil:
-        for i in prange(n0, schedule="static", num_threads=num_threads):
+        for i in prange(n0, schedule="static", num_threads=team(num_threads, n0)):
             if floating is float:
                 fastnn_mask_f32(&w[i, 0], &mask[i, 0], &out[i, 0], n1)
             else:
@@ -540,7 +548,7 @@ def mask_row_counts(const uint8_t[:, ::1] mask, int64_t[::1] counts, int num_thr
     """counts[i] = non-zeros of mask row i."""
     cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i
     with nogil:
-        for i in prange(n0, schedule="static", num_threads=num_threads):
+        for i in prange(n0, schedule="static", num_threads=team(num_threads, n0)):
             counts[i] = fastnn_count_ones(&mask[i, 0], n1) if n1 else 0
 
 
@@ -553,7 +561,7 @@ def mask_index(const uint8_t[:, ::1] mask, const int64_t[::1] row_ptr, int64_t[:
     cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i, j, p
     cdef int64_t[::1] fill = np.empty(n1 + 1, dtype=np.int64)
     with nogil:
-        for i in prange(n0, schedule="static", num_threads=num_threads):
+        for i in prange(n0, schedule="static", num_threads=team(num_threads, n0)):
             if n1 and row_ptr[i + 1] > row_ptr[i]:
                 fill_row(&mask[i, 0], n1, &row_cols[row_ptr[i]])
         for j in range(n1 + 1):
@@ -580,7 +588,7 @@ def gather_values(const floating[:, ::1] w, const int64_t[::1] row_ptr,
     takes, so a CSC walk never strides down the columns of a large w."""
     cdef Py_ssize_t n0 = w.shape[0], i, p
     with nogil:
-        for i in prange(n0, schedule="static", num_threads=num_threads):
+        for i in prange(n0, schedule="static", num_threads=team(num_threads, n0)):
             if permuted:
                 for p in range(row_ptr[i], row_ptr[i + 1]):
                     vals[perm[p]] = w[i, row_cols[p]]
@@ -617,7 +625,7 @@ def sparse_rows(const floating[:, ::1] src_t, const floating[::1] vals, const in
     if B == 0 or vals.shape[0] == 0:
         return
     with nogil:
-        for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+        for blk in prange(nblocks, schedule="static", num_threads=team(num_threads, nblocks)):
             sparse_block(src_t, vals, ptr, idx, dst_t, blk * SPARSE_ROWS,
                          imin(blk * SPARSE_ROWS + SPARSE_ROWS, n_dst))
 
@@ -628,7 +636,7 @@ def transpose(const floating[:, :] a, floating[:, ::1] out, int num_threads):
     cdef Py_ssize_t n0 = out.shape[0], n1 = out.shape[1], nb = (n0 + 31) // 32
     cdef Py_ssize_t blk, i0, j0, i, j
     with nogil:
-        for blk in prange(nb, schedule="static", num_threads=num_threads):
+        for blk in prange(nb, schedule="static", num_threads=team(num_threads, nb)):
             i0 = blk * 32
             for j0 in range(0, n1, 32):
                 # The inner loop walks the long axis, so that the strided side
@@ -653,7 +661,7 @@ def sparse_weight_grad(const floating[:, ::1] x_t, const floating[:, ::1] gy_t,
     cdef const floating* xr
     cdef const floating* gr
     with nogil:
-        for i in prange(n0, schedule="static", num_threads=num_threads):
+        for i in prange(n0, schedule="static", num_threads=team(num_threads, n0)):
             xr = &x_t[i, 0] if B else NULL
             for p in range(row_ptr[i], row_ptr[i + 1]):
                 j = row_cols[p]
@@ -673,8 +681,8 @@ def local_forward(const floating[:, :, ::1] cols, const floating[:, :, ::1] w,
     if N == 0 or P == 0 or K == 0:
         return
     with nogil:
-        for p in prange(P, schedule="static", num_threads=num_threads):
-            gemm(False, False, N, K, ckk, <floating>1, &cols[0, p, 0] if ckk else NULL, P * ckk,
+        for p in prange(P, schedule="static", num_threads=team(num_threads, P)):
+            pgemm(False, False, N, K, ckk, <floating>1, &cols[0, p, 0] if ckk else NULL, P * ckk,
                  &w[p, 0, 0] if ckk else NULL, K, beta, &y[0, p, 0], P * K)
 
 
@@ -685,8 +693,8 @@ def local_weight_grad(const floating[:, :, ::1] cols, const floating[:, :, ::1] 
     if P == 0 or ckk == 0 or K == 0:
         return
     with nogil:
-        for p in prange(P, schedule="static", num_threads=num_threads):
-            gemm(True, False, ckk, K, N, <floating>1, &cols[0, p, 0] if N else NULL, P * ckk,
+        for p in prange(P, schedule="static", num_threads=team(num_threads, P)):
+            pgemm(True, False, ckk, K, N, <floating>1, &cols[0, p, 0] if N else NULL, P * ckk,
                  &gy[0, p, 0] if N else NULL, P * K, <floating>0, &gw[p, 0, 0], K)
 
 
@@ -697,6 +705,6 @@ def local_cols_grad(const floating[:, :, ::1] gy, const floating[:, :, ::1] w,
     if N == 0 or P == 0 or ckk == 0:
         return
     with nogil:
-        for p in prange(P, schedule="static", num_threads=num_threads):
-            gemm(False, True, N, ckk, K, <floating>1, &gy[0, p, 0] if K else NULL, P * K,
+        for p in prange(P, schedule="static", num_threads=team(num_threads, P)):
+            pgemm(False, True, N, ckk, K, <floating>1, &gy[0, p, 0] if K else NULL, P * K,
                  &w[p, 0, 0] if K else NULL, K, <floating>0, &gcols[0, p, 0], P * ckk)

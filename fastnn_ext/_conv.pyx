@@ -8,12 +8,12 @@ element is produced by one item in a fixed order, so results are bitwise identic
 for any thread count.
 """
 from cython cimport floating
+from fastnn_ext._openmp cimport team
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
-from fastnn_ext._blas cimport gemm
-from fastnn_ext._ukernel cimport ugemm, fastnn_ukernel_pick, fastnn_ukernel_level, FASTNN_UGEMM_SCRATCH
+from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, fastnn_ukernel_level, FASTNN_UGEMM_SCRATCH
 
 import os as _os
 
@@ -309,8 +309,8 @@ cdef void forward_item(const floating* x, const floating* w, const floating* bia
             b = cols
             ldb = g.ckk
         if g.Kg < SMALL_K:
-            # Too few output channels to fill the kernel's vector width: BLAS.
-            gemm(False, False, tp, g.Kg, g.ckk, <floating>1, b, ldb, w + grp * g.Kg, g.K,
+            # Too few output channels for the column-panel kernel: the packed product.
+            pgemm(False, False, tp, g.Kg, g.ckk, <floating>1, b, ldb, w + grp * g.Kg, g.K,
                  <floating>0, y + (n * g.P + p0) * g.K + grp * g.Kg, g.K)
             if bg != NULL:
                 for r in range(tp):
@@ -411,7 +411,7 @@ cdef void weight_grad_item(const floating* x, const floating* gy, floating* gw,
                 a = cols
                 lda = tp
             # gw_g (Kg x ckk) += gy_tile (Kg x tp) @ cols^T (tp x ckk)
-            gemm(False, True, g.Kg, g.ckk, tp, <floating>1,
+            pgemm(False, True, g.Kg, g.ckk, tp, <floating>1,
                  gy + (n * g.K + grp * g.Kg) * g.P + p0, g.P, a, lda, beta,
                  gw + grp * g.Kg * g.ckk, g.ckk)
         else:
@@ -423,7 +423,7 @@ cdef void weight_grad_item(const floating* x, const floating* gy, floating* gw,
                 a = cols
                 lda = g.ckk
             # gw_g (ckk x Kg, ld K) += cols^T (ckk x tp) @ gy_tile (tp x Kg)
-            gemm(True, False, g.ckk, g.Kg, tp, <floating>1, a, lda,
+            pgemm(True, False, g.ckk, g.Kg, tp, <floating>1, a, lda,
                  gy + (n * g.P + p0) * g.K + grp * g.Kg, g.K, beta,
                  gw + grp * g.Kg, g.K)
         beta = 1
@@ -457,11 +457,11 @@ cdef void input_grad_item(const floating* gy, const floating* w, floating* gx,
         q0 = h0 * g.W
         q1 = h1 * g.W
         if not g.nhwc:
-            gemm(True, False, g.Cg, q1 - q0, g.Kg, <floating>1, w + grp * g.Kg * g.ckk,
+            pgemm(True, False, g.Cg, q1 - q0, g.Kg, <floating>1, w + grp * g.Kg * g.ckk,
                  g.ckk, gy + (n * g.K + grp * g.Kg) * g.P + q0, g.P, <floating>0,
                  gx + (n * g.C + grp * g.Cg) * g.P + q0, g.P)
         else:
-            gemm(False, True, q1 - q0, g.Cg, g.Kg, <floating>1,
+            pgemm(False, True, q1 - q0, g.Cg, g.Kg, <floating>1,
                  gy + (n * g.P + q0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg, g.K,
                  <floating>0, gx + (n * g.P + q0) * g.C + grp * g.Cg, g.C)
         return
@@ -482,13 +482,13 @@ cdef void input_grad_item(const floating* gy, const floating* w, floating* gx,
         tp = p1 - p0
         if not g.nhwc:
             # gcols (ckk x tp) = w_g^T (ckk x Kg) @ gy_tile (Kg x tp)
-            gemm(True, False, g.ckk, tp, g.Kg, <floating>1, w + grp * g.Kg * g.ckk, g.ckk,
+            pgemm(True, False, g.ckk, tp, g.Kg, <floating>1, w + grp * g.Kg * g.ckk, g.ckk,
                  gy + (n * g.K + grp * g.Kg) * g.P + p0, g.P, <floating>0, gcols, tp)
             scatter_nchw(gx + (n * g.C + grp * g.Cg) * g.H * g.W, g, p0, p1, gcols, tp,
                          h0, h1)
         else:
             # gcols (tp x ckk) = gy_tile (tp x Kg) @ w_g^T (Kg x ckk)
-            gemm(False, True, tp, g.ckk, g.Kg, <floating>1,
+            pgemm(False, True, tp, g.ckk, g.Kg, <floating>1,
                  gy + (n * g.P + p0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg, g.K,
                  <floating>0, gcols, g.ckk)
             scatter_nhwc(gx + n * g.H * g.W * g.C, grp * g.Cg, g, p0, p1, gcols, g.ckk,
@@ -590,7 +590,7 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
     tmp_size = (tmp_size + 15) // 16 * 16   # keep the kernel scratch (offset table) aligned
     scratch_size = tmp_size + FASTNN_UGEMM_SCRATCH(g.ckk)
     nitems = units * ntiles * nkb
-    with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+    with nogil, parallel(num_threads=team(num_threads, nitems), use_threads_if=num_threads > 1 and nitems > 1):
         tmp = <floating*>malloc(scratch_size * sizeof(floating))
         tables = <Py_ssize_t*>malloc((2 * g.ckk + 1) * sizeof(Py_ssize_t))
         if implicit and tables != NULL:
@@ -649,7 +649,7 @@ def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[:
             raise MemoryError("conv2d_backward: could not allocate weight-gradient partials")
     nitems = nchunks * g.G
     with nogil:
-        with parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+        with parallel(num_threads=team(num_threads, nitems), use_threads_if=num_threads > 1 and nitems > 1):
             cols = NULL
             if not g.direct:
                 cols = <floating*>malloc((g.ckk * T + 1) * sizeof(floating))
@@ -666,7 +666,7 @@ def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[:
             free(cols)
         if nchunks > 1 and not failed:
             nblk = (wsize + 4095) // 4096
-            for it in prange(nblk, num_threads=num_threads,
+            for it in prange(nblk, num_threads=team(num_threads, nblk),
                              use_threads_if=num_threads > 1 and nblk > 1):
                 e0 = it * 4096
                 e1 = e0 + 4096 if e0 + 4096 < wsize else wsize
@@ -770,7 +770,7 @@ def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
     if partial == NULL:
         raise MemoryError("conv2d_backward: could not allocate weight-gradient partials")
     with nogil:
-        with parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+        with parallel(num_threads=team(num_threads, nitems), use_threads_if=num_threads > 1 and nitems > 1):
             gyt = <floating*>malloc((tq * g.Kg + 16 + FASTNN_UGEMM_SCRATCH(tq)) * sizeof(floating))
             tables = <Py_ssize_t*>malloc((2 * g.ckk + 2 * tq + 1) * sizeof(Py_ssize_t))
             if tables != NULL:
@@ -800,7 +800,7 @@ def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
             # gw = sum of the chunk partials in chunk order, from the tap-major
             # partial layout [grp][tap][k] to the weight's own layout.
             nblk = g.G * g.ckk
-            for it in prange(nblk, num_threads=num_threads,
+            for it in prange(nblk, num_threads=team(num_threads, nblk),
                              use_threads_if=num_threads > 1 and nblk > 1):
                 grp = it // g.ckk
                 r = it - grp * g.ckk
@@ -840,7 +840,7 @@ def conv2d_input_grad(const floating[::1] gy, const floating[::1] w, floating[::
     hbs = (g.H + nhb - 1) // nhb
     nhb = (g.H + hbs - 1) // hbs
     nitems = units * nhb
-    with nogil, parallel(num_threads=num_threads, use_threads_if=num_threads > 1 and nitems > 1):
+    with nogil, parallel(num_threads=team(num_threads, nitems), use_threads_if=num_threads > 1 and nitems > 1):
         gcols = NULL
         if not g.direct:
             gcols = <floating*>malloc((g.ckk * T + 1) * sizeof(floating))
@@ -867,7 +867,7 @@ def conv2d_bias_grad(const floating[::1] gy, floating[::1] gb, tuple geom, bint 
     cdef double acc
     with nogil:
         if not g.nhwc:
-            for k in prange(g.K, num_threads=num_threads,
+            for k in prange(g.K, num_threads=team(num_threads, g.K),
                             use_threads_if=num_threads > 1 and g.K > 1):
                 acc = 0
                 for n in range(g.N):
@@ -875,7 +875,7 @@ def conv2d_bias_grad(const floating[::1] gy, floating[::1] gb, tuple geom, bint 
                 gb[k] = <floating>acc
         else:
             nblk = (g.K + 15) // 16
-            for it in prange(nblk, num_threads=num_threads,
+            for it in prange(nblk, num_threads=team(num_threads, nblk),
                              use_threads_if=num_threads > 1 and nblk > 1):
                 bias_grad_block(&gy[0], &gb[0], rows, g.K, it * 16)
 
@@ -891,7 +891,7 @@ def im2col(const floating[::1] x, floating[::1] cols, tuple geom, bint nhwc,
     if nitems == 0 or g.ckk == 0:
         return
     with nogil:
-        for it in prange(nitems, num_threads=num_threads, schedule="dynamic",
+        for it in prange(nitems, num_threads=team(num_threads, nitems), schedule="dynamic",
                          use_threads_if=num_threads > 1 and nitems > 1):
             n = it // ntiles
             p0 = (it % ntiles) * T
@@ -918,7 +918,7 @@ def col2im(const floating[::1] cols, floating[::1] x, tuple geom, bint nhwc,
     nhb = (g.H + hbs - 1) // hbs
     nitems = g.N * nhb
     with nogil:
-        for it in prange(nitems, num_threads=num_threads, schedule="dynamic",
+        for it in prange(nitems, num_threads=team(num_threads, nitems), schedule="dynamic",
                          use_threads_if=num_threads > 1 and nitems > 1):
             n = it // nhb
             hb = it % nhb

@@ -15,3 +15,11 @@ cdef extern from *:
     int fastnn_omp_thread_id() noexcept nogil
     int fastnn_omp_enabled() noexcept nogil
     int fastnn_omp_version() noexcept nogil
+
+
+cdef inline int team(int num_threads, Py_ssize_t items) noexcept nogil:
+    # No team larger than its work items (a thread with nothing to do still costs a
+    # wake-up, and 100000 of them exhaust the process).
+    if items < 1:
+        return 1
+    return num_threads if num_threads <= items else <int>items

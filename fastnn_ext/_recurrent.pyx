@@ -28,6 +28,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from fastnn_ext._blas cimport gemm
+from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_GATE, FASTNN_SERIAL_BELOW_RECURRENT
 from fastnn_ext._openmp cimport fastnn_omp_thread_id
 from fastnn_ext._ukernel cimport FASTNN_UGEMM_SCRATCH, fastnn_ukernel_pick, ugemm
 
@@ -415,15 +416,10 @@ def _pick_simd():
 SIMD_LEVEL = _pick_simd()
 fastnn_ukernel_pick(SIMD_LEVEL)
 
-# A gate pass goes parallel from this many units (rows * H) on, in work items of about
-# ITEM_UNITS units (whole rows). An LSTM unit costs five exp-based nonlinearities,
-# ~1.5 ns with AVX-512 on float32, so 16384 units are ~25 us serial: enough to pay for
-# waking the thread team (~2-5 us with GOMP_SPINCOUNT=10000) between two GEMMs.
-DEF PAR_MIN_UNITS = 16384
-# The recurrent products go parallel from this many multiply-adds (~30 us serial).
-DEF PAR_MIN_FLOPS = 1 << 20
+# A gate pass goes parallel from FASTNN_SERIAL_BELOW_GATE units (rows * H) on, the
+# recurrent products from FASTNN_SERIAL_BELOW_RECURRENT multiply-adds (the cost model,
+# _cost.h), in work items of about ITEM_UNITS units (whole rows).
 DEF ITEM_UNITS = 4096
-PARALLEL_MIN_UNITS = PAR_MIN_UNITS
 
 
 # ---------------------------------------------------------------- drivers
@@ -436,7 +432,7 @@ cdef void run_pass(bint dbl, int op, const fastnn_rnn_args* a, Py_ssize_t rows,
     items = (rows + per - 1) // per
     if num_threads > items:
         num_threads = <int>items
-    if num_threads > 1 and rows * a.H >= PAR_MIN_UNITS:
+    if num_threads > 1 and rows * a.H >= FASTNN_SERIAL_BELOW_GATE:
         for it in prange(items, schedule="static", num_threads=num_threads):
             r0 = it * per
             r1 = r0 + per if r0 + per < rows else rows
@@ -459,7 +455,7 @@ cdef void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols, Py_ss
     if num_threads > nb:
         num_threads = <int>nb
     memset(out, 0, cols * sizeof(floating))
-    if num_threads > 1 and rows * cols >= 4 * PAR_MIN_UNITS:
+    if num_threads > 1 and rows * cols >= 4 * FASTNN_SERIAL_BELOW_GATE:
         for blk in prange(nb, schedule="static", num_threads=num_threads):
             j0 = blk * 256
             j1 = j0 + 256 if j0 + 256 < cols else cols
@@ -603,7 +599,7 @@ cdef void panels_product(const Panels* p, const floating* a, Py_ssize_t M, float
     cdef floating* scratch = <floating*>p.scratch
     if num_threads > n:
         num_threads = <int>n
-    if num_threads > 1 and M * p.N * K >= PAR_MIN_FLOPS:
+    if num_threads > 1 and M * p.N * K >= FASTNN_SERIAL_BELOW_RECURRENT:
         for i in prange(n, schedule="static", num_threads=num_threads):
             ugemm(M, W, K, a, K, NULL, p.aoff, packed + i * K * W, p.boff, c + i * W, ldc,
                   accumulate, NULL, NULL, scratch + fastnn_omp_thread_id() * p.per_thread)
@@ -832,7 +828,7 @@ def lstm_cell(x, h, c, kernel, bias, double forget_bias, out_h, out_c, threads):
         return None
     if B == 0 or H == 0:
         return out_h, out_c
-    nt = threads() if B * H >= PAR_MIN_UNITS else 1
+    nt = threads() if B * H >= FASTNN_SERIAL_BELOW_GATE else 1
     if tn == cnp.NPY_DOUBLE:
         cell_step[double](<const double*>data(x), <const double*>data(h), <const double*>data(c),
                   <const double*>data(kernel), <const double*>data(bias), forget_bias,

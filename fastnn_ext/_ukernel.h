@@ -151,4 +151,57 @@ UK_DISPATCH(fastnn_ugemm_d, fastnn_d, double)
 /* Scratch elements fastnn_ugemm_* needs for a product with inner dimension K
  * (a padded panel, an output block, a bias row, then K offsets of 8 bytes). */
 #define FASTNN_UGEMM_SCRATCH(K) ((K) * 32 + 8 * 32 + 32 + 2 * (K) + 8)
+/* Row-major C (m x n) = op(A) @ op(B) (+ C when accumulate), on the register-blocked
+ * kernel, for products computed inside a prange. BLAS is not used there: its result
+ * bits depend on its own thread count (OpenBLAS splits some shapes differently on 1
+ * and 2 threads), and holding it to one thread would change it for every other
+ * thread of the process. K is cut in blocks of FASTNN_PG_KB (partial sums added in a
+ * fixed order, so the bits depend on the shape only); a transposed B is packed a
+ * block at a time into a buffer on the stack. No allocation, no failure. */
+#define FASTNN_PG_KB 64
+#define FASTNN_PG_NB 256
+#define UK_PGEMM(NAME, UG, T)                                                           \
+    static void NAME(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,  \
+                     const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb, int accumulate, \
+                     T *c, ptrdiff_t ldc)                                               \
+    {                                                                                   \
+        T scratch[FASTNN_UGEMM_SCRATCH(FASTNN_PG_KB)];                                  \
+        T panel[trans_b ? FASTNN_PG_KB * FASTNN_PG_NB : 1];                             \
+        ptrdiff_t aoff[FASTNN_PG_KB], boff[FASTNN_PG_KB];                               \
+        ptrdiff_t k0, kk, n0, j;                                                        \
+        if (m <= 0 || n <= 0)                                                           \
+            return;                                                                     \
+        if (k <= 0) {                                                                   \
+            if (!accumulate)                                                            \
+                for (k0 = 0; k0 < m; k0++)                                              \
+                    for (j = 0; j < n; j++)                                             \
+                        c[k0 * ldc + j] = (T)0;                                         \
+            return;                                                                     \
+        }                                                                               \
+        for (k0 = 0; k0 < k; k0 += FASTNN_PG_KB) {                                      \
+            ptrdiff_t kb = k - k0 < FASTNN_PG_KB ? k - k0 : FASTNN_PG_KB;               \
+            int acc = accumulate || k0 > 0;                                             \
+            for (kk = 0; kk < kb; kk++)                                                 \
+                aoff[kk] = trans_a ? (k0 + kk) * lda : k0 + kk;                         \
+            if (!trans_b) {                                                             \
+                for (kk = 0; kk < kb; kk++)                                             \
+                    boff[kk] = (k0 + kk) * ldb;                                         \
+                UG(m, n, kb, a, trans_a ? 1 : lda, NULL, aoff, b, boff, c, ldc, acc,    \
+                   NULL, NULL, scratch);                                                \
+                continue;                                                               \
+            }                                                                           \
+            for (n0 = 0; n0 < n; n0 += FASTNN_PG_NB) {                                  \
+                ptrdiff_t nb = n - n0 < FASTNN_PG_NB ? n - n0 : FASTNN_PG_NB;           \
+                for (kk = 0; kk < kb; kk++) {                                           \
+                    for (j = 0; j < nb; j++)                                            \
+                        panel[kk * nb + j] = b[(n0 + j) * ldb + k0 + kk];               \
+                    boff[kk] = kk * nb;                                                 \
+                }                                                                       \
+                UG(m, nb, kb, a, trans_a ? 1 : lda, NULL, aoff, panel, boff, c + n0,    \
+                   ldc, acc, NULL, NULL, scratch);                                      \
+            }                                                                           \
+        }                                                                               \
+    }
+UK_PGEMM(fastnn_pgemm_f, fastnn_ugemm_f, float)
+UK_PGEMM(fastnn_pgemm_d, fastnn_ugemm_d, double)
 #endif

@@ -17,6 +17,12 @@ cdef extern from "_ukernel.h" nogil:
                         double* c, Py_ssize_t ldc, int accumulate, const double* bias_row,
                         const double* bias_col, double* scratch)
     Py_ssize_t FASTNN_UGEMM_SCRATCH(Py_ssize_t K)
+    void fastnn_pgemm_f(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                        const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb,
+                        int accumulate, float* c, Py_ssize_t ldc)
+    void fastnn_pgemm_d(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                        const double* a, Py_ssize_t lda, const double* b, Py_ssize_t ldb,
+                        int accumulate, double* c, Py_ssize_t ldc)
 
 
 cdef inline void ugemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* a,
@@ -30,3 +36,15 @@ cdef inline void ugemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating*
     else:
         fastnn_ugemm_d(M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col,
                        scratch)
+
+
+cdef inline void pgemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       floating alpha, const floating* a, Py_ssize_t lda, const floating* b,
+                       Py_ssize_t ldb, floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
+    # Row-major C = op(A) op(B) + beta C for products inside a prange, with _blas.gemm's
+    # arguments; alpha must be 1 and beta 0 or 1. Deterministic for any thread count
+    # and never touching BLAS (see _ukernel.h).
+    if floating is float:
+        fastnn_pgemm_f(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta != 0, c, ldc)
+    else:
+        fastnn_pgemm_d(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta != 0, c, ldc)

@@ -628,11 +628,11 @@ def test_nan_propagates():
 
 # ------------------------------------------------------------------ threads
 def test_thread_count_bitwise_identical():
-    # Big enough (B * H >= PARALLEL_MIN_UNITS) for the gate passes to run in parallel.
+    # Big enough (B * H >= SERIAL_BELOW["gate"]) for the gate passes to run in parallel.
     from fastnn_ext import _recurrent
     rng = np.random.default_rng(14)
     B, T, I, H = 64, 3, 8, 256
-    assert B * H >= _recurrent.PARALLEL_MIN_UNITS
+    assert B * H >= fastnn._threads.SERIAL_BELOW["gate"]
     x, h0, c0 = rng.standard_normal((B, T, I)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
     lk, lb = _lstm_params(rng, I, H, 0.1)
     gk = _gru_params(rng, I, H, True, 0.1)
