@@ -19,7 +19,7 @@ pytest.importorskip("hypothesis")
 import fastnn                                    # noqa: E402
 import fastnn.thinc                              # noqa: E402
 from fastnn.thinc import FastnnOps               # noqa: E402
-from helpers import TOL, assert_close            # noqa: E402
+from helpers import assert_close                 # noqa: E402
 from thinc.api import NumpyOps, get_current_ops, get_ops, use_ops   # noqa: E402
 
 REF = NumpyOps()
