@@ -92,12 +92,15 @@ class _Host:
     ``out_axes`` give each base array's batch axis (None: no batch axis, like a
     weight); when every output has one and every argument without one is unmapped,
     the mapped axes are folded into the batch axis and ``fn`` runs once, else it
-    runs once per mapped element. ``elementwise``: ``fn`` takes any leading axes
-    itself (``vmap_method="broadcast_all"``).
+    runs once per mapped element. ``separable``: false for a function of the whole
+    batch (a mean over it), which is never folded. ``elementwise``: ``fn`` takes any
+    leading axes itself (``vmap_method="broadcast_all"``).
     """
 
-    def __init__(self, fn, base_ndims, in_axes, out_specs, out_axes, elementwise=False):
+    def __init__(self, fn, base_ndims, in_axes, out_specs, out_axes, elementwise=False,
+                 separable=True):
         self.fn = fn
+        self.separable = separable
         self.base_ndims = tuple(base_ndims)
         self.in_axes = tuple(in_axes)
         self.out_specs = tuple(out_specs)
@@ -108,11 +111,13 @@ class _Host:
     def __call__(self, *args):
         arrays = [np.asarray(a) for a in args]     # zero-copy, read-only views
         lead = arrays[0].ndim - self.base_ndims[0] if arrays else 0
-        if lead == 0 or self.elementwise:
+        if lead == 0:
             return self._finish(self.fn(*arrays), ())
         batch = np.broadcast_shapes(*(a.shape[:lead] for a in arrays))
+        if self.elementwise:        # broadcast_all: the leading axes are just more elements
+            return self._finish(self.fn(*arrays), batch)
         mapped = [any(d != 1 for d in a.shape[:lead]) for a in arrays]
-        if all(ax is not None for ax in self.out_axes) and all(
+        if self.separable and all(ax is not None for ax in self.out_axes) and all(
                 ax is not None or not m for ax, m in zip(self.in_axes, mapped)):
             return self._folded(arrays, lead, batch)
         return self._looped(arrays, lead, batch)
@@ -195,7 +200,11 @@ class _Op:
     name = ""
     elementwise = False
     float_args = ()          # names that must be float32/float64 (cast to one dtype)
-    saves = ()
+
+    @property
+    def differentiable(self):
+        """Names of the arguments that get a gradient (when they are floats)."""
+        return self.float_args
 
     def bind(self, st, names, sig):
         """The op for one signature (ops whose residuals depend on it override this)."""
@@ -209,6 +218,10 @@ class _Op:
 
     def out_axes(self, st):
         return (0,)
+
+    def separable(self, st):
+        """Whether the batch entries are independent (folding vmap into the batch is exact)."""
+        return True
 
     def train(self, st, **arrays):
         """(outputs, extras) of the forward used under differentiation."""
@@ -229,7 +242,6 @@ def _build(op, st, names, sig):
     arguments ``names`` of shapes and dtypes ``sig`` (cached: one callback object per
     signature keeps JAX's dispatch cache warm in eager mode)."""
     stat = dict(st)
-    op = op.bind(stat, names, sig)
     in_axes = op.in_axes(stat, names)
     base = [len(shape) for shape, _ in sig]
     out_specs = op.out_specs(stat, names, sig, in_axes)
@@ -239,39 +251,50 @@ def _build(op, st, names, sig):
     def forward(*arrays):
         return op.forward(stat, **dict(zip(names, arrays)))
 
-    def train(*arrays):
-        outs, extras = op.train(stat, **dict(zip(names, arrays)))
-        return tuple(outs) + tuple(extras)
-
-    extra_specs = list(op.extra_specs(stat, names, sig))
-    primal = _Host(forward, base, in_axes, out_specs, out_axes, op.elementwise)
-    trained = _Host(train, base, in_axes, out_specs + extra_specs,
-                    tuple(out_axes) + (None,) * len(extra_specs), op.elementwise)
-
-    # The backward's inputs: the saved arrays, then the cotangents of the float outputs.
-    pool = {n: (len(s), ax) for n, (s, _), ax in zip(names, sig, in_axes)}
-    pool.update({f"y{i}": (len(s.shape), ax) for i, (s, ax) in enumerate(zip(out_specs, out_axes))})
-    pool.update({f"e{i}": (len(s.shape), None) for i, s in enumerate(extra_specs)})
-    saved = tuple(n for n in op.saves(stat, names) if n in pool)
+    sep = op.separable(stat)
+    primal = _Host(forward, base, in_axes, out_specs, out_axes, op.elementwise, sep)
     float_outs = tuple(i for i, s in enumerate(out_specs) if np.dtype(s.dtype) in _FLOATS)
-    diff = tuple(i for i, (_, dt) in enumerate(sig) if np.dtype(dt) in _FLOATS)
-    grad_specs = [_spec(sig[i][0], sig[i][1]) for i in diff]
+    diff = tuple(i for i, (n, (_, dt)) in enumerate(zip(names, sig))
+                 if n in op.differentiable and np.dtype(dt) in _FLOATS)
 
-    def backward(*arrays):
-        held = dict(zip(saved, arrays[:len(saved)]))
-        cts = list(arrays[len(saved):])
-        grads = op.backward(stat, held, cts)
-        return tuple(grads[names[i]] for i in diff)
+    @functools.lru_cache(maxsize=None)
+    def vjp_hosts():
+        """The training forward and the backward callbacks, made when first differentiated
+        (a recurrent op's cache layout costs one forward to find)."""
+        bound = op.bind(stat, names, sig)
 
-    bwd_host = _Host(backward, [pool[n][0] for n in saved] + [len(out_specs[i].shape) for i in float_outs],
-                     [pool[n][1] for n in saved] + [out_axes[i] for i in float_outs],
-                     grad_specs, [in_axes[i] for i in diff], op.elementwise)
+        def train(*arrays):
+            outs, extras = bound.train(stat, **dict(zip(names, arrays)))
+            return tuple(outs) + tuple(extras)
+
+        extra_specs = list(bound.extra_specs(stat, names, sig))
+        trained = _Host(train, base, in_axes, out_specs + extra_specs,
+                        tuple(out_axes) + (None,) * len(extra_specs), op.elementwise, sep)
+        # The backward's inputs: the saved arrays, then the cotangents of the float outputs.
+        pool = {n: (len(s), ax) for n, (s, _), ax in zip(names, sig, in_axes)}
+        pool.update({f"y{i}": (len(s.shape), ax)
+                     for i, (s, ax) in enumerate(zip(out_specs, out_axes))})
+        pool.update({f"e{i}": (len(s.shape), None) for i, s in enumerate(extra_specs)})
+        saved = tuple(n for n in bound.saves(stat, names) if n in pool)
+        grad_specs = [_spec(sig[i][0], sig[i][1]) for i in diff]
+
+        def backward(*arrays):
+            held = dict(zip(saved, arrays[:len(saved)]))
+            grads = bound.backward(stat, held, list(arrays[len(saved):]))
+            return tuple(grads[names[i]] for i in diff)
+
+        bwd = _Host(backward,
+                    [pool[n][0] for n in saved] + [len(out_specs[i].shape) for i in float_outs],
+                    [pool[n][1] for n in saved] + [out_axes[i] for i in float_outs],
+                    grad_specs, [in_axes[i] for i in diff], op.elementwise, sep)
+        return trained, saved, bwd
 
     @jax.custom_vjp
     def f(*arrays):
         return primal.call(*arrays)
 
     def f_fwd(*arrays):
+        trained, saved, _ = vjp_hosts()
         res = trained.call(*arrays)
         outs, extras = res[:n_out], res[n_out:]
         env = dict(zip(names, arrays))
@@ -280,7 +303,7 @@ def _build(op, st, names, sig):
         return tuple(outs), tuple(env[n] for n in saved)
 
     def f_bwd(res, cts):
-        grads = bwd_host.call(*res, *(cts[i] for i in float_outs))
+        grads = vjp_hosts()[2].call(*res, *(cts[i] for i in float_outs))
         full = [None] * len(names)
         for i, g in zip(diff, grads):
             full[i] = g
@@ -439,15 +462,15 @@ _MAX1D = _Pool("max_pool1d", fastnn.max_pool1d, fastnn.max_pool1d_backward, True
 _AVG1D = _Pool("avg_pool1d", fastnn.avg_pool1d, fastnn.avg_pool1d_backward, False)
 
 
-def _pool(op, x, kernel_size, stride, padding, layout, return_indices):
+def _pool(op, x, return_indices, **static):
     if not isinstance(return_indices, (bool, np.bool_)):
         raise TypeError(f"{op.name}: return_indices must be a bool, got {return_indices!r}")
-    out = _apply(op, dict(kernel_size=kernel_size, stride=stride, padding=padding,
-                          layout=layout, return_indices=bool(return_indices)), (("x", x),))
+    out = _apply(op, dict(static, return_indices=bool(return_indices)), (("x", x),))
     return tuple(out) if return_indices else out[0]
 
 
-def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_indices=False):
+def max_pool2d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+               layout="NCHW", return_indices=False):
     """:func:`fastnn.max_pool2d` as a differentiable JAX function.
 
     With ``return_indices=True`` it also returns the argmax indices (int64 with
@@ -460,11 +483,15 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_
     >>> fj.max_pool2d(jnp.array([[[[1., 5.], [3., 4.]]]]), 2)
     Array([[[[5.]]]], dtype=float32)
     """
-    return _pool(_MAX2D, x, kernel_size, stride, padding, layout, return_indices)
+    return _pool(_MAX2D, x, return_indices, kernel_size=kernel_size, stride=stride,
+                 padding=padding, dilation=dilation, ceil_mode=ceil_mode, layout=layout)
 
 
-def avg_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_indices=False):
-    """:func:`fastnn.avg_pool2d` (average over real elements) as a differentiable JAX function.
+def avg_pool2d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=False, divisor_override=None, layout="NCHW",
+               return_indices=False):
+    """:func:`fastnn.avg_pool2d` as a differentiable JAX function (by default the
+    average over the real, unpadded elements of each window).
 
     Examples
     --------
@@ -472,10 +499,13 @@ def avg_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW", return_
     >>> fj.avg_pool2d(jnp.arange(6.0).reshape(1, 1, 2, 3), 2, padding="same")
     Array([[[[2. , 3.5]]]], dtype=float32)
     """
-    return _pool(_AVG2D, x, kernel_size, stride, padding, layout, return_indices)
+    return _pool(_AVG2D, x, return_indices, kernel_size=kernel_size, stride=stride,
+                 padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                 divisor_override=divisor_override, layout=layout)
 
 
-def max_pool1d(x, kernel_size, *, stride=None, padding=0, layout="NCW", return_indices=False):
+def max_pool1d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+               layout="NCW", return_indices=False):
     """:func:`fastnn.max_pool1d` as a differentiable JAX function (see :func:`max_pool2d`).
 
     Examples
@@ -484,10 +514,13 @@ def max_pool1d(x, kernel_size, *, stride=None, padding=0, layout="NCW", return_i
     >>> fj.max_pool1d(jnp.array([[[1., 3., 2., 0.]]]), 3, stride=1, padding="same")
     Array([[[3., 3., 3., 2.]]], dtype=float32)
     """
-    return _pool(_MAX1D, x, kernel_size, stride, padding, layout, return_indices)
+    return _pool(_MAX1D, x, return_indices, kernel_size=kernel_size, stride=stride,
+                 padding=padding, dilation=dilation, ceil_mode=ceil_mode, layout=layout)
 
 
-def avg_pool1d(x, kernel_size, *, stride=None, padding=0, layout="NCW", return_indices=False):
+def avg_pool1d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=False, divisor_override=None, layout="NCW",
+               return_indices=False):
     """:func:`fastnn.avg_pool1d` as a differentiable JAX function.
 
     Examples
@@ -496,7 +529,9 @@ def avg_pool1d(x, kernel_size, *, stride=None, padding=0, layout="NCW", return_i
     >>> fj.avg_pool1d(jnp.array([[[1., 3., 2., 0.]]]), 2)
     Array([[[2., 1.]]], dtype=float32)
     """
-    return _pool(_AVG1D, x, kernel_size, stride, padding, layout, return_indices)
+    return _pool(_AVG1D, x, return_indices, kernel_size=kernel_size, stride=stride,
+                 padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                 divisor_override=divisor_override, layout=layout)
 
 
 # ------------------------------------------------------------------ activations
@@ -626,12 +661,16 @@ def log_softmax(x, axis=-1):
 class _CrossEntropy(_Op):
     name = "softmax_cross_entropy"
     float_args = ("logits",)
+    differentiable = ("logits", "labels")
 
     def batch_axes(self, st):
         return {"logits": 0, "labels": 0}
 
     def out_axes(self, st):
         return (0,) if st["reduction"] == "none" else (None,)
+
+    def separable(self, st):
+        return st["reduction"] == "none"
 
     def forward(self, st, logits, labels):
         return (fastnn.softmax_cross_entropy(logits, labels, reduction=st["reduction"]),)
