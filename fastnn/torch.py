@@ -179,7 +179,7 @@ def strict():
     ...     ft.relu(torch.arange(3))
     Traceback (most recent call last):
     ...
-    fastnn.torch.FallbackError: fastnn.torch.relu: input has dtype torch.int64 (fastnn runs float32 and float64); strict() forbids running it on PyTorch
+    fastnn.torch.FallbackError: fastnn.torch.relu: input has dtype torch.int64 (fastnn runs ...
     """
     _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1
     try:
@@ -282,7 +282,41 @@ def _empty(x):
 
 
 def _op(name):
-    return torch.library.custom_op(f"fastnn::{name}", mutates_args=(), device_types="cpu")
+    make = torch.library.custom_op(f"fastnn::{name}", mutates_args=(), device_types="cpu")
+
+    def register(fn):
+        op = make(fn)
+        op._fastnn_impl = fn
+        return op
+    return register
+
+
+_PLAIN = (Tensor, nn.Parameter)
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_transforms = torch._C._functorch.peek_interpreter_stack
+
+
+def _direct(args):
+    """Whether a call may skip the dispatcher: plain tensors, no autograd needed, no
+    mode, transform or tracer active -- then the op would run exactly its CPU kernel."""
+    if _dispatch_modes() or _function_modes() or _transforms() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        if isinstance(a, Tensor) and (type(a) not in _PLAIN or (grad and a.requires_grad)):
+            return False
+    return True
+
+
+def _run(op, *args):
+    """Call a fastnn custom op. In plain eager calls without autograd the op's CPU
+    implementation runs directly (the dispatcher costs ~10 us a call, more than a small
+    kernel); everything else -- autograd, torch.compile, fake tensors, vmap, modes --
+    goes through the registered op."""
+    if not torch.compiler.is_compiling() and _direct(args):
+        return op._fastnn_impl(*args)
+    return op(*args)
 
 
 _REGISTERED = []
@@ -363,7 +397,7 @@ def _conv_backward(op):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gw, gb = op(grad_y, x, weight, *ctx.args, need[0], need[1],
+        gx, gw, gb = _run(op, grad_y, x, weight, *ctx.args, need[0], need[1],
                         ctx.has_bias and need[2])
         return ((gx if need[0] else None, gw if need[1] else None,
                  gb if ctx.has_bias and need[2] else None) + (None,) * len(ctx.args))
@@ -513,7 +547,7 @@ def _unfold_setup(ctx, inputs, output):
 def _unfold_backward(ctx, grad):
     # col2im is im2col's exact adjoint (and the other way round), both with autograd,
     # so these two ops are twice (and any number of times) differentiable.
-    return (_fold_op(grad, list(ctx.x_size), *ctx.args),) + (None,) * len(ctx.args)
+    return (_run(_fold_op, grad, list(ctx.x_size), *ctx.args),) + (None,) * len(ctx.args)
 
 
 def _fold_setup(ctx, inputs, output):
@@ -521,7 +555,7 @@ def _fold_setup(ctx, inputs, output):
 
 
 def _fold_backward(ctx, grad):
-    return (_unfold_op(grad, *ctx.args), None) + (None,) * len(ctx.args)
+    return (_run(_unfold_op, grad, *ctx.args), None) + (None,) * len(ctx.args)
 
 
 _register(_unfold_op, None, _unfold_backward, _unfold_setup)
@@ -623,7 +657,7 @@ def _make_max_pool(nd):
 
     def backward(ctx, grad_y, _grad_indices):
         x, indices = ctx.saved_tensors
-        return (bwd(grad_y, x, indices, *ctx.args),) + (None,) * len(ctx.args)
+        return (_run(bwd, grad_y, x, indices, *ctx.args),) + (None,) * len(ctx.args)
 
     _register(fwd, bwd, backward, setup)
     return fwd
@@ -669,7 +703,7 @@ def _make_avg_pool(nd):
 
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
-        return (bwd(grad_y, x, *ctx.args),) + (None,) * len(ctx.args)
+        return (_run(bwd, grad_y, x, *ctx.args),) + (None,) * len(ctx.args)
 
     _register(fwd, bwd, backward, setup)
     return fwd
@@ -722,7 +756,7 @@ def _make_elementwise(name, save, extra=()):
 
     def backward(ctx, grad_y):
         (saved,) = ctx.saved_tensors
-        return (bwd(grad_y, saved, *ctx.args),) + (None,) * len(ctx.args)
+        return (_run(bwd, grad_y, saved, *ctx.args),) + (None,) * len(ctx.args)
 
     _register(fwd, bwd, backward, setup)
     return fwd
@@ -774,7 +808,7 @@ def _make_softmax(name):
 
     def backward(ctx, grad_y):
         (y,) = ctx.saved_tensors
-        return bwd(grad_y, y, ctx.dim), None
+        return _run(bwd, grad_y, y, ctx.dim), None
 
     _register(fwd, bwd, backward, setup)
     return fwd
@@ -848,7 +882,7 @@ def _xent_setup(ctx, inputs, output):
 
 def _xent_backward(ctx, grad_loss):
     logits, target, weight = ctx.saved_tensors
-    g = _xent_bwd_op(grad_loss, logits, target, weight, *ctx.args)
+    g = _run(_xent_bwd_op, grad_loss, logits, target, weight, *ctx.args)
     return (g, None, None) + (None,) * len(ctx.args)
 
 
@@ -905,7 +939,7 @@ def _linear_setup(ctx, inputs, output):
 
 def _banded_backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
-    gx, gw, gb = _banded_bwd_op(grad_y, x, weight, *ctx.args, ctx.has_bias)
+    gx, gw, gb = _run(_banded_bwd_op, grad_y, x, weight, *ctx.args, ctx.has_bias)
     return (gx, gw, gb if ctx.has_bias else None) + (None,) * len(ctx.args)
 
 
@@ -956,7 +990,7 @@ def _masked_setup(ctx, inputs, output):
 
 def _masked_backward(ctx, grad_y):
     x, weight, mask = ctx.saved_tensors
-    gx, gw, gb = _masked_bwd_op(grad_y, x, weight, mask, ctx.has_bias)
+    gx, gw, gb = _run(_masked_bwd_op, grad_y, x, weight, mask, ctx.has_bias)
     return gx, gw, None, gb if ctx.has_bias else None
 
 
@@ -1001,7 +1035,7 @@ def _(grad_y, x, weight, kernel_size, stride, padding, has_bias):
 
 def _local2d_backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
-    gx, gw, gb = _local2d_bwd_op(grad_y, x, weight, *ctx.args, ctx.has_bias)
+    gx, gw, gb = _run(_local2d_bwd_op, grad_y, x, weight, *ctx.args, ctx.has_bias)
     return (gx, gw, gb if ctx.has_bias else None) + (None,) * len(ctx.args)
 
 
@@ -1120,8 +1154,9 @@ def _lstm_backward(ctx, grad_out, grad_hT, grad_cT, *_cache_grads):
         raise RuntimeError("fastnn::lstm was run with training=False (no cache for the "
                            "backward); call it with training=True when gradients are needed")
     x, kernel, hs, cs, gates, tc = ctx.saved_tensors
-    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh = _lstm_bwd_op(
-        grad_out, grad_hT, grad_cT, x, kernel, hs, cs, gates, tc, ctx.batch_first, ctx.has_bias)
+    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh = _run(
+        _lstm_bwd_op, grad_out, grad_hT, grad_cT, x, kernel, hs, cs, gates, tc, ctx.batch_first,
+        ctx.has_bias)
     hb = ctx.has_bias
     return (gx, gh0 if ctx.has_state[0] else None, gc0 if ctx.has_state[1] else None, gw_ih,
             gw_hh, gb_ih if hb else None, gb_hh if hb else None, None, None)
@@ -1212,7 +1247,7 @@ def _gru_backward(ctx, grad_out, grad_hT, *_cache_grads):
         raise RuntimeError("fastnn::gru was run with training=False (no cache for the "
                            "backward); call it with training=True when gradients are needed")
     x, kernel, rk, hs, gates, q = ctx.saved_tensors
-    gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _gru_bwd_op(grad_out, grad_hT, x, kernel, rk, hs,
+    gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _run(_gru_bwd_op, grad_out, grad_hT, x, kernel, rk, hs,
                                                       gates, q, ctx.batch_first, ctx.has_bias)
     hb = ctx.has_bias
     return (gx, gh0 if ctx.has_state else None, gw_ih, gw_hh, gb_ih if hb else None,
@@ -1269,8 +1304,8 @@ def _cell_setup(ctx, inputs, output):
 
 def _lstm_cell_backward(ctx, grad_h, grad_c):
     x, h, c, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
-    gx, gh, gc, gw_ih, gw_hh, gb_ih, gb_hh = _lstm_cell_bwd_op(grad_h, grad_c, x, h, c, w_ih,
-                                                               w_hh, b_ih, b_hh)
+    gx, gh, gc, gw_ih, gw_hh, gb_ih, gb_hh = _run(_lstm_cell_bwd_op, grad_h, grad_c, x, h, c,
+                                                  w_ih, w_hh, b_ih, b_hh)
     hb = b_ih is not None
     return gx, gh, gc, gw_ih, gw_hh, gb_ih if hb else None, gb_hh if hb else None
 
@@ -1317,7 +1352,8 @@ def _(grad_h, x, h, w_ih, w_hh, b_ih, b_hh):
 
 def _gru_cell_backward(ctx, grad_h):
     x, h, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
-    gx, gh, gw_ih, gw_hh, gb_ih, gb_hh = _gru_cell_bwd_op(grad_h, x, h, w_ih, w_hh, b_ih, b_hh)
+    gx, gh, gw_ih, gw_hh, gb_ih, gb_hh = _run(_gru_cell_bwd_op, grad_h, x, h, w_ih, w_hh, b_ih,
+                                              b_hh)
     hb = b_ih is not None
     return gx, gh, gw_ih, gw_hh, gb_ih if hb else None, gb_hh if hb else None
 
@@ -1369,7 +1405,7 @@ def _conv_nd(name, nd, op, torch_fn, input, weight, bias, stride, padding, dilat
                          groups)
     unbatched = input.dim() == nd + 1
     x = input.unsqueeze(0) if unbatched else input
-    y = op(x, weight, bias, list(s), pads, list(d), groups)
+    y = _run(op, x, weight, bias, list(s), pads, list(d), groups)
     return y.squeeze(0) if unbatched else y
 
 
@@ -1437,7 +1473,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                          output_padding, groups, dilation)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    y = _convt2d_op(x, weight, bias, list(s), list(p), list(op), list(d), groups)
+    y = _run(_convt2d_op, x, weight, bias, list(s), list(p), list(op), list(d), groups)
     return y.squeeze(0) if unbatched else y
 
 
@@ -1481,7 +1517,7 @@ def _max_pool(nd, op, torch_fn, input, kernel_size, stride, padding, dilation, c
                          ceil_mode=ceil_mode, return_indices=return_indices)
     unbatched = input.dim() == nd + 1
     x = input.unsqueeze(0) if unbatched else input
-    y, idx = op(x, list(k), list(s), list(p), list(d), bool(ceil_mode))
+    y, idx = _run(op, x, list(k), list(s), list(p), list(d), bool(ceil_mode))
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)
     return (y, idx) if return_indices else y
@@ -1538,7 +1574,7 @@ def _avg_pool(nd, op, torch_fn, input, kernel_size, stride, padding, ceil_mode,
                          count_include_pad, *extra)
     unbatched = input.dim() == nd + 1
     x = input.unsqueeze(0) if unbatched else input
-    y = op(x, list(k), list(s), list(p), bool(ceil_mode), bool(count_include_pad),
+    y = _run(op, x, list(k), list(s), list(p), bool(ceil_mode), bool(count_include_pad),
            divisor_override)
     return y.squeeze(0) if unbatched else y
 
@@ -1596,7 +1632,7 @@ def relu(input, inplace=False):
     why = _why_not(input=input)
     if why is not None:
         return _fallback("relu", why, F.relu, input, inplace=inplace)
-    return _inplace(input, _relu_op(input), inplace)
+    return _inplace(input, _run(_relu_op, input), inplace)
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
@@ -1614,7 +1650,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
         why = _bad("negative_slope", negative_slope)
     if why is not None:
         return _fallback("leaky_relu", why, F.leaky_relu, input, negative_slope, inplace)
-    return _inplace(input, _leaky_relu_op(input, float(negative_slope)), inplace)
+    return _inplace(input, _run(_leaky_relu_op, input, float(negative_slope)), inplace)
 
 
 def sigmoid(input):
@@ -1629,7 +1665,7 @@ def sigmoid(input):
     why = _why_not(input=input)
     if why is not None:
         return _fallback("sigmoid", why, torch.sigmoid, input)
-    return _sigmoid_op(input)
+    return _run(_sigmoid_op, input)
 
 
 def tanh(input):
@@ -1644,7 +1680,7 @@ def tanh(input):
     why = _why_not(input=input)
     if why is not None:
         return _fallback("tanh", why, torch.tanh, input)
-    return _tanh_op(input)
+    return _run(_tanh_op, input)
 
 
 def _softmax_like(name, op, torch_fn, input, dim, _stacklevel, dtype):
@@ -1660,8 +1696,8 @@ def _softmax_like(name, op, torch_fn, input, dim, _stacklevel, dtype):
     if why is not None:
         return _fallback(name, why, torch_fn, input, dim)
     if input.dim() == 0:
-        return op(input.reshape(1), 0).reshape(())
-    return op(input, dim % input.dim())
+        return _run(op, input.reshape(1), 0).reshape(())
+    return _run(op, input, dim % input.dim())
 
 
 def softmax(input, dim=None, _stacklevel=3, dtype=None):
@@ -1735,13 +1771,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             why = "label_smoothing (the installed fastnn has no label smoothing)"
         elif (not probs and not _XENT_ARGS["ignore_index"] and not _compiling()
               and bool((target == ignore_index).any())):
-            why = f"target holds ignore_index={ignore_index} (the installed fastnn cannot ignore it)"
+            why = (f"target holds ignore_index={ignore_index} (the installed fastnn cannot "
+                   f"ignore it)")
     if why is not None:
         return _fallback("cross_entropy", why, F.cross_entropy, input, target, weight, None,
                          ignore_index, None, reduction, label_smoothing)
     unbatched = input.dim() == 1
     x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
-    loss = _xent_op(x, t, weight, int(ignore_index), reduction, float(label_smoothing))
+    loss = _run(_xent_op, x, t, weight, int(ignore_index), reduction, float(label_smoothing))
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
@@ -1770,7 +1807,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
         return _fallback("unfold", why, F.unfold, input, kernel_size, dilation, padding, stride)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    y = _unfold_op(x, list(k), list(d), list(p), list(s))
+    y = _run(_unfold_op, x, list(k), list(d), list(p), list(s))
     return y.squeeze(0) if unbatched else y
 
 
@@ -1800,7 +1837,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
                          stride)
     unbatched = input.dim() == 2
     x = input.unsqueeze(0) if unbatched else input
-    y = _fold_op(x, list(o), list(k), list(d), list(p), list(s))
+    y = _run(_fold_op, x, list(o), list(k), list(d), list(p), list(s))
     return y.squeeze(0) if unbatched else y
 
 
@@ -1859,7 +1896,7 @@ def banded_linear(x, weight, num_lower, num_upper, bias=None):
         return _fallback("banded_linear", why,
                          lambda: F.linear(x, _band_torch(weight, int(num_lower), int(num_upper)),
                                           bias))
-    return _banded_op(x, weight, bias, num_lower, num_upper)
+    return _run(_banded_op, x, weight, bias, num_lower, num_upper)
 
 
 def masked_linear(x, weight, mask, bias=None):
@@ -1903,7 +1940,7 @@ def masked_linear(x, weight, mask, bias=None):
     if why is not None:
         return _fallback("masked_linear", why,
                          lambda: F.linear(x, torch.where(mask != 0, weight, 0), bias))
-    return _masked_op(x, weight, mask, bias)
+    return _run(_masked_op, x, weight, mask, bias)
 
 
 def _local_torch(input, weight, bias, k, s, pads):
@@ -1973,7 +2010,7 @@ def locally_connected2d(input, weight, bias=None, *, kernel_size, stride=1, padd
             raise ValueError(f"locally_connected2d: {why}")
         y = _fallback("locally_connected2d", why, _local_torch, x, weight, bias, k, s, pads)
     else:
-        y = _local2d_op(x, weight, bias, list(k), list(s), pads)
+        y = _run(_local2d_op, x, weight, bias, list(k), list(s), pads)
     return y.squeeze(0) if unbatched else y
 
 
@@ -1984,13 +2021,13 @@ def _needs_grad(*tensors):
 
 def _lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first):
     training = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    out, hT, cT = _lstm_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, training)[:3]
+    out, hT, cT = _run(_lstm_op, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, training)[:3]
     return out, hT, cT
 
 
 def _gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, batch_first):
     training = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
-    out, hT = _gru_op(x, h0, w_ih, w_hh, b_ih, b_hh, batch_first, training)[:2]
+    out, hT = _run(_gru_op, x, h0, w_ih, w_hh, b_ih, b_hh, batch_first, training)[:2]
     return out, hT
 
 
@@ -2167,8 +2204,8 @@ class LSTMCell(nn.LSTMCell):
             ret = _fallback("lstm_cell", why, torch._VF.lstm_cell, x, hx, self.weight_ih,
                             self.weight_hh, self.bias_ih, self.bias_hh)
         else:
-            ret = _lstm_cell_op(x, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
-                                self.bias_hh)
+            ret = _run(_lstm_cell_op, x, hx[0], hx[1], self.weight_ih, self.weight_hh,
+                       self.bias_ih, self.bias_hh)
         if not is_batched:
             ret = (ret[0].squeeze(0), ret[1].squeeze(0))
         return tuple(ret)
@@ -2196,7 +2233,8 @@ class GRUCell(nn.GRUCell):
             ret = _fallback("gru_cell", why, torch._VF.gru_cell, x, hx, self.weight_ih,
                             self.weight_hh, self.bias_ih, self.bias_hh)
         else:
-            ret = _gru_cell_op(x, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            ret = _run(_gru_cell_op, x, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                       self.bias_hh)
         return ret if is_batched else ret.squeeze(0)
 
 

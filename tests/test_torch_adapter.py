@@ -969,3 +969,27 @@ def test_import_error_without_torch_names_the_extra():
     assert proc.returncode == 0, proc.stderr
     assert 'pip install "fastnn[torch]"' in proc.stdout, proc.stdout
     assert "PyTorch >= 2.4" in proc.stdout
+
+
+def test_plain_eager_calls_and_dispatched_calls_agree():
+    # Without autograd, modes or tracing the functional twins run the op's CPU kernel
+    # directly; under a dispatch mode (as under fake tensors or torch.compile) the
+    # registered op is dispatched, and both give the same result.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, w = r(2, 3, 5, 5, grad=False), r(4, 3, 3, 3, grad=False)
+    direct = [ft.relu(x), ft.conv2d(x, w, padding=1)]
+    with Log() as log:
+        dispatched = [ft.relu(x), ft.conv2d(x, w, padding=1)]
+    assert "fastnn.relu.default" in log.ops and "fastnn.conv2d.default" in log.ops
+    for a, b in zip(direct, dispatched):
+        assert torch.equal(a, b)
