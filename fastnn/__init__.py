@@ -3,7 +3,8 @@
 NumPy arrays in, NumPy arrays out (float32 and float64); hot loops in Cython with
 OpenMP, matrix products in BLAS. See ``fastnn.show_config()`` for the build.
 """
-from fastnn._threads import get_num_threads, set_num_threads, threads
+from fastnn._threads import (get_coexistence, get_num_threads, set_coexistence, set_num_threads,
+                             threads)
 from fastnn._config import show_config
 from fastnn.conv import (col2im, conv1d, conv1d_backward, conv2d, conv2d_backward, conv_transpose2d,
                          conv_transpose2d_backward, flip_kernel, im2col)
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "show_config", "set_num_threads", "get_num_threads", "threads",
+    "set_coexistence", "get_coexistence",
     "conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
     "conv_transpose2d_backward", "im2col", "col2im", "flip_kernel",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",

@@ -373,18 +373,74 @@ def _child_main():
     return _run(args, sys.stdout, json.loads(os.environ.get(_APPLIED_VAR, "{}")))
 
 
+def _in_process_family(name):
+    """Families that measure the default environment itself (``IN_PROCESS = True``, the
+    interop family) never run in the isolation child."""
+    import importlib
+    try:
+        module = importlib.import_module(f"fastnn._bench.cases_{name}")
+    except ImportError:
+        return False
+    return bool(getattr(module, "IN_PROCESS", False))
+
+
 def run(args, out=None):
     """Run the benchmark described by parsed ``args``; returns the exit status.
 
     By default the work happens in a child process (see ISOLATION_ENV); with
     ``--in-process``, when ``out`` is given, or when the variables are already set,
-    it runs here.
+    it runs here. The in-process families (interop) always run here, afterwards.
     """
-    if out is None and not getattr(args, "in_process", False) and os.environ.get(_CHILD_FLAG) != "1":
-        status = _run_child(args)
-        if status is not None:
-            return status
-    return _run(args, out or sys.stdout, {})
+    only = _split(args.only)
+    try:
+        selected = list(dict.fromkeys(only)) if only else family_names()
+        unknown = [f for f in selected if f not in family_names()]
+        if unknown:
+            raise KeyError(f"unknown benchmark family {unknown[0]!r}; available: "
+                           f"{', '.join(family_names())}")
+    except KeyError as exc:
+        print(f"fastnn bench: {exc.args[0]}", file=sys.stderr)
+        return 2
+    inproc = [f for f in selected if _in_process_family(f)]
+    rest = [f for f in selected if f not in inproc]
+    status = 0
+    if rest:
+        sub = argparse.Namespace(**{**vars(args), "only": [",".join(rest)]})
+        status = None
+        if out is None and not getattr(args, "in_process", False) and os.environ.get(_CHILD_FLAG) != "1":
+            status = _run_child(sub)
+        if status is None:
+            status = _run(sub, out or sys.stdout, {})
+    if inproc and os.environ.get(_CHILD_FLAG) != "1":
+        status = _run_in_process(args, inproc, out or sys.stdout) or status
+    return status
+
+
+def _run_in_process(args, names, out):
+    """The in-process families, at the environment this process was started with."""
+    import importlib
+    from fastnn._bench.baselines import get_torch
+    import fastnn
+    torch = None if args.no_torch else get_torch()
+    filters = _split(args.filter)
+    results = {}
+    for name in names:
+        module = importlib.import_module(f"fastnn._bench.cases_{name}")
+        print(f"\n[{name}] in this process, default environment ({fastnn.get_num_threads()} "
+              f"threads; {module.DESCRIPTION})", file=out)
+        results[name] = module.run(out, quick=args.quick, torch=torch, only_cases=filters or None)
+    if args.json:
+        doc = {}
+        if os.path.exists(args.json):
+            try:
+                with open(args.json) as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                doc = {}
+        doc.setdefault("in_process", {}).update(results)
+        write_json(args.json, doc)
+        print(f"wrote {args.json}", file=out)
+    return 0
 
 
 def _run(args, out, isolation):
