@@ -22,8 +22,8 @@ import numbers
 import numpy as np
 
 from fastnn._threads import get_num_threads
-from fastnn._validation import (as_array, as_float_array, contiguous, finish_out, prepare_out,
-                                result_dtype)
+from fastnn._validation import (as_array, as_float_array, as_int, contiguous, finish_out,
+                                prepare_out, result_dtype)
 from fastnn_ext import _activations
 
 __all__ = [
@@ -525,71 +525,167 @@ def log_softmax_backward(grad_y, y, axis=-1, *, out=None):
 
 
 # ------------------------------------------------------------------ cross-entropy
-def _xent_setup(fn, logits, labels, reduction):
-    """Validated (logits, labels int64 or None, target or None, dtype)."""
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {', '.join(map(repr, _REDUCTIONS))}, "
-                         f"got {reduction!r}")
-    logits = as_float_array(logits, "logits", fn)
-    if logits.ndim != 2:
-        raise ValueError(f"{fn}: logits must be 2-D (N, C), got shape {logits.shape}")
-    N, C = logits.shape
-    lab = as_array(labels, "labels", fn)
-    if lab.ndim == 1:
-        if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
-            raise TypeError(f"{fn}: labels of shape (N,) are class indices and must have an "
-                            f"integer dtype, got {lab.dtype} (probability targets have shape "
-                            f"(N, C) = {logits.shape})")
-        if lab.shape != (N,):
-            raise ValueError(f"{fn}: labels must have shape ({N},) (one class index per row of "
-                             f"logits), got {lab.shape}")
-        if N and C == 0:
-            raise ValueError(f"{fn}: logits has no classes (shape {logits.shape})")
-        if N:
-            lo, hi = lab.min(), lab.max()
-            if lo < 0 or hi >= C:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"{fn}: labels must be class indices in [0, {C}), got {bad}")
-        return logits, contiguous(lab, np.int64), None, logits.dtype
-    if lab.ndim == 2:
-        target = as_float_array(lab, "labels", fn)
-        if target.shape != logits.shape:
-            raise ValueError(f"{fn}: probability labels must have the shape of logits "
-                             f"{logits.shape}, got {target.shape}")
-        if N and C == 0:
-            raise ValueError(f"{fn}: logits has no classes (shape {logits.shape})")
-        return logits, None, target, result_dtype(logits, target)
-    raise ValueError(f"{fn}: labels must be class indices of shape ({N},) or probabilities "
-                     f"of shape {logits.shape}, got shape {lab.shape}")
+_INT64 = np.iinfo(np.int64)
 
 
-def softmax_cross_entropy(logits, labels, *, reduction="mean"):
+class _Xent:
+    """A validated cross-entropy problem: logits (N, C, d1, ...) as (N, C, inner), the
+    kernel's arguments and the mean's denominator."""
+
+    def __init__(self, fn, logits, labels, reduction, weight, ignore_index, label_smoothing):
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"{fn}: reduction must be one of "
+                             f"{', '.join(map(repr, _REDUCTIONS))}, got {reduction!r}")
+        logits = as_float_array(logits, "logits", fn)
+        if logits.ndim < 2:
+            raise ValueError(f"{fn}: logits must be 2-D (N, C) or more (N, C, d1, ...), "
+                             f"got shape {logits.shape}")
+        eps = _as_real(label_smoothing, "label_smoothing", fn)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        if ignore_index is not None:
+            ignore_index = as_int(ignore_index, "ignore_index", fn)
+            if not _INT64.min <= ignore_index <= _INT64.max:
+                raise ValueError(f"{fn}: ignore_index must fit in int64, got {ignore_index}")
+        N, C = logits.shape[:2]
+        spatial = logits.shape[2:]
+        self.positions = (N,) + spatial
+        self.N, self.C, self.inner = N, C, math.prod(spatial)
+        self.reduction, self.eps, self.logits = reduction, eps, logits
+        if weight is not None:
+            weight = as_float_array(weight, "weight", fn)
+            if weight.shape != (C,):
+                raise ValueError(f"{fn}: weight must have shape ({C},) (one weight per class), "
+                                 f"got {weight.shape}")
+        lab = as_array(labels, "labels", fn)
+        n_pos = N * self.inner
+        if lab.ndim == logits.ndim - 1:
+            if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
+                raise TypeError(f"{fn}: labels of shape {lab.shape} are class indices and must "
+                                f"have an integer dtype, got {lab.dtype} (probability targets "
+                                f"have the shape of logits, {logits.shape})")
+            if lab.shape != self.positions:
+                raise ValueError(f"{fn}: labels must have shape {self.positions} (one class "
+                                 f"index per row of logits {logits.shape}, class axis 1), got "
+                                 f"{lab.shape}")
+            if n_pos and C == 0:
+                raise ValueError(f"{fn}: logits has no classes (shape {logits.shape})")
+            self.labels, self.ignore, n_ignored = self._class_indices(fn, lab, ignore_index)
+            self.target = None
+            self.dtype = logits.dtype if weight is None else result_dtype(logits, weight)
+            self.weight = None if weight is None else contiguous(weight, self.dtype)
+            if self.weight is None:
+                self.wsum, self.denominator = float(C), float(n_pos - n_ignored)
+            else:
+                w64 = self.weight.astype(np.float64)
+                self.wsum = float(w64.sum())
+                # The mean divides by the weights of the targets that count (PyTorch's).
+                kept = self.labels if self.ignore is None else self.labels[self.labels != self.ignore]
+                self.denominator = float(np.bincount(kept, minlength=C) @ w64) if n_pos else 0.0
+            return
+        if lab.ndim == logits.ndim:
+            target = as_float_array(lab, "labels", fn)
+            if target.shape != logits.shape:
+                raise ValueError(f"{fn}: probability labels must have the shape of logits "
+                                 f"{logits.shape}, got {target.shape}")
+            if n_pos and C == 0:
+                raise ValueError(f"{fn}: logits has no classes (shape {logits.shape})")
+            if ignore_index is not None and ignore_index >= 0:
+                raise ValueError(f"{fn}: ignore_index ({ignore_index}) applies to class-index "
+                                 f"labels only, not to probability targets")
+            self.dtype = result_dtype(logits, target, weight)
+            if eps or weight is not None:
+                # Folded into the targets, PyTorch's formula: w_c ((1 - eps) t_c + eps / C).
+                target = target.astype(self.dtype) * (1 - eps) + eps / C
+                if weight is not None:
+                    target *= contiguous(weight, self.dtype).reshape((C,) + (1,) * len(spatial))
+            self.target = contiguous(target, self.dtype).reshape(-1)
+            self.labels, self.ignore, self.weight, self.eps = None, None, None, 0.0
+            self.wsum, self.denominator = float(C), float(n_pos)
+            return
+        raise ValueError(f"{fn}: labels must be class indices of shape {self.positions} or "
+                         f"probabilities of shape {logits.shape}, got shape {lab.shape}")
+
+    def _class_indices(self, fn, lab, ignore_index):
+        """(labels as flat int64, the ignore value the kernel needs or None, ignored count)."""
+        C = self.C
+        if lab.dtype.kind == "u" and lab.size and lab.max() > _INT64.max:
+            raise ValueError(f"{fn}: labels must be class indices in [0, {C}), got {lab.max()}")
+        lab = contiguous(lab, np.int64).reshape(-1)
+        if not lab.size:
+            return lab, None, 0
+        lo, hi = lab.min(), lab.max()
+        ignored = None
+        if ignore_index is not None and lo <= ignore_index <= hi:
+            ignored = lab == ignore_index
+        if lo < 0 or hi >= C:
+            bad = (lab < 0) | (lab >= C)
+            if ignored is not None:
+                bad &= ~ignored
+            if bad.any():
+                raise ValueError(f"{fn}: labels must be class indices in [0, {C})"
+                                 + ("" if ignore_index is None else f" or ignore_index "
+                                    f"({ignore_index})") + f", got {lab[bad][0]}")
+        n_ignored = 0 if ignored is None else int(np.count_nonzero(ignored))
+        # Without any ignored label the kernel runs its plain path, bit for bit as if no
+        # ignore_index had been given.
+        return lab, (ignore_index if n_ignored else None), n_ignored
+
+    def kernel_args(self):
+        return (contiguous(self.logits, self.dtype).reshape(-1), self.labels, self.target,
+                self.weight)
+
+    def options(self):
+        return (self.N, self.C, self.inner, self.ignore, self.eps, self.wsum)
+
+
+def softmax_cross_entropy(logits, labels, *, reduction="mean", weight=None, ignore_index=None,
+                          label_smoothing=0.0):
     """Cross-entropy of ``softmax(logits)`` against labels, fused and stable.
 
+    ``torch.nn.functional.cross_entropy``'s semantics, with the class axis 1:
     ``loss_i = logsumexp(logits_i) - logits_i[labels_i]`` for class indices, or
     ``sum_c labels_ic * (logsumexp(logits_i) - logits_ic)`` for probability (or
-    one-hot) targets -- ``torch.nn.functional.cross_entropy`` with either kind of
-    target. Each row is read twice while it is in cache (max, then the exp-sum); no
-    (N, C) softmax is ever written.
+    one-hot) targets, per row ``i`` of (N, C) logits or per position of (N, C, d1, ...)
+    ones. Each row is read twice while it is in cache (max, then the exp-sum); no
+    softmax is ever written. (N, C, d1, ...) logits are read in place along the class
+    axis (no transposed copy).
 
     Parameters
     ----------
     logits : array_like
-        ``(N, C)``, float32 or float64.
+        ``(N, C)`` or ``(N, C, d1, d2, ...)``, float32 or float64.
     labels : array_like
-        ``(N,)`` integer class indices in ``[0, C)``, or ``(N, C)`` float targets
-        (rows of probabilities; they are used as given, not renormalised).
+        ``(N,)`` (``(N, d1, ...)``) integer class indices in ``[0, C)``, or float targets
+        shaped like logits (probabilities along axis 1; used as given, not
+        renormalised).
     reduction : {"mean", "sum", "none"}
-        ``"mean"`` (the default, as in PyTorch) averages over the N rows (NaN for
-        N == 0, like ``numpy.mean``); ``"sum"`` adds them; ``"none"`` returns the
-        ``(N,)`` per-row losses.
+        ``"mean"`` (the default, as in PyTorch) divides the sum by the number of targets
+        that count -- with ``weight``, by the sum of their classes' weights; ignored
+        targets are left out (NaN when nothing counts, e.g. N == 0, like PyTorch);
+        probability targets divide by the number of rows (positions). ``"sum"`` adds
+        the losses; ``"none"`` returns them, shaped ``(N,)`` (``(N, d1, ...)``).
+    weight : array_like, optional
+        ``(C,)`` per-class weights: a target of class ``c`` contributes ``weight[c]``
+        times its loss (probability targets: each class's term is weighted).
+    ignore_index : int, optional
+        A label value whose rows contribute 0 to the loss and to the gradient and are
+        left out of the mean. Default None: nothing is ignored (PyTorch's default is
+        -100, a value no class index has; pass it for the same behaviour). It may lie
+        outside ``[0, C)``; other labels outside it are a ValueError. With probability
+        targets only None or a negative value is accepted (and changes nothing), as in
+        PyTorch.
+    label_smoothing : float in [0, 1]
+        PyTorch's label smoothing: the target becomes ``(1 - eps) * onehot + eps / C``
+        (with weights: ``weight[c] * ((1 - eps) * onehot_c + eps / C)``); for class
+        indices the mean's denominator stays the weights of the targets, as in PyTorch.
 
     Returns
     -------
     loss : ndarray
-        0-d for "mean" and "sum", ``(N,)`` for "none"; in the promoted dtype of logits
-        (and of float targets). Rows are summed in float64 in row order, so the result
-        does not depend on the thread count.
+        0-d for "mean" and "sum", shaped like the positions for "none"; in the
+        promoted dtype of logits, weight (and float targets). Losses are summed in
+        float64 in row order, so the result does not depend on the thread count.
 
     Examples
     --------
@@ -599,39 +695,48 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     array([0.23954..., 1.09861...])
     >>> fastnn.softmax_cross_entropy(logits, np.array([0, 2]))
     array(0.669078...)
+    >>> fastnn.softmax_cross_entropy(logits, np.array([0, -100]), ignore_index=-100)
+    array(0.239544...)
+    >>> w = np.array([1.0, 1.0, 3.0])
+    >>> fastnn.softmax_cross_entropy(logits, np.array([0, 2]), weight=w, label_smoothing=0.1)
+    array(0.917884...)
     """
     fn = "softmax_cross_entropy"
-    logits, lab, target, dtype = _xent_setup(fn, logits, labels, reduction)
-    N, C = logits.shape
-    rows = np.zeros(N, dtype=np.float64)
-    if N:
-        _XENT[dtype](contiguous(logits, dtype).reshape(-1), lab,
-                     None if target is None else contiguous(target, dtype).reshape(-1),
-                     rows, N, C, _threads_for(N * C, _EXP))
+    p = _Xent(fn, logits, labels, reduction, weight, ignore_index, label_smoothing)
+    rows = np.zeros(p.N * p.inner, dtype=np.float64)
+    if rows.size:
+        _XENT[p.dtype](*p.kernel_args(), rows, *p.options(),
+                       _threads_for(rows.size * p.C, _EXP))
     if reduction == "none":
-        return rows.astype(dtype)
+        return rows.reshape(p.positions).astype(p.dtype)
     total = rows.sum()
     if reduction == "mean":
-        total = total / N if N else np.nan
-    return np.asarray(total, dtype=dtype)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = total / np.float64(p.denominator) if rows.size else np.nan
+    return np.asarray(total, dtype=p.dtype)
 
 
-def softmax_cross_entropy_backward(grad_loss, logits, labels, *, reduction="mean", out=None):
+def softmax_cross_entropy_backward(grad_loss, logits, labels, *, reduction="mean", weight=None,
+                                   ignore_index=None, label_smoothing=0.0, out=None):
     """Gradient of :func:`softmax_cross_entropy` with respect to the logits.
 
-    ``grad_logits_i = s_i * (softmax(logits_i) * sum(labels_i) - labels_i)`` (with
-    one-hot rows for class indices, so ``sum(labels_i) = 1``), where ``s_i`` is
-    ``grad_loss / N`` for "mean", ``grad_loss`` for "sum" and ``grad_loss[i]`` for
-    "none". The softmax is recomputed from the logits (nothing is cached between the
-    calls); each row is read three times while in cache and written once.
+    ``grad_logits_i = s_i * (softmax(logits_i) * sum(t_i) - t_i)`` along the class
+    axis, with ``t_i`` the target row -- the labels' one-hot rows (or the probability
+    rows), times ``weight`` and smoothed as :func:`softmax_cross_entropy` says -- and
+    ``s_i`` ``grad_loss / denominator`` for "mean" (the forward's), ``grad_loss`` for
+    "sum" and ``grad_loss[i]`` for "none"; 0 for ignored rows. The softmax is
+    recomputed from the logits (nothing is cached between the calls); each row is read
+    three times while in cache and written once. At the label, ``p - 1`` is computed
+    from the other classes' terms (no cancellation for confident rows).
 
     Parameters
     ----------
     grad_loss : float or array_like
         Gradient of the final loss with respect to this loss: a scalar for "mean" and
-        "sum" (usually ``1.0``), shape ``(N,)`` for "none". A Python ``int`` or
-        ``float`` takes the dtype of logits (as NumPy treats Python scalars).
-    logits, labels, reduction
+        "sum" (usually ``1.0``), shaped like the positions (``(N,)``, ``(N, d1, ...)``)
+        for "none". A Python ``int`` or ``float`` takes the dtype of logits (as NumPy
+        treats Python scalars).
+    logits, labels, reduction, weight, ignore_index, label_smoothing
         As given to :func:`softmax_cross_entropy`.
     out : ndarray, optional
         Result buffer of logits' shape and the result dtype.
@@ -639,34 +744,43 @@ def softmax_cross_entropy_backward(grad_loss, logits, labels, *, reduction="mean
     Returns
     -------
     grad_logits : ndarray
-        ``(N, C)``.
+        Shaped like logits.
 
     Examples
     --------
     >>> import numpy as np, fastnn
     >>> fastnn.softmax_cross_entropy_backward(1.0, np.zeros((1, 2)), np.array([1]))
     array([[ 0.5, -0.5]])
+    >>> fastnn.softmax_cross_entropy_backward(1.0, np.zeros((2, 2)), np.array([1, 0]),
+    ...                                       ignore_index=0, label_smoothing=0.5)
+    array([[ 0.25, -0.25],
+           [ 0.  ,  0.  ]])
     """
     fn = "softmax_cross_entropy_backward"
-    logits, lab, target, dtype = _xent_setup(fn, logits, labels, reduction)
-    N, C = logits.shape
+    p = _Xent(fn, logits, labels, reduction, weight, ignore_index, label_smoothing)
+    dtype = p.dtype
     weak = type(grad_loss) in (int, float)   # Python scalars do not promote (NEP 50)
     if weak:
         scale = np.asarray(grad_loss, dtype=np.float64)
     else:
         scale = as_float_array(grad_loss, "grad_loss", fn)
-        dtype = result_dtype(logits, target, scale)
-    want = (N,) if reduction == "none" else ()
+        dtype = result_dtype(p.logits, p.target, p.weight, scale)
+    want = p.positions if reduction == "none" else ()
     if scale.shape != want:
-        what = "one value per row" if reduction == "none" else "a scalar"
+        what = ("one value per row" + (" and position" if p.inner != 1 or len(want) > 1 else "")
+                if reduction == "none" else "a scalar")
         raise ValueError(f"{fn}: grad_loss must be {what} for reduction={reduction!r}, "
                          f"shape {want}, got {scale.shape}")
     scale = scale.astype(np.float64).reshape(-1)
-    if reduction == "mean" and N:
-        scale = scale / N
-    buf, target_out = prepare_out(out, logits.shape, dtype, fn, (logits, target))
+    if reduction == "mean" and p.N * p.inner:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = scale / np.float64(p.denominator)
+    if dtype != p.dtype:
+        p.dtype = dtype
+        p.weight = None if p.weight is None else contiguous(p.weight, dtype)
+        p.target = None if p.target is None else contiguous(p.target, dtype)
+    buf, target_out = prepare_out(out, p.logits.shape, dtype, fn, (p.logits, p.target, p.weight))
     if buf.size:
-        _XENT_BWD[dtype](contiguous(logits, dtype).reshape(-1), lab,
-                         None if target is None else contiguous(target, dtype).reshape(-1),
-                         scale.astype(dtype), buf.reshape(-1), N, C, _threads_for(buf.size, _EXP))
+        _XENT_BWD[dtype](*p.kernel_args(), scale.astype(dtype), buf.reshape(-1), *p.options(),
+                         _threads_for(buf.size, _EXP))
     return finish_out(buf, target_out)

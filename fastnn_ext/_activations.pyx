@@ -8,8 +8,8 @@ allocated. The drivers (``cdef`` functions with a ``prange``) split the work by
 shape alone -- fixed blocks of elements, or groups of whole rows -- and every output
 element is computed by one work item in a fixed order, so results are bitwise
 identical for any thread count. The kernels a work item runs (an op over a
-contiguous span, a group of softmax or cross-entropy rows, a block of softmax
-columns) are branch-free load-compute-select loops that gcc vectorises.
+contiguous span, a group of softmax or cross-entropy rows, a block of softmax or
+cross-entropy columns) are branch-free load-compute-select loops that gcc vectorises.
 
 Why those kernels are C (the verbatim block below) and not Cython: they are
 compiled three times, for AVX-512, AVX2+FMA and the build's baseline, and one set
@@ -50,14 +50,16 @@ cdef extern from *:
         FASTNN_OP_SUB2,           /* y = (x - a) - b */
         FASTNN_OP_SOFTMAX_BWD,    /* y = x * (g - a), x the softmax output */
         FASTNN_OP_LOGSM_BWD,      /* y = g - exp(x) * a, x the log_softmax output */
-        FASTNN_OP_SCALE_SUB       /* y = x * a - b * g */
+        FASTNN_OP_SCALE_SUB,      /* y = x * a - b * g */
+        FASTNN_OP_AXPB            /* y = x * a + b */
     };
     /* Row reductions (sums accumulated in double). */
     enum {
         FASTNN_RED_MAX,           /* max(p) (n >= 1; NaN need not win, see the callers) */
         FASTNN_RED_SUM,           /* sum(p) */
         FASTNN_RED_DOT,           /* sum(p * (q - shift)) */
-        FASTNN_RED_EXPSUM         /* sum(exp(p - shift)), stored into `store` when given */
+        FASTNN_RED_EXPSUM,        /* sum(exp(p - shift)), stored into `store` when given */
+        FASTNN_RED_SUBSUM         /* sum(p - shift) */
     };
 
     /* Independent accumulators of the reductions: several vectors' worth, so gcc
@@ -110,6 +112,8 @@ cdef extern from *:
             for (i = 0; i < n; i++) { y[i] = g[i] - fastnn_exp_##S(x[i]) * a; } break;     \\
         case FASTNN_OP_SCALE_SUB:                                                         \\
             for (i = 0; i < n; i++) { y[i] = x[i] * a - b * g[i]; } break;                \\
+        case FASTNN_OP_AXPB:                                                              \\
+            for (i = 0; i < n; i++) { y[i] = x[i] * a + b; } break;                       \\
         }                                                                                 \\
     }                                                                                     \\
     FASTNN_ACT_INLINE double fastnn_lanes_total_##S(double* acc) {                        \\
@@ -120,7 +124,7 @@ cdef extern from *:
     }                                                                                     \\
     FASTNN_ACT_INLINE double fastnn_chunk_sum_##S(int op, const T* p, const T* q, T shift, \\
                                                   ptrdiff_t n) {                          \\
-        /* op is FASTNN_RED_SUM or FASTNN_RED_DOT. */                                     \\
+        /* op is FASTNN_RED_SUM, FASTNN_RED_SUBSUM or FASTNN_RED_DOT. */                  \\
         double acc[FASTNN_LANES];                                                         \\
         ptrdiff_t i, l, nv = n - n % FASTNN_LANES;                                        \\
         for (l = 0; l < FASTNN_LANES; l++) acc[l] = 0;                                    \\
@@ -128,6 +132,10 @@ cdef extern from *:
             for (i = 0; i < nv; i += FASTNN_LANES)                                        \\
                 for (l = 0; l < FASTNN_LANES; l++) acc[l] += p[i + l];                    \\
             for (l = 0; l < n - nv; l++) acc[l] += p[nv + l];                             \\
+        } else if (op == FASTNN_RED_SUBSUM) {                                             \\
+            for (i = 0; i < nv; i += FASTNN_LANES)                                        \\
+                for (l = 0; l < FASTNN_LANES; l++) acc[l] += p[i + l] - shift;            \\
+            for (l = 0; l < n - nv; l++) acc[l] += p[nv + l] - shift;                     \\
         } else {                                                                          \\
             for (i = 0; i < nv; i += FASTNN_LANES)                                        \\
                 for (l = 0; l < FASTNN_LANES; l++)                                        \\
@@ -298,12 +306,37 @@ cdef extern from *:
      * is scaled there. At the label, p - 1 = -(s - e_label) / s from the double sum
      * (a confident prediction's p = 1 - 1e-10 would round to 1 in float32: exactly 0);
      * when s - e_label loses more than 10 bits to cancellation, the other classes'
-     * terms are summed again instead. */
+     * terms are summed again instead.
+     *
+     * PyTorch's options for class indices (fastnn_xent_opts; for probability targets
+     * the caller folds them into t): class weights w, label smoothing eps and an
+     * ignored label value. A row's loss is (1 - eps) w_y (lse - x_y) + eps / C
+     * sum_c w_c (lse - x_c): the target t_c = (1 - eps) w_y [c = y] + eps w_c / C. So
+     * the gradient is scale_r (p A - t) with A = sum(t) = (1 - eps) w_y + eps W / C
+     * (W = sum w), and at the label, from s - e_label as above,
+     * (-(s - e_y) w_y (1 - eps + eps / C) + eps / C (W - w_y) e_y) / s. An ignored row
+     * is not read: loss 0, gradient 0 (PyTorch's). Without any option the rows take
+     * the plain path, the code as it was before the options. */
+    typedef struct {
+        const void* weight;       /* (C,) class weights of the kernel's type, or NULL */
+        double smoothing;         /* label smoothing eps in [0, 1] */
+        double wsum;              /* sum of the weights (C when there are none) */
+        int64_t ignore_index;
+        int has_ignore;
+    } fastnn_xent_opts;
+
+    FASTNN_ACT_INLINE int fastnn_xent_plain(const fastnn_xent_opts* o) {
+        return !o->weight && o->smoothing == 0 && !o->has_ignore;
+    }
+
     #define FASTNN_ACT_DEFINE_XENT(T, S)                                                  \\
     FASTNN_ACT_INLINE void fastnn_xent_impl_##S(const T* x, const T* t,                   \\
-            const int64_t* labels, double* loss, const T* scale, ptrdiff_t scale_step,   \\
-            T* gx, ptrdiff_t rows, ptrdiff_t C) {                                         \\
+            const int64_t* labels, const fastnn_xent_opts* o, double* loss,              \\
+            const T* scale, ptrdiff_t scale_step, T* gx, ptrdiff_t rows, ptrdiff_t C) {   \\
         ptrdiff_t r, j;                                                                   \\
+        const T* w = (const T*)o->weight;                                                 \\
+        int plain = !labels || fastnn_xent_plain(o);                                      \\
+        double eps = o->smoothing, ec = o->smoothing / (double)C;                         \\
         for (r = 0; r < rows; r++) {                                                      \\
             const T* xr = x + r * C;                                                      \\
             const T* tr = t ? t + r * C : NULL;                                           \\
@@ -312,6 +345,10 @@ cdef extern from *:
             int short_row = C < FASTNN_SHORT_ROW;                                         \\
             double s = 0, tsum = 1, dot = 0;                                              \\
             T m;                                                                          \\
+            if (!plain && o->has_ignore && label == o->ignore_index) {                    \\
+                if (g) { for (j = 0; j < C; j++) g[j] = 0; } else loss[r] = 0;            \\
+                continue;                                                                 \\
+            }                                                                             \\
             if (short_row) {                                                              \\
                 m = xr[0];                                                                \\
                 for (j = 1; j < C; j++) m = xr[j] > m ? xr[j] : m;                        \\
@@ -332,9 +369,20 @@ cdef extern from *:
                     if (!g) dot = fastnn_reduce_impl_##S(FASTNN_RED_DOT, tr, xr, m, NULL, C); \\
                 }                                                                         \\
             }                                                                             \\
+            double wy = w && !tr ? (double)w[label] : 1.0;                                \\
             if (!g) {                                                                     \\
                 double ls = log(s);                                                       \\
-                loss[r] = tr ? ls * tsum - dot : ls - ((double)xr[label] - (double)m);    \\
+                if (tr) loss[r] = ls * tsum - dot;                                        \\
+                else if (plain) loss[r] = ls - ((double)xr[label] - (double)m);           \\
+                else {                                                                    \\
+                    double l = wy * (ls - ((double)xr[label] - (double)m));               \\
+                    if (eps != 0) {                                                       \\
+                        double dw = w ? fastnn_reduce_impl_##S(FASTNN_RED_DOT, w, xr, m, NULL, C) \\
+                                      : fastnn_reduce_impl_##S(FASTNN_RED_SUBSUM, xr, NULL, m, NULL, C); \\
+                        l = (1 - eps) * l + ec * (o->wsum * ls - dw);                     \\
+                    }                                                                     \\
+                    loss[r] = l;                                                          \\
+                }                                                                         \\
                 continue;                                                                 \\
             }                                                                             \\
             T sc = scale[r * scale_step];                                                 \\
@@ -343,17 +391,134 @@ cdef extern from *:
                 if (short_row) { for (j = 0; j < C; j++) g[j] = g[j] * a - sc * tr[j]; }  \\
                 else fastnn_span_impl_##S(FASTNN_OP_SCALE_SUB, tr, g, g, C, a, sc);       \\
             } else {                                                                      \\
-                double rest = s - (double)g[label];                                       \\
+                double ey = (double)g[label];                                             \\
+                double rest = s - ey;                                                     \\
                 if (rest < 0.0009765625 * s) {                                            \\
                     /* s - e_label cancels: sum the other classes again. */               \\
                     rest = 0;                                                             \\
                     for (j = 0; j < C; j++) rest += j == label ? 0.0 : (double)g[j];      \\
                 }                                                                         \\
-                T a = (T)(sc / s);                                                        \\
-                if (short_row) { for (j = 0; j < C; j++) g[j] = g[j] * a; }               \\
-                else fastnn_span_impl_##S(FASTNN_OP_SCALE, NULL, g, g, C, a, 0);          \\
-                g[label] = (T)(-rest / s * sc);                                           \\
+                if (plain) {                                                              \\
+                    T a = (T)(sc / s);                                                    \\
+                    if (short_row) { for (j = 0; j < C; j++) g[j] = g[j] * a; }           \\
+                    else fastnn_span_impl_##S(FASTNN_OP_SCALE, NULL, g, g, C, a, 0);      \\
+                    g[label] = (T)(-rest / s * sc);                                       \\
+                } else {                                                                  \\
+                    T a = (T)(sc * ((1 - eps) * wy + ec * o->wsum) / s);                  \\
+                    T b = (T)(sc * ec);                                                   \\
+                    if (eps == 0) fastnn_span_impl_##S(FASTNN_OP_SCALE, NULL, g, g, C, a, 0); \\
+                    else if (w) fastnn_span_impl_##S(FASTNN_OP_SCALE_SUB, w, g, g, C, a, b); \\
+                    else fastnn_span_impl_##S(FASTNN_OP_AXPB, NULL, g, g, C, a, -b);      \\
+                    g[label] = (T)(sc / s * (-rest * wy * (1 - eps + ec)                  \\
+                                             + ec * (o->wsum - wy) * ey));                \\
+                }                                                                         \\
             }                                                                             \\
+        }                                                                                 \\
+    }                                                                                     \\
+    FASTNN_ACT_INLINE void fastnn_xent_cols_impl_##S(const T* x, const T* t,              \\
+            const int64_t* labels, const fastnn_xent_opts* o, double* loss,              \\
+            const T* scale, ptrdiff_t scale_step, T* gx, ptrdiff_t C, ptrdiff_t inner,    \\
+            ptrdiff_t nw) {                                                               \\
+        /* The same for nw <= FASTNN_COLS positions of (C, inner) logits (class axis    \\
+         * 1 of (N, C, d1, ...)): x, t and gx point at the block's first position of   \\
+         * class 0, labels, loss and scale (times scale_step) at its first position.   \\
+         * Vectorised along the positions; the sums run over the classes in order, in  \\
+         * double, one accumulator per position. */                                    \\
+        T mx[FASTNN_COLS], ca[FASTNN_COLS], cb[FASTNN_COLS], lv[FASTNN_COLS];              \\
+        double sm[FASTNN_COLS], aux[FASTNN_COLS], ts[FASTNN_COLS];                        \\
+        int64_t lab[FASTNN_COLS];                                                         \\
+        unsigned char ign[FASTNN_COLS];                                                   \\
+        const T* w = (const T*)o->weight;                                                 \\
+        int plain = !labels || fastnn_xent_plain(o);                                      \\
+        double eps = o->smoothing, ec = o->smoothing / (double)C;                         \\
+        ptrdiff_t i, j;                                                                   \\
+        for (j = 0; j < nw; j++) {                                                        \\
+            lab[j] = labels ? labels[j] : 0;                                              \\
+            ign[j] = labels && o->has_ignore && lab[j] == o->ignore_index;                \\
+            if (ign[j]) lab[j] = 0;       /* any class: the position is zeroed at the end */ \\
+            mx[j] = x[j];                                                                 \\
+            sm[j] = 0; aux[j] = 0; ts[j] = 0;                                             \\
+        }                                                                                 \\
+        for (i = 1; i < C; i++) {                                                         \\
+            const T* xr = x + i * inner;                                                  \\
+            for (j = 0; j < nw; j++) mx[j] = xr[j] > mx[j] ? xr[j] : mx[j];               \\
+        }                                                                                 \\
+        for (i = 0; i < C; i++) {                                                         \\
+            const T* xr = x + i * inner;                                                  \\
+            if (gx) {                                                                     \\
+                T* gr = gx + i * inner;                                                   \\
+                for (j = 0; j < nw; j++) {                                                \\
+                    T e = fastnn_exp_##S(xr[j] - mx[j]);                                  \\
+                    gr[j] = e;                                                            \\
+                    sm[j] += e;                                                           \\
+                }                                                                         \\
+            } else {                                                                      \\
+                for (j = 0; j < nw; j++) sm[j] += fastnn_exp_##S(xr[j] - mx[j]);           \\
+            }                                                                             \\
+        }                                                                                 \\
+        if (t) {                                                                          \\
+            for (i = 0; i < C; i++) {                                                     \\
+                const T* xr = x + i * inner;                                              \\
+                const T* tr = t + i * inner;                                              \\
+                for (j = 0; j < nw; j++) { ts[j] += tr[j]; aux[j] += tr[j] * (xr[j] - mx[j]); } \\
+            }                                                                             \\
+        } else if (eps != 0 && !gx) {                                                     \\
+            for (i = 0; i < C; i++) {                                                     \\
+                const T* xr = x + i * inner;                                              \\
+                T wi = w ? w[i] : (T)1;                                                   \\
+                for (j = 0; j < nw; j++) aux[j] += wi * (xr[j] - mx[j]);                  \\
+            }                                                                             \\
+        }                                                                                 \\
+        if (!gx) {                                                                        \\
+            for (j = 0; j < nw; j++) {                                                    \\
+                double ls = log(sm[j]);                                                   \\
+                if (t) { loss[j] = ls * ts[j] - aux[j]; continue; }                      \\
+                if (ign[j]) { loss[j] = 0; continue; }                                    \\
+                double l = ls - ((double)x[lab[j] * inner + j] - (double)mx[j]);          \\
+                if (!plain) {                                                             \\
+                    l *= w ? (double)w[lab[j]] : 1.0;                                     \\
+                    if (eps != 0) l = (1 - eps) * l + ec * (o->wsum * ls - aux[j]);       \\
+                }                                                                         \\
+                loss[j] = l;                                                              \\
+            }                                                                             \\
+            return;                                                                       \\
+        }                                                                                 \\
+        for (j = 0; j < nw; j++) {                                                        \\
+            T sc = scale[j * scale_step];                                                 \\
+            double s = sm[j];                                                             \\
+            if (t) { ca[j] = (T)(sc * ts[j] / s); cb[j] = sc; continue; }                 \\
+            if (ign[j]) { ca[j] = 0; cb[j] = 0; continue; }                               \\
+            double ey = (double)gx[lab[j] * inner + j], rest = s - ey;                    \\
+            if (rest < 0.0009765625 * s) {                                                \\
+                rest = 0;                                                                 \\
+                for (i = 0; i < C; i++) rest += i == lab[j] ? 0.0 : (double)gx[i * inner + j]; \\
+            }                                                                             \\
+            if (plain) {                                                                  \\
+                ca[j] = (T)(sc / s); cb[j] = 0;                                           \\
+                lv[j] = (T)(-rest / s * sc);                                              \\
+            } else {                                                                      \\
+                double wy = w ? (double)w[lab[j]] : 1.0;                                  \\
+                ca[j] = (T)(sc * ((1 - eps) * wy + ec * o->wsum) / s);                    \\
+                cb[j] = (T)(sc * ec);                                                     \\
+                lv[j] = (T)(sc / s * (-rest * wy * (1 - eps + ec) + ec * (o->wsum - wy) * ey)); \\
+            }                                                                             \\
+        }                                                                                 \\
+        for (i = 0; i < C; i++) {                                                         \\
+            T* gr = gx + i * inner;                                                       \\
+            if (t) {                                                                      \\
+                const T* tr = t + i * inner;                                              \\
+                for (j = 0; j < nw; j++) gr[j] = gr[j] * ca[j] - cb[j] * tr[j];           \\
+            } else if (eps != 0) {                                                        \\
+                T wi = w ? w[i] : (T)1;                                                   \\
+                for (j = 0; j < nw; j++) gr[j] = gr[j] * ca[j] - cb[j] * wi;              \\
+            } else {                                                                      \\
+                for (j = 0; j < nw; j++) gr[j] = gr[j] * ca[j];                           \\
+            }                                                                             \\
+        }                                                                                 \\
+        if (t) return;                                                                    \\
+        for (j = 0; j < nw; j++) {                                                        \\
+            if (ign[j]) { for (i = 0; i < C; i++) gx[i * inner + j] = 0; }                \\
+            else gx[lab[j] * inner + j] = lv[j];                                          \\
         }                                                                                 \\
     }
 
@@ -366,8 +531,10 @@ cdef extern from *:
         void (*span)(int, const T*, const T*, T*, ptrdiff_t, T, T);                       \\
         void (*rows)(const T*, const T*, T*, ptrdiff_t, ptrdiff_t, int);                  \\
         void (*cols)(const T*, const T*, T*, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);       \\
-        void (*xent)(const T*, const T*, const int64_t*, double*, const T*, ptrdiff_t,     \\
-                     T*, ptrdiff_t, ptrdiff_t);                                           \\
+        void (*xent)(const T*, const T*, const int64_t*, const fastnn_xent_opts*,         \\
+                     double*, const T*, ptrdiff_t, T*, ptrdiff_t, ptrdiff_t);             \\
+        void (*xent_cols)(const T*, const T*, const int64_t*, const fastnn_xent_opts*,    \\
+                          double*, const T*, ptrdiff_t, T*, ptrdiff_t, ptrdiff_t, ptrdiff_t); \\
     } fastnn_act_table_##S;
     FASTNN_ACT_TABLE_TYPE(float, f32)
     FASTNN_ACT_TABLE_TYPE(double, f64)
@@ -383,12 +550,18 @@ cdef extern from *:
                                                 ptrdiff_t inner, ptrdiff_t w, int log_)   \\
     { fastnn_cols_impl_##S(g, x, y, n, inner, w, log_); }                                 \\
     ATTR static void fastnn_xent_##S##_##SUFFIX(const T* x, const T* t,                   \\
-            const int64_t* labels, double* loss, const T* scale, ptrdiff_t scale_step,   \\
-            T* gx, ptrdiff_t rows, ptrdiff_t C)                                           \\
-    { fastnn_xent_impl_##S(x, t, labels, loss, scale, scale_step, gx, rows, C); }         \\
+            const int64_t* labels, const fastnn_xent_opts* o, double* loss,              \\
+            const T* scale, ptrdiff_t scale_step, T* gx, ptrdiff_t rows, ptrdiff_t C)     \\
+    { fastnn_xent_impl_##S(x, t, labels, o, loss, scale, scale_step, gx, rows, C); }      \\
+    ATTR static void fastnn_xent_cols_##S##_##SUFFIX(const T* x, const T* t,              \\
+            const int64_t* labels, const fastnn_xent_opts* o, double* loss,              \\
+            const T* scale, ptrdiff_t scale_step, T* gx, ptrdiff_t C, ptrdiff_t inner,    \\
+            ptrdiff_t nw)                                                                 \\
+    { fastnn_xent_cols_impl_##S(x, t, labels, o, loss, scale, scale_step, gx, C, inner, nw); } \\
     static const fastnn_act_table_##S fastnn_act_##S##_##SUFFIX = {                       \\
         fastnn_span_##S##_##SUFFIX, fastnn_rows_##S##_##SUFFIX,                           \\
-        fastnn_cols_##S##_##SUFFIX, fastnn_xent_##S##_##SUFFIX};
+        fastnn_cols_##S##_##SUFFIX, fastnn_xent_##S##_##SUFFIX,                           \\
+        fastnn_xent_cols_##S##_##SUFFIX};
 
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     #define FASTNN_ACT_X86 1
@@ -425,13 +598,27 @@ cdef extern from *:
     { fastnn_act_f64->cols(g, x, y, n, inner, w, log_); }
 
     static inline void fastnn_xent_f32(const float* x, const float* t, const int64_t* labels,
-                                       double* loss, const float* scale, ptrdiff_t scale_step,
-                                       float* gx, ptrdiff_t rows, ptrdiff_t C)
-    { fastnn_act_f32->xent(x, t, labels, loss, scale, scale_step, gx, rows, C); }
+                                       const fastnn_xent_opts* o, double* loss,
+                                       const float* scale, ptrdiff_t scale_step, float* gx,
+                                       ptrdiff_t rows, ptrdiff_t C)
+    { fastnn_act_f32->xent(x, t, labels, o, loss, scale, scale_step, gx, rows, C); }
     static inline void fastnn_xent_f64(const double* x, const double* t, const int64_t* labels,
-                                       double* loss, const double* scale, ptrdiff_t scale_step,
-                                       double* gx, ptrdiff_t rows, ptrdiff_t C)
-    { fastnn_act_f64->xent(x, t, labels, loss, scale, scale_step, gx, rows, C); }
+                                       const fastnn_xent_opts* o, double* loss,
+                                       const double* scale, ptrdiff_t scale_step, double* gx,
+                                       ptrdiff_t rows, ptrdiff_t C)
+    { fastnn_act_f64->xent(x, t, labels, o, loss, scale, scale_step, gx, rows, C); }
+    static inline void fastnn_xent_cols_f32(const float* x, const float* t,
+                                            const int64_t* labels, const fastnn_xent_opts* o,
+                                            double* loss, const float* scale,
+                                            ptrdiff_t scale_step, float* gx, ptrdiff_t C,
+                                            ptrdiff_t inner, ptrdiff_t nw)
+    { fastnn_act_f32->xent_cols(x, t, labels, o, loss, scale, scale_step, gx, C, inner, nw); }
+    static inline void fastnn_xent_cols_f64(const double* x, const double* t,
+                                            const int64_t* labels, const fastnn_xent_opts* o,
+                                            double* loss, const double* scale,
+                                            ptrdiff_t scale_step, double* gx, ptrdiff_t C,
+                                            ptrdiff_t inner, ptrdiff_t nw)
+    { fastnn_act_f64->xent_cols(x, t, labels, o, loss, scale, scale_step, gx, C, inner, nw); }
 
     /* 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (as the conv micro-kernels); cap < 0: none. */
     static int fastnn_act_pick(int cap) {
@@ -462,12 +649,28 @@ cdef extern from *:
                          Py_ssize_t inner, Py_ssize_t w, int log_) noexcept nogil
     void fastnn_cols_f64(const double* g, const double* x, double* y, Py_ssize_t n,
                          Py_ssize_t inner, Py_ssize_t w, int log_) noexcept nogil
-    void fastnn_xent_f32(const float* x, const float* t, const int64_t* labels, double* loss,
-                         const float* scale, Py_ssize_t scale_step, float* gx, Py_ssize_t rows,
+    ctypedef struct fastnn_xent_opts:
+        const void* weight
+        double smoothing
+        double wsum
+        int64_t ignore_index
+        int has_ignore
+    void fastnn_xent_f32(const float* x, const float* t, const int64_t* labels,
+                         const fastnn_xent_opts* o, double* loss, const float* scale,
+                         Py_ssize_t scale_step, float* gx, Py_ssize_t rows,
                          Py_ssize_t C) noexcept nogil
-    void fastnn_xent_f64(const double* x, const double* t, const int64_t* labels, double* loss,
-                         const double* scale, Py_ssize_t scale_step, double* gx,
-                         Py_ssize_t rows, Py_ssize_t C) noexcept nogil
+    void fastnn_xent_f64(const double* x, const double* t, const int64_t* labels,
+                         const fastnn_xent_opts* o, double* loss, const double* scale,
+                         Py_ssize_t scale_step, double* gx, Py_ssize_t rows,
+                         Py_ssize_t C) noexcept nogil
+    void fastnn_xent_cols_f32(const float* x, const float* t, const int64_t* labels,
+                              const fastnn_xent_opts* o, double* loss, const float* scale,
+                              Py_ssize_t scale_step, float* gx, Py_ssize_t C, Py_ssize_t inner,
+                              Py_ssize_t nw) noexcept nogil
+    void fastnn_xent_cols_f64(const double* x, const double* t, const int64_t* labels,
+                              const fastnn_xent_opts* o, double* loss, const double* scale,
+                              Py_ssize_t scale_step, double* gx, Py_ssize_t C,
+                              Py_ssize_t inner, Py_ssize_t nw) noexcept nogil
     int fastnn_act_pick(int cap) noexcept nogil
     enum:
         FASTNN_COLS
@@ -606,42 +809,82 @@ cdef void softmax_driver(const floating* g, const floating* x, floating* y, Py_s
 
 # ---------------------------------------------------------------- cross-entropy
 cdef inline void xent(const floating* x, const floating* t, const int64_t* labels,
-                      double* loss, const floating* scale, Py_ssize_t scale_step,
-                      floating* gx, Py_ssize_t nrows, Py_ssize_t C) noexcept nogil:
+                      const fastnn_xent_opts* o, double* loss, const floating* scale,
+                      Py_ssize_t scale_step, floating* gx, Py_ssize_t nrows,
+                      Py_ssize_t C) noexcept nogil:
     if floating is float:
-        fastnn_xent_f32(x, t, labels, loss, scale, scale_step, gx, nrows, C)
+        fastnn_xent_f32(x, t, labels, o, loss, scale, scale_step, gx, nrows, C)
     else:
-        fastnn_xent_f64(x, t, labels, loss, scale, scale_step, gx, nrows, C)
+        fastnn_xent_f64(x, t, labels, o, loss, scale, scale_step, gx, nrows, C)
+
+
+cdef inline void xent_cols(const floating* x, const floating* t, const int64_t* labels,
+                           const fastnn_xent_opts* o, double* loss, const floating* scale,
+                           Py_ssize_t scale_step, floating* gx, Py_ssize_t C, Py_ssize_t inner,
+                           Py_ssize_t nw) noexcept nogil:
+    if floating is float:
+        fastnn_xent_cols_f32(x, t, labels, o, loss, scale, scale_step, gx, C, inner, nw)
+    else:
+        fastnn_xent_cols_f64(x, t, labels, o, loss, scale, scale_step, gx, C, inner, nw)
 
 
 cdef inline void xent_item(const floating* x, const floating* t, const int64_t* labels,
-                           double* loss, const floating* scale, Py_ssize_t scale_step,
-                           floating* gx, Py_ssize_t it, Py_ssize_t per, Py_ssize_t N,
-                           Py_ssize_t C) noexcept nogil:
-    # Rows [it * per, it * per + per): their losses (gx == NULL), or their gradient.
-    cdef Py_ssize_t r0 = it * per
-    cdef Py_ssize_t off = r0 * C
-    xent(x + off, t + off if t != NULL else NULL, labels + r0 if labels != NULL else NULL,
-         loss + r0 if loss != NULL else NULL,
-         scale + r0 * scale_step if scale != NULL else NULL, scale_step,
-         gx + off if gx != NULL else NULL, N - r0 if N - r0 < per else per, C)
+                           const fastnn_xent_opts* o, double* loss, const floating* scale,
+                           Py_ssize_t scale_step, floating* gx, Py_ssize_t it, Py_ssize_t per,
+                           Py_ssize_t nb, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t inner) noexcept nogil:
+    # inner == 1: rows [it * per, it * per + per) -- their losses (gx == NULL), or their
+    # gradient. inner > 1: image it // nb, block it % nb of FASTNN_COLS positions.
+    cdef Py_ssize_t r0, off, n, j0, p0
+    if inner == 1:
+        r0 = it * per
+        off = r0 * C
+        xent(x + off, t + off if t != NULL else NULL, labels + r0 if labels != NULL else NULL,
+             o, loss + r0 if loss != NULL else NULL,
+             scale + r0 * scale_step if scale != NULL else NULL, scale_step,
+             gx + off if gx != NULL else NULL, N - r0 if N - r0 < per else per, C)
+        return
+    n = it // nb
+    j0 = (it % nb) * FASTNN_COLS
+    off = n * C * inner + j0
+    p0 = n * inner + j0
+    xent_cols(x + off, t + off if t != NULL else NULL, labels + p0 if labels != NULL else NULL,
+              o, loss + p0 if loss != NULL else NULL,
+              scale + p0 * scale_step if scale != NULL else NULL, scale_step,
+              gx + off if gx != NULL else NULL, C, inner,
+              inner - j0 if inner - j0 < FASTNN_COLS else FASTNN_COLS)
 
 
 cdef void xent_driver(const floating* x, const floating* t, const int64_t* labels,
-                      double* loss, const floating* scale, Py_ssize_t scale_step,
-                      floating* gx, Py_ssize_t N, Py_ssize_t C, int num_threads) noexcept nogil:
-    # Rows grouped into items of about BLOCK elements, as softmax_driver.
+                      const fastnn_xent_opts* o, double* loss, const floating* scale,
+                      Py_ssize_t scale_step, floating* gx, Py_ssize_t N, Py_ssize_t C,
+                      Py_ssize_t inner, int num_threads) noexcept nogil:
+    # (N, C) rows grouped into items of about BLOCK elements, as softmax_driver; the
+    # class axis of (N, C, inner) is read in place in blocks of positions, like
+    # softmax along a non-last axis -- no transposed copy.
     cdef Py_ssize_t per = BLOCK // C if C < BLOCK else 1
-    cdef Py_ssize_t items = (N + per - 1) // per
+    cdef Py_ssize_t nb = (inner + FASTNN_COLS - 1) // FASTNN_COLS
+    cdef Py_ssize_t items = N * nb if inner > 1 else (N + per - 1) // per
     cdef Py_ssize_t it
     if num_threads > items:
         num_threads = <int>items
-    if num_threads > 1 and N * C >= PAR_MIN_EXP:
+    if num_threads > 1 and N * C * inner >= PAR_MIN_EXP:
         for it in prange(items, schedule="static", num_threads=num_threads):
-            xent_item(x, t, labels, loss, scale, scale_step, gx, it, per, N, C)
+            xent_item(x, t, labels, o, loss, scale, scale_step, gx, it, per, nb, N, C, inner)
     else:
         for it in range(items):
-            xent_item(x, t, labels, loss, scale, scale_step, gx, it, per, N, C)
+            xent_item(x, t, labels, o, loss, scale, scale_step, gx, it, per, nb, N, C, inner)
+
+
+cdef fastnn_xent_opts make_opts(const void* weight, double smoothing, double wsum,
+                                object ignore_index):
+    cdef fastnn_xent_opts o
+    o.weight = weight
+    o.smoothing = smoothing
+    o.wsum = wsum
+    o.has_ignore = ignore_index is not None
+    o.ignore_index = ignore_index if ignore_index is not None else 0
+    return o
 
 
 # ---------------------------------------------------------------- entry points
@@ -714,22 +957,35 @@ def softmax_backward(const floating[::1] grad_y, const floating[::1] y, floating
 
 
 def cross_entropy(const floating[::1] logits, const int64_t[::1] labels,
-                  const floating[::1] target, double[::1] loss, Py_ssize_t N, Py_ssize_t C,
-                  int num_threads):
-    """Per-row loss of (N, C) logits (C >= 1) with class indices ``labels`` (in [0, C))
-    or, when labels is None, probability rows ``target``."""
+                  const floating[::1] target, const floating[::1] weight, double[::1] loss,
+                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t inner, object ignore_index,
+                  double smoothing, double wsum, int num_threads):
+    """Per-position loss of (N, C, inner) logits (C >= 1) with class indices ``labels``
+    (N, inner) in [0, C) or equal to ``ignore_index`` (None: nothing ignored), or, when
+    labels is None, probability targets ``target`` shaped like the logits. ``weight``
+    (C,) or None and ``smoothing`` apply to class indices; ``wsum`` is the sum of the
+    weights (C without them)."""
     cdef const int64_t* lp = &labels[0] if labels is not None else NULL
     cdef const floating* tp = &target[0] if target is not None else NULL
+    cdef fastnn_xent_opts o = make_opts(&weight[0] if weight is not None else NULL,
+                                        smoothing, wsum, ignore_index)
     with nogil:
-        xent_driver(&logits[0], tp, lp, &loss[0], NULL, 0, NULL, N, C, num_threads)
+        xent_driver(&logits[0], tp, lp, &o, &loss[0], NULL, 0, NULL, N, C, inner, num_threads)
 
 
 def cross_entropy_backward(const floating[::1] logits, const int64_t[::1] labels,
-                           const floating[::1] target, const floating[::1] scale,
-                           floating[::1] grad, Py_ssize_t N, Py_ssize_t C, int num_threads):
-    """grad = scale_i * (softmax(logits) * sum(t) - t) per row; ``scale`` has N entries or 1."""
+                           const floating[::1] target, const floating[::1] weight,
+                           const floating[::1] scale, floating[::1] grad, Py_ssize_t N,
+                           Py_ssize_t C, Py_ssize_t inner, object ignore_index,
+                           double smoothing, double wsum, int num_threads):
+    """grad = scale_i * (softmax(logits) * sum(t) - t) per position, t the (weighted,
+    smoothed) target of :func:`cross_entropy`, 0 at ignored positions; ``scale`` has
+    N * inner entries or 1."""
     cdef const int64_t* lp = &labels[0] if labels is not None else NULL
     cdef const floating* tp = &target[0] if target is not None else NULL
-    cdef Py_ssize_t step = 1 if scale.shape[0] == N else 0
+    cdef Py_ssize_t step = 1 if scale.shape[0] == N * inner else 0
+    cdef fastnn_xent_opts o = make_opts(&weight[0] if weight is not None else NULL,
+                                        smoothing, wsum, ignore_index)
     with nogil:
-        xent_driver(&logits[0], tp, lp, NULL, &scale[0], step, &grad[0], N, C, num_threads)
+        xent_driver(&logits[0], tp, lp, &o, NULL, &scale[0], step, &grad[0], N, C, inner,
+                    num_threads)

@@ -606,44 +606,99 @@ def _targets(labels, shape):
     return labels.astype(np.float64)
 
 
-def softmax_cross_entropy(logits, labels, reduction="mean"):
-    """-sum(t * log_softmax(logits)) per row, then mean over rows / sum / none.
+def _class_axis_last(a):
+    """(N, C, d1, ...) as (N * d1 * ..., C) rows, for the per-row formulas below."""
+    a = np.asarray(a)
+    return np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
 
-    For class indices only the labelled entry enters (no 0 * -inf = NaN from the
-    other classes), as the definition -log_softmax(x)[label] says.
+
+def softmax_cross_entropy(logits, labels, reduction="mean", weight=None, ignore_index=None,
+                          label_smoothing=0.0):
+    """PyTorch's cross_entropy written out per row (class axis 1 of (N, C, d1, ...)).
+
+    Class indices y: loss = (1 - eps) * w[y] * nll + eps / C * sum_c w[c] * (-lsm[c]),
+    nll = -lsm[y]; rows whose label is ``ignore_index`` give 0 and the mean divides by
+    the sum of w[y] over the other rows (by their count without weight). Only the
+    labelled entry enters nll (no 0 * -inf = NaN from the other classes), as the
+    definition -log_softmax(x)[label] says. Probability targets t: loss = -sum_c
+    w[c] * ((1 - eps) t_c + eps / C) * lsm[c], the mean over rows.
     """
     x = np.asarray(logits, dtype=np.float64)
-    lsm = log_softmax(x, axis=1)
+    N, C = x.shape[:2]
+    positions = (N,) + x.shape[2:]
+    lsm = log_softmax(_class_axis_last(x), axis=1)
+    w = np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64)
+    eps = float(label_smoothing)
     labels = np.asarray(labels)
-    if labels.ndim == 1:
-        loss = -lsm[np.arange(x.shape[0]), labels]
+    if labels.ndim == x.ndim - 1:
+        y = labels.reshape(-1).astype(np.int64)
+        keep = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+        yk = np.where(keep, y, 0)
+        nll = -lsm[np.arange(y.size), yk] * w[yk]
+        loss = (1 - eps) * nll
+        if eps:
+            with np.errstate(invalid="ignore"):
+                loss = loss + eps / C * -(lsm * w).sum(axis=1)
+        loss = np.where(keep, loss, 0.0)
+        denominator = np.sum(np.where(keep, w[yk], 0.0))
     else:
-        loss = -np.sum(labels.astype(np.float64) * lsm, axis=1)
+        t = _class_axis_last(labels.astype(np.float64))
+        t = w * ((1 - eps) * t + eps / C)
+        with np.errstate(invalid="ignore"):
+            loss = -np.sum(t * lsm, axis=1)
+        denominator = loss.size
     if reduction == "none":
-        return loss
+        return loss.reshape(positions)
     if reduction == "sum":
         return np.sum(loss)
-    return np.mean(loss) if loss.size else np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(loss) / np.float64(denominator) if loss.size else np.nan
 
 
-def softmax_cross_entropy_backward(grad_loss, logits, labels, reduction="mean"):
-    """s_i * (softmax(x_i) * sum(t_i) - t_i), s_i = grad_loss / N, grad_loss, grad_loss[i]."""
+def softmax_cross_entropy_backward(grad_loss, logits, labels, reduction="mean", weight=None,
+                                   ignore_index=None, label_smoothing=0.0):
+    """The derivative of :func:`softmax_cross_entropy`, per row:
+    s_i * ((1 - eps) w[y] (p - onehot_y) + eps / C (W p - w)) for class indices (W =
+    sum w; 0 for ignored rows), s_i * (p sum(t) - t) with t = w ((1 - eps) t + eps / C)
+    for probabilities; s_i = grad_loss / denominator, grad_loss, grad_loss[i]. At the
+    label, p - 1 is -(the other classes' p), which does not cancel for confident rows.
+    """
     x = np.asarray(logits, dtype=np.float64)
-    t = _targets(labels, x.shape)
+    N, C = x.shape[:2]
+    rows = _class_axis_last(x)
+    M = rows.shape[0]
+    w = np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64)
+    eps = float(label_smoothing)
+    labels = np.asarray(labels)
     g = np.asarray(grad_loss, dtype=np.float64)
+    p = softmax(rows, axis=1)
+    if labels.ndim == x.ndim - 1:
+        y = labels.reshape(-1).astype(np.int64)
+        keep = np.ones(M, bool) if ignore_index is None else y != ignore_index
+        yk = np.where(keep, y, 0)
+        r = np.arange(M)
+        pm1 = p.copy()
+        pm1[r, yk] = -np.where(np.arange(C) == yk[:, None], 0.0, p).sum(axis=1)
+        grad = (1 - eps) * w[yk][:, None] * pm1
+        if eps:
+            other = w.sum() * p - w
+            other[r, yk] = (w.sum() - w[yk]) * p[r, yk] + w[yk] * pm1[r, yk]
+            grad = grad + eps / C * other
+        denominator = np.sum(np.where(keep, w[yk], 0.0))
+    else:
+        t = w * ((1 - eps) * _class_axis_last(labels.astype(np.float64)) + eps / C)
+        grad = p * t.sum(axis=1, keepdims=True) - t
+        keep, denominator = np.ones(M, bool), M
     if reduction == "mean":
-        s = np.full(x.shape[0], g / max(x.shape[0], 1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.full(M, g / np.float64(denominator)) if M else np.zeros(0)
     elif reduction == "sum":
-        s = np.full(x.shape[0], g)
+        s = np.full(M, g)
     else:
         s = g.reshape(-1)
-    p = softmax(x, axis=1)
-    g = p * t.sum(axis=1, keepdims=True) - t
-    if np.asarray(labels).ndim == 1:
-        # p - 1 at the label cancels for confident rows: -(the other classes' p) does not.
-        rows = np.arange(x.shape[0])
-        g[rows, np.asarray(labels)] = -np.where(t > 0, 0.0, p).sum(axis=1)
-    return s[:, None] * g
+    with np.errstate(invalid="ignore"):
+        grad = np.where(keep[:, None], s[:, None] * grad, 0.0)   # ignored rows: exactly 0
+    return np.moveaxis(grad.reshape((N,) + x.shape[2:] + (C,)), -1, 1)
 
 
 __all__ += [

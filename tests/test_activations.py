@@ -6,6 +6,7 @@ shapes and dtypes), finite differences in float64, PyTorch (where installed), th
 NaN / Inf rules of SPEC.md, in-place use, the bad-input rules, memory layouts and
 thread-count determinism.
 """
+import itertools
 import os
 import subprocess
 import sys
@@ -20,8 +21,8 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.activations
 import reference as ref
-from helpers import (DTYPES, PROPERTY, TOL, assert_close, call_raises, numeric_grad,
-                     run_at_simd_level)
+from helpers import (DTYPES, PROPERTY, TOL, assert_close, call_raises, memory_variants,
+                     numeric_grad, run_at_simd_level)
 
 
 def assert_same_nonfinite(got, want, what="", dtype=np.float64):
@@ -326,6 +327,481 @@ def test_cross_entropy_grad_loss_dtype_rules():
         np.testing.assert_array_equal(
             fastnn.softmax_cross_entropy(x, lab.astype(ldt), reduction="none"),
             fastnn.softmax_cross_entropy(x, lab, reduction="none"))
+
+
+# ------------------------------------------------------------------ cross-entropy options
+# PyTorch's weight, ignore_index and label_smoothing, and (N, C, d1, ...) logits.
+IGNORE = -100
+
+
+@st.composite
+def xent_option_cases(draw):
+    spatial = draw(st.sampled_from([(), (), (1,), (3,), (2, 3), (1, 2, 2)]))
+    C = draw(st.sampled_from([1, 2, 5, 31, 33, 70]))
+    return dict(N=draw(st.integers(0, 5)), C=C, spatial=spatial, probs=draw(st.booleans()),
+                reduction=draw(st.sampled_from(["mean", "sum", "none"])),
+                weight=draw(st.booleans()),
+                ignore_index=draw(st.sampled_from([None, IGNORE, 0, C + 3])),
+                label_smoothing=draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0])),
+                dtype=draw(st.sampled_from(DTYPES)), scale=draw(SCALES),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _xent_option_inputs(c):
+    rng = np.random.default_rng(c["seed"])
+    N, C, spatial, dtype = c["N"], c["C"], c["spatial"], c["dtype"]
+    logits = (rng.standard_normal((N, C) + spatial) * c["scale"]).astype(dtype)
+    ignore = c["ignore_index"]
+    if c["probs"]:
+        t = rng.random(logits.shape)
+        labels = (t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)).astype(dtype)
+        ignore = None if ignore is None or ignore >= 0 else ignore
+    else:
+        labels = rng.integers(0, C, (N,) + spatial)
+        if ignore is not None and labels.size:
+            labels.reshape(-1)[rng.random(labels.size) < 0.3] = ignore
+    weight = (rng.random(C) + 0.25).astype(dtype) if c["weight"] else None
+    kw = dict(reduction=c["reduction"], weight=weight, ignore_index=ignore,
+              label_smoothing=c["label_smoothing"])
+    return rng, logits, labels, kw
+
+
+def _same_or_nan(got, want, dtype, what, abs_want=None):
+    """NaN exactly where the reference has NaN (an all-ignored or empty mean), close
+    elsewhere."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN")
+    keep = ~np.isnan(want)
+    assert_close(got[keep], want[keep], dtype, what,
+                 abs_want=None if abs_want is None else np.asarray(abs_want)[keep])
+
+
+def _probs_grad_scale(gl, x, t, kw):
+    """s * (p * sum(t) + t) with the weighted, smoothed targets t: the size of the two
+    terms that cancel in the gradient for probability targets (p = 1 - 1e-10 rounds to
+    1 in float32, the difference to 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    C = x.shape[1]
+    w = np.ones(C) if kw.get("weight") is None else np.asarray(kw["weight"], np.float64)
+    eps = kw.get("label_smoothing", 0.0)
+    tt = w.reshape((1, C) + (1,) * (x.ndim - 2)) * ((1 - eps) * np.asarray(t, np.float64)
+                                                     + eps / C)
+    g = np.abs(np.asarray(gl, dtype=np.float64))
+    red = kw.get("reduction", "mean")
+    s = np.expand_dims(g, 1) if red == "none" else g / (max(x.size // max(C, 1), 1)
+                                                        if red == "mean" else 1)
+    return s * (ref.softmax(x, axis=1) * np.abs(tt.sum(axis=1, keepdims=True)) + np.abs(tt))
+
+
+@PROPERTY
+@given(c=xent_option_cases())
+def test_cross_entropy_options_match_reference(c):
+    rng, logits, labels, kw = _xent_option_inputs(c)
+    dtype, red = c["dtype"], c["reduction"]
+    positions = (c["N"],) + c["spatial"]
+    before = [logits.copy(), np.array(labels, copy=True)]
+    loss = fastnn.softmax_cross_entropy(logits, labels, **kw)
+    want = ref.softmax_cross_entropy(logits, labels, **kw)
+    assert loss.dtype == dtype and loss.shape == np.shape(want)
+    _same_or_nan(loss, want, dtype, "loss")
+    gl = rng.standard_normal(positions).astype(dtype) if red == "none" else 1.5
+    grad = fastnn.softmax_cross_entropy_backward(gl, logits, labels, **kw)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    want_g = ref.softmax_cross_entropy_backward(gl, logits, labels, **kw)
+    # Probability targets: p * sum(t) - t cancels (see test_cross_entropy_matches_reference).
+    _same_or_nan(grad, want_g, dtype, "grad", abs_want=_probs_grad_scale(gl, logits, labels, kw)
+                 if c["probs"] and logits.size else None)
+    np.testing.assert_array_equal(logits, before[0])
+    np.testing.assert_array_equal(labels, before[1])
+
+
+def _torch_xent(torch, x, labels, gl, **kw):
+    """PyTorch's loss and autograd gradient, with fastnn's keyword names."""
+    tk = dict(reduction=kw.get("reduction", "mean"),
+              label_smoothing=kw.get("label_smoothing", 0.0))
+    if kw.get("weight") is not None:
+        tk["weight"] = torch.from_numpy(np.ascontiguousarray(kw["weight"]))
+    if kw.get("ignore_index") is not None:
+        tk["ignore_index"] = kw["ignore_index"]
+    tx = _t(torch, x, grad=True)
+    tloss = torch.nn.functional.cross_entropy(tx, torch.from_numpy(np.ascontiguousarray(labels)),
+                                              **tk)
+    tloss.backward(torch.as_tensor(np.asarray(gl), dtype=tx.dtype))
+    return tloss.detach().numpy().astype(np.float64), tx.grad.numpy().astype(np.float64)
+
+
+def _cross_entropy_samples(rng, dtype):
+    """PyTorch's OpInfo sample inputs of cross_entropy (sample_inputs_cross_entropy):
+    (2, 3) logits and the (2, 3, 1), (2, 3, 1, 2), (2, 3, 1, 2, 3) shapes, every
+    reduction, weight, ignore_index=1, class indices and probabilities -- plus
+    label_smoothing and the torch adapter's ignore_index=-100 on each."""
+    shape = (2, 3)
+    cases = [(shape, {}), (shape + (1,), {}), (shape + (1, 2), {}), (shape + (1, 2, 3), {})]
+    cases += [(shape, dict(reduction=r)) for r in ("mean", "sum", "none")]
+    cases += [(shape, dict(weight="w", reduction=r)) for r in ("mean", "sum", "none")]
+    cases += [(shape, dict(ignore_index=1))]
+    cases += [(shape + (1, 2), dict(weight="w", reduction=r, ignore_index=1))
+              for r in ("mean", "sum", "none")]
+    for (s, kw), probs, smoothing, adapter in itertools.product(cases, (False, True),
+                                                                (0.0, 0.25, 1.0), (False, True)):
+        if probs and "ignore_index" in kw:        # PyTorch: class indices only
+            continue
+        kw = dict(kw, label_smoothing=smoothing)
+        if adapter and "ignore_index" not in kw:
+            kw["ignore_index"] = IGNORE
+        x = rng.uniform(-9, 9, s).astype(dtype)   # make_tensor's range
+        if kw.get("weight") == "w":
+            kw["weight"] = rng.uniform(0, 9, s[1]).astype(dtype)
+        if probs:
+            labels = rng.uniform(0, 1, s).astype(dtype)
+        else:
+            labels = rng.integers(0, s[1], (s[0],) + s[2:])
+            if "ignore_index" in kw and kw["ignore_index"] != IGNORE and (
+                    labels == kw["ignore_index"]).all():
+                labels.reshape(-1)[0] = 0          # at least one target counts
+            if adapter and labels.size > 1:
+                labels.reshape(-1)[-1] = IGNORE if kw.get("ignore_index") == IGNORE else \
+                    labels.reshape(-1)[-1]
+        yield x, labels, kw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_opinfo_samples_match_torch(torch, dtype):
+    rng = np.random.default_rng(21)
+    n = 0
+    for x, labels, kw in _cross_entropy_samples(rng, dtype):
+        positions = (x.shape[0],) + x.shape[2:]
+        red = kw.get("reduction", "mean")
+        gl = rng.standard_normal(positions).astype(dtype) if red == "none" else 0.75
+        tloss, tgrad = _torch_xent(torch, x, labels, gl, **kw)
+        what = f"{x.shape} {kw} probs={labels.dtype.kind == 'f'}"
+        loss = fastnn.softmax_cross_entropy(x, labels, **kw)
+        assert loss.dtype == dtype and loss.shape == tloss.shape, what
+        assert_close(loss, tloss, dtype, what)
+        grad = fastnn.softmax_cross_entropy_backward(gl, x, labels, **kw)
+        assert_close(grad, tgrad, dtype, what + " grad")
+        n += 1
+    assert n == 144
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(33, 17), (9, 40, 5), (4, 300, 3, 2), (3, 7, 1, 1), (5, 2, 513)],
+                         ids=str)
+def test_cross_entropy_options_and_autograd_match_torch(torch, dtype, shape):
+    rng = np.random.default_rng(22)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    N, C = shape[:2]
+    positions = (N,) + shape[2:]
+    for red, weighted, ignore, smoothing in itertools.product(
+            ("mean", "sum", "none"), (False, True), (None, IGNORE, 1), (0.0, 0.3)):
+        labels = rng.integers(0, C, positions)
+        if ignore is not None:
+            labels.reshape(-1)[::4] = ignore
+        kw = dict(reduction=red, ignore_index=ignore, label_smoothing=smoothing,
+                  weight=(rng.random(C) * 2).astype(dtype) if weighted else None)
+        gl = rng.standard_normal(positions).astype(dtype) if red == "none" else 1.0
+        tloss, tgrad = _torch_xent(torch, x, labels, gl, **kw)
+        assert_close(fastnn.softmax_cross_entropy(x, labels, **kw), tloss, dtype, str(kw))
+        assert_close(fastnn.softmax_cross_entropy_backward(gl, x, labels, **kw), tgrad, dtype,
+                     f"{kw} grad")
+    # probability targets with weight and smoothing
+    t = rng.random(shape)
+    t = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+    for red, smoothing in itertools.product(("mean", "sum", "none"), (0.0, 0.3)):
+        kw = dict(reduction=red, weight=(rng.random(C) * 2).astype(dtype),
+                  label_smoothing=smoothing, ignore_index=IGNORE)
+        gl = rng.standard_normal(positions).astype(dtype) if red == "none" else 1.0
+        tloss, tgrad = _torch_xent(torch, x, t, gl, **kw)
+        assert_close(fastnn.softmax_cross_entropy(x, t, **kw), tloss, dtype, f"probs {kw}")
+        g = fastnn.softmax_cross_entropy_backward(gl, x, t, **kw)
+        assert_close(g, tgrad, dtype, f"probs {kw} grad", abs_want=_probs_grad_scale(gl, x, t, kw))
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (2, 5, 3), (2, 4, 2, 3)], ids=str)
+@pytest.mark.parametrize("kw", [
+    dict(weight=np.array([0.5, 2.0, 1.0, 3.0, 0.25, 1.5])),
+    dict(ignore_index=2), dict(label_smoothing=0.3),
+    dict(weight=np.array([0.5, 2.0, 1.0, 3.0, 0.25, 1.5]), ignore_index=1, label_smoothing=0.6)],
+    ids=lambda kw: ",".join(kw))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_options_backward_finite_differences(shape, kw, reduction):
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal(shape) * 2
+    C = shape[1]
+    kw = dict(kw, reduction=reduction)
+    if "weight" in kw:
+        kw["weight"] = kw["weight"][:C]
+    positions = (shape[0],) + shape[2:]
+    labels = rng.integers(0, C, positions)
+    labels.reshape(-1)[:2] = [1, 2]
+    gl = rng.standard_normal(positions) if reduction == "none" else 0.7
+
+    def loss():
+        return float(np.sum(fastnn.softmax_cross_entropy(x, labels, **kw) * gl))
+
+    num = numeric_grad(loss, x)
+    got = fastnn.softmax_cross_entropy_backward(gl, x, labels, **kw)
+    assert ref.rel_err(got, num) < 1e-7
+    if kw.get("ignore_index") is not None:          # ignored rows get exactly 0
+        ignored = np.moveaxis(got, 1, -1)[labels == kw["ignore_index"]]
+        assert ignored.size and (ignored == 0).all()
+    t = rng.random(x.shape)
+    t /= t.sum(axis=1, keepdims=True)
+    pkw = {k: v for k, v in kw.items() if k != "ignore_index"}
+
+    def ploss():
+        return float(np.sum(fastnn.softmax_cross_entropy(x, t, **pkw) * gl))
+
+    assert ref.rel_err(fastnn.softmax_cross_entropy_backward(gl, x, t, **pkw),
+                       numeric_grad(ploss, x)) < 1e-7
+
+
+@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 3)], ids=str)
+def test_reference_cross_entropy_options_finite_differences(shape, probs):
+    # The reference gradient with the options (it checks fastnn above).
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal(shape)
+    positions = (shape[0],) + shape[2:]
+    kw = dict(weight=rng.random(shape[1]) + 0.5, label_smoothing=0.35, reduction="mean")
+    if probs:
+        labels = rng.random(shape)
+    else:
+        labels = rng.integers(0, shape[1], positions)
+        labels.reshape(-1)[0] = 7
+        kw["ignore_index"] = 7
+    num = numeric_grad(lambda: float(ref.softmax_cross_entropy(x, labels, **kw)), x)
+    assert ref.rel_err(ref.softmax_cross_entropy_backward(1.0, x, labels, **kw), num) < 1e-7
+
+
+def test_cross_entropy_ignore_index_rules():
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((6, 4))
+    lab = np.array([0, 3, -100, 1, -100, 2])
+    keep = lab != -100
+    # ignored rows: 0 loss, 0 gradient, out of the mean
+    none = fastnn.softmax_cross_entropy(x, lab, reduction="none", ignore_index=-100)
+    assert (none[~keep] == 0).all()
+    np.testing.assert_array_equal(none[keep], fastnn.softmax_cross_entropy(
+        x[keep], lab[keep], reduction="none"))
+    np.testing.assert_allclose(fastnn.softmax_cross_entropy(x, lab, ignore_index=-100),
+                               fastnn.softmax_cross_entropy(x[keep], lab[keep]), rtol=1e-15)
+    g = fastnn.softmax_cross_entropy_backward(1.0, x, lab, ignore_index=-100)
+    assert (g[~keep] == 0).all()
+    np.testing.assert_allclose(g[keep], fastnn.softmax_cross_entropy_backward(
+        1.0, x[keep], lab[keep]), rtol=1e-14)
+    # an ignored row's logits are not read: NaN there changes nothing
+    xn = x.copy()
+    xn[2] = np.nan
+    np.testing.assert_array_equal(fastnn.softmax_cross_entropy(xn, lab, reduction="none",
+                                                               ignore_index=-100), none)
+    np.testing.assert_array_equal(fastnn.softmax_cross_entropy_backward(1.0, xn, lab,
+                                                                        ignore_index=-100), g)
+    # an ignore_index inside [0, C) ignores that class; one no label has is no-op, bit for bit
+    lab2 = np.array([0, 3, 2, 1, 2, 2])
+    np.testing.assert_array_equal(fastnn.softmax_cross_entropy(x, lab2, ignore_index=2),
+                                  fastnn.softmax_cross_entropy(x[lab2 != 2], lab2[lab2 != 2]))
+    for ii in (-100, 9):
+        assert fastnn.softmax_cross_entropy(x, lab2, ignore_index=ii).tobytes() == \
+            fastnn.softmax_cross_entropy(x, lab2).tobytes()
+        assert fastnn.softmax_cross_entropy_backward(1.0, x, lab2, ignore_index=ii).tobytes() \
+            == fastnn.softmax_cross_entropy_backward(1.0, x, lab2).tobytes()
+    # every target ignored: the mean is NaN (0 / 0, as PyTorch), the gradient 0
+    allign = np.full(6, 5)
+    assert np.isnan(fastnn.softmax_cross_entropy(x, allign, ignore_index=5))
+    assert fastnn.softmax_cross_entropy(x, allign, ignore_index=5, reduction="sum") == 0
+    assert (fastnn.softmax_cross_entropy_backward(1.0, x, allign, ignore_index=5) == 0).all()
+    # segmentation-style uint8 labels with 255 ignored, (N, C, H, W) logits
+    x4 = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    seg = rng.integers(0, 3, (2, 4, 5)).astype(np.uint8)
+    seg[0, 0] = 255
+    want = ref.softmax_cross_entropy(x4, seg.astype(np.int64), ignore_index=255)
+    assert_close(fastnn.softmax_cross_entropy(x4, seg, ignore_index=255), want, np.float32, "seg")
+
+
+def test_cross_entropy_weight_rules():
+    rng = np.random.default_rng(26)
+    x = rng.standard_normal((5, 3))
+    lab = np.array([0, 1, 2, 2, 1])
+    w = np.array([2.0, 0.5, 1.0])
+    none = fastnn.softmax_cross_entropy(x, lab, reduction="none", weight=w)
+    np.testing.assert_allclose(none, w[lab] * fastnn.softmax_cross_entropy(x, lab,
+                                                                           reduction="none"),
+                               rtol=1e-15)
+    # "mean" divides by the weights of the targets, as PyTorch
+    np.testing.assert_allclose(fastnn.softmax_cross_entropy(x, lab, weight=w),
+                               none.sum() / w[lab].sum(), rtol=1e-15)
+    # dtype promotion follows NumPy: float32 logits with float64 weights give float64
+    assert fastnn.softmax_cross_entropy(x.astype(np.float32), lab, weight=w).dtype == np.float64
+    assert fastnn.softmax_cross_entropy_backward(1.0, x.astype(np.float32), lab,
+                                                 weight=w.astype(np.float32)).dtype == np.float32
+    # weights of zero: the mean is 0 / 0 (NaN), as PyTorch
+    assert np.isnan(fastnn.softmax_cross_entropy(x, lab, weight=np.zeros(3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_confident_rows_keep_the_label_gradient(dtype):
+    # p - 1 at the label from the other classes, also with weights and on the strided
+    # (N, C, d) path: a confident row's label gradient is tiny but not 0.
+    C = 40
+    x = np.zeros((3, C), dtype=dtype)
+    x[:, 0] = 30.0
+    lab = np.zeros(3, dtype=np.int64)
+    w = np.linspace(0.5, 2, C).astype(dtype)
+    for kw in (dict(), dict(weight=w), dict(weight=w, ignore_index=7)):
+        want = ref.softmax_cross_entropy_backward(1.0, x, lab, **kw)
+        got = fastnn.softmax_cross_entropy_backward(1.0, x, lab, **kw)
+        assert want[0, 0] < 0
+        np.testing.assert_allclose(got[:, 0], want[:, 0], rtol=TOL[np.dtype(dtype)] * 10)
+        x3 = np.ascontiguousarray(np.broadcast_to(x[:, :, None], (3, C, 5)))
+        got3 = fastnn.softmax_cross_entropy_backward(1.0, x3, np.zeros((3, 5), np.int64), **kw)
+        np.testing.assert_allclose(got3[:, 0], np.repeat(want[:, :1], 5, axis=1) / 5,
+                                   rtol=TOL[np.dtype(dtype)] * 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_spatial_nan_inf_like_reference(dtype):
+    # The strided (N, C, d) kernel: NaN / Inf logits as in the reference, with options.
+    x = np.array([[0.0, 1.0, np.nan], [np.inf, 0.0, 0.0], [-np.inf, 1.0, 2.0],
+                  [1.0, 2.0, 3.0]], dtype=dtype).T[None]          # (1, 3, 4)
+    lab = np.array([[0, 1, 2, 0]])
+    for kw in (dict(), dict(weight=np.array([1.0, 2.0, 0.5], dtype)), dict(label_smoothing=0.2),
+               dict(ignore_index=1)):
+        with np.errstate(invalid="ignore"):
+            assert_same_nonfinite(fastnn.softmax_cross_entropy(x, lab, reduction="none", **kw),
+                                  ref.softmax_cross_entropy(x, lab, "none", **kw), str(kw), dtype)
+            assert_same_nonfinite(fastnn.softmax_cross_entropy_backward(1.0, x, lab, **kw),
+                                  ref.softmax_cross_entropy_backward(1.0, x, lab, **kw),
+                                  f"{kw} grad", dtype)
+    t = np.full(x.shape, 1 / 3, dtype=dtype)
+    with np.errstate(invalid="ignore"):
+        assert_same_nonfinite(fastnn.softmax_cross_entropy(x, t, reduction="none"),
+                              ref.softmax_cross_entropy(x, t, "none"), "probs", dtype)
+
+
+def test_cross_entropy_spatial_logits_any_memory_layout():
+    rng = np.random.default_rng(27)
+    x = rng.standard_normal((3, 5, 4, 6))
+    lab = rng.integers(0, 5, (3, 4, 6))
+    kw = dict(weight=rng.random(5), label_smoothing=0.1, ignore_index=3)
+    want = (fastnn.softmax_cross_entropy(x, lab, reduction="none", **kw),
+            fastnn.softmax_cross_entropy_backward(1.0, x, lab, **kw))
+    xs, ls = memory_variants(x), memory_variants(lab)
+    for name in xs:
+        got = (fastnn.softmax_cross_entropy(xs[name], ls[name], reduction="none", **kw),
+               fastnn.softmax_cross_entropy_backward(1.0, xs[name], ls[name], **kw))
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    # an NHWC-style array viewed as NCHW goes through the same kernel
+    xt = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    np.testing.assert_array_equal(fastnn.softmax_cross_entropy(np.moveaxis(xt, -1, 1), lab,
+                                                               reduction="none", **kw), want[0])
+
+
+def test_cross_entropy_empty_and_degenerate_shapes_with_options():
+    kw = dict(weight=np.ones(4), ignore_index=-100, label_smoothing=0.2)
+    x = np.zeros((0, 4, 3, 2))
+    lab = np.zeros((0, 3, 2), np.int64)
+    assert np.isnan(fastnn.softmax_cross_entropy(x, lab, **kw))
+    assert fastnn.softmax_cross_entropy(x, lab, reduction="sum", **kw) == 0
+    assert fastnn.softmax_cross_entropy(x, lab, reduction="none", **kw).shape == (0, 3, 2)
+    assert fastnn.softmax_cross_entropy_backward(1.0, x, lab, **kw).shape == x.shape
+    assert fastnn.softmax_cross_entropy_backward(np.zeros((0, 3, 2)), x, lab, reduction="none",
+                                                 **kw).shape == x.shape
+    x0 = np.zeros((2, 4, 0))                     # no positions
+    assert fastnn.softmax_cross_entropy(x0, np.zeros((2, 0), np.int64),
+                                        reduction="none").shape == (2, 0)
+    assert fastnn.softmax_cross_entropy_backward(1.0, x0, np.zeros((2, 0), np.int64)).shape == \
+        x0.shape
+    # (N, C, 1, 1) is (N, C)
+    rng = np.random.default_rng(28)
+    x2 = rng.standard_normal((5, 4))
+    l2 = rng.integers(0, 4, 5)
+    np.testing.assert_array_equal(
+        fastnn.softmax_cross_entropy(x2[:, :, None, None], l2[:, None, None], reduction="none",
+                                     **kw)[:, 0, 0],
+        fastnn.softmax_cross_entropy(x2, l2, reduction="none", **kw))
+
+
+def test_cross_entropy_options_thread_count_invariant():
+    rng = np.random.default_rng(29)
+    m = rng.standard_normal((300, 1001))
+    lab = rng.integers(0, 1001, 300)
+    lab[::7] = -100
+    m4 = rng.standard_normal((6, 21, 40, 30)).astype(np.float32)
+    lab4 = rng.integers(0, 21, (6, 40, 30))
+    lab4[:, ::5] = -100
+    w = rng.random(1001)
+    w4 = rng.random(21).astype(np.float32)
+    t4 = rng.random(m4.shape).astype(np.float32)
+    opts = dict(ignore_index=-100, label_smoothing=0.1)
+    cases = [
+        lambda: fastnn.softmax_cross_entropy(m, lab, reduction="none", weight=w, **opts),
+        lambda: fastnn.softmax_cross_entropy_backward(1.0, m, lab, weight=w, **opts),
+        lambda: fastnn.softmax_cross_entropy(m4, lab4, reduction="none", **opts),
+        lambda: fastnn.softmax_cross_entropy(m4, lab4, weight=w4, **opts),
+        lambda: fastnn.softmax_cross_entropy_backward(1.0, m4, lab4, weight=w4, **opts),
+        lambda: fastnn.softmax_cross_entropy_backward(1.0, m4, np.maximum(lab4, 0)),
+        lambda: fastnn.softmax_cross_entropy_backward(1.0, m4, t4, weight=w4, label_smoothing=0.2),
+    ]
+    for i, f in enumerate(cases):
+        with fastnn.threads(1):
+            a = f()
+        with fastnn.threads(2):
+            b = f()
+        assert a.tobytes() == b.tobytes(), f"case {i}"
+
+
+def test_cross_entropy_bad_options_name_the_argument():
+    x = np.zeros((3, 4))
+    lab = np.array([0, 1, 2])
+    f, b = fastnn.softmax_cross_entropy, fastnn.softmax_cross_entropy_backward
+    call_raises(ValueError, r"softmax_cross_entropy: weight must have shape \(4,\) \(one weight "
+                r"per class\), got \(3,\)", f, x, lab, weight=np.ones(3))
+    call_raises(TypeError, r"softmax_cross_entropy: weight must have dtype float32 or float64",
+                f, x, lab, weight=np.ones(4, np.int64))
+    call_raises(TypeError, r"softmax_cross_entropy: ignore_index must be an int", f, x, lab,
+                ignore_index=1.0)
+    call_raises(TypeError, r"softmax_cross_entropy: ignore_index must be an int", f, x, lab,
+                ignore_index=True)
+    call_raises(ValueError, r"softmax_cross_entropy: ignore_index must fit in int64", f, x, lab,
+                ignore_index=2**70)
+    call_raises(ValueError, r"softmax_cross_entropy: label_smoothing must be in \[0, 1\], got "
+                r"1.5", f, x, lab, label_smoothing=1.5)
+    call_raises(ValueError, r"label_smoothing must be in \[0, 1\]", f, x, lab,
+                label_smoothing=-0.1)
+    call_raises(ValueError, r"label_smoothing must be in \[0, 1\]", b, 1.0, x, lab,
+                label_smoothing=float("nan"))
+    call_raises(TypeError, r"softmax_cross_entropy: label_smoothing must be a real number", f,
+                x, lab, label_smoothing="0.1")
+    # labels out of range other than ignore_index stay an error
+    info = call_raises(ValueError, r"softmax_cross_entropy: labels must be class indices in "
+                       r"\[0, 4\) or ignore_index \(-100\), got -1", f, x, np.array([0, -100, -1]),
+                       ignore_index=-100)
+    call_raises(ValueError, r"labels must be class indices in \[0, 4\) or ignore_index \(9\), "
+                r"got 4", b, 1.0, x, np.array([9, 4, 0]), ignore_index=9)
+    assert "ignore_index" in str(info.value)
+    # ignore_index with probability targets: only None or negative (PyTorch refuses others)
+    call_raises(ValueError, r"softmax_cross_entropy: ignore_index \(0\) applies to class-index "
+                r"labels only", f, x, np.full((3, 4), 0.25), ignore_index=0)
+    np.testing.assert_array_equal(f(x, np.full((3, 4), 0.25), ignore_index=-100),
+                                  f(x, np.full((3, 4), 0.25)))
+    # (N, C, d1, ...) shapes
+    x4 = np.zeros((2, 4, 3, 5))
+    call_raises(ValueError, r"softmax_cross_entropy: labels must have shape \(2, 3, 5\) \(one "
+                r"class index per row", f, x4, np.zeros((2, 5, 3), np.int64))
+    call_raises(TypeError, r"labels of shape \(2, 3, 5\) are class indices and must have an "
+                r"integer dtype", f, x4, np.zeros((2, 3, 5)))
+    call_raises(ValueError, r"probability labels must have the shape of logits \(2, 4, 3, 5\)",
+                f, x4, np.zeros((2, 4, 5, 3)))
+    call_raises(ValueError, r"labels must be class indices of shape \(2, 3, 5\) or "
+                r"probabilities of shape \(2, 4, 3, 5\), got shape \(2,\)", f, x4,
+                np.zeros(2, np.int64))
+    call_raises(ValueError, r"softmax_cross_entropy_backward: grad_loss must be one value per "
+                r"row and position for reduction='none', shape \(2, 3, 5\), got \(2,\)", b,
+                np.zeros(2), x4, np.zeros((2, 3, 5), np.int64), reduction="none")
+    call_raises(ValueError, r"logits has no classes", f, np.zeros((2, 0, 3)),
+                np.zeros((2, 3), np.int64))
 
 
 # ------------------------------------------------------------------ finite differences
@@ -924,6 +1400,20 @@ SIMD_SCRIPT = textwrap.dedent("""
                    ref.softmax_cross_entropy(xf, lab[1:], "none")),
                   (fastnn.softmax_cross_entropy_backward(1.0, xf, lab[1:]),
                    ref.softmax_cross_entropy_backward(1.0, xf, lab[1:]))]
+        # cross-entropy's options, on rows and on the strided (N, C, d) kernel
+        wt = rng.random(131).astype(dtype)
+        lo = lab[1:].copy()
+        lo[::5] = -100
+        x3 = xf.reshape(6, 11, 131)
+        l3 = rng.integers(0, 11, (6, 131))
+        l3[:, ::7] = -100
+        opts = dict(ignore_index=-100, label_smoothing=0.2)
+        for args, kw in (((xf, lo), dict(opts, weight=wt)), ((x3, l3), dict(opts, weight=wt[:11])),
+                         ((x3, l3), opts)):
+            pairs += [(fastnn.softmax_cross_entropy(*args, reduction="none", **kw),
+                       ref.softmax_cross_entropy(*args, reduction="none", **kw)),
+                      (fastnn.softmax_cross_entropy_backward(1.0, *args, **kw),
+                       ref.softmax_cross_entropy_backward(1.0, *args, **kw))]
         for i, (got, want) in enumerate(pairs):
             got = np.asarray(got, dtype=np.float64)
             assert (np.isnan(got) == np.isnan(want)).all(), (level, dtype, i)
