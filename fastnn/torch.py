@@ -287,6 +287,7 @@ def _op(name):
     def register(fn):
         op = make(fn)
         op._fastnn_impl = fn
+        op._fastnn_eager = None       # set by _register for ops with a backward
         return op
     return register
 
@@ -297,26 +298,57 @@ _function_modes = torch._C._is_torch_function_mode_enabled
 _transforms = torch._C._functorch.peek_interpreter_stack
 
 
-def _direct(args):
-    """Whether a call may skip the dispatcher: plain tensors, no autograd needed, no
-    mode, transform or tracer active -- then the op would run exactly its CPU kernel."""
+def _eager_mode(args):
+    """How a call may skip the dispatcher: 0 -- it may not (a mode, transform or tracer
+    is active, or a tensor subclass is involved); 1 -- plain tensors and no autograd
+    needed: the op's CPU kernel runs directly; 2 -- plain tensors that need autograd:
+    the op's own forward, setup and backward run as a torch.autograd.Function."""
     if _dispatch_modes() or _function_modes() or _transforms() is not None:
-        return False
+        return 0
     grad = torch.is_grad_enabled()
+    mode = 1
     for a in args:
-        if isinstance(a, Tensor) and (type(a) not in _PLAIN or (grad and a.requires_grad)):
-            return False
-    return True
+        if isinstance(a, Tensor):
+            if type(a) not in _PLAIN:
+                return 0
+            if grad and a.requires_grad:
+                mode = 2
+    return mode
 
 
 def _run(op, *args):
-    """Call a fastnn custom op. In plain eager calls without autograd the op's CPU
-    implementation runs directly (the dispatcher costs ~10 us a call, more than a small
-    kernel); everything else -- autograd, torch.compile, fake tensors, vmap, modes --
-    goes through the registered op."""
-    if not torch.compiler.is_compiling() and _direct(args):
-        return op._fastnn_impl(*args)
+    """Call a fastnn custom op. Plain eager calls skip the dispatcher and custom_op's
+    autograd wrapper (together ~10-20 us a call, more than a small kernel) but run the
+    same implementation, setup and backward; everything else -- torch.compile, fake
+    tensors, vmap, dispatch and function modes, subclasses -- calls the registered op."""
+    if not torch.compiler.is_compiling():
+        mode = _eager_mode(args)
+        if mode == 1:
+            return op._fastnn_impl(*args)
+        if mode == 2 and op._fastnn_eager is not None:
+            return op._fastnn_eager.apply(*args)
     return op(*args)
+
+
+def _eager_function(op, setup_context, backward):
+    """The op's autograd formula as a torch.autograd.Function around its CPU kernel."""
+    impl = op._fastnn_impl
+
+    # forward(ctx, ...) style: Function.apply binds the arguments with inspect (~50 us)
+    # when a separate setup_context is defined.
+    class EagerFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            output = impl(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    EagerFunction.__name__ = EagerFunction.__qualname__ = f"fastnn_{op._name}"
+    return EagerFunction
 
 
 _REGISTERED = []
@@ -324,6 +356,7 @@ _REGISTERED = []
 
 def _register(fwd, bwd, backward, setup_context):
     fwd.register_autograd(backward, setup_context=setup_context)
+    fwd._fastnn_eager = _eager_function(fwd, setup_context, backward)
     _REGISTERED.extend(op for op in (fwd, bwd) if op is not None)
 
 
