@@ -28,6 +28,8 @@ def config():
         "simd_baseline": info["simd_baseline"],
         "simd_runtime": _UKERNEL_NAMES.get(UKERNEL_LEVEL, str(UKERNEL_LEVEL)),
         "blas": _threads.blas_info(),
+        "pool": _threads.pool_info(),
+        "coexistence": _threads.get_coexistence(),
         "num_threads": _threads.get_num_threads(),
         "cpus_available": _threads._available_cpus(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -54,6 +56,10 @@ def show_config(file=None):
         f"  SIMD kernels   : {c['simd_runtime']} (chosen at run time; FASTNN_UKERNEL_MAX caps it)",
         f"  threads        : {c['num_threads']} (CPUs available: {c['cpus_available']}, "
         f"OMP_NUM_THREADS={c['OMP_NUM_THREADS'] or 'unset'})",
+        f"  thread pool    : fastnn's own ({c['pool']['workers']} workers now; idle workers "
+        f"spin {c['pool']['idle_spin_us']} us, then sleep; teams shrink when other tasks hold "
+        f"the cores: {'on' if c['pool']['check_contention'] else 'off'}; OpenBLAS routed "
+        f"through it: {'yes' if c['coexistence'] else 'no'})",
     ]
     for lib in c["blas"]:
         lines.append(f"  BLAS           : {lib['internal_api']} {lib['version']} "
