@@ -10,6 +10,17 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _parallel_teams_even_on_a_busy_machine():
+    """The pool shrinks a team to one thread while other tasks hold the cores (see
+    fastnn_ext/_runtime.h); on a loaded test machine that would leave the parallel
+    paths untested. The tests of that behaviour switch it back on themselves."""
+    from fastnn_ext import _runtime
+    old = _runtime.configure(check_contention=False)
+    yield
+    _runtime.configure(**old)
+
+
 @pytest.fixture(autouse=True)
 def _default_thread_count():
     """Every test starts and ends with fastnn's default thread count."""
