@@ -23,7 +23,7 @@ from fastnn.banded import (band_part, banded_matmul, banded_matmul_backward, loc
                            locally_connected2d_backward, masked_matmul, masked_matmul_backward,
                            prepare_mask)
 
-__version__ = "0.1.0"
+from fastnn._version import __version__
 
 __all__ = [
     "__version__", "show_config", "set_num_threads", "get_num_threads", "threads",
