@@ -97,6 +97,7 @@ __all__ = [
 ]
 
 _FLOATS = (torch.float32, torch.float64)
+_STRIDED = torch.strided
 
 
 # ------------------------------------------------------------------ what fastnn offers
@@ -200,6 +201,16 @@ def _fallback(name, reason, fn, *args, **kwargs):
 def _why_not(**tensors):
     """Why fastnn cannot take these tensors (None: it can). None values are skipped."""
     dtype = None
+    for t in tensors.values():      # the common case first, without building messages
+        if t is None:
+            continue
+        if type(t) not in _PLAIN or not t.is_cpu or t.layout is not _STRIDED \
+                or t.dtype not in _FLOATS or (dtype is not None and t.dtype is not dtype):
+            break
+        dtype = t.dtype
+    else:
+        return None
+    dtype = None
     for name, t in tensors.items():
         if t is None:
             continue
@@ -241,23 +252,31 @@ def _np(t):
     """A zero-copy NumPy view of a CPU tensor (None stays None)."""
     if t is None:
         return None
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     try:
         return t.numpy()
     except RuntimeError:  # a lazily negated view: materialise it
-        return t.resolve_neg().resolve_conj().numpy()
+        return t.detach().resolve_neg().resolve_conj().numpy()
 
 
 def _fresh(arrays, inputs):
     """``arrays`` as tensors sharing no memory with ``inputs`` or with each other, each
     C-contiguous (the layout the fake implementations promise)."""
-    inputs = [a for a in inputs if a is not None]
-    seen, out = [], []
+    out, seen = [], None
     for a in arrays:
-        if not (a.flags.c_contiguous and a.flags.writeable) or any(
-                np.may_share_memory(a, b) for b in inputs + seen):
-            a = np.array(a, order="C", copy=True)
-        seen.append(a)
+        # An array that owns its data was allocated during the call: it cannot overlap
+        # the (live) inputs or another output. Views are checked.
+        if a.base is not None or not (a.flags.c_contiguous and a.flags.writeable):
+            if seen is None:
+                seen = [b for b in inputs if b is not None] + \
+                    [t.numpy() for t in out]
+            if not (a.flags.c_contiguous and a.flags.writeable) or any(
+                    np.may_share_memory(a, b) for b in seen):
+                a = np.array(a, order="C", copy=True)
+            seen.append(a)
+        elif seen is not None:
+            seen.append(a)
         out.append(torch.from_numpy(a))
     return out
 
