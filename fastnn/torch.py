@@ -26,17 +26,31 @@ Functional twins
 Modules
     :class:`Conv2d`, :class:`MaxPool2d`, ... subclass the ``torch.nn`` class and only
     override the forward, so constructor arguments, ``state_dict`` keys and
-    initialisation are PyTorch's. :class:`LSTM` and :class:`GRU` are plain
-    ``nn.Module``\\ s with ``torch.nn``'s parameter names (Dynamo refuses ``nn.RNNBase``
+    initialisation are PyTorch's. :class:`LSTM` and :class:`GRU` are plain ``nn.Module``
+    subclasses with ``torch.nn``'s parameter names (Dynamo refuses ``nn.RNNBase``
     subclasses under ``fullgraph=True``). :func:`swap` puts the twins into a model.
+
+Eager calls
+    A plain eager call (CPU tensors, no dispatch or function mode, no transform, not
+    being compiled) skips the dispatcher: without autograd it runs the op's CPU kernel
+    directly, with autograd the op's own setup and backward as a
+    ``torch.autograd.Function`` -- the same code ``torch.compile`` and opcheck see, at a
+    fraction of the per-call cost, which matters for small tensors.
 
 Fallback
 --------
-A call fastnn cannot run -- a tensor that is not on the CPU, a dtype other than float32
-or float64 (or mixed dtypes), an argument the installed fastnn lacks -- runs on
-PyTorch's own operator instead and is counted in :func:`fallback_counts`; inside
-``with strict():`` it raises :class:`FallbackError` naming the reason. Under
-``torch.compile`` the decision is made (and counted) once, while tracing.
+A call fastnn cannot run runs on PyTorch's own operator instead and is counted in
+:func:`fallback_counts`; inside ``with strict():`` it raises :class:`FallbackError`
+naming the reason. Under ``torch.compile`` the decision is made (and counted) once,
+while tracing. What falls back: tensors not on the CPU, dtypes other than float32 and
+float64 (or mixed dtypes), sparse layouts, argument forms PyTorch
+itself refuses (so that its error is raised), probability targets or class weights of
+``cross_entropy`` that require grad, a mask of ``masked_linear`` that requires grad,
+``LSTM(proj_size > 0)`` and ``PackedSequence`` inputs of :class:`LSTM` / :class:`GRU`,
+and -- with an older fastnn -- the pooling arguments ``dilation``, ``ceil_mode``,
+``count_include_pad=True`` with padding and ``divisor_override``, and ``cross_entropy``'s
+``weight``, ``label_smoothing``, (N, C, d1, ...) logits and labels equal to
+``ignore_index`` (detected from the installed fastnn's signatures at import).
 
 Recurrent backward
 ------------------
