@@ -100,8 +100,9 @@ extensions = [
         extra_compile_args=compile_args + ([] if name == "_runtime" else ["-include", SHIM]),
         extra_link_args=link_args,
         define_macros=macros,
-        depends=["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h", "fastnn_ext/_vecmath.h",
-                 "fastnn_ext/_runtime.h", "fastnn_ext/_omp_shim.h"],
+        depends=(["fastnn_ext/_runtime.h", "fastnn_ext/_cost.h"] if name == "_runtime" else
+                 ["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h", "fastnn_ext/_vecmath.h",
+                  "fastnn_ext/_omp_shim.h", "fastnn_ext/_cost.h"]),
     )
     for name in MODULES
 ]

@@ -4,8 +4,8 @@ coexistence setting for NumPy's and SciPy's OpenBLAS.
 Semantics (also in :func:`set_num_threads`):
 
 * ``None`` means the default: ``OMP_NUM_THREADS`` when set, else the CPUs this
-  process may run on now (``sched_getaffinity``, read on every call, so
-  ``os.sched_setaffinity`` takes effect at once).
+  process may run on (``sched_getaffinity``, read again every few milliseconds, so
+  ``os.sched_setaffinity`` takes effect at once for any practical purpose).
 * ``-1`` means every CPU available to the process.
 * :func:`threads` overrides the count for the calling Python thread only.
 * ``threadpoolctl.threadpool_limits(n)`` (any ``user_api`` that includes "openmp")

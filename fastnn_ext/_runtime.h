@@ -517,7 +517,25 @@ FRT_EXPORT void fastnn_rt_critical_end(void) { pthread_mutex_unlock(&frt_critica
 FRT_EXPORT int fastnn_rt_get_limit(void) { return atomic_load(&frt_pool.limit); }
 FRT_EXPORT void fastnn_rt_set_limit(int n) { atomic_store(&frt_pool.limit, n > 0 ? n : 0); }
 
-FRT_EXPORT int fastnn_rt_available_cpus(void) { return frt_available_cpus(); }
+/* The affinity mask is read again once per tick of the coarse clock (a few ms): a
+ * change by os.sched_setaffinity shows within that, and get_num_threads() does not pay
+ * a system call on every kernel call. */
+FRT_EXPORT int fastnn_rt_available_cpus(void) {
+    static _Atomic long long cached_at = -1;
+    static atomic_int cached = 1;
+    struct timespec ts;
+#ifdef CLOCK_MONOTONIC_COARSE
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+#else
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+    long long now = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (atomic_load(&cached_at) != now) {
+        atomic_store(&cached, frt_available_cpus());
+        atomic_store(&cached_at, now);
+    }
+    return atomic_load(&cached);
+}
 
 /* ---- the coexistence setting: OpenBLAS's parallel work on this pool ------------
  * openblas_set_threads_callback_function(fastnn_rt_openblas_callback) makes OpenBLAS

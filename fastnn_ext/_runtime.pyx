@@ -95,7 +95,7 @@ def others_running():
 
 
 def available_cpus():
-    """CPUs this process may run on now (sched_getaffinity; ~0.3 us, never stale)."""
+    """CPUs this process may run on (sched_getaffinity, re-read once per coarse-clock tick)."""
     return fastnn_rt_available_cpus()
 
 

