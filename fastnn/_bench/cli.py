@@ -49,6 +49,11 @@ ISOLATION_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "4294967296",
     "MALLOC_TRIM_THRESHOLD_": "4294967296",
 }
+# Unset in the child (both together, and only there): some machines set them because
+# old OpenBLAS builds misbehave on their CPU; NumPy's current OpenBLAS then runs its
+# Haswell kernel at half its real speed (2048^3 sgemm on 2 Zen 5 cores: 252 GFLOP/s
+# with them, 444 without). The NumPy baselines are timed at NumPy's real speed.
+ISOLATION_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _CHILD_FLAG = "FASTNN_BENCH_CHILD"
 _ARGS_VAR = "FASTNN_BENCH_ARGS"
 _APPLIED_VAR = "FASTNN_BENCH_ISOLATION"
@@ -85,14 +90,23 @@ def add_arguments(parser):
 
 # ------------------------------------------------------------------ environment
 def _cpu_model():
+    """The CPU's name, with its family and model numbers (x86: Zen 4 is family 25, Zen 5 26)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (cpu family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
 
 
 def _loadavg():
@@ -220,12 +234,20 @@ def _header_lines(env, limits, n_threads, torch, budget, quick, isolation):
     g, c = limits["gemm"], limits["copy"]
     lines.append(f"limits  : float32 GEMM {g['gflops']:.1f} GFLOP/s ({g['how']}); "
                  f"memory copy {c['gbps']:.1f} GB/s ({c['how']})")
+    unset = {k: v for k, v in (isolation or {}).items() if k in ISOLATION_UNSET}
+    lines.append("NumPy   : " + (
+        "BLAS at its real speed in this child (" + ", ".join(f"{k} {v}" for k, v in unset.items())
+        + "; the user's environment is otherwise kept)" if unset else
+        "BLAS as the environment configures it (OPENBLAS_CORETYPE="
+        f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')}, OPENBLAS_L2_SIZE="
+        f"{os.environ.get('OPENBLAS_L2_SIZE', 'unset')})"))
     lines.append(f"timing  : contenders interleaved round by round, ~{budget.seconds:g} s per case, "
                  f">= {budget.min_rounds} rounds; ms = median; x numpy / x torch = peer time / fastnn "
                  f"time (> 1: fastnn faster), median of per-round ratios; % limit = fastnn's rate / "
                  f"GEMM ceiling (copy ceiling for GB/s)")
     if isolation:
-        lines.append("isolation: child process with " + " ".join(f"{k}={v}" for k, v in isolation.items())
+        lines.append("isolation: child process with " + " ".join(
+            f"{k}={v}" for k, v in isolation.items() if k not in ISOLATION_UNSET)
                      + " (idle BLAS/OpenMP threads stop spinning at once; freed memory stays in the "
                        "heap, no page faults: see ISOLATION_ENV in fastnn/_bench/cli.py)")
     else:
@@ -342,6 +364,10 @@ def _isolated_env():
             continue
         applied[key] = value
     env.update(applied)
+    if any(k in env for k in ISOLATION_UNSET):
+        for key in ISOLATION_UNSET:
+            if key in env:
+                applied[key] = f"unset (was {env.pop(key)})"
     return env, applied
 
 
