@@ -109,3 +109,10 @@ def finish_out(buffer, target):
         return buffer
     np.copyto(target, buffer)
     return target
+
+
+def memory_error(fn, exc):
+    """``exc`` (a MemoryError from a kernel or a NumPy allocation) with a message that
+    names the public function ``fn``."""
+    msg = str(exc) or "out of memory"
+    return MemoryError(msg if msg.startswith(fn + ":") else f"{fn}: {msg}")

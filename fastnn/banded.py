@@ -21,7 +21,8 @@ import numpy as np
 
 from fastnn._threads import get_num_threads, threads_for
 from fastnn._validation import (as_array, as_float_array, as_int, check_bias, check_ndim,
-                                contiguous, finish_out, int_tuple, prepare_out, result_dtype)
+                                contiguous, finish_out, int_tuple, memory_error, prepare_out,
+                                result_dtype)
 from fastnn.conv import _Geometry, _parse_padding, col2im, im2col
 from fastnn_ext import _banded
 
@@ -238,7 +239,10 @@ def banded_matmul(x, w, num_lower, num_upper, bias=None, *, out=None):
     _fill_bias(y2, bias)
     if y2.size and n_in:
         x2 = _rows(contiguous(x, dtype), n_in)
-        _band_product(x2, w, _BandPlan(x2.shape[0], n_in, n_out, lower, upper), y2, dtype)
+        try:
+            _band_product(x2, w, _BandPlan(x2.shape[0], n_in, n_out, lower, upper), y2, dtype)
+        except MemoryError as exc:
+            raise memory_error(fn, exc) from None
     return finish_out(buf, target)
 
 
@@ -294,6 +298,14 @@ def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
     n_in, n_out = w.shape
     grad_y = _check_grad_y(fn, grad_y, x, n_out)
     lower, upper = _clip_band(fn, num_lower, num_upper, n_in, n_out)
+    try:
+        return _banded_backward(grad_y, x, w, lower, upper, bias)
+    except MemoryError as exc:
+        raise memory_error(fn, exc) from None
+
+
+def _banded_backward(grad_y, x, w, lower, upper, bias):
+    n_in, n_out = w.shape
     dtype = result_dtype(grad_y, x, w)
     gy2 = _rows(contiguous(grad_y, dtype), n_out)
     x2 = _rows(contiguous(x, dtype), n_in)

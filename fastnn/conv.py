@@ -15,7 +15,7 @@ import numpy as np
 
 from fastnn._threads import get_num_threads
 from fastnn._validation import (as_float_array, as_int, check_bias, check_ndim, contiguous,
-                                finish_out, int_tuple, prepare_out, result_dtype)
+                                finish_out, int_tuple, memory_error, prepare_out, result_dtype)
 from fastnn_ext import _conv
 
 __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
@@ -196,7 +196,10 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     dtype = result_dtype(x, weight, bias)
     buf, target = prepare_out(out, geom.out_shape, dtype, fn, (x, weight, bias))
     if buf.size:
-        _forward(x, weight, bias, buf, geom, dtype)
+        try:
+            _forward(x, weight, bias, buf, geom, dtype)
+        except MemoryError as exc:
+            raise memory_error(fn, exc) from None
     return finish_out(buf, target)
 
 
@@ -313,7 +316,10 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     if grad_y.shape != geom.out_shape:
         raise ValueError(f"{fn}: grad_y must have the output shape {geom.out_shape} "
                          f"(layout {geom.layout}), got {grad_y.shape}")
-    return _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad)
+    try:
+        return _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad)
+    except MemoryError as exc:
+        raise memory_error(fn, exc) from None
 
 
 def _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad):
@@ -589,7 +595,10 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     dtype = result_dtype(x4, w4, bias)
     buf, target = prepare_out(out, _shape_1d(geom.out_shape, geom), dtype, fn, (x4, w4, bias))
     if buf.size:
-        _forward(x4, w4, bias, buf.reshape(geom.out_shape), geom, dtype)
+        try:
+            _forward(x4, w4, bias, buf.reshape(geom.out_shape), geom, dtype)
+        except MemoryError as exc:
+            raise memory_error(fn, exc) from None
     return finish_out(buf, target)
 
 
@@ -617,7 +626,10 @@ def conv1d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
         raise ValueError(f"{fn}: grad_y must have the output shape {expected} "
                          f"(layout {layout}), got {grad_y.shape}")
     gy4 = grad_y.reshape(geom.out_shape)
-    gx, gw, gb = _backward(gy4, x4, w4, geom, bias, need_input_grad, need_weight_grad)
+    try:
+        gx, gw, gb = _backward(gy4, x4, w4, geom, bias, need_input_grad, need_weight_grad)
+    except MemoryError as exc:
+        raise memory_error(fn, exc) from None
     if gx is not None:
         gx = gx.reshape(_shape_1d(gx.shape, geom))
     if gw is not None:
@@ -762,8 +774,11 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
             buf.fill(0)
         if tg.fwd is not None and x.size:
             dst = np.empty(tg.fwd.x_shape, dtype=dtype) if tg.cropped else buf
-            _input_grad(x, contiguous(x, dtype).reshape(-1), weight, dst, tg.fwd, dtype,
-                        get_num_threads())
+            try:
+                _input_grad(x, contiguous(x, dtype).reshape(-1), weight, dst, tg.fwd, dtype,
+                            get_num_threads())
+            except MemoryError as exc:
+                raise memory_error(fn, exc) from None
             if tg.cropped:
                 tg.crop(buf)[...] = dst
         if bias is not None:
@@ -810,6 +825,14 @@ def conv_transpose2d_backward(grad_y, x, weight, *, stride=1, padding=0, output_
     if grad_y.shape != tg.out_shape:
         raise ValueError(f"{fn}: grad_y must have the output shape {tg.out_shape} "
                          f"(layout {layout}), got {grad_y.shape}")
+    try:
+        return _transpose_backward(fn, grad_y, x, weight, tg, bias, need_input_grad,
+                                   need_weight_grad)
+    except MemoryError as exc:
+        raise memory_error(fn, exc) from None
+
+
+def _transpose_backward(fn, grad_y, x, weight, tg, bias, need_input_grad, need_weight_grad):
     dtype = result_dtype(grad_y, x, weight)
     nt = get_num_threads()
     grad_x = grad_w = grad_b = None

@@ -35,8 +35,8 @@ import numpy as np
 
 from fastnn.activations import _as_real
 from fastnn._threads import SERIAL_BELOW, get_num_threads, threads_for
-from fastnn._validation import (as_float_array, check_ndim, contiguous, finish_out, prepare_out,
-                                result_dtype)
+from fastnn._validation import (as_float_array, check_ndim, contiguous, finish_out, memory_error,
+                                prepare_out, result_dtype)
 from fastnn_ext import _recurrent
 
 __all__ = [
@@ -264,8 +264,11 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
     ((2, 4), 0.167342)
     """
     if type(forget_bias) is float:
-        done = _recurrent.lstm_cell(x, h, c, kernel, bias, forget_bias, out_h, out_c,
-                                    get_num_threads)
+        try:
+            done = _recurrent.lstm_cell(x, h, c, kernel, bias, forget_bias, out_h, out_c,
+                                        get_num_threads)
+        except MemoryError as exc:
+            raise memory_error("lstm_cell", exc) from None
         if done is not None:
             return done
     fn = "lstm_cell"
@@ -298,7 +301,10 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
     else:
         cbuf, ctarget = prepare_out(out_c, (B, H), dt, fn, others + (hc, hbuf), "out_c")
     if B and H:
-        _LSTM_CELL[dt](xc, hc, cc, kc, bc, forget_bias, hbuf, cbuf, _threads(B * H))
+        try:
+            _LSTM_CELL[dt](xc, hc, cc, kc, bc, forget_bias, hbuf, cbuf, _threads(B * H))
+        except MemoryError as exc:
+            raise memory_error(fn, exc) from None
     return finish_out(hbuf, htarget), finish_out(cbuf, ctarget)
 
 

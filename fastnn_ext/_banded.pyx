@@ -416,12 +416,17 @@ def band_diag(const floating[:, ::1] x, const floating[:, :] w, const floating[:
     cdef Py_ssize_t nblocks = (n_out + DIAG_COLS - 1) // DIAG_COLS, blk, j0, j1
     cdef Py_ssize_t nd = lower + upper + 1
     cdef floating* scratch
+    cdef int failed = 0
+    cdef int* failed_p = &failed
     if num_threads > nblocks:
         num_threads = <int>nblocks
     with nogil:
         for blk in prange(nblocks, schedule="static", num_threads=team(num_threads, nblocks)):
             scratch = <floating*>malloc(nd * DIAG_COLS * sizeof(floating))
-            if scratch != NULL:
+            if scratch == NULL:
+                # A skipped block would leave its columns silently wrong.
+                failed_p[0] = 1
+            else:
                 j0 = blk * DIAG_COLS
                 j1 = imin(j0 + DIAG_COLS, n_out)
                 if weight_grad:
@@ -429,6 +434,9 @@ def band_diag(const floating[:, ::1] x, const floating[:, :] w, const floating[:
                 else:
                     diag_item(x, w, out, lower, upper, j0, j1, scratch)
                 free(scratch)
+    if failed:
+        raise MemoryError(f"could not allocate {nd * DIAG_COLS * sizeof(floating)} bytes of "
+                          f"scratch for the band's diagonals ({nd} diagonals)")
 
 
 # ------------------------------------------------------------------ banded: GEMM tiles
@@ -489,12 +497,16 @@ def band_tiled(const floating[:, ::1] x, const floating[:, :] w, const floating[
     cdef Py_ssize_t nblocks = (n_out + block - 1) // block, blk, j0, j1
     cdef Py_ssize_t tile_size = imax(1, imin(n_in, block + lower + upper) * block)
     cdef floating* tile
+    cdef int failed = 0
+    cdef int* failed_p = &failed
     if num_threads > nblocks:
         num_threads = <int>nblocks
     with nogil:
         for blk in prange(nblocks, schedule="static", num_threads=team(num_threads, nblocks)):
             tile = <floating*>malloc(tile_size * sizeof(floating))
-            if tile != NULL:
+            if tile == NULL:
+                failed_p[0] = 1
+            else:
                 j0 = blk * block
                 j1 = imin(j0 + block, n_out)
                 if weight_grad:
@@ -502,6 +514,9 @@ def band_tiled(const floating[:, ::1] x, const floating[:, :] w, const floating[
                 else:
                     tiled_item(x, w, out, lower, upper, j0, j1, tile)
                 free(tile)
+    if failed:
+        raise MemoryError(f"could not allocate {tile_size * sizeof(floating)} bytes of scratch "
+                          f"for a tile of the band")
 
 
 # ------------------------------------------------------------------ masks

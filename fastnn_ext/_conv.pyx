@@ -617,7 +617,8 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
         free(tmp)
         free(tables)
     if failed:
-        raise MemoryError("conv2d: could not allocate scratch")
+        raise MemoryError(f"could not allocate {scratch_size * sizeof(floating)} bytes of "
+                          f"per-thread scratch for the convolution kernel")
 
 
 def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[::1] gw,
@@ -646,7 +647,8 @@ def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[:
     else:
         partial = <floating*>malloc(nchunks * wsize * sizeof(floating))
         if partial == NULL:
-            raise MemoryError("conv2d_backward: could not allocate weight-gradient partials")
+            raise MemoryError(f"could not allocate {nchunks * wsize * sizeof(floating)} bytes "
+                              f"of weight-gradient partials")
     nitems = nchunks * g.G
     with nogil:
         with parallel(num_threads=team(num_threads, nitems), use_threads_if=num_threads > 1 and nitems > 1):
@@ -678,7 +680,8 @@ def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[:
     if nchunks > 1:
         free(partial)
     if failed:
-        raise MemoryError("conv2d_backward: could not allocate im2col scratch")
+        raise MemoryError(f"could not allocate {(g.ckk * T + 1) * sizeof(floating)} bytes of "
+                          f"per-thread im2col scratch for the weight gradient")
 
 
 cdef void weight_grad_implicit_item(const floating* xq, const floating* gy, floating* part,
@@ -768,7 +771,8 @@ def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
     tq = rows * g.Wo
     partial = <floating*>malloc(nchunks * wsize * sizeof(floating))
     if partial == NULL:
-        raise MemoryError("conv2d_backward: could not allocate weight-gradient partials")
+        raise MemoryError(f"could not allocate {nchunks * wsize * sizeof(floating)} bytes "
+                          f"of weight-gradient partials")
     with nogil:
         with parallel(num_threads=team(num_threads, nitems), use_threads_if=num_threads > 1 and nitems > 1):
             gyt = <floating*>malloc((tq * g.Kg + 16 + FASTNN_UGEMM_SCRATCH(tq)) * sizeof(floating))
@@ -814,7 +818,7 @@ def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
                         gw[(grp * g.Kg + k) * g.ckk + r] = acc
     free(partial)
     if failed:
-        raise MemoryError("conv2d_backward: could not allocate scratch")
+        raise MemoryError("could not allocate the per-thread scratch of the weight gradient")
 
 
 def conv2d_input_grad(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
@@ -856,7 +860,8 @@ def conv2d_input_grad(const floating[::1] gy, const floating[::1] w, floating[::
             input_grad_item(&gy[0], &w[0], &gx[0], &g, n, grp, h0, h1, T, gcols)
         free(gcols)
     if failed:
-        raise MemoryError("conv2d_backward: could not allocate col2im scratch")
+        raise MemoryError(f"could not allocate {(g.ckk * T + 1) * sizeof(floating)} bytes of "
+                          f"per-thread col2im scratch for the input gradient")
 
 
 def conv2d_bias_grad(const floating[::1] gy, floating[::1] gb, tuple geom, bint nhwc,
@@ -948,6 +953,10 @@ def _ugemm_check(const floating[:, ::1] a, const floating[:, ::1] b, floating[:,
     cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1], r
     cdef Py_ssize_t* tables = <Py_ssize_t*>malloc((2 * K + 1) * sizeof(Py_ssize_t))
     cdef floating* scratch = <floating*>malloc(FASTNN_UGEMM_SCRATCH(K) * sizeof(floating))
+    if tables == NULL or scratch == NULL:
+        free(tables)
+        free(scratch)
+        raise MemoryError("could not allocate the kernel's scratch")
     for r in range(K):
         tables[r] = r
         tables[K + r] = r * N

@@ -769,7 +769,7 @@ cdef int cell_step(const floating* x, const floating* h, const floating* c,
     cdef fastnn_rnn_args a
     cdef floating* z = <floating*>malloc(B * G * sizeof(floating))
     if z == NULL:
-        raise MemoryError()
+        raise MemoryError(f"could not allocate {B * G * sizeof(floating)} bytes for the gates")
     with nogil:
         xh_product(x, h, kernel, z, B, I, H, G, False)
         zero_args(&a, H)

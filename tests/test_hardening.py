@@ -1,0 +1,117 @@
+"""Hostile and careless inputs: failed allocations, uninitialised outputs, byte order,
+editable objects, geometry sized by the arguments, unnamed errors, size-0 paths.
+
+Each test here covers one class of failure (see the section comments); the generic
+checks over the whole API are in test_contract.py.
+"""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnn
+
+from helpers import HERE
+
+
+# ------------------------------------------------------------ failed allocations
+# Each case runs in a fresh interpreter whose address space is capped just above
+# what it already uses (inputs built, thread pool started), so the kernel's scratch
+# allocation fails: the call must raise a MemoryError naming the function, never
+# return a result with skipped (zero) blocks.
+_LIMITED = r"""
+import resource, sys
+sys.path.insert(0, {here!r})
+import numpy as np
+import fastnn
+
+# Start the thread pool (its stacks) before the cap.
+fastnn.conv2d(np.ones((4, 8, 32, 32), np.float32), np.ones((8, 8, 3, 3), np.float32))
+
+{setup}
+
+
+def vm_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + {margin}, hard))
+try:
+    result = {call}
+except MemoryError as exc:
+    print("MemoryError:", exc)
+else:
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    arrays = result if isinstance(result, tuple) else (result,)
+    print("returned:", [float(np.abs(a).max()) if a is not None and a.size else None
+                        for a in arrays])
+"""
+
+MiB = 1 << 20
+
+_MEMORY_CASES = {
+    # The diagonal kernel: per-thread scratch of nd x 256 values (512 MiB here).
+    "banded_matmul-diag": (
+        "N = 2_000_000\n"
+        "x = np.ones((1, N), np.float32)\n"
+        "w = np.broadcast_to(np.float32(1), (N, N))",
+        "fastnn.banded_matmul(x, w, N // 8, N // 8)", "banded_matmul"),
+    # GEMM tiles (batch >= 8, wide band): a (rows x 256) tile of w per thread.
+    "banded_matmul-tiled": (
+        "N = 1_000_000\n"
+        "x = np.ones((8, N), np.float32)\n"
+        "w = np.broadcast_to(np.float32(1), (N, N))",
+        "fastnn.banded_matmul(x, w, N // 4, N // 4)", "banded_matmul"),
+    # Backward: grad_x through the transposed band, then grad_w by diagonals.
+    "banded_matmul_backward": (
+        "N = 2_000_000\n"
+        "x = np.ones((1, 1), np.float32)\n"
+        "w = np.broadcast_to(np.float32(1), (1, N))\n"
+        "gy = np.ones((1, N), np.float32)",
+        "fastnn.banded_matmul_backward(gy, x, w, 0, N // 4)", "banded_matmul_backward"),
+    # The register-blocked kernel's scratch grows with the taps (32 values each).
+    "conv2d": (
+        "K = 4_000_000\n"
+        "x = np.ones((1, 1, 1, K), np.float32)\n"
+        "w = np.ones((1, 1, 1, K), np.float32)",
+        "fastnn.conv2d(x, w)", "conv2d"),
+    "conv2d_backward": (
+        "K = 4_000_000\n"
+        "x = np.ones((1, 1, 1, K), np.float32)\n"
+        "w = np.ones((1, 1, 1, K), np.float32)\n"
+        "gy = np.ones((1, 1, 1, 1), np.float32)",
+        "fastnn.conv2d_backward(gy, x, w)", "conv2d_backward"),
+    "conv1d": (
+        "K = 4_000_000\n"
+        "x = np.ones((1, 1, K), np.float32)\n"
+        "w = np.ones((1, 1, K), np.float32)",
+        "fastnn.conv1d(x, w)", "conv1d"),
+    # The gate pre-activations (B x 4H), allocated after the outputs.
+    "lstm_cell": (
+        "B, H = 4_000_000, 4\n"
+        "x = np.ones((B, 0), np.float32)\n"
+        "h = np.ones((B, H), np.float32)\n"
+        "c = np.ones((B, H), np.float32)\n"
+        "k = np.ones((H, 4 * H), np.float32)\n"
+        "b = np.ones(4 * H, np.float32)",
+        "fastnn.lstm_cell(x, h, c, k, b)", "lstm_cell"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MEMORY_CASES))
+def test_failed_allocation_raises_named_memory_error(case):
+    setup, call, fn = _MEMORY_CASES[case]
+    margin = 200 * MiB if case == "lstm_cell" else 128 * MiB
+    script = _LIMITED.format(here=HERE, setup=setup, call=call, margin=margin)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout.strip().splitlines()[-1]
+    assert out.startswith("MemoryError:"), f"{case}: no MemoryError under the cap: {out}"
+    assert out.startswith(f"MemoryError: {fn}:"), f"{case}: error does not name {fn}: {out}"
