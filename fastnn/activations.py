@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from fastnn._threads import get_num_threads
+from fastnn._threads import threads_for
 from fastnn._validation import (as_array, as_float_array, as_int, contiguous, finish_out,
                                 prepare_out, result_dtype)
 from fastnn_ext import _activations
@@ -61,13 +61,13 @@ def _by_dtype(name):
     return {np.dtype(np.float32): kernel["float"], np.dtype(np.float64): kernel["double"]}
 
 
-def _threads_for(size, par_min):
-    # Below the kernel's parallel threshold the count is unused: skip asking for it.
-    return get_num_threads() if size >= par_min else 1
+def _threads_for(size, kind):
+    # Below the kernel's parallel threshold (the cost model's) the count is unused.
+    return threads_for(size, kind)
 
 
-_CHEAP = _activations.PARALLEL_MIN_CHEAP
-_EXP = _activations.PARALLEL_MIN_EXP
+_CHEAP = "elementwise"
+_EXP = "exp"
 
 
 def _unary(fn, kernel, par_min, x, out, *scalars):

@@ -23,6 +23,7 @@ contraction), never in NaN / Inf behaviour.
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_ELEMENTWISE, FASTNN_SERIAL_BELOW_EXP
 from libc.stdint cimport int64_t
 
 import os as _os
@@ -711,11 +712,7 @@ DEF BLOCK = 8192
 # go parallel from 2^16 elements (8.4 us serial vs 5.5 + 2), exp-based ones (sigmoid,
 # tanh, softmax and cross-entropy rows) from 2^14 (8.1 vs 5.5 + 2). The team never
 # has more threads than work items.
-DEF PAR_MIN_CHEAP = 65536
-DEF PAR_MIN_EXP = 16384
-# For the Python layer: below these element counts the thread count is not needed.
-PARALLEL_MIN_CHEAP = PAR_MIN_CHEAP
-PARALLEL_MIN_EXP = PAR_MIN_EXP
+# The thresholds themselves are the cost model's (_cost.h): "elementwise" and "exp".
 
 
 # ---------------------------------------------------------------- typed dispatch
@@ -751,9 +748,9 @@ cdef void elementwise(int op, const floating* g, const floating* x, floating* y,
     # case stays out of OpenMP altogether: an inactive parallel region still costs
     # ~0.8 us, more than a 2^12-element relu_backward.
     cdef Py_ssize_t nblocks = (n + BLOCK - 1) // BLOCK, blk, lo, m
-    cdef Py_ssize_t par_min = PAR_MIN_CHEAP
+    cdef Py_ssize_t par_min = FASTNN_SERIAL_BELOW_ELEMENTWISE
     if op == FASTNN_OP_SIGMOID or op == FASTNN_OP_TANH:
-        par_min = PAR_MIN_EXP
+        par_min = FASTNN_SERIAL_BELOW_EXP
     if num_threads > nblocks:
         num_threads = <int>nblocks
     if num_threads > 1 and n >= par_min:
@@ -799,7 +796,7 @@ cdef void softmax_driver(const floating* g, const floating* x, floating* y, Py_s
     cdef Py_ssize_t it
     if num_threads > items:
         num_threads = <int>items
-    if num_threads > 1 and outer * n * inner >= PAR_MIN_EXP:
+    if num_threads > 1 and outer * n * inner >= FASTNN_SERIAL_BELOW_EXP:
         for it in prange(items, schedule="static", num_threads=num_threads):
             softmax_item(g, x, y, it, outer, n, inner, per, nb, log_)
     else:
@@ -868,7 +865,7 @@ cdef void xent_driver(const floating* x, const floating* t, const int64_t* label
     cdef Py_ssize_t it
     if num_threads > items:
         num_threads = <int>items
-    if num_threads > 1 and N * C * inner >= PAR_MIN_EXP:
+    if num_threads > 1 and N * C * inner >= FASTNN_SERIAL_BELOW_EXP:
         for it in prange(items, schedule="static", num_threads=num_threads):
             xent_item(x, t, labels, o, loss, scale, scale_step, gx, it, per, nb, N, C, inner)
     else:

@@ -13,7 +13,9 @@
  *                connected): 2^15.
  *   GATE         units (rows x H) of a recurrent gate pass: five exp-based
  *                nonlinearities a unit, ~1.5 ns with AVX-512, so 16384 units ~25 us.
- *   RECURRENT    multiply-adds of one step's recurrent product: 2^20 (~30 us serial). */
+ *   RECURRENT    multiply-adds of one step's recurrent product: 2^20 (~30 us serial).
+ *   POOL         input elements of a pooling pass: 2^14 (a region costs a few us, about
+ *                what 2-3 thousand elements of pooling take). */
 #ifndef FASTNN_COST_H
 #define FASTNN_COST_H
 #define FASTNN_SERIAL_BELOW_ELEMENTWISE 65536
@@ -21,4 +23,5 @@
 #define FASTNN_SERIAL_BELOW_MAC 32768
 #define FASTNN_SERIAL_BELOW_GATE 16384
 #define FASTNN_SERIAL_BELOW_RECURRENT 1048576
+#define FASTNN_SERIAL_BELOW_POOL 16384
 #endif

@@ -6,3 +6,4 @@ cdef extern from "_cost.h":
         FASTNN_SERIAL_BELOW_MAC
         FASTNN_SERIAL_BELOW_GATE
         FASTNN_SERIAL_BELOW_RECURRENT
+        FASTNN_SERIAL_BELOW_POOL

@@ -31,6 +31,8 @@ anywhere in the window wins (the last NaN gives the index), as PyTorch does.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
+from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_POOL
+from fastnn_ext._openmp cimport team
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -307,9 +309,7 @@ cdef extern from *:
                                      double* sc, const fastnn_pool_geom* g, Py_ssize_t n,
                                      Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
 
-# Items below this many input elements run serially: a parallel region costs a few
-# microseconds, about what 2-3 thousand elements of pooling take.
-DEF PAR_MIN = 1 << 14
+# Inputs below FASTNN_SERIAL_BELOW_POOL elements run serially (the cost model, _cost.h).
 # NHWC work items: a column of this many channels of one image.
 DEF CBLOCK = 64
 
@@ -374,7 +374,7 @@ def pool2d_forward(const floating[::1] x, floating[::1] y, int64_t[::1] idx, tup
     cdef int64_t* ip = NULL if idx is None else &idx[0]
     cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
     cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
-    cdef int nt = num_threads if g.N * g.C * g.H * g.W >= PAR_MIN else 1
+    cdef int nt = team(num_threads, items) if g.N * g.C * g.H * g.W >= FASTNN_SERIAL_BELOW_POOL else 1
     cdef floating* col
     if items == 0:
         return
@@ -397,7 +397,7 @@ def pool2d_backward(const floating[::1] gy, const int64_t[::1] idx, floating[::1
     cdef const int64_t* ip = NULL if idx is None else &idx[0]
     cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
     cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
-    cdef int nt = num_threads if g.N * g.C * g.H * g.W >= PAR_MIN else 1
+    cdef int nt = team(num_threads, items) if g.N * g.C * g.H * g.W >= FASTNN_SERIAL_BELOW_POOL else 1
     cdef floating* scratch
     cdef int failed = 0, bad = 0
     cdef int* failed_p = &failed

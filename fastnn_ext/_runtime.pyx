@@ -7,7 +7,7 @@ the kernel modules' OpenMP entry points (_omp_shim.h) resolve ``fastnn_rt_*`` he
 
 from fastnn_ext._cost cimport (FASTNN_SERIAL_BELOW_ELEMENTWISE, FASTNN_SERIAL_BELOW_EXP,
                               FASTNN_SERIAL_BELOW_GATE, FASTNN_SERIAL_BELOW_MAC,
-                              FASTNN_SERIAL_BELOW_RECURRENT)
+                              FASTNN_SERIAL_BELOW_POOL, FASTNN_SERIAL_BELOW_RECURRENT)
 
 #: The cost model (``_cost.h``): below these amounts of work a call runs serially.
 SERIAL_BELOW = {
@@ -16,6 +16,7 @@ SERIAL_BELOW = {
     "mac": FASTNN_SERIAL_BELOW_MAC,
     "gate": FASTNN_SERIAL_BELOW_GATE,
     "recurrent": FASTNN_SERIAL_BELOW_RECURRENT,
+    "pool": FASTNN_SERIAL_BELOW_POOL,
 }
 
 cdef extern from "_runtime.h" nogil:
