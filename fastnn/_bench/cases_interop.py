@@ -237,7 +237,7 @@ def measure(case, torch, quick=False):
             alone = _median_after(other, None, n_other, 0)
             row[f"{name} alone"] = alone
             row[f"{name} after"] = _median_after(other, fn, n_other, 0)
-        if subject == "fastnn":
+        if subject == "fastnn" and hasattr(fastnn, "set_coexistence"):
             routed = fastnn.set_coexistence(True)
             try:
                 if routed:
