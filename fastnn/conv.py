@@ -770,7 +770,9 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     dtype = result_dtype(x, weight, bias)
     buf, target = prepare_out(out, tg.out_shape, dtype, fn, (x, weight, bias))
     if buf.size:
-        if tg.fwd is None or tg.cropped:
+        # Zero what the adjoint convolution does not write: rows no input pixel
+        # reaches, or everything when x has no input channels (or pixels) at all.
+        if tg.fwd is None or tg.cropped or not x.size:
             buf.fill(0)
         if tg.fwd is not None and x.size:
             dst = np.empty(tg.fwd.x_shape, dtype=dtype) if tg.cropped else buf

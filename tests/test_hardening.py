@@ -115,3 +115,30 @@ def test_failed_allocation_raises_named_memory_error(case):
     out = proc.stdout.strip().splitlines()[-1]
     assert out.startswith("MemoryError:"), f"{case}: no MemoryError under the cap: {out}"
     assert out.startswith(f"MemoryError: {fn}:"), f"{case}: error does not name {fn}: {out}"
+
+
+# ------------------------------------------------------------ uninitialised outputs
+def _dirty_heap(nbytes):
+    """Free blocks full of NaN of about this size, so that a result np.empty leaves
+    unwritten shows NaN instead of whatever zeros a fresh page holds."""
+    for n in {max(nbytes // 8, 1), 64, 512, 4096}:
+        a = np.full(n, np.nan)
+        del a
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_transpose2d_without_input_channels_is_bias(layout, stride, with_bias, dtype):
+    nhwc = layout == "NHWC"
+    x = np.ones((2, 4, 4, 0) if nhwc else (2, 0, 4, 4), dtype)
+    w = np.ones((3, 3, 5, 0) if nhwc else (0, 5, 3, 3), dtype)
+    bias = np.arange(1, 6, dtype=dtype) if with_bias else None
+    for _ in range(3):
+        _dirty_heap(2 * 5 * 12 * 12 * np.dtype(dtype).itemsize)
+        y = fastnn.conv_transpose2d(x, w, bias, stride=stride, layout=layout)
+        want = np.zeros(y.shape, dtype)
+        if with_bias:
+            want += bias if nhwc else bias[:, None, None]
+        np.testing.assert_array_equal(y, want)
