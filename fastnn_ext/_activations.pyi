@@ -5,8 +5,6 @@ _F = NDArray[np.float32] | NDArray[np.float64]
 _I64 = NDArray[np.int64]
 
 SIMD_LEVEL: int
-PARALLEL_MIN_CHEAP: int
-PARALLEL_MIN_EXP: int
 
 # Flat, C-contiguous buffers of one dtype; nothing is validated here (see fastnn.activations).
 def relu(x: _F, y: _F, num_threads: int) -> None: ...

@@ -6,7 +6,6 @@ from numpy.typing import NDArray
 _F = NDArray[np.float32] | NDArray[np.float64]
 
 SIMD_LEVEL: int
-PARALLEL_MIN_UNITS: int
 
 # C-contiguous buffers of one dtype, time-major (rows ordered (t, b)); nothing is validated
 # here except by lstm_cell, which returns None for anything but the common call (see
