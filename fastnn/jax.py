@@ -168,18 +168,29 @@ def _spec(shape, dtype):
     return jax.ShapeDtypeStruct(tuple(shape), jax.dtypes.canonicalize_dtype(dtype))
 
 
+def _zeros(names, sig, in_axes, n):
+    """Zero-stride zeros of the argument shapes (no memory, whatever their size), with
+    the batch axes set to ``n`` (None: as they are)."""
+    probe = {}
+    for name, (shape, dtype), ax in zip(names, sig, in_axes):
+        if n is not None and ax is not None:
+            shape = shape[:ax] + (n,) + shape[ax + 1:]
+        probe[name] = np.broadcast_to(np.zeros((), dtype), shape)
+    return probe
+
+
 def _empty_batch(op, st, names, sig, in_axes):
     """Output specs from a fastnn call on an empty batch (the batch axis set to 0)."""
     sizes = {shape[ax] for (shape, _), ax in zip(sig, in_axes) if ax is not None}
     n = sizes.pop() if len(sizes) == 1 else None
-    probe = {}
-    for name, (shape, dtype), ax in zip(names, sig, in_axes):
-        if n is not None and ax is not None:
-            shape = shape[:ax] + (0,) + shape[ax + 1:]
-        # zero strides: no memory, whatever the weight's size (and with mismatched
-        # batch sizes fastnn refuses the shapes before computing anything)
-        probe[name] = np.broadcast_to(np.zeros((), dtype), shape)
-    outs = op.forward(st, **probe)
+    try:
+        outs = op.forward(st, **_zeros(names, sig, in_axes, 0 if n is not None else None))
+    except (TypeError, ValueError):
+        if n is None:
+            raise
+        # The caller's shapes in the message: fastnn checks them before computing.
+        op.forward(st, **_zeros(names, sig, in_axes, None))
+        raise
     specs = []
     for o, ax in zip(outs, op.out_axes(st)):
         shape = o.shape
@@ -193,13 +204,16 @@ class _Op:
     """One fastnn function and its backward, as seen by the generic builder.
 
     Subclasses define ``forward(st, **arrays) -> tuple`` (absent optional arrays are
-    None), ``backward(st, saved, cts) -> dict name -> grad`` and the batch axes.
+    None), ``backward(st, saved, cts, need) -> dict name -> grad`` (at least the
+    gradients of the names in ``need``) and the batch axes.
     ``saved`` names what the backward needs: inputs by name, outputs as "y0", "y1",
     ... and extra training outputs (``train``) as "e0", "e1", ...
     """
     name = ""
     elementwise = False
     float_args = ()          # names that must be float32/float64 (cast to one dtype)
+
+    zero_cotangents = False  # backward takes None for a zero output cotangent
 
     @property
     def differentiable(self):
@@ -254,13 +268,12 @@ def _build(op, st, names, sig):
     sep = op.separable(stat)
     primal = _Host(forward, base, in_axes, out_specs, out_axes, op.elementwise, sep)
     float_outs = tuple(i for i, s in enumerate(out_specs) if np.dtype(s.dtype) in _FLOATS)
-    diff = tuple(i for i, (n, (_, dt)) in enumerate(zip(names, sig))
-                 if n in op.differentiable and np.dtype(dt) in _FLOATS)
+    floats = tuple(i for i, (_, dt) in enumerate(sig) if np.dtype(dt) in _FLOATS)
 
     @functools.lru_cache(maxsize=None)
-    def vjp_hosts():
-        """The training forward and the backward callbacks, made when first differentiated
-        (a recurrent op's cache layout costs one forward to find)."""
+    def training():
+        """The training forward's callback and the names of the saved arrays, made when
+        first differentiated (a recurrent op's cache layout costs one forward to find)."""
         bound = op.bind(stat, names, sig)
 
         def train(*arrays):
@@ -270,47 +283,90 @@ def _build(op, st, names, sig):
         extra_specs = list(bound.extra_specs(stat, names, sig))
         trained = _Host(train, base, in_axes, out_specs + extra_specs,
                         tuple(out_axes) + (None,) * len(extra_specs), op.elementwise, sep)
-        # The backward's inputs: the saved arrays, then the cotangents of the float outputs.
         pool = {n: (len(s), ax) for n, (s, _), ax in zip(names, sig, in_axes)}
         pool.update({f"y{i}": (len(s.shape), ax)
                      for i, (s, ax) in enumerate(zip(out_specs, out_axes))})
         pool.update({f"e{i}": (len(s.shape), None) for i, s in enumerate(extra_specs)})
         saved = tuple(n for n in bound.saves(stat, names) if n in pool)
-        grad_specs = [_spec(sig[i][0], sig[i][1]) for i in diff]
+        return bound, trained, saved, pool
+
+    @functools.lru_cache(maxsize=None)
+    def backward_host(wanted, live):
+        """The backward callback for the arguments ``wanted`` (indices) given the
+        cotangents of the float outputs ``live`` (the others are zero)."""
+        bound, _, saved, pool = training()
+        need = frozenset(names[i] for i in wanted)
 
         def backward(*arrays):
             held = dict(zip(saved, arrays[:len(saved)]))
-            grads = bound.backward(stat, held, list(arrays[len(saved):]))
-            return tuple(grads[names[i]] for i in diff)
+            given = dict(zip(live, arrays[len(saved):]))
+            cts = []
+            for i in float_outs:
+                ct = given.get(i)
+                if ct is None and not bound.zero_cotangents:
+                    ct = np.zeros(out_specs[i].shape, out_specs[i].dtype)
+                cts.append(ct)
+            grads = bound.backward(stat, held, cts, need)
+            return tuple(grads[names[i]] for i in wanted)
 
-        bwd = _Host(backward,
-                    [pool[n][0] for n in saved] + [len(out_specs[i].shape) for i in float_outs],
-                    [pool[n][1] for n in saved] + [out_axes[i] for i in float_outs],
-                    grad_specs, [in_axes[i] for i in diff], op.elementwise, sep)
-        return trained, saved, bwd
+        return _Host(backward,
+                     [pool[n][0] for n in saved] + [len(out_specs[i].shape) for i in live],
+                     [pool[n][1] for n in saved] + [out_axes[i] for i in live],
+                     [_spec(*sig[i]) for i in wanted], [in_axes[i] for i in wanted],
+                     op.elementwise, sep)
 
     @jax.custom_vjp
     def f(*arrays):
         return primal.call(*arrays)
 
-    def f_fwd(*arrays):
-        trained, saved, _ = vjp_hosts()
+    def f_fwd(*primals):
+        arrays = [p.value for p in primals]
+        wanted = []
+        for i in floats:
+            if not primals[i].perturbed:
+                continue
+            if names[i] not in op.differentiable:
+                raise NotImplementedError(
+                    f"{op.name}: no gradient with respect to {names[i]} (fastnn's backward "
+                    f"gives the gradients of {', '.join(op.differentiable)}); wrap it in "
+                    f"jax.lax.stop_gradient")
+            wanted.append(i)
+        _, trained, saved, _ = training()
         res = trained.call(*arrays)
         outs, extras = res[:n_out], res[n_out:]
         env = dict(zip(names, arrays))
         env.update({f"y{i}": o for i, o in enumerate(outs)})
         env.update({f"e{i}": e for i, e in enumerate(extras)})
-        return tuple(outs), tuple(env[n] for n in saved)
+        return tuple(outs), _Saved(tuple(env[n] for n in saved), tuple(wanted))
 
     def f_bwd(res, cts):
-        grads = vjp_hosts()[2].call(*res, *(cts[i] for i in float_outs))
         full = [None] * len(names)
-        for i, g in zip(diff, grads):
-            full[i] = g
+        live = tuple(i for i in float_outs
+                     if not isinstance(cts[i], jax.custom_derivatives.SymbolicZero))
+        if res.wanted and live:
+            grads = backward_host(res.wanted, live).call(*res.arrays, *(cts[i] for i in live))
+            for i, g in zip(res.wanted, grads):
+                full[i] = g
         return tuple(full)
 
-    f.defvjp(f_fwd, f_bwd)
+    f.defvjp(f_fwd, f_bwd, symbolic_zeros=True)
     return f
+
+
+@jax.tree_util.register_pytree_node_class
+class _Saved:
+    """The residuals of a forward: the saved arrays, and (static) which arguments the
+    backward must differentiate."""
+
+    def __init__(self, arrays, wanted):
+        self.arrays, self.wanted = arrays, wanted
+
+    def tree_flatten(self):
+        return self.arrays, self.wanted
+
+    @classmethod
+    def tree_unflatten(cls, wanted, arrays):
+        return cls(tuple(arrays), wanted)
 
 
 def _apply(op, static, arrays):
@@ -354,8 +410,10 @@ class _Conv(_Op):
     def saves(self, st, names):
         return ("x", "weight")
 
-    def backward(self, st, saved, cts):
-        gx, gw, gb = self._b(cts[0], saved["x"], saved["weight"], bias=True, **st)
+    def backward(self, st, saved, cts, need):
+        gx, gw, gb = self._b(cts[0], saved["x"], saved["weight"], bias="bias" in need,
+                             need_input_grad="x" in need, need_weight_grad="weight" in need,
+                             **st)
         return {"x": gx, "weight": gw, "bias": gb}
 
 
@@ -448,7 +506,7 @@ class _Pool(_Op):
             return ("x",)
         return ("x", "y1" if st["return_indices"] else "e0")
 
-    def backward(self, st, saved, cts):
+    def backward(self, st, saved, cts, need):
         kw = {k: v for k, v in st.items() if k != "return_indices"}
         if self.is_max:
             idx = saved["y1"] if st["return_indices"] else saved["e0"]
@@ -549,7 +607,7 @@ class _Elementwise(_Op):
     def saves(self, st, names):
         return ("y0",) if self.from_output else ("x",)
 
-    def backward(self, st, saved, cts):
+    def backward(self, st, saved, cts, need):
         ref = saved["y0"] if self.from_output else saved["x"]
         return {"x": self._b(cts[0], ref, *(st[p] for p in self.params))}
 
@@ -565,7 +623,7 @@ class _Softmax(_Elementwise):
     def forward(self, st, x):
         return (self._f(x, st["axis"]),)
 
-    def backward(self, st, saved, cts):
+    def backward(self, st, saved, cts, need):
         return {"x": self._b(cts[0], saved["y0"], st["axis"])}
 
 
@@ -638,7 +696,7 @@ def softmax(x, axis=-1):
     Examples
     --------
     >>> import jax.numpy as jnp, fastnn.jax as fj
-    >>> fj.softmax(jnp.array([[1.0, 1.0], [0.0, 0.0]]), axis=0)
+    >>> fj.softmax(jnp.array([[1.0, 0.0], [1.0, 0.0]]), axis=0)
     Array([[0.5, 0.5],
            [0.5, 0.5]], dtype=float32)
     """
@@ -660,8 +718,8 @@ def log_softmax(x, axis=-1):
 
 class _CrossEntropy(_Op):
     name = "softmax_cross_entropy"
-    float_args = ("logits",)
-    differentiable = ("logits", "labels")
+    float_args = ("logits", "weight")
+    differentiable = ("logits",)
 
     def batch_axes(self, st):
         return {"logits": 0, "labels": 0}
@@ -672,36 +730,33 @@ class _CrossEntropy(_Op):
     def separable(self, st):
         return st["reduction"] == "none"
 
-    def forward(self, st, logits, labels):
-        return (fastnn.softmax_cross_entropy(logits, labels, reduction=st["reduction"]),)
+    def forward(self, st, logits, labels, weight=None):
+        return (fastnn.softmax_cross_entropy(logits, labels, weight=weight, **st),)
 
     def saves(self, st, names):
-        return ("logits", "labels")
+        return ("logits", "labels", "weight")
 
-    def backward(self, st, saved, cts):
-        logits, labels, g = saved["logits"], saved["labels"], cts[0]
-        red = st["reduction"]
-        grads = {"logits": fastnn.softmax_cross_entropy_backward(g, logits, labels,
-                                                                 reduction=red)}
-        if labels.dtype in _FLOATS:
-            # d loss_i / d labels_ic = logsumexp_i - logits_ic = -log_softmax(logits)_ic,
-            # times the same per-row scale as the logits' gradient.
-            scale = g[:, None] if red == "none" else g / logits.shape[0] if red == "mean" else g
-            grads["labels"] = -(fastnn.log_softmax(logits) * scale)
-        return grads
+    def backward(self, st, saved, cts, need):
+        return {"logits": fastnn.softmax_cross_entropy_backward(
+            cts[0], saved["logits"], saved["labels"], weight=saved.get("weight"), **st)}
 
 
 _XENT = _CrossEntropy()
 
 
-def softmax_cross_entropy(logits, labels, *, reduction="mean"):
-    """:func:`fastnn.softmax_cross_entropy` as a differentiable JAX function.
+def softmax_cross_entropy(logits, labels, *, reduction="mean", weight=None, ignore_index=None,
+                          label_smoothing=0.0):
+    """:func:`fastnn.softmax_cross_entropy` (PyTorch's ``cross_entropy``) as a
+    differentiable JAX function.
 
-    ``labels`` are integer class indices ``(N,)`` (no gradient) or float probability
-    rows ``(N, C)``; for those the gradient with respect to the labels is
-    ``-log_softmax(logits)`` times the loss's per-row scale. The logits' gradient
-    is :func:`fastnn.softmax_cross_entropy_backward`. Values of integer labels are
-    checked inside the callback (an out-of-range label is a JAX runtime error).
+    ``logits`` ``(N, C)`` or ``(N, C, d1, ...)``; ``labels`` integer class indices
+    ``(N, d1, ...)`` or float probabilities shaped like the logits. ``weight``
+    (``(C,)``) is an array argument; ``reduction``, ``ignore_index`` and
+    ``label_smoothing`` are static. The gradient is the logits' one,
+    :func:`fastnn.softmax_cross_entropy_backward`; differentiating with respect to
+    the labels or the weights raises ``NotImplementedError`` (stop their gradient).
+    Label values are checked inside the callback (an out-of-range label is a JAX
+    runtime error).
 
     Examples
     --------
@@ -713,7 +768,10 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     labels = jnp.asarray(labels)
     if np.dtype(labels.dtype) in _FLOATS:
         labels = labels.astype(jnp.result_type(logits, labels))
-    return _apply(_XENT, {"reduction": reduction}, (("logits", logits), ("labels", labels)))[0]
+    static = dict(reduction=reduction, ignore_index=ignore_index,
+                  label_smoothing=float(label_smoothing))
+    return _apply(_XENT, static,
+                  (("logits", logits), ("labels", labels), ("weight", weight)))[0]
 
 
 # ------------------------------------------------------------------ banded, masked, local
@@ -733,9 +791,10 @@ class _Banded(_Matmul):
     def forward(self, st, x, w, bias=None):
         return (fastnn.banded_matmul(x, w, st["num_lower"], st["num_upper"], bias),)
 
-    def backward(self, st, saved, cts):
+    def backward(self, st, saved, cts, need):
         gx, gw, gb = fastnn.banded_matmul_backward(cts[0], saved["x"], saved["w"],
-                                                   st["num_lower"], st["num_upper"])
+                                                   st["num_lower"], st["num_upper"],
+                                                   bias="bias" in need)
         return {"x": gx, "w": gw, "bias": gb}
 
 
@@ -745,9 +804,10 @@ class _Masked(_Matmul):
     def forward(self, st, x, w, mask=None, bias=None):
         return (fastnn.masked_matmul(x, w, st["prepared"] if mask is None else mask, bias),)
 
-    def backward(self, st, saved, cts):
+    def backward(self, st, saved, cts, need):
         mask = saved.get("mask", st["prepared"])
-        gx, gw, gb = fastnn.masked_matmul_backward(cts[0], saved["x"], saved["w"], mask)
+        gx, gw, gb = fastnn.masked_matmul_backward(cts[0], saved["x"], saved["w"], mask,
+                                                   bias="bias" in need)
         return {"x": gx, "w": gw, "bias": gb}
 
 
@@ -759,9 +819,11 @@ def _rows(fn, x, w):
     """x (..., n_in) as rows (M, n_in): the batch axis the vmap fold uses."""
     x, w = jnp.asarray(x), jnp.asarray(w)
     if x.ndim < 1 or w.ndim != 2:
-        # fastnn's own message for the shapes
-        getattr(fastnn, fn)(np.zeros(x.shape, np.float32), np.zeros(w.shape, np.float32),
-                            *((0, 0) if fn == "banded_matmul" else (np.ones(w.shape),)))
+        raise ValueError(f"{fn}: x must be (..., n_in) and w (n_in, n_out), got shapes "
+                         f"{x.shape} and {w.shape}")
+    if x.shape[-1] != w.shape[0]:
+        raise ValueError(f"{fn}: x has {x.shape[-1]} features (last axis of shape {x.shape}), "
+                         f"w expects n_in = {w.shape[0]} (w has shape {w.shape})")
     return x.reshape((-1, x.shape[-1])), x.shape[:-1]
 
 
@@ -822,8 +884,8 @@ class _Local(_Op):
     def saves(self, st, names):
         return ("x", "weight")
 
-    def backward(self, st, saved, cts):
-        gx, gw, gb = self._b(cts[0], saved["x"], saved["weight"], bias=True, **st)
+    def backward(self, st, saved, cts, need):
+        gx, gw, gb = self._b(cts[0], saved["x"], saved["weight"], bias="bias" in need, **st)
         return {"x": gx, "weight": gw, "bias": gb}
 
 
@@ -871,6 +933,7 @@ class _Sequence(_Op):
     """lstm / gru / simple_rnn. Under differentiation the arrays of the training
     forward's :class:`fastnn.RecurrentCache` travel as JAX residuals, and the backward
     rebuilds the cache from them, so it reuses the forward's products."""
+    zero_cotangents = True
 
     def __init__(self, name, forward, backward, states, weights, layout=None):
         self.name, self._f, self._b = name, forward, backward
@@ -928,7 +991,7 @@ class _Sequence(_Op):
     def saves(self, st, names):
         return tuple(f"e{i}" for i in range(len(self.layout[0])))
 
-    def backward(self, st, saved, cts):
+    def backward(self, st, saved, cts, need):
         fields = {f: saved[f"e{i}"] for i, (f, _, _) in enumerate(self.layout[0])}
         cache = fastnn.RecurrentCache(**self.layout[1], **fields)
         grads = self._b(*cts, cache)
@@ -1014,6 +1077,8 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, *, activation="tanh", time
 
 
 class _Cell(_Op):
+    zero_cotangents = True
+
     def __init__(self, name, forward, backward, states, weights):
         self.name, self._f, self._b = name, forward, backward
         self.states, self.weights = states, weights
@@ -1032,7 +1097,7 @@ class _Cell(_Op):
     def saves(self, st, names):
         return ("x",) + self.states + self.weights
 
-    def backward(self, st, saved, cts):
+    def backward(self, st, saved, cts, need):
         args = [saved[n] for n in ("x",) + self.states + self.weights]
         grads = self._b(*cts, *args, **st)
         return dict(zip(("x",) + self.states + self.weights, grads))

@@ -72,7 +72,8 @@ _BACKENDS = ("jax", "torch", "numpy")
 
 # ------------------------------------------------------------------ backend dispatch
 class _Affine:
-    """``y = forward(x, w, b)`` with ``backward(grad_y, x, w, has_bias) -> (gx, gw, gb)``."""
+    """``y = forward(x, w, b)`` with ``backward(grad_y, x, w, need) -> (gx, gw, gb)``,
+    ``need`` saying which of the three are wanted (the bias's only if there is one)."""
 
     def __init__(self, forward, backward):
         self.forward, self.backward_fn = forward, backward
@@ -83,9 +84,9 @@ class _Affine:
     def train(self, arrays):
         return self.infer(arrays), None
 
-    def backward(self, arrays, extra, grads):
+    def backward(self, arrays, extra, grads, need):
         x, w, b = arrays
-        return self.backward_fn(grads[0], x, w, b is not None)
+        return self.backward_fn(grads[0], x, w, (need[0], need[1], b is not None and need[2]))
 
 
 class _SequenceImpl:
@@ -107,7 +108,7 @@ class _SequenceImpl:
     def train(self, arrays):
         return self._run(arrays, True)
 
-    def backward(self, arrays, cache, grads):
+    def backward(self, arrays, cache, grads, need):
         res = self.backward_fn(*grads, cache)
         return tuple(None if a is None else g for a, g in zip(arrays, res))
 
@@ -137,7 +138,8 @@ def _torch_function():
             saved = iter(ctx.saved_tensors)
             arrays = [next(saved).detach().cpu().numpy() if p else None for p in ctx.present]
             res = ctx.impl.backward(arrays, ctx.extra,
-                                    [g.detach().cpu().numpy() for g in grads])
+                                    [g.detach().cpu().numpy() for g in grads],
+                                    ctx.needs_input_grad[1:])
             return (None,) + tuple(
                 to_torch(r, ctx.device) if r is not None and need else None
                 for r, need in zip(res, ctx.needs_input_grad[1:]))
@@ -225,7 +227,9 @@ class Conv2D(keras.layers.Conv2D):
         if not last:           # fastnn's NCHW layout takes PyTorch's (K, C/groups, kh, kw)
             kernel = ops.transpose(kernel, (3, 2, 0, 1))
         impl = _Affine(functools.partial(fastnn.conv2d, **static),
-                       lambda gy, x, w, hb: fastnn.conv2d_backward(gy, x, w, bias=hb, **static))
+                       lambda gy, x, w, need: fastnn.conv2d_backward(
+                           gy, x, w, bias=need[2], need_input_grad=need[0],
+                           need_weight_grad=need[1], **static))
         (y,) = _run(self, impl, lambda x, w, b: _fastnn_jax().conv2d(x, w, b, **static),
                     [_tensor(inputs), _tensor(kernel),
                      _tensor(self.bias) if self.use_bias else None])
@@ -342,7 +346,7 @@ class _LocallyConnected(keras.layers.Layer):
                       layout=self._layouts[self.data_format])
         fwd, bwd, name = self._functions
         impl = _Affine(functools.partial(fwd, **static),
-                       lambda gy, x, w, hb: bwd(gy, x, w, bias=hb, **static))
+                       lambda gy, x, w, need: bwd(gy, x, w, bias=need[2], **static))
         (y,) = _run(self, impl, lambda x, w, b: getattr(_fastnn_jax(), name)(x, w, b, **static),
                     [_tensor(inputs), _tensor(kernel), _tensor(bias)])
         return self.activation(y) if self.activation is not None else y
@@ -472,7 +476,8 @@ class BandedDense(_FastnnDense):
     def _functions(self):
         lo, up = self.num_lower, self.num_upper
         return (lambda x, w, b: fastnn.banded_matmul(x, w, lo, up, b),
-                lambda gy, x, w, hb: fastnn.banded_matmul_backward(gy, x, w, lo, up, bias=hb),
+                lambda gy, x, w, need: fastnn.banded_matmul_backward(gy, x, w, lo, up,
+                                                                     bias=need[2]),
                 lambda x, w, b: _fastnn_jax().banded_matmul(x, w, lo, up, b))
 
     def get_config(self):
@@ -521,7 +526,8 @@ class MaskedDense(_FastnnDense):
     def _functions(self):
         m = self._prepared
         return (lambda x, w, b: fastnn.masked_matmul(x, w, m, b),
-                lambda gy, x, w, hb: fastnn.masked_matmul_backward(gy, x, w, m, bias=hb),
+                lambda gy, x, w, need: fastnn.masked_matmul_backward(gy, x, w, m,
+                                                                     bias=need[2]),
                 lambda x, w, b: _fastnn_jax().masked_matmul(x, w, m, b))
 
     def get_config(self):

@@ -92,13 +92,22 @@ def avg_pool_ref(x, kernel_size, *, stride=None, padding=0, count_include_pad=Fa
     return total / count
 
 
-def xent_ref(logits, labels, reduction="mean"):
-    logp = jax.nn.log_softmax(logits, axis=-1)
+def xent_ref(logits, labels, reduction="mean", weight=None, ignore_index=None,
+             label_smoothing=0.0):
+    # PyTorch's cross_entropy, class axis 1
+    C, eps = logits.shape[1], label_smoothing
+    logp = jax.nn.log_softmax(logits, axis=1)
+    w = jnp.ones(C, logits.dtype) if weight is None else jnp.asarray(weight, logits.dtype)
+    w_b = w.reshape((1, C) + (1,) * (logits.ndim - 2))
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        rows = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+        keep = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+        target = (1 - eps) * jax.nn.one_hot(labels, C, axis=1, dtype=logits.dtype) + eps / C
+        rows = jnp.where(keep, -(w_b * target * logp).sum(axis=1), 0.0)
+        denominator = jnp.where(keep, w[jnp.where(keep, labels, 0)], 0.0).sum()
     else:
-        rows = -(labels * logp).sum(axis=1)
-    return {"mean": rows.mean(), "sum": rows.sum(), "none": rows}[reduction]
+        rows = -(w_b * ((1 - eps) * labels + eps / C) * logp).sum(axis=1)
+        denominator = rows.size
+    return {"mean": rows.sum() / denominator, "sum": rows.sum(), "none": rows}[reduction]
 
 
 def band_mask(n_in, n_out, lower, upper):
@@ -273,12 +282,20 @@ CASES = [
     Case("softmax", fj.softmax, jax.nn.softmax, lambda r: [_normal(r, 3, 4, 5)], dict(axis=1)),
     Case("log_softmax", fj.log_softmax, jax.nn.log_softmax, lambda r: [_normal(r, 3, 5)]),
     Case("softmax_cross_entropy", fj.softmax_cross_entropy, xent_ref,
-         lambda r: [_normal(r, 6, 5, scale=2), r.integers(0, 5, 6)], vmap_axes=(0, 0)),
+         lambda r: [_normal(r, 6, 5, scale=2), r.integers(0, 5, 6)], vmap_axes=(0, 0),
+         diff=(0,)),
     Case("softmax_cross_entropy_probs_none", fj.softmax_cross_entropy, xent_ref,
          lambda r: [_normal(r, 6, 5), r.dirichlet(np.ones(5), 6)], dict(reduction="none"),
-         vmap_axes=(0, 0)),
+         vmap_axes=(0, 0), diff=(0,)),
     Case("softmax_cross_entropy_sum", fj.softmax_cross_entropy, xent_ref,
-         lambda r: [_normal(r, 6, 5), r.integers(0, 5, 6)], dict(reduction="sum")),
+         lambda r: [_normal(r, 6, 5), r.integers(0, 5, 6)], dict(reduction="sum"), diff=(0,)),
+    Case("softmax_cross_entropy_weight_smoothing_ignore", fj.softmax_cross_entropy, xent_ref,
+         lambda r: [_normal(r, 6, 5), np.array([0, 3, -100, 4, 1, 3])],
+         dict(weight=np.array([0.5, 1.0, 2.0, 1.5, 0.7]), ignore_index=-100,
+              label_smoothing=0.2), diff=(0,), vmap_axes=(0, 0)),
+    Case("softmax_cross_entropy_spatial_none", fj.softmax_cross_entropy, xent_ref,
+         lambda r: [_normal(r, 3, 4, 5), r.integers(0, 4, (3, 5))], dict(reduction="none"),
+         diff=(0,), vmap_axes=(0, 0)),
     Case("banded_matmul", fj.banded_matmul,
          lambda x, w, lo, up, b: x @ (w * band_mask(7, 5, lo, up)) + b,
          lambda r: [_normal(r, 2, 3, 7), _normal(r, 7, 5), 1, 2, _normal(r, 5)]),
@@ -522,6 +539,35 @@ def test_max_pool_indices(x64):
         assert idx32.dtype == np.int32
 
 
+def test_no_gradient_for_labels_or_class_weights():
+    logits = jnp.zeros((2, 3))
+    probs = jnp.full((2, 3), 1 / 3)
+    with pytest.raises(NotImplementedError, match="no gradient with respect to labels"):
+        jax.grad(fj.softmax_cross_entropy, argnums=1)(logits, probs)
+    with pytest.raises(NotImplementedError, match="no gradient with respect to weight"):
+        jax.grad(lambda w: fj.softmax_cross_entropy(logits, jnp.array([0, 1]), weight=w))(
+            jnp.ones(3))
+    # with their gradients stopped, the logits' gradient is fastnn's
+    g = jax.grad(lambda z, p: fj.softmax_cross_entropy(z, jax.lax.stop_gradient(p)))(logits, probs)
+    np.testing.assert_allclose(g, np.zeros((2, 3)), atol=1e-7)
+
+
+def test_unneeded_gradients_are_skipped(monkeypatch):
+    # only what the caller differentiates is computed (fastnn's need_* flags)
+    calls = []
+    real = fastnn.conv2d_backward
+
+    def spy(*args, **kwargs):
+        calls.append({k: kwargs[k] for k in ("bias", "need_input_grad", "need_weight_grad")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fj._CONV2D, "_b", spy)
+    x, w, b = jnp.ones((1, 2, 5, 5)), jnp.ones((3, 2, 3, 3)), jnp.ones(3)
+    g = jax.grad(lambda w: fj.conv2d(x, w, b).sum())(w)
+    np.testing.assert_allclose(g, np.full((3, 2, 3, 3), 9.0))
+    assert calls == [dict(bias=False, need_input_grad=False, need_weight_grad=True)]
+
+
 def test_mixed_dtypes_promote(x64):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((1, 2, 5, 5)), jnp.float32)
@@ -550,6 +596,12 @@ def test_errors_raised_at_call_time():
         fj.softmax(jnp.ones((2, 2)), axis=2)
     with pytest.raises(ValueError, match="return_indices"):
         fj.avg_pool2d(x, 2, return_indices=True)
+    # messages name the caller's shapes, not the empty batch the output shape comes from
+    with pytest.raises(ValueError, match=r"for x of shape \(2, 5, 6, 3\)"):
+        fj.locally_connected2d(jnp.ones((2, 5, 6, 3)), jnp.ones((2, 3, 18, 4)), kernel_size=3,
+                               stride=2)
+    with pytest.raises(ValueError, match=r"banded_matmul: x has 7 features .*\(2, 3, 7\)"):
+        fj.banded_matmul(jnp.ones((2, 3, 7)), jnp.ones((6, 5)), 1, 1)
 
 
 def test_inputs_unchanged():

@@ -314,17 +314,23 @@ def _worker_checks():
                         new, old = new[mask], old[mask]
                     assert not np.array_equal(new, old), f"{layer.name}/{v.name} unchanged"
 
+    def doctests():
+        import doctest
+        result = doctest.testmod(fk, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted >= 10 and result.failed == 0, result
+
     return {"conv2d": (conv2d, BACKENDS), "lstm": (lstm, BACKENDS), "gru": (gru, BACKENDS),
             "banded_and_masked_dense": (dense_like, BACKENDS),
             "locally_connected_vs_keras2": (locally_connected, BACKENDS),
             "config_round_trip": (config_round_trip, BACKENDS),
             "bad_arguments": (bad_arguments, ("numpy",)),
-            "fit_step": (fit_step, TRAINING)}
+            "fit_step": (fit_step, TRAINING), "doctests": (doctests, BACKENDS)}
 
 
 CHECKS = {"conv2d": BACKENDS, "lstm": BACKENDS, "gru": BACKENDS,
           "banded_and_masked_dense": BACKENDS, "locally_connected_vs_keras2": BACKENDS,
-          "config_round_trip": BACKENDS, "bad_arguments": ("numpy",), "fit_step": TRAINING}
+          "config_round_trip": BACKENDS, "bad_arguments": ("numpy",), "fit_step": TRAINING,
+          "doctests": BACKENDS}
 
 
 def _run_worker():
