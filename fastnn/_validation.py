@@ -16,9 +16,16 @@ def as_array(a, name, fn):
 
 
 def as_float_array(a, name, fn):
-    """``np.asarray(a)``, refusing anything but float32/float64 with a TypeError."""
+    """``np.asarray(a)``, refusing anything but float32/float64 with a TypeError.
+
+    A non-native byte order (``'>f4'`` on a little-endian machine) is the same float
+    type: it is converted to a native copy here, so no kernel ever reads it raw.
+    """
     arr = as_array(a, name, fn)
     if arr.dtype not in FLOAT_DTYPES:
+        native = arr.dtype.newbyteorder("=")
+        if arr.dtype.kind == "f" and native in FLOAT_DTYPES:
+            return arr.astype(native)
         raise TypeError(f"{fn}: {name} must have dtype float32 or float64, got {arr.dtype}")
     return arr
 
@@ -80,8 +87,9 @@ def prepare_out(out, shape, dtype, fn, inputs, name="out", exact_alias_ok=False)
     """Check a user ``out`` buffer.
 
     Returns ``(buffer, target)``: the kernel writes into ``buffer`` (C-contiguous,
-    not overlapping any input); when ``buffer`` is not ``target`` the caller copies
-    it into ``target`` afterwards.  ``target`` is ``None`` when no out was given.
+    native byte order, not overlapping any input); when ``buffer`` is not ``target``
+    the caller copies it into ``target`` afterwards. An ``out`` of the result dtype in
+    the other byte order is accepted (written through a buffer).  ``target`` is ``None`` when no out was given.
     ``exact_alias_ok``: an input that ``out`` aliases exactly is no overlap (for
     kernels that read and write element by element).
     """
@@ -91,11 +99,12 @@ def prepare_out(out, shape, dtype, fn, inputs, name="out", exact_alias_ok=False)
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape):
         raise ValueError(f"{fn}: {name} has shape {out.shape}, expected {tuple(shape)}")
-    if out.dtype != dtype:
+    if out.dtype != dtype and out.dtype.newbyteorder("=") != dtype:
         raise TypeError(f"{fn}: {name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
     if not out.flags.writeable:
         raise ValueError(f"{fn}: {name} is read-only")
-    if not out.flags.c_contiguous:
+    if not out.flags.c_contiguous or out.dtype != dtype:
+        # (a byte-swapped out is written through a native buffer)
         return np.empty(shape, dtype=dtype), out
     for a in inputs:
         if (a is not None and np.may_share_memory(out, a)

@@ -749,12 +749,14 @@ def lstm_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
                    training, num_threads)
 
 
-# Exact ndarrays of the common call: float32 / float64, C-contiguous and aligned.
+# Exact ndarrays of the common call: float32 / float64 in native byte order (the type
+# number is the same for a byte-swapped array), C-contiguous and aligned.
 cdef inline bint plain(object a, int ndim, int typenum):
     return (cnp.PyArray_CheckExact(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
             and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
-            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
 
 
 cdef inline void* data(object a):
@@ -787,8 +789,8 @@ cdef int cell_step(const floating* x, const floating* h, const floating* c,
 def lstm_cell(x, h, c, kernel, bias, double forget_bias, out_h, out_c, threads):
     """One LSTM step for the common call, or None when the call is not the common one.
 
-    The common call: exact ndarrays of one dtype (float32 / float64), C-contiguous and
-    aligned, consistent shapes (x (B, I), h and c (B, H), kernel (I + H, 4H), bias
+    The common call: exact ndarrays of one dtype (float32 / float64, native byte order),
+    C-contiguous and aligned, consistent shapes (x (B, I), h and c (B, H), kernel (I + H, 4H), bias
     (4H,)), out_h None or h itself and out_c None or c itself (writeable). Anything else
     returns None and :func:`fastnn.lstm_cell` takes its general path, which converts the
     arguments and raises the errors. ``threads()`` gives the thread count; it is called

@@ -142,3 +142,50 @@ def test_conv_transpose2d_without_input_channels_is_bias(layout, stride, with_bi
         if with_bias:
             want += bias if nhwc else bias[:, None, None]
         np.testing.assert_array_equal(y, want)
+
+
+# ------------------------------------------------------------ byte order
+def _swapped(a):
+    """The same values in the other byte order."""
+    return a.astype(a.dtype.newbyteorder("S"))
+
+
+def _lstm_cell_args(dtype, B=3, I=2, H=4):
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(s).astype(dtype)
+            for s in ((B, I), (B, H), (B, H), (I + H, 4 * H), (4 * H,))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("which", ["all", "x", "h", "c", "kernel", "bias"])
+def test_lstm_cell_byte_swapped_inputs_are_converted(dtype, which):
+    args = _lstm_cell_args(dtype)
+    want = fastnn.lstm_cell(*args)
+    names = ["x", "h", "c", "kernel", "bias"]
+    swapped = [_swapped(a) if which in ("all", n) else a for a, n in zip(args, names)]
+    got = fastnn.lstm_cell(*swapped)
+    for g, w in zip(got, want):
+        assert g.dtype == np.dtype(dtype) and g.dtype.isnative
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_cell_in_place_on_byte_swapped_state(dtype):
+    x, h, c, kernel, bias = _lstm_cell_args(dtype)
+    want_h, want_c = fastnn.lstm_cell(x, h, c, kernel, bias)
+    hs, cs = _swapped(h), _swapped(c)
+    got_h, got_c = fastnn.lstm_cell(_swapped(x), hs, cs, _swapped(kernel), _swapped(bias),
+                                    out_h=hs, out_c=cs)
+    assert got_h is hs and got_c is cs
+    np.testing.assert_array_equal(hs, want_h)
+    np.testing.assert_array_equal(cs, want_c)
+
+
+def test_byte_swapped_out_buffer_is_written_correctly():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    want = fastnn.conv2d(x, w)
+    out = np.zeros(want.shape, np.dtype(np.float32).newbyteorder("S"))
+    assert fastnn.conv2d(_swapped(x), _swapped(w), out=out) is out
+    np.testing.assert_array_equal(out, want)
