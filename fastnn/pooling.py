@@ -23,7 +23,8 @@ import numbers
 import numpy as np
 
 from fastnn._threads import get_num_threads
-from fastnn._validation import as_array, as_float_array, as_int, check_ndim, contiguous, int_tuple
+from fastnn._validation import (as_array, as_float_array, as_int, check_ndim, contiguous, int_tuple,
+                                memory_error)
 from fastnn.conv import _parse_padding, _parse_padding_1d
 from fastnn_ext import _pooling
 
@@ -222,8 +223,13 @@ def _backward(fn, ndim, grad_y, x, kernel_size, stride, padding, layout, is_max,
         idx = _check_indices(fn, indices, geom)
     # The kernel checks each index against the plane as it scatters (a min/max pass
     # over the int64 indices first cost a fifth of the whole backward).
-    if _pooling.pool2d_backward(gy, None if idx is None else idx.reshape(-1), grad_x.reshape(-1),
-                                geom.kernel_args(), geom.channels_last, nt):
+    try:
+        bad = _pooling.pool2d_backward(gy, None if idx is None else idx.reshape(-1),
+                                       grad_x.reshape(-1), geom.kernel_args(),
+                                       geom.channels_last, nt)
+    except MemoryError as exc:
+        raise memory_error(fn, exc) from None
+    if bad:
         raise ValueError(f"{fn}: indices must lie in [0, {geom.H * geom.W}) (flat positions "
                          f"in an input plane)")
     return grad_x

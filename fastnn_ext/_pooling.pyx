@@ -413,5 +413,6 @@ def pool2d_backward(const floating[::1] gy, const int64_t[::1] idx, floating[::1
                 bad_p[0] = 1
         free(scratch)
     if failed:
-        raise MemoryError("pooling backward: could not allocate scratch")
+        raise MemoryError(f"could not allocate {(g.Wo + CBLOCK + 1) * sizeof(floating)} bytes "
+                          f"of per-thread scratch for the pooling backward")
     return bool(bad)
