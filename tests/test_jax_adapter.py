@@ -383,14 +383,28 @@ def _grads(case, fn, args, weights, jit=False):
 _REFERENCE = {}
 
 
+def _traced(args):
+    return [i for i, a in enumerate(args) if isinstance(a, jax.Array)]
+
+
+def _with(args, positions, values):
+    full = list(args)
+    for i, a in zip(positions, values):
+        full[i] = a
+    return full
+
+
 def _reference(case):
-    """The float64 reference outputs (tree), cotangent weights and gradients, once per case."""
+    """The float64 reference outputs (tree), cotangent weights and gradients, once per
+    case (jitted: one compilation instead of one per operation)."""
     if case.name not in _REFERENCE:
         with jax.enable_x64(True):
             args = case.args(np.float64)
-            want = case.call_ref(args)
+            arrays = _traced(args)
+            want = jax.jit(lambda *a: case.call_ref(_with(args, arrays, a)))(
+                *(args[i] for i in arrays))
             weights = _weights(want)
-            grads = [np.asarray(g) for g in _grads(case, case.call_ref, args, weights)]
+            grads = [np.asarray(g) for g in _grads(case, case.call_ref, args, weights, jit=True)]
             _REFERENCE[case.name] = (jax.tree_util.tree_map(np.asarray, want), weights, grads)
     return _REFERENCE[case.name]
 
@@ -411,15 +425,9 @@ def test_float64_forward_and_grad_eager_and_jit(case, x64):
         assert_close(a, b, np.float64, f"{case.name} grad {i}")
 
     # jit: the same kernels, so bitwise the eager results
-    arrays = [i for i, a in enumerate(args) if isinstance(a, jax.Array)]
-
-    def run(*traced):
-        full = list(args)
-        for i, a in zip(arrays, traced):
-            full[i] = a
-        return case.call(full)
-
-    for a, b in zip(_leaves(got), _leaves(jax.jit(run)(*(args[i] for i in arrays)))):
+    arrays = _traced(args)
+    jitted = jax.jit(lambda *a: case.call(_with(args, arrays, a)))(*(args[i] for i in arrays))
+    for a, b in zip(_leaves(got), _leaves(jitted)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(g_got, _grads(case, case.call, args, weights, jit=True)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -429,13 +437,16 @@ def test_float64_forward_and_grad_eager_and_jit(case, x64):
 def test_float32_forward_and_grad(case):
     want, weights, g_want = _reference(case)
     want = _leaves(want)
-    with jax.enable_x64(False):
+    with jax.enable_x64(False):       # jitted (eager is covered in float64)
         args = case.args(np.float32)
-        got = _leaves(case.call(args))
+        arrays = _traced(args)
+        got = _leaves(jax.jit(lambda *a: case.call(_with(args, arrays, a)))(
+            *(args[i] for i in arrays)))
         for g, w in zip(got, want):
             assert g.dtype == np.float32
             assert_close(g, w, np.float32, f"{case.name} forward")
-        for i, (a, b) in enumerate(zip(_grads(case, case.call, args, weights), g_want)):
+        for i, (a, b) in enumerate(zip(_grads(case, case.call, args, weights, jit=True),
+                                       g_want)):
             assert a.dtype == np.float32
             assert_close(a, b, np.float32, f"{case.name} grad {i}")
 
@@ -443,27 +454,24 @@ def test_float32_forward_and_grad(case):
 def _vmap_check(case, args, axes):
     """vmap over a new axis of the arguments in ``axes`` (index -> axis) equals a loop."""
     rng = np.random.default_rng(3)
-    stacked = list(args)
+    stacked = {}
     for i, ax in axes.items():
-        a = args[i]
-        other = a if not jnp.issubdtype(a.dtype, jnp.floating) else \
-            a + jnp.asarray(0.1 * rng.standard_normal(a.shape), a.dtype)
-        stacked[i] = jnp.stack([a, other, a * 0.5 if jnp.issubdtype(a.dtype, jnp.floating)
-                                else a], axis=ax)
-    in_axes = [axes.get(i) for i in range(len(args))]
-    mapped = [i for i in range(len(args)) if in_axes[i] is not None]
+        a = np.asarray(args[i])
+        if np.issubdtype(a.dtype, np.floating):
+            versions = [a, a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype), 0.5 * a]
+        else:
+            versions = [a, a, a]
+        stacked[i] = np.stack(versions, axis=ax)
+    mapped = sorted(stacked)
 
     def run(*m):
-        full = list(stacked)
-        for i, v in zip(mapped, m):
-            full[i] = v
-        return case.call(full)
+        return case.call(_with(args, mapped, m))
 
-    got = jax.vmap(run, in_axes=0)(*(jnp.moveaxis(stacked[i], axes[i], 0) for i in mapped))
+    got = jax.jit(jax.vmap(run))(*(jnp.asarray(np.moveaxis(stacked[i], axes[i], 0))
+                                   for i in mapped))
     for k in range(3):
-        one = list(args)
-        for i in mapped:
-            one[i] = jnp.take(stacked[i], k, axis=axes[i])
+        one = _with(args, mapped, [jnp.asarray(np.take(stacked[i], k, axis=axes[i]))
+                                   for i in mapped])
         for g, w in zip(_leaves(got), _leaves(case.call(one))):
             np.testing.assert_allclose(g[k], w, rtol=1e-12, atol=1e-12)
 
