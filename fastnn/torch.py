@@ -406,8 +406,17 @@ def registered_ops():
 
 
 def _pads2(p):
-    """[top, bottom, left, right] -> fastnn's ((top, bottom), (left, right))."""
+    """[top, bottom, left, right] in fastnn's form: one int when all four agree, (h, w)
+    when symmetric, else ((top, bottom), (left, right)) -- the shortest form, which
+    fastnn parses fastest."""
+    if p[0] == p[1] and p[2] == p[3]:
+        return p[0] if p[0] == p[2] else (p[0], p[2])
     return ((p[0], p[1]), (p[2], p[3]))
+
+
+def _pair(v):
+    """A list of two ints as one int when they agree (fastnn parses that fastest)."""
+    return v[0] if v[0] == v[1] else (v[0], v[1])
 
 
 def _conv_out(size, k, s, p_total, d):
@@ -419,8 +428,8 @@ def _conv_out(size, k, s, p_total, d):
 def _conv2d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
                padding: List[int], dilation: List[int], groups: int) -> Tensor:
     xs, ws, bs = _np(x), _np(weight), _np(bias)
-    y = fastnn.conv2d(xs, ws, bs, stride=tuple(stride), padding=_pads2(padding),
-                      dilation=tuple(dilation), groups=groups)
+    y = fastnn.conv2d(xs, ws, bs, stride=_pair(stride), padding=_pads2(padding),
+                      dilation=_pair(dilation), groups=groups)
     return _fresh([y], [xs, ws, bs])[0]
 
 
@@ -438,7 +447,7 @@ def _conv2d_bwd_op(grad_y: Tensor, x: Tensor, weight: Tensor, stride: List[int],
                    need_weight: bool, need_bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
     gs, xs, ws = _np(grad_y), _np(x), _np(weight)
     gx, gw, gb = fastnn.conv2d_backward(
-        gs, xs, ws, stride=tuple(stride), padding=_pads2(padding), dilation=tuple(dilation),
+        gs, xs, ws, stride=_pair(stride), padding=_pads2(padding), dilation=_pair(dilation),
         groups=groups, bias=need_bias, need_input_grad=need_x, need_weight_grad=need_weight)
     e = np.empty(0, xs.dtype)
     return tuple(_fresh([e if g is None else g for g in (gx, gw, gb)], [gs, xs, ws]))
@@ -517,8 +526,8 @@ def _convt2d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[
                 padding: List[int], output_padding: List[int], dilation: List[int],
                 groups: int) -> Tensor:
     xs, ws, bs = _np(x), _np(weight), _np(bias)
-    y = fastnn.conv_transpose2d(xs, ws, bs, stride=tuple(stride), padding=tuple(padding),
-                                output_padding=tuple(output_padding), dilation=tuple(dilation),
+    y = fastnn.conv_transpose2d(xs, ws, bs, stride=_pair(stride), padding=_pair(padding),
+                                output_padding=_pair(output_padding), dilation=_pair(dilation),
                                 groups=groups)
     return _fresh([y], [xs, ws, bs])[0]
 
@@ -543,8 +552,8 @@ def _convt2d_bwd_op(grad_y: Tensor, x: Tensor, weight: Tensor, stride: List[int]
                     need_bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
     gs, xs, ws = _np(grad_y), _np(x), _np(weight)
     gx, gw, gb = fastnn.conv_transpose2d_backward(
-        gs, xs, ws, stride=tuple(stride), padding=tuple(padding),
-        output_padding=tuple(output_padding), dilation=tuple(dilation), groups=groups,
+        gs, xs, ws, stride=_pair(stride), padding=_pair(padding),
+        output_padding=_pair(output_padding), dilation=_pair(dilation), groups=groups,
         bias=need_bias, need_input_grad=need_x, need_weight_grad=need_weight)
     e = np.empty(0, xs.dtype)
     return tuple(_fresh([e if g is None else g for g in (gx, gw, gb)], [gs, xs, ws]))
@@ -564,14 +573,14 @@ _register(_convt2d_op, _convt2d_bwd_op, _conv_backward(_convt2d_bwd_op), _conv_s
 
 # ================================================================== unfold / fold
 def _fold_args(kernel_size, dilation, padding, stride):
-    return dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation))
+    return dict(stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation))
 
 
 @_op("unfold")
 def _unfold_op(x: Tensor, kernel_size: List[int], dilation: List[int], padding: List[int],
                stride: List[int]) -> Tensor:
     xs = _np(x)
-    cols = fastnn.im2col(xs, tuple(kernel_size), **_fold_args(kernel_size, dilation, padding,
+    cols = fastnn.im2col(xs, _pair(kernel_size), **_fold_args(kernel_size, dilation, padding,
                                                              stride))
     return _fresh([cols], [xs])[0]
 
@@ -594,7 +603,7 @@ def _fold_op(cols: Tensor, output_size: List[int], kernel_size: List[int], dilat
     if CK % (kh * kw):
         raise ValueError(f"fold: input has {CK} rows, not a multiple of kernel_size "
                          f"{kh}x{kw}")
-    x = fastnn.col2im(cs, (N, CK // (kh * kw)) + tuple(output_size), tuple(kernel_size),
+    x = fastnn.col2im(cs, (N, CK // (kh * kw)) + tuple(output_size), _pair(kernel_size),
                       **_fold_args(kernel_size, dilation, padding, stride))
     return _fresh([x], [cs])[0]
 
@@ -649,7 +658,7 @@ def _max_kw(dilation, ceil_mode, nd):
     kw = {}
     if any(d != 1 for d in dilation):
         _lacking(_MAX_POOL_ARGS, "dilation", fn)
-        kw["dilation"] = tuple(dilation) if nd == 2 else dilation[0]
+        kw["dilation"] = _pair(dilation) if nd == 2 else dilation[0]
     if ceil_mode:
         _lacking(_MAX_POOL_ARGS, "ceil_mode", fn)
         kw["ceil_mode"] = True
@@ -674,7 +683,7 @@ def _avg_kw(ceil_mode, count_include_pad, divisor_override, padding, nd):
 
 def _pool_geom(nd, kernel_size, stride, padding):
     if nd == 2:
-        return dict(kernel_size=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding))
+        return dict(kernel_size=_pair(kernel_size), stride=_pair(stride), padding=_pair(padding))
     return dict(kernel_size=kernel_size[0], stride=stride[0], padding=padding[0])
 
 
@@ -1068,7 +1077,7 @@ def _local2d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel_size: 
                 stride: List[int], padding: List[int]) -> Tensor:
     xs, ws, bs = _np(x), _np(weight), _np(bias)
     y = fastnn.locally_connected2d(xs, np.swapaxes(ws, -1, -2), bs,
-                                   kernel_size=tuple(kernel_size), stride=tuple(stride),
+                                   kernel_size=_pair(kernel_size), stride=_pair(stride),
                                    padding=_pads2(padding), layout="NCHW")
     return _fresh([y], [xs, ws, bs])[0]
 
@@ -1085,7 +1094,7 @@ def _local2d_bwd_op(grad_y: Tensor, x: Tensor, weight: Tensor, kernel_size: List
                     has_bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
     gs, xs, ws = _np(grad_y), _np(x), _np(weight)
     gx, gw, gb = fastnn.locally_connected2d_backward(
-        gs, xs, np.swapaxes(ws, -1, -2), kernel_size=tuple(kernel_size), stride=tuple(stride),
+        gs, xs, np.swapaxes(ws, -1, -2), kernel_size=_pair(kernel_size), stride=_pair(stride),
         padding=_pads2(padding), layout="NCHW", bias=has_bias)
     inputs = [gs, xs, ws]
     gx, gb = _fresh([gx, _zero_if_none(gb, (0,), xs.dtype)], inputs)
