@@ -333,7 +333,10 @@ class PreparedMask:
 
     Holds a snapshot of the mask (later changes to the array it came from are not
     seen), its non-zero count, and for sparse masks the column indices of each
-    row's non-zeros (CSR) and the row indices of each column's (CSC).
+    row's non-zeros (CSR) and the row indices of each column's (CSC). It is
+    immutable: its attributes cannot be set, and the index arrays of a prepared
+    mask are read-only (over memory no view can make writeable again), because the
+    sparse kernels index by them without bounds checks.
 
     Attributes
     ----------
@@ -346,6 +349,9 @@ class PreparedMask:
         ``DENSE_MASK_DENSITY``).
     """
 
+    __slots__ = ("bytes", "shape", "nnz", "dense", "row_ptr", "row_cols", "col_ptr",
+                 "col_rows", "csr_to_csc", "frozen")
+
     def __init__(self, mask, fn="prepare_mask", snapshot=False):
         m = as_array(mask, "mask", fn)
         if m.dtype.kind not in "biuf":
@@ -353,43 +359,89 @@ class PreparedMask:
         if m.ndim != 2:
             raise ValueError(f"{fn}: mask must be 2-D (n_in, n_out), got shape {m.shape}")
         if m.dtype == np.bool_:
-            self.bytes = np.ascontiguousarray(m).view(np.uint8)
-            if snapshot and np.may_share_memory(self.bytes, m):
-                self.bytes = self.bytes.copy()
+            mbytes = np.ascontiguousarray(m).view(np.uint8)
         else:
-            self.bytes = (m != 0).view(np.uint8)
-        self.shape = m.shape
+            mbytes = (m != 0).view(np.uint8)
         n_in, n_out = m.shape
         nt = _threads_for(n_in * n_out // 8)
         counts = np.empty(n_in, dtype=np.int64)
-        _banded.mask_row_counts(self.bytes, counts, nt)
-        self.nnz = int(counts.sum())
-        self.dense = self.nnz >= DENSE_MASK_DENSITY * n_in * n_out
-        if not self.dense:
-            self.row_ptr = np.zeros(n_in + 1, dtype=np.int64)
-            np.cumsum(counts, out=self.row_ptr[1:])
-            self.row_cols = np.empty(self.nnz, dtype=np.int64)
-            self.col_ptr = np.empty(n_out + 1, dtype=np.int64)
-            self.col_rows = np.empty(self.nnz, dtype=np.int64)
-            self.csr_to_csc = np.empty(self.nnz, dtype=np.int64)
-            _banded.mask_index(self.bytes, self.row_ptr, self.row_cols, self.col_ptr,
-                               self.col_rows, self.csr_to_csc, nt)
+        _banded.mask_row_counts(mbytes, counts, nt)
+        nnz = int(counts.sum())
+        dense = nnz >= DENSE_MASK_DENSITY * n_in * n_out
+        index = (None,) * 5
+        if not dense:
+            row_ptr = np.zeros(n_in + 1, dtype=np.int64)
+            np.cumsum(counts, out=row_ptr[1:])
+            index = (row_ptr, np.empty(nnz, dtype=np.int64), np.empty(n_out + 1, dtype=np.int64),
+                     np.empty(nnz, dtype=np.int64), np.empty(nnz, dtype=np.int64))
+            _banded.mask_index(mbytes, *index, nt)
+        if snapshot:
+            # Kept by the caller: a copy over immutable memory (also the snapshot).
+            mbytes = _frozen(mbytes)
+            index = tuple(None if a is None else _frozen(a) for a in index)
+        fields = dict(zip(("row_ptr", "row_cols", "col_ptr", "col_rows", "csr_to_csc"), index),
+                      bytes=mbytes, shape=(n_in, n_out), nnz=nnz, dense=dense, frozen=snapshot)
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"PreparedMask is immutable (cannot set {name!r}); "
+                             f"prepare the changed mask again")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"PreparedMask is immutable (cannot delete {name!r})")
+
+    def __reduce__(self):
+        return (PreparedMask, (self.bytes.view(np.bool_), "prepare_mask", True))
 
     def __repr__(self):
         return f"PreparedMask(shape={self.shape}, nnz={self.nnz}, dense={self.dense})"
 
-    def masked(self, w, dtype):
-        """``w`` where the mask is non-zero, exact zeros elsewhere, as ``dtype``."""
+    def _check(self, fn):
+        """What the kernels rely on, in O(1): the arrays' shapes and dtypes agree with
+        shape and nnz, and (for a prepared mask) still lie over immutable memory."""
+        n_in, n_out = self.shape
+        want = {"bytes": ((n_in, n_out), np.uint8)}
+        if not self.dense:
+            want.update(row_ptr=((n_in + 1,), np.int64), col_ptr=((n_out + 1,), np.int64),
+                        row_cols=((self.nnz,), np.int64), col_rows=((self.nnz,), np.int64),
+                        csr_to_csc=((self.nnz,), np.int64))
+        for name, (shape, dtype) in want.items():
+            a = getattr(self, name)
+            if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype
+                    or not a.flags.c_contiguous
+                    or (self.frozen and not isinstance(_owner(a), bytes))):
+                raise ValueError(f"{fn}: mask is a PreparedMask whose {name} was modified "
+                                 f"(expected a C-contiguous {np.dtype(dtype)} array of shape {shape}); "
+                                 f"prepare the mask again")
+
+    def _masked(self, w, dtype):
+        """``w`` (of the mask's shape) where the mask is non-zero, exact zeros elsewhere,
+        as ``dtype``."""
         wm = np.empty(self.shape, dtype=dtype)
         _banded.apply_mask(contiguous(w, dtype), self.bytes, wm, _threads_for(wm.size // 4))
         return wm
 
-    def values(self, w, dtype, csc):
-        """The kept weights in CSC (column by column) or CSR order, as ``dtype``."""
+    def _values(self, w, dtype, csc):
+        """The kept weights of ``w`` (of the mask's shape) in CSC (column by column) or
+        CSR order, as ``dtype``."""
         vals = np.empty(self.nnz, dtype=dtype)
         _banded.gather_values(contiguous(w, dtype), self.row_ptr, self.row_cols,
                               self.csr_to_csc, csc, vals, _threads_for(self.nnz))
         return vals
+
+
+def _owner(a):
+    """The object that owns an array's memory."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def _frozen(a):
+    """A copy of ``a`` over a bytes object: read-only, and no view of it can be made
+    writeable."""
+    return np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
 
 
 def prepare_mask(mask):
@@ -433,7 +485,11 @@ def _masked_setup(fn, x, w, mask):
     x = as_float_array(x, "x", fn)
     w = as_float_array(w, "w", fn)
     _check_x_w(fn, x, w)
-    plan = mask if isinstance(mask, PreparedMask) else PreparedMask(mask, fn)
+    if isinstance(mask, PreparedMask):
+        plan = mask
+        plan._check(fn)
+    else:
+        plan = PreparedMask(mask, fn)
     if plan.shape != w.shape:
         raise ValueError(f"{fn}: mask must have the shape of w {w.shape}, got {plan.shape}")
     return x, w, plan
@@ -486,7 +542,7 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
     y2 = _rows(buf, n_out)
     B = y2.shape[0]
     if B and n_in and n_out and plan.dense:
-        np.matmul(_rows(contiguous(x, dtype), n_in), plan.masked(w, dtype), out=y2)
+        np.matmul(_rows(contiguous(x, dtype), n_in), plan._masked(w, dtype), out=y2)
         if bias is not None:
             y2 += bias
     elif B and n_in and n_out:
@@ -495,7 +551,7 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
         y_t = np.zeros((n_out, B), dtype=dtype)
         if bias is not None:
             y_t += bias[:, None]
-        _banded.sparse_rows(x_t, plan.values(w, dtype, True), plan.col_ptr, plan.col_rows,
+        _banded.sparse_rows(x_t, plan._values(w, dtype, True), plan.col_ptr, plan.col_rows,
                             y_t, nt)
         _banded.transpose(y_t, y2, nt)
     else:
@@ -547,7 +603,7 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
     if plan.dense:
         grad_w = np.zeros((n_in, n_out), dtype=dtype)
         if B and n_in and n_out:    # (grad_w stays zero for an empty batch)
-            np.matmul(gy2, plan.masked(w, dtype).T, out=_rows(grad_x, n_in))
+            np.matmul(gy2, plan._masked(w, dtype).T, out=_rows(grad_x, n_in))
             np.matmul(x2.T, gy2, out=grad_w)
             _banded.apply_mask(grad_w, plan.bytes, grad_w, _threads_for(grad_w.size // 4))
     else:
@@ -557,7 +613,7 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
             x_t = _transposed(x2, dtype, nt)
             gy_t = _transposed(gy2, dtype, nt)
             gx_t = np.zeros((n_in, B), dtype=dtype)
-            _banded.sparse_rows(gy_t, plan.values(w, dtype, False), plan.row_ptr,
+            _banded.sparse_rows(gy_t, plan._values(w, dtype, False), plan.row_ptr,
                                 plan.row_cols, gx_t, nt)
             _banded.transpose(gx_t, _rows(grad_x, n_in), nt)
             _banded.sparse_weight_grad(x_t, gy_t, plan.row_ptr, plan.row_cols, grad_w, nt)

@@ -31,12 +31,14 @@ the kernel, bias and input gradients are each one big product.
 Gradients are computed in the dtype of the forward (the cache); gradient arguments of
 another float dtype are converted to it. ``None`` for a gradient argument means zero.
 """
+import numbers
+
 import numpy as np
 
 from fastnn.activations import _as_real
 from fastnn._threads import SERIAL_BELOW, get_num_threads, threads_for
-from fastnn._validation import (as_float_array, check_ndim, contiguous, finish_out, memory_error,
-                                prepare_out, result_dtype)
+from fastnn._validation import (FLOAT_DTYPES, as_float_array, check_ndim, contiguous, finish_out,
+                                memory_error, prepare_out, result_dtype)
 from fastnn_ext import _recurrent
 
 __all__ = [
@@ -67,8 +69,11 @@ _RNN_BWD = _by_dtype("rnn_backward")
 class RecurrentCache:
     """What a training forward (``lstm/gru/simple_rnn(..., training=True)``) keeps for
     its backward: the inputs in time-major order, the stored gate activations and the
-    states of every step. Treat it as opaque and read-only; a backward may be called on
-    it any number of times.
+    states of every step. Treat it as opaque; a backward may be called on it any number
+    of times. Its fields cannot be set, and a backward checks that the arrays still
+    have the shapes, dtype and layout its kernels index by (from the sizes ``T``,
+    ``B``, ``I``, ``H``) before reading them, so that no edit of the cache (or a cache
+    built by hand) makes a kernel read out of bounds.
 
     Examples
     --------
@@ -86,13 +91,75 @@ class RecurrentCache:
                  "relu")
 
     def __init__(self, **fields):
+        unknown = set(fields) - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"RecurrentCache: unknown fields {sorted(unknown)}")
         for name in self.__slots__:
-            setattr(self, name, fields.get(name))
+            object.__setattr__(self, name, fields.get(name))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"RecurrentCache is read-only (cannot set {name!r})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"RecurrentCache is read-only (cannot delete {name!r})")
+
+    def __reduce__(self):
+        return (_rebuild_cache, ({name: getattr(self, name) for name in self.__slots__},))
 
     def __repr__(self):
         layout = "time-major" if self.time_major else "batch-major"
         return (f"RecurrentCache({self.kind}, T={self.T}, B={self.B}, I={self.I}, H={self.H}, "
                 f"{self.dtype}, {layout})")
+
+
+def _rebuild_cache(fields):
+    return RecurrentCache(**fields)
+
+
+def _is_size(v):
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_)) \
+        and v >= 0
+
+
+def _check_cache(cache, kind, fn):
+    """What the backward kernels rely on, in O(1): the sizes are ints, the dtype a float
+    dtype, and every array the kernels read has the C-contiguous shape and dtype that
+    the sizes give (a cache edited behind its back, or built by hand, is refused)."""
+    if not isinstance(cache, RecurrentCache) or cache.kind != kind:
+        raise TypeError(f"{fn}: cache must be the cache of {kind}(..., training=True), "
+                        f"got {type(cache).__name__}")
+    T, B, I, H = cache.T, cache.B, cache.I, cache.H
+    if not all(_is_size(v) for v in (T, B, I, H)):
+        raise ValueError(f"{fn}: cache sizes must be ints >= 0, got T={T!r}, B={B!r}, "
+                         f"I={I!r}, H={H!r}")
+    if cache.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{fn}: cache dtype must be float32 or float64, got {cache.dtype!r}")
+    for name in ("time_major", "reset_after", "relu"):
+        value = getattr(cache, name)
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{fn}: cache.{name} must be a bool, got {value!r}")
+    TB = T * B
+    want = {"x": (TB, I), "hs": ((T + 1) * B, H)}
+    if kind == "lstm":
+        want.update(kernel=(I + H, 4 * H), cs=((T + 1) * B, H), gates=(TB, 4 * H), tc=(TB, H))
+    elif kind == "gru":
+        want.update(kernel=(I, 3 * H), recurrent_kernel=(H, 3 * H), gates=(TB, 3 * H))
+        if cache.reset_after:
+            want["q"] = (TB, 3 * H)
+        else:
+            want.update(q=(B, 2 * H), rh=(TB, H))
+    else:
+        want.update(kernel=(I, H), recurrent_kernel=(H, H))
+    for name, shape in want.items():
+        a = getattr(cache, name)
+        if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != cache.dtype
+                or not a.flags.c_contiguous):
+            got = (f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray)
+                   else type(a).__name__)
+            raise ValueError(f"{fn}: cache.{name} must be a C-contiguous {cache.dtype} array "
+                             f"of shape {shape} for T={T}, B={B}, I={I}, H={H}, got {got} "
+                             f"(the cache was modified, or not made by {kind}(..., "
+                             f"training=True))")
 
 
 # ------------------------------------------------------------------ helpers
@@ -195,9 +262,7 @@ def _grad_x(gx, cache):
 def _backward_inputs(grad_outputs, grad_hT, cache, kind, fn):
     """Checked backward arguments: (output gradient for the kernel, step stride, row
     stride, writable grad_hT copy)."""
-    if not isinstance(cache, RecurrentCache) or cache.kind != kind:
-        raise TypeError(f"{fn}: cache must be the cache of {kind}(..., training=True), "
-                        f"got {type(cache).__name__}")
+    _check_cache(cache, kind, fn)
     g, g_step, ldg = _grad_seq(grad_outputs, cache, fn)
     return g, g_step, ldg, _grad_state(grad_hT, cache, "grad_hT", fn)
 

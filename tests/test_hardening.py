@@ -195,3 +195,160 @@ def test_byte_swapped_out_buffer_is_written_correctly():
     out = np.zeros(want.shape, np.dtype(np.float32).newbyteorder("S"))
     assert fastnn.conv2d(_swapped(x), _swapped(w), out=out) is out
     np.testing.assert_array_equal(out, want)
+
+
+# ------------------------------------------------------------ objects a user can edit
+def _caches():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 5, 3))
+    return {
+        "lstm": (fastnn.lstm(x, None, None, rng.standard_normal((7, 16)), np.zeros(16),
+                             training=True)[-1],
+                 lambda c: fastnn.lstm_backward(None, np.ones((2, 4)), None, c)),
+        "gru": (fastnn.gru(x, None, rng.standard_normal((3, 12)), rng.standard_normal((4, 12)),
+                           np.zeros((2, 12)), training=True)[-1],
+                lambda c: fastnn.gru_backward(None, np.ones((2, 4)), c)),
+        "gru-reset-before": (fastnn.gru(x, None, rng.standard_normal((3, 12)),
+                                        rng.standard_normal((4, 12)), np.zeros(12),
+                                        reset_after=False, training=True)[-1],
+                             lambda c: fastnn.gru_backward(None, np.ones((2, 4)), c)),
+        "simple_rnn": (fastnn.simple_rnn(x, None, rng.standard_normal((3, 4)),
+                                         rng.standard_normal((4, 4)), np.zeros(4),
+                                         training=True)[-1],
+                       lambda c: fastnn.simple_rnn_backward(None, np.ones((2, 4)), c)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru-reset-before", "simple_rnn"])
+def test_recurrent_cache_fields_cannot_be_set(kind):
+    cache, backward = _caches()[kind]
+    want = backward(cache)
+    for name in fastnn.RecurrentCache.__slots__:
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(cache, name, getattr(cache, name))
+        with pytest.raises(AttributeError, match="read-only"):
+            delattr(cache, name)
+    import pickle
+    again = backward(pickle.loads(pickle.dumps(cache)))
+    for a, b in zip(want, again):
+        np.testing.assert_array_equal(a, b)
+
+
+# Edits that get past the read-only fields (object.__setattr__, an array reshaped in
+# place, a cache built by hand) must be refused before a kernel reads out of bounds.
+# In a subprocess: without the checks these crash the interpreter.
+_CACHE_EDITS = r"""
+import sys
+sys.path.insert(0, {here!r})
+import numpy as np
+import fastnn
+from test_hardening import _caches
+
+kind, edit = sys.argv[1], sys.argv[2]
+cache, backward = _caches()[kind]
+if edit == "T":
+    object.__setattr__(cache, "T", 10_000)
+elif edit == "B":
+    object.__setattr__(cache, "B", 10_000)
+elif edit == "H":
+    object.__setattr__(cache, "H", 1_000)
+elif edit == "hs-reshaped":
+    cache.hs.shape = (cache.hs.shape[0] // 2, 2 * cache.hs.shape[1])
+elif edit == "hs-replaced":
+    object.__setattr__(cache, "hs", np.zeros((2, 4)))
+elif edit == "by-hand":
+    fields = {{name: getattr(cache, name) for name in fastnn.RecurrentCache.__slots__}}
+    fields["T"] = 50_000
+    cache = fastnn.RecurrentCache(**fields)
+try:
+    backward(cache)
+except ValueError as exc:
+    print("ValueError:", exc)
+else:
+    print("accepted")
+"""
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru-reset-before", "simple_rnn"])
+@pytest.mark.parametrize("edit", ["T", "B", "H", "hs-reshaped", "hs-replaced", "by-hand"])
+def test_recurrent_cache_edited_behind_its_back_is_refused(kind, edit):
+    proc = subprocess.run([sys.executable, "-c", _CACHE_EDITS.format(here=HERE), kind, edit],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"crashed ({proc.returncode}): {proc.stderr[-2000:]}"
+    fn = {"gru-reset-before": "gru"}.get(kind, kind)
+    assert proc.stdout.startswith(f"ValueError: {fn}_backward: cache"), proc.stdout
+
+
+def _sparse_mask():
+    rng = np.random.default_rng(9)
+    mask = rng.random((60, 50)) < 0.04
+    return mask, fastnn.prepare_mask(mask)
+
+
+def test_prepared_mask_is_immutable():
+    mask, m = _sparse_mask()
+    assert not m.dense
+    for name in ("bytes", "shape", "nnz", "dense", "row_ptr", "row_cols", "col_ptr",
+                 "col_rows", "csr_to_csc"):
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(m, name, getattr(m, name))
+    for name in ("bytes", "row_ptr", "row_cols", "col_ptr", "col_rows", "csr_to_csc"):
+        a = getattr(m, name)
+        with pytest.raises(ValueError):
+            a.flat[0] = 10 ** 9
+        with pytest.raises(ValueError):
+            a.flags.writeable = True
+    import pickle
+    x = np.random.default_rng(1).standard_normal((3, 60))
+    w = np.random.default_rng(2).standard_normal((60, 50))
+    np.testing.assert_array_equal(fastnn.masked_matmul(x, w, pickle.loads(pickle.dumps(m))),
+                                  fastnn.masked_matmul(x, w, m))
+
+
+_MASK_EDITS = r"""
+import sys
+sys.path.insert(0, {here!r})
+import numpy as np
+import fastnn
+from test_hardening import _sparse_mask
+
+edit, call = sys.argv[1], sys.argv[2]
+mask, m = _sparse_mask()
+if edit == "col_rows-values":
+    bad = np.full(m.nnz, 10 ** 9, dtype=np.int64)
+    object.__setattr__(m, "col_rows", bad)
+elif edit == "col_ptr-values":
+    bad = np.array(m.col_ptr)
+    bad[-1] = 10 ** 9
+    object.__setattr__(m, "col_ptr", bad)
+elif edit == "row_cols-reshaped":
+    m.row_cols.shape = (1, m.nnz)
+elif edit == "shape":
+    object.__setattr__(m, "shape", (600, 500))
+elif edit == "bytes":
+    object.__setattr__(m, "bytes", np.ones((2, 2), np.uint8))
+x = np.ones((3, 60))
+w = np.ones((60, 50)) if edit != "shape" else np.ones((600, 500))
+if edit == "shape":
+    x = np.ones((3, 600))
+try:
+    if call == "forward":
+        fastnn.masked_matmul(x, w, m)
+    else:
+        fastnn.masked_matmul_backward(np.ones((3, w.shape[1])), x, w, m)
+except ValueError as exc:
+    print("ValueError:", exc)
+else:
+    print("accepted")
+"""
+
+
+@pytest.mark.parametrize("call", ["forward", "backward"])
+@pytest.mark.parametrize("edit", ["col_rows-values", "col_ptr-values", "row_cols-reshaped",
+                                  "shape", "bytes"])
+def test_prepared_mask_edited_behind_its_back_is_refused(edit, call):
+    proc = subprocess.run([sys.executable, "-c", _MASK_EDITS.format(here=HERE), edit, call],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"crashed ({proc.returncode}): {proc.stderr[-2000:]}"
+    fn = "masked_matmul" if call == "forward" else "masked_matmul_backward"
+    assert proc.stdout.startswith(f"ValueError: {fn}: mask"), proc.stdout
