@@ -11,6 +11,8 @@ All functions compute cross-correlation, like every framework; see
 :func:`flip_kernel` for true convolution.
 """
 
+import math
+
 import numpy as np
 
 from fastnn._threads import get_num_threads
@@ -67,6 +69,33 @@ def _parse_padding(padding, in_size, kernel_size, stride, dilation, fn):
     return tuple(sides)
 
 
+# The kernels' index arithmetic (a tap's row oh*stride - pad + i*dilation, a flat
+# offset into an image plus such a column, times the channels) stays within
+# channels x (padded extent + window + stride) of each axis, beyond the arrays' own
+# sizes. Geometry that takes that past 2**56 (a padding, dilation, stride or kernel
+# size of 2**62, whatever the arrays' real sizes) is refused before any int64
+# arithmetic can wrap; the margin up to 2**63 covers the geometries derived from it
+# (the flipped convolution of an input gradient reaches about 3 times as far).
+INDEX_LIMIT = 1 << 56
+_DERIVED_LIMIT = 1 << 60
+
+
+def check_index_range(fn, C, ext_h, ext_w, what="stride, padding, dilation or kernel size",
+                      limit=INDEX_LIMIT):
+    """ValueError unless max(C, 1) * ext < limit on both axes."""
+    if max(C, 1) * max(ext_h, ext_w) >= limit:
+        raise ValueError(f"{fn}: geometry too large for 64-bit index arithmetic: padded extent "
+                         f"plus window and stride {ext_h}x{ext_w} with {C} channels (the "
+                         f"{what} is too large)")
+
+
+def check_result_size(fn, what, shape):
+    """ValueError for a result no array can hold (NumPy's "array is too big")."""
+    if math.prod(shape) >= INDEX_LIMIT:
+        raise ValueError(f"{fn}: {what} would have shape {tuple(shape)}, too large for any "
+                         f"array")
+
+
 def _image_shape(nhwc, N, C, H, W):
     return (N, H, W, C) if nhwc else (N, C, H, W)
 
@@ -75,7 +104,8 @@ class _Geometry:
     """Normalised convolution geometry (2-D; 1-D uses H = 1)."""
 
     def __init__(self, fn, layout, x_shape, kernel_size, channels_out, groups,
-                 stride, padding, dilation, ndim=2):
+                 stride, padding, dilation, ndim=2, limit=INDEX_LIMIT):
+        self.fn = fn
         self.layout = layout
         self.nhwc = layout == "NHWC"
         if self.nhwc:
@@ -91,6 +121,9 @@ class _Geometry:
             padding, (self.H, self.W), kernel_size, (self.sh, self.sw), (self.dh, self.dw), fn)
         span_h = self.dh * (self.kh - 1) + 1
         span_w = self.dw * (self.kw - 1) + 1
+        check_index_range(fn, max(self.C, self.K),
+                          self.H + self.pt + self.pb + span_h + self.sh,
+                          self.W + self.pl + self.pr + span_w + self.sw, limit=limit)
         self.Ho = (self.H + self.pt + self.pb - span_h) // self.sh + 1
         self.Wo = (self.W + self.pl + self.pr - span_w) // self.sw + 1
         if ndim == 1 and self.Wo < 1:
@@ -102,6 +135,7 @@ class _Geometry:
                 f"{fn}: kernel (dilated extent {span_h}x{span_w}) is larger than the padded "
                 f"input ({self.H + self.pt + self.pb}x{self.W + self.pl + self.pr}); "
                 f"output would be {self.Ho}x{self.Wo}")
+        check_result_size(fn, "the output", (self.N, max(self.K, 1), self.Ho, self.Wo))
 
     @property
     def out_shape(self):
@@ -114,6 +148,19 @@ class _Geometry:
     def kernel_args(self):
         return (self.N, self.C, self.H, self.W, self.K, self.kh, self.kw, self.sh, self.sw,
                 self.dh, self.dw, self.pt, self.pl, self.Ho, self.Wo, self.groups)
+
+    @property
+    def split_is_cheap(self):
+        """Whether the padded, phase-split image (what the implicit-im2col kernels read)
+        stays within a small multiple of x plus the patches the output reads. A stride
+        or padding far larger than the image (stride 10**5 on an 8x8 image) would make
+        it as large as the arguments, not the work: those problems take the packed
+        im2col tiles instead, which read x in place and allocate one tile per thread."""
+        sh, sw = self.sh, self.sw
+        split = (-(-(self.H + self.pt + self.pb) // sh) * sh
+                 * -(-(self.W + self.pl + self.pr) // sw) * sw)
+        work = 4 * self.H * self.W + self.kh * self.kw * self.Ho * self.Wo
+        return split <= work
 
 
 def _image_and_kernel(fn, layout, x, weight, x_dims, w_dims):
@@ -139,6 +186,8 @@ def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout, ndim=2
     else:
         K, cpg, kh, kw = weight.shape
         C = x.shape[1]
+    if groups > max(C, K, 1):
+        raise ValueError(f"{fn}: groups={groups} is more than the channels ({C} in, {K} out)")
     if C % groups:
         raise ValueError(f"{fn}: groups={groups} does not divide the {C} input channels of x")
     if K % groups:
@@ -258,7 +307,7 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
     # packed path with x as the tile.
     out_nhwc = False
     xq, Hq, Wq = None, 0, 0
-    if direct:
+    if direct or not geom.split_is_cheap:
         xc = contiguous(x, dtype)
     elif geom.nhwc and kg < block_k:
         xq, Hq, Wq = _phase_split(x, geom, dtype, nchw=True, splits=splits)
@@ -348,7 +397,7 @@ def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):
     tiles and the packed product when a group has too few output channels to fill a
     vector."""
     kg = geom.K // geom.groups
-    if kg >= 64 // np.dtype(dtype).itemsize:
+    if kg >= 64 // np.dtype(dtype).itemsize and geom.split_is_cheap:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         _conv.conv2d_weight_grad_implicit(xq.reshape(-1), gyc, grad_w.reshape(-1),
                                           geom.kernel_args(), geom.nhwc, nt, Hq, Wq)
@@ -393,8 +442,8 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
         wt.reshape(G, cg, kg, kh * kw)[...] = \
             w.reshape(G, kg, cg, kh * kw)[..., ::-1].transpose(0, 2, 1, 3)
         gy = grad_y[:, :, h0:h1, w0:w1]
-    tgeom = _Geometry("conv2d_backward", geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
-                      (pad_h, pad_w), (geom.dh, geom.dw))
+    tgeom = _Geometry(geom.fn, geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
+                      (pad_h, pad_w), (geom.dh, geom.dw), limit=_DERIVED_LIMIT)
     _forward(gy, wt, None, grad_x, tgeom, dtype)
 
 
@@ -435,6 +484,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
     x = as_float_array(x, "x", fn)
     check_ndim(x, 4, "x", fn, f"(layout {layout})")
     geom = _patch_geometry(fn, x.shape, kernel_size, stride, padding, dilation, layout)
+    check_result_size(fn, "cols", _cols_shape(geom))
     cols = np.empty(_cols_shape(geom), dtype=x.dtype)
     if cols.size:
         _conv.im2col(contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args(),
@@ -464,6 +514,7 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1, layou
     layout = _check_layout(layout, fn)
     cols = as_float_array(cols, "cols", fn)
     x_shape = int_tuple(x_shape, 4, "x_shape", fn, minimum=0)
+    check_result_size(fn, "the image (x_shape)", x_shape)
     geom = _patch_geometry(fn, x_shape, kernel_size, stride, padding, dilation, layout)
     expected = _cols_shape(geom)
     if cols.shape != expected:
@@ -683,6 +734,9 @@ class _TransposeGeometry:
                         for a, size in enumerate((H, W)))
         if out[0] < 1 or out[1] < 1:
             raise ValueError(f"{fn}: padding {padding!r} leaves an output of {out[0]}x{out[1]}")
+        check_index_range(fn, max(Cin, Cout),
+                          *(out[a] + sum(pads[a]) + d[a] * (k[a] - 1) + 1 + s[a] for a in range(2)))
+        check_result_size(fn, "the output", (N, Cout) + out)
         self.layout, self.nhwc = layout, layout == "NHWC"
         self.N, self.Cout, self.Ho, self.Wo = N, Cout, out[0], out[1]
         # Bottom/right padding of the adjoint convolution, minus the output padding;

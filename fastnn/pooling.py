@@ -25,7 +25,7 @@ import numpy as np
 from fastnn._threads import get_num_threads
 from fastnn._validation import (as_array, as_float_array, as_int, check_ndim, contiguous, int_tuple,
                                 memory_error)
-from fastnn.conv import _parse_padding, _parse_padding_1d
+from fastnn.conv import _parse_padding, _parse_padding_1d, check_index_range, check_result_size
 from fastnn_ext import _pooling
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
@@ -114,6 +114,9 @@ class _PoolGeometry:
         # "same": TensorFlow's rule on the effective (dilated) window (k - 1) d + 1.
         pads = _parse_padding(padding, spatial, k, s, d, fn)
         (self.pt, self.pb), (self.pl, self.pr) = pads
+        check_index_range(fn, self.C,
+                          self.H + self.pt + self.pb + (self.kh - 1) * self.dh + 1 + self.sh,
+                          self.W + self.pl + self.pr + (self.kw - 1) * self.dw + 1 + self.sw)
         self.Ho = _out_size(self.H, self.pt, self.pb, self.kh, self.sh, self.dh, ceil_mode)
         self.Wo = _out_size(self.W, self.pl, self.pr, self.kw, self.sw, self.dw, ceil_mode)
         self.mode = 2 if divisor_override is not None else (1 if count_include_pad else 0)
@@ -129,6 +132,7 @@ class _PoolGeometry:
             padded = "x".join(str(a[1] + a[2] + a[3]) for a in axes)
             raise ValueError(f"{fn}: the pooling window ({window}) is larger than the padded "
                              f"input ({padded})")
+        check_result_size(fn, "the output", (self.N, self.C, self.Ho, self.Wo))
         for name, size, p0, p1, k_, s_, d_, n_out in axes:
             span = (k_ - 1) * d_ + 1
             if pytorch_args and not isinstance(padding, str) and max(p0, p1) > span // 2:

@@ -155,9 +155,10 @@ cdef void pack_nchw(const floating* xg, const Geom* g, Py_ssize_t p0, Py_ssize_t
                 ow_b = qb - oh * Wo
                 ih = oh * g.sh - g.pt + i * g.dh
                 for j in range(g.kw):
-                    d = cols + ((c * g.kh + i) * g.kw + j) * ld + (qa - p0) - ow_a
+                    # d[ow - ow_a] receives output column ow of this row.
+                    d = cols + ((c * g.kh + i) * g.kw + j) * ld + (qa - p0)
                     if ih < 0 or ih >= g.H:
-                        fill_zero(d + ow_a, ow_b - ow_a)
+                        fill_zero(d, ow_b - ow_a)
                         continue
                     off = j * g.dw - g.pl
                     if j < MAX_KW:
@@ -172,14 +173,17 @@ cdef void pack_nchw(const floating* xg, const Geom* g, Py_ssize_t p0, Py_ssize_t
                     b = hi if hi < ow_b else ow_b
                     if b < a:
                         b = a
-                    fill_zero(d + ow_a, a - ow_a)
-                    src = xg + (c * g.H + ih) * g.W + off
-                    if sw == 1:
-                        copy_run(d + a, src + a, b - a)
-                    else:
-                        for ow in range(a, b):
-                            d[ow] = src[ow * sw]
-                    fill_zero(d + b, ow_b - b)
+                    fill_zero(d, a - ow_a)
+                    if b > a:
+                        # Pointers only to elements read: x's row start plus off
+                        # can lie far outside x (a padding of 10**12 columns).
+                        src = xg + ((c * g.H + ih) * g.W + off + a * sw)
+                        if sw == 1:
+                            copy_run(d + (a - ow_a), src, b - a)
+                        else:
+                            for ow in range(b - a):
+                                d[a - ow_a + ow] = src[ow * sw]
+                    fill_zero(d + (b - ow_a), ow_b - b)
 
 
 cdef void scatter_nchw(floating* gxg, const Geom* g, Py_ssize_t p0, Py_ssize_t p1,
@@ -203,15 +207,17 @@ cdef void scatter_nchw(floating* gxg, const Geom* g, Py_ssize_t p0, Py_ssize_t p
                     qb = p1 if p1 < (oh + 1) * Wo else (oh + 1) * Wo
                     ow_a = qa - oh * Wo
                     ow_b = qb - oh * Wo
-                    s = cols + ((c * g.kh + i) * g.kw + j) * ld + (qa - p0) - ow_a
                     a = lo if lo > ow_a else ow_a
                     b = hi if hi < ow_b else ow_b
-                    dst = gxg + (c * g.H + ih) * g.W + off
+                    if b <= a:
+                        continue
+                    s = cols + ((c * g.kh + i) * g.kw + j) * ld + (qa - p0) + (a - ow_a)
+                    dst = gxg + ((c * g.H + ih) * g.W + off + a * sw)
                     if sw == 1:
-                        for ow in range(a, b):
+                        for ow in range(b - a):
                             dst[ow] += s[ow]
                     else:
-                        for ow in range(a, b):
+                        for ow in range(b - a):
                             dst[ow * sw] += s[ow]
 
 
@@ -242,12 +248,14 @@ cdef void pack_nhwc(const floating* xn, Py_ssize_t c0, const Geom* g, Py_ssize_t
                 fill_zero(di, rowlen)
                 continue
             fill_zero(di, lo * Cg)
-            src = xn + (ih * g.W + off) * g.C + c0
-            if rows_contiguous:
-                copy_run(di + lo * Cg, src + lo * g.C, (hi - lo) * Cg)
-            else:
-                for j in range(lo, hi):
-                    copy_run(di + j * Cg, src + j * g.dw * g.C, Cg)
+            if hi > lo:
+                # (a pointer to the first tap read: off alone may lie far outside x)
+                src = xn + ((ih * g.W + off + lo * g.dw) * g.C + c0)
+                if rows_contiguous:
+                    copy_run(di + lo * Cg, src, (hi - lo) * Cg)
+                else:
+                    for j in range(lo, hi):
+                        copy_run(di + j * Cg, src + (j - lo) * g.dw * g.C, Cg)
             fill_zero(di + hi * Cg, (g.kw - hi) * Cg)
 
 

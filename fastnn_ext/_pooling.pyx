@@ -96,20 +96,34 @@ cdef extern from *:
         return (ae - a) * (be - b);
     }
 
+    /* xr (gr) points at the first tap read, output lo's: row start + off may lie
+     * far outside the plane (a large padding), so no pointer is formed there. */
     #define FASTNN_MAX_LOOP(S)                                                      \
         for (ptrdiff_t o = lo; o < hi; o++) {                                      \
-            T v = xr[o * (S)], a = yr[o];                                          \
+            T v = xr[(o - lo) * (S)], a = yr[o];                                   \
             yr[o] = (v > a || v != v) ? v : a;                                     \
         }
     #define FASTNN_MAX_IDX_LOOP(S)                                                  \
         for (ptrdiff_t o = lo; o < hi; o++) {                                      \
-            T v = xr[o * (S)], a = yr[o];                                          \
+            T v = xr[(o - lo) * (S)], a = yr[o];                                   \
             int take = (v > a) | (v != v);                                         \
             yr[o] = take ? v : a;                                                  \
-            ir[o] = take ? base + o * (S) : ir[o];                                 \
+            ir[o] = take ? base + (o - lo) * (S) : ir[o];                          \
         }
-    #define FASTNN_ADD_LOOP(S) for (ptrdiff_t o = lo; o < hi; o++) yr[o] += xr[o * (S)];
-    #define FASTNN_ADD_BACK_LOOP(S) for (ptrdiff_t o = lo; o < hi; o++) gr[o * (S)] += sc[o];
+    #define FASTNN_ADD_LOOP(S) for (ptrdiff_t o = lo; o < hi; o++) yr[o] += xr[(o - lo) * (S)];
+    #define FASTNN_ADD_BACK_LOOP(S) \
+        for (ptrdiff_t o = lo; o < hi; o++) gr[(o - lo) * (S)] += sc[o];
+
+    /* The kernel columns j whose taps j*dw - pl + o*sw land in [0, W) for some
+     * output o: the others read only padding (a kernel_size of 10**9 has 10**9 of
+     * them, not worth a loop). */
+    FASTNN_POOL_INLINE void fastnn_real_columns(const fastnn_pool_geom* g, ptrdiff_t* jlo,
+                                                ptrdiff_t* jhi) {
+        ptrdiff_t t = g->pl - (g->Wo - 1) * g->sw;
+        *jlo = t <= 0 ? 0 : (t + g->dw - 1) / g->dw;
+        *jhi = (g->W - 1 + g->pl) / g->dw + 1;
+        if (*jhi > g->kw) *jhi = g->kw;
+    }
 
     #define FASTNN_POOL_KERNELS(T, SUF)                                              \
     /* One (image, channel) plane: y (Ho, Wo) from x (H, W); idx NULL or (Ho, Wo). */ \
@@ -120,6 +134,8 @@ cdef extern from *:
                                         int64_t* restrict idx, T* col,             \
                                         const fastnn_pool_geom* g, int is_max) {   \
         if (idx || g->kh == 1) col = NULL;                                         \
+        ptrdiff_t jlo, jhi;                                                        \
+        fastnn_real_columns(g, &jlo, &jhi);                                        \
         for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
             T* restrict yr = y + ho * g->Wo;                                       \
             int64_t* restrict ir = idx ? idx + ho * g->Wo : NULL;                  \
@@ -148,11 +164,13 @@ cdef extern from *:
                 }                                                                  \
             }                                                                      \
             for (ptrdiff_t h = h0; h < (col && !ir ? h0 + 1 : h1); h += g->dh)     \
-                for (ptrdiff_t j = 0; j < g->kw; j++) {                            \
+                for (ptrdiff_t j = jlo; j < jhi; j++) {                            \
                     ptrdiff_t lo, hi, off = j * g->dw - g->pl;                     \
                     fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
-                    const T* restrict xr = (col && !ir ? col : x + h * g->W) + off; \
-                    int64_t base = h * g->W + off;                                 \
+                    if (hi <= lo) continue;                                        \
+                    const T* restrict xr = (col && !ir ? col : x + h * g->W)       \
+                                           + (off + lo * g->sw);                   \
+                    int64_t base = h * g->W + off + lo * g->sw;                    \
                     if (!is_max) { FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_LOOP) }      \
                     else if (ir) { FASTNN_BY_STRIDE(g->sw, FASTNN_MAX_IDX_LOOP) }  \
                     else { FASTNN_BY_STRIDE(g->sw, FASTNN_MAX_LOOP) }              \
@@ -223,6 +241,8 @@ cdef extern from *:
             }                                                                      \
             return bad;                                                            \
         }                                                                          \
+        ptrdiff_t jlo, jhi;                                                        \
+        fastnn_real_columns(g, &jlo, &jhi);                                        \
         for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
             ptrdiff_t h0, h1, w0, w1;                                              \
             fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);                \
@@ -231,10 +251,11 @@ cdef extern from *:
                 sc[wo] = gy[ho * g->Wo + wo] / (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1); \
             }                                                                      \
             for (ptrdiff_t h = h0; h < h1; h += g->dh)                             \
-                for (ptrdiff_t j = 0; j < g->kw; j++) {                            \
+                for (ptrdiff_t j = jlo; j < jhi; j++) {                            \
                     ptrdiff_t lo, hi, off = j * g->dw - g->pl;                     \
                     fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
-                    T* restrict gr = gx + h * g->W + off;                          \
+                    if (hi <= lo) continue;                                        \
+                    T* restrict gr = gx + h * g->W + (off + lo * g->sw);           \
                     FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_BACK_LOOP)                  \
                 }                                                                  \
         }                                                                          \

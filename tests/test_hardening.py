@@ -8,12 +8,17 @@ import subprocess
 import sys
 import textwrap
 
+from unittest import mock
+
 import numpy as np
 import pytest
+from hypothesis import given
 
 import fastnn
-
-from helpers import HERE
+import fastnn.conv
+import reference as ref
+from helpers import HERE, PROPERTY, assert_close
+from test_conv import geo_kwargs, geometries, make_conv_inputs
 
 
 # ------------------------------------------------------------ failed allocations
@@ -352,3 +357,191 @@ def test_prepared_mask_edited_behind_its_back_is_refused(edit, call):
     assert proc.returncode == 0, f"crashed ({proc.returncode}): {proc.stderr[-2000:]}"
     fn = "masked_matmul" if call == "forward" else "masked_matmul_backward"
     assert proc.stdout.startswith(f"ValueError: {fn}: mask"), proc.stdout
+
+
+# ------------------------------------------------------------ geometry sized by the arguments
+# Huge stride, padding or dilation with a small output: the kernels must allocate by
+# what the output reads. Each case runs capped at 256 MiB above the interpreter's
+# footprint (the padded image these geometries describe is GiB to TiB) and must agree
+# with the small problem it is equivalent to: with stride 10**5 only the first window
+# exists; with dilation = padding = 10**6 only the centre tap of a 3x3 kernel lands
+# in the image.
+_HUGE_GEOMETRY = r"""
+import resource, sys
+sys.path.insert(0, {here!r})
+import numpy as np
+import fastnn
+import reference as ref
+from helpers import assert_close
+
+fastnn.conv2d(np.ones((4, 8, 32, 32), np.float32), np.ones((8, 8, 3, 3), np.float32))
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+with open("/proc/self/status") as f:
+    vm = [int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:")][0]
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), hard))
+
+case, layout = sys.argv[1], sys.argv[2]
+dt = np.float64
+rng = np.random.default_rng(11)
+nhwc = layout == "NHWC"
+x = rng.standard_normal((2, 3, 8, 8))
+w = rng.standard_normal((4, 3, 3, 3))
+gy_small = None
+
+
+def lay(a):      # an NCHW image in the layout under test
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if nhwc else a
+
+
+def lay_w(a):    # an OIHW kernel in the layout under test
+    return np.ascontiguousarray(a.transpose(2, 3, 1, 0)) if nhwc else a
+
+
+def crop(a, h, w_):
+    return a[:, :h, :w_, :] if nhwc else a[:, :, :h, :w_]
+
+
+if case == "conv2d-stride":
+    got = fastnn.conv2d(lay(x), lay_w(w), stride=10 ** 5, layout=layout)
+    want = ref.conv2d(crop(lay(x), 3, 3), lay_w(w), layout=layout)
+    assert_close(got, want, dt, case)
+    gy = rng.standard_normal(got.shape)
+    gx, gw, gb = fastnn.conv2d_backward(gy, lay(x), lay_w(w), stride=10 ** 5, layout=layout)
+    rx, rw, rb = ref.conv2d_backward(gy, crop(lay(x), 3, 3), lay_w(w), layout=layout)
+    assert_close(crop(gx, 3, 3), rx, dt, "grad_x")
+    gx_rest = gx.copy()
+    crop(gx_rest, 3, 3)[...] = 0
+    assert not gx_rest.any()
+    assert_close(gw, rw, dt, "grad_w")
+    assert_close(gb, rb, dt, "grad_b")
+elif case == "conv2d-padding-stride":
+    # Windows start at -10**12, 0 and 10**12: only the middle one reads x.
+    got = fastnn.conv2d(lay(x), lay_w(w), padding=10 ** 12, stride=10 ** 12, layout=layout)
+    want = np.zeros(got.shape)
+    crop(want, 2, 2)[...] = 0
+    mid = ref.conv2d(crop(lay(x), 3, 3), lay_w(w), layout=layout)
+    if nhwc:
+        want[:, 1:2, 1:2, :] = mid
+    else:
+        want[:, :, 1:2, 1:2] = mid
+    assert got.shape == want.shape and not (got - want)[want == 0].any()
+    assert_close(got, want, dt, case)
+elif case == "conv2d-dilation-padding":
+    centre = w[:, :, 1:2, 1:2]
+    got = fastnn.conv2d(lay(x), lay_w(w), dilation=10 ** 6, padding=10 ** 6, layout=layout)
+    assert_close(got, ref.conv2d(lay(x), lay_w(centre), layout=layout), dt, case)
+    gy = rng.standard_normal(got.shape)
+    gx, gw, gb = fastnn.conv2d_backward(gy, lay(x), lay_w(w), dilation=10 ** 6,
+                                        padding=10 ** 6, layout=layout)
+    rx, rw, rb = ref.conv2d_backward(gy, lay(x), lay_w(centre), layout=layout)
+    assert_close(gx, rx, dt, "grad_x")
+    full = np.zeros_like(w)
+    full[:, :, 1:2, 1:2] = rw if not nhwc else rw.transpose(3, 2, 0, 1)
+    assert_close(gw, lay_w(full), dt, "grad_w")
+elif case == "conv1d-stride":
+    x1, w1 = x[:, :, 0], w[:, :, 0]
+    if nhwc:
+        x1, w1 = np.ascontiguousarray(x1.transpose(0, 2, 1)), np.ascontiguousarray(w1.transpose(2, 1, 0))
+    l1 = "NWC" if nhwc else "NCW"
+    got = fastnn.conv1d(x1, w1, stride=10 ** 9, layout=l1)
+    want = ref.conv1d(x1[:, :3] if nhwc else x1[:, :, :3], w1, padding=(0, 0), layout=l1)
+    assert_close(got, want, dt, case)
+    gy = rng.standard_normal(got.shape)
+    gx, gw, gb = fastnn.conv1d_backward(gy, x1, w1, stride=10 ** 9, layout=l1)
+    rx, rw, rb = ref.conv1d_backward(gy, x1[:, :3] if nhwc else x1[:, :, :3], w1,
+                                     padding=(0, 0), layout=l1)
+    assert_close(gw, rw, dt, "grad_w")
+    assert_close(gx[:, :3] if nhwc else gx[:, :, :3], rx, dt, "grad_x")
+elif case == "conv_transpose2d-stride":
+    x1 = rng.standard_normal((2, 4, 1, 1))
+    wt = rng.standard_normal((4, 3, 3, 3))
+    wt_l = np.ascontiguousarray(wt.transpose(2, 3, 1, 0)) if nhwc else wt
+    # A 1x1 input: the stride never separates two pixels.
+    got = fastnn.conv_transpose2d(lay(x1), wt_l, stride=10 ** 5, layout=layout)
+    assert_close(got, ref.conv_transpose2d(lay(x1), wt_l, layout=layout), dt, case)
+    gy = rng.standard_normal(got.shape)
+    for a, b, what in zip(fastnn.conv_transpose2d_backward(gy, lay(x1), wt_l, stride=10 ** 5,
+                                                           layout=layout),
+                          ref.conv_transpose2d_backward(gy, lay(x1), wt_l, layout=layout),
+                          ("grad_x", "grad_w", "grad_b")):
+        assert_close(a, b, dt, what)
+elif case == "im2col":
+    cols = fastnn.im2col(lay(x), 3, dilation=10 ** 6, padding=10 ** 6, layout=layout)
+    want = ref.im2col(lay(x), 1, layout=layout)
+    if nhwc:
+        assert cols.shape == (2, 64, 27)
+        np.testing.assert_array_equal(cols.reshape(2, 64, 9, 3)[:, :, 4], want)
+        assert not np.delete(cols.reshape(2, 64, 9, 3), 4, axis=2).any()
+    else:
+        assert cols.shape == (2, 27, 64)
+        np.testing.assert_array_equal(cols.reshape(2, 3, 9, 64)[:, :, 4], want.reshape(2, 3, 64))
+        assert not np.delete(cols.reshape(2, 3, 9, 64), 4, axis=2).any()
+elif case == "max_pool2d":
+    got = fastnn.max_pool2d(lay(x), 2, stride=10 ** 9, layout=layout)
+    want = crop(lay(x), 2, 2).max(axis=(1, 2) if nhwc else (2, 3), keepdims=True)
+    np.testing.assert_array_equal(got, want)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", ["conv2d-stride", "conv2d-padding-stride",
+                                  "conv2d-dilation-padding", "conv1d-stride",
+                                  "conv_transpose2d-stride", "im2col", "max_pool2d"])
+def test_huge_geometry_allocates_by_the_output(case, layout):
+    proc = subprocess.run([sys.executable, "-c", _HUGE_GEOMETRY.format(here=HERE), case, layout],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), \
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+@PROPERTY
+@given(geometries(min_batch=0))
+def test_packed_tile_path_matches_reference(g):
+    """The path those geometries take (packed im2col tiles reading x in place), forced
+    on ordinary ones: forward and both gradients against the float64 reference."""
+    x, w, b = make_conv_inputs(g["seed"], g["layout"], g["dtype"], g["N"], g["C"], g["H"],
+                               g["W"], g["K"], g["G"], g["kh"], g["kw"])
+    kw = dict(groups=g["G"], **geo_kwargs(g))
+    with mock.patch.object(fastnn.conv._Geometry, "split_is_cheap", property(lambda s: False)):
+        y = fastnn.conv2d(x, w, b, **kw)
+        gy = np.random.default_rng(g["seed"] + 1).standard_normal(y.shape).astype(g["dtype"])
+        grads = fastnn.conv2d_backward(gy, x, w, **kw)
+    assert_close(y, ref.conv2d(x, w, b, **kw), g["dtype"], "conv2d",
+                 ref.conv2d(abs(x), abs(w), abs(b), **kw))
+    want = ref.conv2d_backward(gy, x, w, **kw)
+    scale = ref.conv2d_backward(abs(gy), abs(x), abs(w), **kw)
+    for got, r, a, what in zip(grads, want, scale, ("grad_x", "grad_w", "grad_b")):
+        assert_close(got, r, g["dtype"], what, a)
+
+
+_X = np.ones((1, 3, 8, 8))
+_W = np.ones((4, 3, 3, 3))
+_OVERFLOW = {
+    "im2col-2**62": (fastnn.im2col, (_X, 3), dict(padding=2 ** 62, dilation=2 ** 62)),
+    "conv2d-stride=2**70": (fastnn.conv2d, (_X, _W), dict(stride=2 ** 70)),
+    "conv2d-dilation=2**62": (fastnn.conv2d, (_X, _W), dict(dilation=2 ** 62, padding=2 ** 62)),
+    "conv2d_backward": (fastnn.conv2d_backward, (np.ones((1, 4, 3, 3)), _X, _W),
+                        dict(padding=2 ** 62, stride=2 ** 62)),
+    "conv_transpose2d-output": (fastnn.conv_transpose2d, (np.ones((1, 4, 2, 2)), _W),
+                                dict(stride=2 ** 40)),
+    "conv1d": (fastnn.conv1d, (_X[:, :, 0], _W[:, :, 0]), dict(dilation=2 ** 62, padding=2 ** 62)),
+    "conv_transpose2d": (fastnn.conv_transpose2d, (np.ones((1, 4, 2, 2)), _W),
+                         dict(stride=2 ** 62)),
+    "col2im-x_shape": (fastnn.col2im, (np.ones((1, 27, 1)), (2 ** 20, 2 ** 20, 2 ** 20, 3), 3),
+                       dict(stride=2 ** 20)),
+    "im2col-cols": (fastnn.im2col, (_X, 3), dict(padding=2 ** 30)),
+    "col2im": (fastnn.col2im, (np.ones((1, 27, 1)), (1, 3, 8, 8), 3),
+               dict(padding=2 ** 62, stride=2 ** 63)),
+    "max_pool2d": (fastnn.max_pool2d, (_X, 3), dict(stride=2 ** 62)),
+    "avg_pool1d": (fastnn.avg_pool1d, (_X[:, :, 0], 3), dict(stride=2 ** 63)),
+    "locally_connected2d": (fastnn.locally_connected2d, (np.ones((1, 8, 8, 3)), np.ones((1, 1, 27, 2))),
+                            dict(kernel_size=3, stride=2 ** 62)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_OVERFLOW))
+def test_geometry_overflowing_int64_is_refused(case):
+    fn, args, kwargs = _OVERFLOW[case]
+    with pytest.raises(ValueError, match=rf"^{fn.__name__}: .*too large"):
+        fn(*args, **kwargs)
