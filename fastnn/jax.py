@@ -16,10 +16,18 @@ Each function is a :func:`jax.custom_vjp` whose forward and backward are
 :func:`jax.pure_callback` calls of fastnn's kernel and its ``*_backward``: the
 adapter computes nothing itself. The callbacks read JAX's host buffers in place
 (``np.asarray`` of a CPU array is a read-only view) and never write to them.
-Output shapes are found at trace time by calling the fastnn function on an empty
-batch, so shape and argument errors are raised where the function is called, with
-fastnn's messages. Errors that depend on values (a class label out of range) can
-only be found inside the callback and reach the caller as JAX's runtime error.
+(JAX copies what a callback returns into its own buffer.) Output shapes are found
+at trace time by calling the fastnn function on an empty batch, so shape and
+argument errors are raised where the function is called, with fastnn's messages.
+Errors that depend on values (a class label out of range) can only be found inside
+the callback and reach the caller as JAX's runtime error.
+
+The backward computes only the gradients of the arguments being differentiated
+(``need_input_grad`` / ``need_weight_grad`` / ``bias`` where fastnn has them) and
+skips outputs whose cotangent is zero. Arguments fastnn has no gradient for
+(integer labels, probability labels and class weights of the cross-entropy, masks)
+are never differentiated: asking for their gradient raises ``NotImplementedError``
+instead of returning zeros.
 
 Under :func:`jax.vmap` the callbacks use ``vmap_method="expand_dims"``: when the
 weights are not mapped, the mapped axis is folded into the op's own batch axis and

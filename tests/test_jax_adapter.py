@@ -299,7 +299,7 @@ CASES = [
     Case("banded_matmul", fj.banded_matmul,
          lambda x, w, lo, up, b: x @ (w * band_mask(7, 5, lo, up)) + b,
          lambda r: [_normal(r, 2, 3, 7), _normal(r, 7, 5), 1, 2, _normal(r, 5)]),
-    Case("masked_matmul", fj.masked_matmul, lambda x, w, m, b=None: x @ (w * m) + (0 if b is None else b),
+    Case("masked_matmul", fj.masked_matmul, lambda x, w, m, b: x @ (w * m) + b,
          lambda r: [_normal(r, 4, 7), _normal(r, 7, 5), R_MASK, _normal(r, 5)]),
     Case("masked_matmul_prepared", fj.masked_matmul,
          lambda x, w, m: x @ (w * R_MASK),

@@ -220,8 +220,8 @@ def _worker_checks():
             wide = functools.partial(jax.enable_x64, True)
         for cls, shape, kw in cases:
             nd = len(shape) - 2
-            ks = kw["kernel_size"] if isinstance(kw["kernel_size"], tuple) else (kw["kernel_size"],) * nd
-            st = kw["strides"] if isinstance(kw.get("strides", 1), tuple) else (kw.get("strides", 1),) * nd
+            ks, st = ((v,) * nd if isinstance(v, int) else v
+                      for v in (kw["kernel_size"], kw.get("strides", 1)))
             fmt = kw.get("data_format", "channels_last")
             what = f"{cls.__name__} {kw}"
             x = rng.standard_normal(shape)
