@@ -55,6 +55,28 @@ def contiguous(arr, dtype):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def as_real(value, name, fn):
+    """A real Python / NumPy scalar as a float (bool, complex, arrays refused; an int
+    too large for a float is an OverflowError naming the argument)."""
+    if type(value) is float:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise OverflowError(f"{fn}: {name} is too large for a float, got {value!r}") from None
+
+
+def as_bool(value, name, fn):
+    """A flag: True / False (or a NumPy bool), nothing else ("no" is not False)."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
+
+
 def as_int(value, name, fn, minimum=None):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{fn}: {name} must be an int, got {value!r}")

@@ -22,8 +22,8 @@ import numbers
 import numpy as np
 
 from fastnn._threads import threads_for
-from fastnn._validation import (as_array, as_float_array, as_int, contiguous, finish_out,
-                                prepare_out, result_dtype)
+from fastnn._validation import (as_array, as_float_array, as_int, as_real, contiguous,
+                                finish_out, prepare_out, result_dtype)
 from fastnn_ext import _activations
 
 __all__ = [
@@ -37,15 +37,6 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 # ------------------------------------------------------------------ helpers
-def _as_real(value, name, fn):
-    """A real Python / NumPy scalar as a float (bool, complex, arrays refused)."""
-    if type(value) is float:
-        return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
-    return float(value)
-
-
 def _prepare_out_inplace(out, shape, dtype, fn, inputs):
     """``prepare_out`` for elementwise kernels, which may write over an input they
     read element by element: an input that ``out`` aliases exactly (the same elements
@@ -184,7 +175,7 @@ def relu_backward(grad_y, x, *, at_zero=0.0, out=None):
     array([0. , 0.5, 1. , 0. ])
     """
     fn = "relu_backward"
-    at_zero = _as_real(at_zero, "at_zero", fn)
+    at_zero = as_real(at_zero, "at_zero", fn)
     return _binary(fn, _RELU_BWD, _CHEAP, grad_y, x, "x", out, at_zero)
 
 
@@ -214,7 +205,7 @@ def leaky_relu(x, negative_slope=0.01, *, out=None):
     array([-0.2,  0. ,  3. ])
     """
     fn = "leaky_relu"
-    negative_slope = _as_real(negative_slope, "negative_slope", fn)
+    negative_slope = as_real(negative_slope, "negative_slope", fn)
     return _unary(fn, _LEAKY, _CHEAP, x, out, negative_slope)
 
 
@@ -245,7 +236,7 @@ def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None):
     array([0.1, 0.1, 1. ])
     """
     fn = "leaky_relu_backward"
-    negative_slope = _as_real(negative_slope, "negative_slope", fn)
+    negative_slope = as_real(negative_slope, "negative_slope", fn)
     return _binary(fn, _LEAKY_BWD, _CHEAP, grad_y, x, "x", out, negative_slope)
 
 
@@ -540,7 +531,7 @@ class _Xent:
         if logits.ndim < 2:
             raise ValueError(f"{fn}: logits must be 2-D (N, C) or more (N, C, d1, ...), "
                              f"got shape {logits.shape}")
-        eps = _as_real(label_smoothing, "label_smoothing", fn)
+        eps = as_real(label_smoothing, "label_smoothing", fn)
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
         if ignore_index is not None:
@@ -761,7 +752,7 @@ def softmax_cross_entropy_backward(grad_loss, logits, labels, *, reduction="mean
     dtype = p.dtype
     weak = type(grad_loss) in (int, float)   # Python scalars do not promote (NEP 50)
     if weak:
-        scale = np.asarray(grad_loss, dtype=np.float64)
+        scale = np.asarray(as_real(grad_loss, "grad_loss", fn), dtype=np.float64)
     else:
         scale = as_float_array(grad_loss, "grad_loss", fn)
         dtype = result_dtype(p.logits, p.target, p.weight, scale)

@@ -20,9 +20,9 @@ import math
 import numpy as np
 
 from fastnn._threads import get_num_threads, threads_for
-from fastnn._validation import (as_array, as_float_array, as_int, check_bias, check_ndim,
-                                contiguous, finish_out, int_tuple, memory_error, prepare_out,
-                                result_dtype)
+from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_bias,
+                                check_ndim, contiguous, finish_out, int_tuple, memory_error,
+                                prepare_out, result_dtype)
 from fastnn.conv import _Geometry, _parse_padding, col2im, im2col
 from fastnn_ext import _banded
 
@@ -292,6 +292,7 @@ def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
            [0., 1.]]), array([1., 1.]))
     """
     fn = "banded_matmul_backward"
+    bias = as_bool(bias, "bias", fn)
     x = as_float_array(x, "x", fn)
     w = as_float_array(w, "w", fn)
     _check_x_w(fn, x, w)
@@ -592,6 +593,7 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
            [0., 1.]]))
     """
     fn = "masked_matmul_backward"
+    bias = as_bool(bias, "bias", fn)
     x, w, plan = _masked_setup(fn, x, w, mask)
     n_in, n_out = w.shape
     grad_y = _check_grad_y(fn, grad_y, x, n_out)
@@ -705,6 +707,7 @@ def _local_forward(fn, nd, x, weight, bias, kernel_size, stride, padding, layout
 
 
 def _local_backward(fn, nd, grad_y, x, weight, kernel_size, stride, padding, layout, bias):
+    bias = as_bool(bias, "bias", fn)
     x = as_float_array(x, "x", fn)
     weight = as_float_array(weight, "weight", fn)
     lg = _LocalGeometry(fn, nd, x, kernel_size, stride, padding, layout)

@@ -16,8 +16,9 @@ import math
 import numpy as np
 
 from fastnn._threads import get_num_threads
-from fastnn._validation import (as_float_array, as_int, check_bias, check_ndim, contiguous,
-                                finish_out, int_tuple, memory_error, prepare_out, result_dtype)
+from fastnn._validation import (as_bool, as_float_array, as_int, check_bias, check_ndim,
+                                contiguous, finish_out, int_tuple, memory_error, prepare_out,
+                                result_dtype)
 from fastnn_ext import _conv
 
 __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
@@ -360,6 +361,9 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
            [4., 4.]]), array([4.]))
     """
     fn = "conv2d_backward"
+    bias = as_bool(bias, "bias", fn)
+    need_input_grad = as_bool(need_input_grad, "need_input_grad", fn)
+    need_weight_grad = as_bool(need_weight_grad, "need_weight_grad", fn)
     x, weight, geom = _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout)
     grad_y = as_float_array(grad_y, "grad_y", fn)
     if grad_y.shape != geom.out_shape:
@@ -670,6 +674,9 @@ def conv1d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     (array([1., 2., 2., 1.]), array([3., 3.]), array([3.]))
     """
     fn = "conv1d_backward"
+    bias = as_bool(bias, "bias", fn)
+    need_input_grad = as_bool(need_input_grad, "need_input_grad", fn)
+    need_weight_grad = as_bool(need_weight_grad, "need_weight_grad", fn)
     x4, w4, geom, layout = _conv1d_setup(fn, x, weight, stride, padding, dilation, groups, layout)
     grad_y = as_float_array(grad_y, "grad_y", fn)
     expected = _shape_1d(geom.out_shape, geom)
@@ -875,6 +882,9 @@ def conv_transpose2d_backward(grad_y, x, weight, *, stride=1, padding=0, output_
            [3., 3.]]), array([8.]))
     """
     fn = "conv_transpose2d_backward"
+    bias = as_bool(bias, "bias", fn)
+    need_input_grad = as_bool(need_input_grad, "need_input_grad", fn)
+    need_weight_grad = as_bool(need_weight_grad, "need_weight_grad", fn)
     x, weight, tg = _transpose_setup(fn, x, weight, stride, padding, output_padding, dilation,
                                      groups, layout)
     grad_y = as_float_array(grad_y, "grad_y", fn)

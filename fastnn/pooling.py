@@ -23,8 +23,8 @@ import numbers
 import numpy as np
 
 from fastnn._threads import get_num_threads
-from fastnn._validation import (as_array, as_float_array, as_int, check_ndim, contiguous, int_tuple,
-                                memory_error)
+from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_ndim, contiguous,
+                                int_tuple, memory_error)
 from fastnn.conv import _parse_padding, _parse_padding_1d, check_index_range, check_result_size
 from fastnn_ext import _pooling
 
@@ -44,10 +44,6 @@ def _expand_one(value, ndim):
     return value
 
 
-def _check_bool(value, name, fn):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
-    return bool(value)
 
 
 def _out_size(size, p0, p1, k, s, d, ceil_mode):
@@ -87,12 +83,15 @@ class _PoolGeometry:
         else:
             s = int_tuple(_expand_one(stride, ndim), ndim, "stride", fn, minimum=1)
         d = int_tuple(_expand_one(dilation, ndim), ndim, "dilation", fn, minimum=1)
-        ceil_mode = _check_bool(ceil_mode, "ceil_mode", fn)
-        count_include_pad = _check_bool(count_include_pad, "count_include_pad", fn)
+        ceil_mode = as_bool(ceil_mode, "ceil_mode", fn)
+        count_include_pad = as_bool(count_include_pad, "count_include_pad", fn)
         if divisor_override is not None:
             divisor_override = as_int(divisor_override, "divisor_override", fn)
             if divisor_override == 0:
                 raise ValueError(f"{fn}: divisor_override must not be zero")
+            if not -(1 << 62) < divisor_override < 1 << 62:
+                raise ValueError(f"{fn}: divisor_override must be below 2**62 in magnitude, "
+                                 f"got {divisor_override}")
         pytorch_args = (any(v != 1 for v in d) or ceil_mode or count_include_pad
                         or divisor_override is not None)
         if self.channels_last:
@@ -185,8 +184,7 @@ def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_i
              **options):
     x = as_float_array(x, "x", fn)
     geom = _PoolGeometry(fn, ndim, layout, x, kernel_size, stride, padding, **options)
-    if not isinstance(return_indices, (bool, np.bool_)):
-        raise TypeError(f"{fn}: return_indices must be a bool, got {return_indices!r}")
+    return_indices = as_bool(return_indices, "return_indices", fn)
     if return_indices and not is_max:
         raise ValueError(f"{fn}: return_indices is only defined for max pooling")
     y = np.empty(geom.out_shape, dtype=x.dtype)

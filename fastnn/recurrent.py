@@ -35,10 +35,9 @@ import numbers
 
 import numpy as np
 
-from fastnn.activations import _as_real
 from fastnn._threads import SERIAL_BELOW, get_num_threads, threads_for
-from fastnn._validation import (FLOAT_DTYPES, as_float_array, check_ndim, contiguous, finish_out,
-                                memory_error, prepare_out, result_dtype)
+from fastnn._validation import (FLOAT_DTYPES, as_bool, as_float_array, as_real, check_ndim,
+                                contiguous, finish_out, memory_error, prepare_out, result_dtype)
 from fastnn_ext import _recurrent
 
 __all__ = [
@@ -337,7 +336,7 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
         if done is not None:
             return done
     fn = "lstm_cell"
-    forget_bias = _as_real(forget_bias, "forget_bias", fn)
+    forget_bias = as_real(forget_bias, "forget_bias", fn)
     x = as_float_array(x, "x", fn)
     check_ndim(x, 2, "x", fn, "(B, I)")
     B, I = x.shape
@@ -416,7 +415,10 @@ def lstm(x, h0, c0, kernel, bias, *, forget_bias=1.0, time_major=False, return_s
     ((2, 5, 4), True)
     """
     fn = "lstm"
-    forget_bias = _as_real(forget_bias, "forget_bias", fn)
+    forget_bias = as_real(forget_bias, "forget_bias", fn)
+    time_major = as_bool(time_major, "time_major", fn)
+    return_state = as_bool(return_state, "return_state", fn)
+    training = as_bool(training, "training", fn)
     x, T, B, I = _sequence_x(x, fn, time_major)
     if h0 is not None:
         h0 = as_float_array(h0, "h0", fn)
@@ -528,6 +530,7 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, kernel, bias, *, forget_bias=1.0
     (5, 12)
     """
     fn = "lstm_cell_backward"
+    forget_bias = as_real(forget_bias, "forget_bias", fn)
     x = as_float_array(x, "x", fn)
     check_ndim(x, 2, "x", fn, "(B, I)")
     h = as_float_array(h, "h", fn)
@@ -593,6 +596,10 @@ def gru(x, h0, kernel, recurrent_kernel, bias, *, reset_after=True, time_major=F
     ((2, 5, 4), (2, 4))
     """
     fn = "gru"
+    reset_after = as_bool(reset_after, "reset_after", fn)
+    time_major = as_bool(time_major, "time_major", fn)
+    return_state = as_bool(return_state, "return_state", fn)
+    training = as_bool(training, "training", fn)
     x, T, B, I = _sequence_x(x, fn, time_major)
     rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
     check_ndim(rk, 2, "recurrent_kernel", fn, "(H, 3H)")
@@ -696,6 +703,7 @@ def gru_cell(x, h, kernel, recurrent_kernel, bias, *, reset_after=True):
     0.088852
     """
     fn = "gru_cell"
+    reset_after = as_bool(reset_after, "reset_after", fn)
     x = as_float_array(x, "x", fn)
     check_ndim(x, 2, "x", fn, "(B, I)")
     h = as_float_array(h, "h", fn)
@@ -723,6 +731,7 @@ def gru_cell_backward(grad_h, x, h, kernel, recurrent_kernel, bias, *, reset_aft
     [(1, 2), (1, 3), (2, 9), (3, 9), (2, 9)]
     """
     fn = "gru_cell_backward"
+    reset_after = as_bool(reset_after, "reset_after", fn)
     x = as_float_array(x, "x", fn)
     check_ndim(x, 2, "x", fn, "(B, I)")
     h = as_float_array(h, "h", fn)
@@ -776,8 +785,10 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, *, activation="tanh", time
     array([1., 2., 3.])
     """
     fn = "simple_rnn"
-    if activation not in _ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in _ACTIVATIONS:
         raise ValueError(f"{fn}: activation must be 'tanh' or 'relu', got {activation!r}")
+    time_major = as_bool(time_major, "time_major", fn)
+    training = as_bool(training, "training", fn)
     x, T, B, I = _sequence_x(x, fn, time_major)
     rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
     check_ndim(rk, 2, "recurrent_kernel", fn, "(H, H)")

@@ -545,3 +545,97 @@ def test_geometry_overflowing_int64_is_refused(case):
     fn, args, kwargs = _OVERFLOW[case]
     with pytest.raises(ValueError, match=rf"^{fn.__name__}: .*too large"):
         fn(*args, **kwargs)
+
+
+# ------------------------------------------------------------ unnamed errors
+def _lstm_args():
+    rng = np.random.default_rng(4)
+    return (rng.standard_normal((2, 3, 2)), None, None, rng.standard_normal((6, 16)),
+            np.zeros(16))
+
+
+_R = np.random.default_rng(8)
+_G = np.ones((2, 3))
+_HUGE_REALS = [
+    ("relu_backward", lambda v: fastnn.relu_backward(_G, _R.standard_normal((2, 3)), at_zero=v),
+     "at_zero"),
+    ("leaky_relu", lambda v: fastnn.leaky_relu(_G, negative_slope=v), "negative_slope"),
+    ("leaky_relu_backward", lambda v: fastnn.leaky_relu_backward(_G, _G, negative_slope=v),
+     "negative_slope"),
+    ("lstm", lambda v: fastnn.lstm(*_lstm_args(), forget_bias=v), "forget_bias"),
+    ("lstm_cell", lambda v: fastnn.lstm_cell(np.ones((2, 2)), np.ones((2, 4)), np.ones((2, 4)),
+                                             np.ones((6, 16)), np.ones(16), forget_bias=v),
+     "forget_bias"),
+    ("lstm_cell_backward", lambda v: fastnn.lstm_cell_backward(
+        None, None, np.ones((2, 2)), np.ones((2, 4)), np.ones((2, 4)), np.ones((6, 16)),
+        np.ones(16), forget_bias=v), "forget_bias"),
+    ("softmax_cross_entropy", lambda v: fastnn.softmax_cross_entropy(
+        np.ones((2, 3)), np.array([0, 1]), label_smoothing=v), "label_smoothing"),
+    ("softmax_cross_entropy_backward", lambda v: fastnn.softmax_cross_entropy_backward(
+        v, np.ones((2, 3)), np.array([0, 1])), "grad_loss"),
+]
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400)])
+@pytest.mark.parametrize("fn, call, name", _HUGE_REALS, ids=[c[0] for c in _HUGE_REALS])
+def test_int_too_large_for_a_float_names_the_argument(fn, call, name, value):
+    with pytest.raises((OverflowError, ValueError), match=rf"^{fn}: {name}\b"):
+        call(value)
+
+
+def _flag_calls():
+    x4, w4 = np.ones((1, 2, 5, 5)), np.ones((3, 2, 2, 2))
+    gy4 = np.ones((1, 3, 4, 4))
+    x3, w3, gy3 = np.ones((1, 2, 5)), np.ones((3, 2, 2)), np.ones((1, 3, 4))
+    xt, wt, gyt = np.ones((1, 3, 4, 4)), np.ones((3, 2, 2, 2)), np.ones((1, 2, 5, 5))
+    xb, wb, gyb = np.ones((2, 4)), np.ones((4, 4)), np.ones((2, 4))
+    xl, wl, gyl = np.ones((1, 4, 4, 2)), np.ones((3, 3, 8, 2)), np.ones((1, 3, 3, 2))
+    xs = np.ones((2, 3, 2))
+    gru_w = (np.ones((2, 12)), np.ones((4, 12)), np.ones((2, 12)))
+    rnn_w = (np.ones((2, 4)), np.ones((4, 4)), np.ones(4))
+    return [
+        ("conv2d_backward", lambda **k: fastnn.conv2d_backward(gy4, x4, w4, **k),
+         ("bias", "need_input_grad", "need_weight_grad")),
+        ("conv1d_backward", lambda **k: fastnn.conv1d_backward(gy3, x3, w3, **k),
+         ("bias", "need_input_grad", "need_weight_grad")),
+        ("conv_transpose2d_backward", lambda **k: fastnn.conv_transpose2d_backward(
+            gyt, xt, wt, **k), ("bias", "need_input_grad", "need_weight_grad")),
+        ("banded_matmul_backward", lambda **k: fastnn.banded_matmul_backward(
+            gyb, xb, wb, 1, 1, **k), ("bias",)),
+        ("masked_matmul_backward", lambda **k: fastnn.masked_matmul_backward(
+            gyb, xb, wb, np.eye(4), **k), ("bias",)),
+        ("locally_connected2d_backward", lambda **k: fastnn.locally_connected2d_backward(
+            gyl, xl, wl, kernel_size=2, **k), ("bias",)),
+        ("locally_connected1d_backward", lambda **k: fastnn.locally_connected1d_backward(
+            np.ones((1, 3, 2)), np.ones((1, 4, 2)), np.ones((3, 4, 2)), kernel_size=2, **k),
+         ("bias",)),
+        ("lstm", lambda **k: fastnn.lstm(*_lstm_args(), **k),
+         ("time_major", "return_state", "training")),
+        ("gru", lambda **k: fastnn.gru(xs, None, *gru_w, **k),
+         ("reset_after", "time_major", "return_state", "training")),
+        ("gru_cell", lambda **k: fastnn.gru_cell(xs[:, 0], np.ones((2, 4)), *gru_w, **k),
+         ("reset_after",)),
+        ("gru_cell_backward", lambda **k: fastnn.gru_cell_backward(
+            np.ones((2, 4)), xs[:, 0], np.ones((2, 4)), *gru_w, **k), ("reset_after",)),
+        ("simple_rnn", lambda **k: fastnn.simple_rnn(xs, None, *rnn_w, **k),
+         ("time_major", "training")),
+        ("max_pool2d", lambda **k: fastnn.max_pool2d(x4, 2, **k), ("return_indices", "ceil_mode")),
+        ("avg_pool2d", lambda **k: fastnn.avg_pool2d(x4, 2, **k),
+         ("ceil_mode", "count_include_pad")),
+        ("max_pool1d", lambda **k: fastnn.max_pool1d(x3, 2, **k), ("return_indices", "ceil_mode")),
+        ("avg_pool1d", lambda **k: fastnn.avg_pool1d(x3, 2, **k),
+         ("ceil_mode", "count_include_pad")),
+    ]
+
+
+_FLAG_CASES = [(fn, call, flag) for fn, call, flags in _flag_calls() for flag in flags]
+
+
+@pytest.mark.parametrize("value", ["no", "yes", 0, 1, None, 1.0, np.array(True)], ids=repr)
+@pytest.mark.parametrize("fn, call, flag", _FLAG_CASES, ids=[f"{c[0]}-{c[2]}" for c in _FLAG_CASES])
+def test_flags_must_be_bools(fn, call, flag, value):
+    with pytest.raises(TypeError, match=rf"^{fn}: {flag} must be a bool"):
+        call(**{flag: value})
+    if flag != "reset_after":       # (its bias shape depends on it)
+        call(**{flag: np.True_})
+        call(**{flag: False})
