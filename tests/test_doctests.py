@@ -21,6 +21,10 @@ ADAPTERS = {"fastnn.torch": "torch", "fastnn.jax": "jax", "fastnn.keras": "keras
 
 
 def _import(name):
+    if name == "fastnn.keras":
+        # Keras picks its backend once, at import: test_keras_adapter runs this module's
+        # examples in a subprocess per backend.
+        pytest.skip("fastnn.keras's examples run per backend in test_keras_adapter")
     framework = ADAPTERS.get(name)
     if framework and importlib.util.find_spec(framework) is None:
         pytest.skip(f"{name} needs {framework}, which is not installed")
