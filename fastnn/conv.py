@@ -293,6 +293,11 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
 
 
 def _forward(x, weight, bias, buf, geom, dtype, splits=None):
+    if geom.C == 0:
+        # No input channels: every output is its bias (and the kernels never take the
+        # address of an element of the empty x or weight).
+        buf[...] = 0 if bias is None else (bias if geom.nhwc else bias[:, None, None])
+        return
     wc = contiguous(weight, dtype)
     bc = None if bias is None else contiguous(bias, dtype)
     kg = geom.K // geom.groups

@@ -919,7 +919,7 @@ def gru_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
         a.bias = &bias[0]
         a.store = training
         gemm(False, False, T * B, G, I, <floating>1, &x[0, 0] if I else NULL, I,
-             &kernel[0, 0], G, <floating>0, &z[0, 0], G)
+             &kernel[0, 0] if I else NULL, G, <floating>0, &z[0, 0], G)
         for t in range(T):
             s = t if training else 0
             a.z = &z[t * B, 0]
@@ -982,16 +982,16 @@ def gru_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
                 gemm(False, True, B, H, 2 * H, <floating>1, &dz[t * B, 0], G, kr, G,
                      <floating>1, &dh[0, 0], H)
         if reset_after:
-            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0], &hs[0, 0], H,
-                         &dz[0, 0], G, &grad_kernel[0, 0], NULL, &grad_bias[0, 0],
-                         &grad_x[0, 0] if I else NULL, num_threads)
+            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0] if I else NULL,
+                         &hs[0, 0], H, &dz[0, 0], G, &grad_kernel[0, 0] if I else NULL, NULL,
+                         &grad_bias[0, 0], &grad_x[0, 0] if I else NULL, num_threads)
             gemm(True, False, H, G, N, <floating>1, &hs[0, 0], H, &dq[0, 0], G,
                  <floating>0, &grad_rkernel[0, 0], G)
             column_sums(&dq[0, 0], N, G, G, &grad_bias[1, 0], num_threads)
         else:
-            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0], &hs[0, 0], H,
-                         &dz[0, 0], G, &grad_kernel[0, 0], NULL, &grad_bias[0, 0],
-                         &grad_x[0, 0] if I else NULL, num_threads)
+            weight_grads(&x[0, 0] if I else NULL, N, I, &kernel[0, 0] if I else NULL,
+                         &hs[0, 0], H, &dz[0, 0], G, &grad_kernel[0, 0] if I else NULL, NULL,
+                         &grad_bias[0, 0], &grad_x[0, 0] if I else NULL, num_threads)
             gemm(True, False, H, 2 * H, N, <floating>1, &hs[0, 0], H, &dz[0, 0], G,
                  <floating>0, &grad_rkernel[0, 0], G)
             gemm(True, False, H, H, N, <floating>1, &rh[0, 0], H, &dz[0, 2 * H], G,
@@ -1011,7 +1011,7 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
         a.bias = &bias[0]
         a.relu = relu
         gemm(False, False, T * B, H, I, <floating>1, &x[0, 0] if I else NULL, I,
-             &kernel[0, 0], H, <floating>0, &z[0, 0], H)
+             &kernel[0, 0] if I else NULL, H, <floating>0, &z[0, 0], H)
         for t in range(T):
             gemm(False, False, B, H, H, <floating>1, &hs[t * B, 0], H, &rkernel[0, 0], H,
                  <floating>1, &z[t * B, 0], H)
@@ -1042,6 +1042,7 @@ def rnn_backward(const floating[:, ::1] x, const floating[:, ::1] kernel,
             run_pass(floating is double, FASTNN_RNN_BWD, &a, B, num_threads)
             gemm(False, True, B, H, H, <floating>1, &dz[t * B, 0], H, &rkernel[0, 0], H,
                  <floating>0, &dh[0, 0], H)
-        weight_grads(&x[0, 0] if I else NULL, T * B, I, &kernel[0, 0], &hs[0, 0], H,
-                     &dz[0, 0], H, &grad_kernel[0, 0], &grad_rkernel[0, 0], &grad_bias[0],
-                     &grad_x[0, 0] if I else NULL, num_threads)
+        weight_grads(&x[0, 0] if I else NULL, T * B, I, &kernel[0, 0] if I else NULL,
+                     &hs[0, 0], H, &dz[0, 0], H, &grad_kernel[0, 0] if I else NULL,
+                     &grad_rkernel[0, 0], &grad_bias[0], &grad_x[0, 0] if I else NULL,
+                     num_threads)

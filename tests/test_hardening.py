@@ -639,3 +639,74 @@ def test_flags_must_be_bools(fn, call, flag, value):
     if flag != "reset_after":       # (its bias shape depends on it)
         call(**{flag: np.True_})
         call(**{flag: False})
+
+
+# ------------------------------------------------------------ size-0 paths
+# A kernel must not take the address of element 0 of an empty operand (the debug
+# build's bounds checks raise IndexError there, and the release build reads past an
+# allocation). These run in every build; .ci/sanitize runs them with FASTNN_DEBUG=1.
+def _sequence(kind, x, h0, kernel, weights, reset_after):
+    if kind == "lstm":
+        return fastnn.lstm(x, h0, None, kernel, *weights, training=True)
+    if kind == "gru":
+        return fastnn.gru(x, h0, kernel, *weights, reset_after=reset_after, training=True)
+    return fastnn.simple_rnn(x, h0, kernel, *weights, activation=kind[4:], training=True)
+
+
+def _sequence_backward(kind, out, cache):
+    g = np.ones_like(out)
+    if kind == "lstm":
+        return fastnn.lstm_backward(g, np.ones((2, 4)), None, cache)
+    if kind == "gru":
+        return fastnn.gru_backward(g, np.ones((2, 4)), cache)
+    return fastnn.simple_rnn_backward(g, np.ones((2, 4)), cache)
+
+
+@pytest.mark.parametrize("kind, reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                               ("rnn-tanh", True), ("rnn-relu", True)])
+def test_sequences_without_input_features(kind, reset_after):
+    """I = 0 (an empty (0, 3H) kernel for gru) is the problem with one input feature
+    that is always zero: the same outputs and state and weight gradients."""
+    rng = np.random.default_rng(2)
+    H = 4
+    h0 = rng.standard_normal((2, H))
+    G = {"lstm": 4, "gru": 3}.get(kind, 1) * H
+    if kind == "lstm":      # kernel (I + H, 4H): the rows of x, then those of h
+        rec = rng.standard_normal((H, G))
+        weights = (rng.standard_normal(G),)
+        k0, k1 = rec, np.vstack([rng.standard_normal((1, G)), rec])
+    else:
+        weights = (rng.standard_normal((H, G)),
+                   rng.standard_normal((2, G) if kind == "gru" and reset_after else G))
+        k0, k1 = np.zeros((0, G)), rng.standard_normal((1, G))
+    empty = _sequence(kind, np.zeros((2, 3, 0)), h0, k0, weights, reset_after)
+    one = _sequence(kind, np.zeros((2, 3, 1)), h0, k1, weights, reset_after)
+    np.testing.assert_allclose(empty[0], one[0], rtol=1e-12, atol=1e-12)
+    g_empty = _sequence_backward(kind, empty[0], empty[-1])
+    g_one = _sequence_backward(kind, one[0], one[-1])
+    assert g_empty[0].shape == (2, 3, 0)
+    for a, b in zip(g_empty[1:], g_one[1:]):
+        if kind == "lstm" and a.shape == (H, G):       # grad_kernel without its x row
+            b = b[1:]
+        elif a.shape != b.shape:                       # grad_kernel (0, G) vs (1, G)
+            assert a.shape == (0,) + b.shape[1:]
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_convolutions_without_input_channels(layout, stride):
+    nhwc = layout == "NHWC"
+    x = np.ones((2, 5, 5, 0) if nhwc else (2, 0, 5, 5))
+    w = np.ones((2, 2, 0, 3) if nhwc else (3, 0, 2, 2))
+    bias = np.array([1.0, -2.0, 3.0])
+    y = fastnn.conv2d(x, w, bias, stride=stride, layout=layout)
+    np.testing.assert_array_equal(y, np.broadcast_to(bias if nhwc else bias[:, None, None],
+                                                     y.shape))
+    gx, gw, gb = fastnn.conv2d_backward(np.ones(y.shape), x, w, stride=stride, layout=layout)
+    assert gx.shape == x.shape and gw.shape == w.shape
+    np.testing.assert_array_equal(gb, np.full(3, y[0].size // 3 * 2))
+    y1 = fastnn.conv1d(x[:, 0] if nhwc else x[:, :, 0], w[0] if nhwc else w[:, :, 0], bias,
+                       stride=stride, layout="NWC" if nhwc else "NCW")
+    np.testing.assert_array_equal(y1, np.broadcast_to(bias if nhwc else bias[:, None], y1.shape))
