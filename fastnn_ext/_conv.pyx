@@ -556,8 +556,8 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
     cdef Py_ssize_t units = g.N * g.G, tmp_size = 0, scratch_size
     cdef const floating* bp = &bias[0] if bias is not None else NULL
     cdef const floating* xqp = &xq[0] if implicit else NULL
-    cdef floating* tmp
-    cdef Py_ssize_t* tables
+    cdef floating* tmp = NULL
+    cdef Py_ssize_t* tables = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed
     if units == 0 or g.K == 0 or g.P == 0:
@@ -639,7 +639,7 @@ def conv2d_weight_grad(const floating[::1] x, const floating[::1] gy, floating[:
     cdef Py_ssize_t wsize = g.K * g.ckk
     cdef Py_ssize_t nchunks, per, nitems, it, ci, grp, t0, t1, e, e0, e1, nblk
     cdef floating* partial
-    cdef floating* cols
+    cdef floating* cols = NULL
     cdef floating acc
     cdef int failed = 0
     cdef int* failed_p = &failed
@@ -746,8 +746,8 @@ def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
     cdef Py_ssize_t rows, ntiles, ntile_items, nchunks, per, nmb, mbs, nitems, wsize
     cdef Py_ssize_t it, ci, grp, mb, m0, m1, t0, t1, nblk, k, r, tq
     cdef floating* partial
-    cdef floating* gyt
-    cdef Py_ssize_t* tables
+    cdef floating* gyt = NULL
+    cdef Py_ssize_t* tables = NULL
     cdef floating acc
     cdef int failed = 0
     cdef int* failed_p = &failed
@@ -836,7 +836,7 @@ def conv2d_input_grad(const floating[::1] gy, const floating[::1] w, floating[::
     cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
     cdef Py_ssize_t units = g.N * g.G
     cdef Py_ssize_t nhb, hbs, nitems, it, n, grp, hb, h0, h1
-    cdef floating* gcols
+    cdef floating* gcols = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed
     if units == 0 or g.C == 0:

@@ -350,10 +350,10 @@ cdef inline void pool_item(const floating* x, floating* y, int64_t* idx, floatin
     if not nhwc:
         if floating is float:
             fastnn_pool_plane_f32(x + it * pin, y + it * pout,
-                                  NULL if idx == NULL else idx + it * pout, col, g, is_max)
+                                  idx + it * pout if idx != NULL else NULL, col, g, is_max)
         else:
             fastnn_pool_plane_f64(x + it * pin, y + it * pout,
-                                  NULL if idx == NULL else idx + it * pout, col, g, is_max)
+                                  idx + it * pout if idx != NULL else NULL, col, g, is_max)
         return
     n = it // nblk
     c0 = (it % nblk) * CBLOCK
@@ -372,11 +372,11 @@ cdef inline int back_item(const floating* gy, const int64_t* idx, floating* gx,
     if not nhwc:
         if floating is float:
             return fastnn_pool_plane_back_f32(gy + it * pout,
-                                              NULL if idx == NULL else idx + it * pout,
+                                              idx + it * pout if idx != NULL else NULL,
                                               gx + it * pin, scratch, g)
         else:
             return fastnn_pool_plane_back_f64(gy + it * pout,
-                                              NULL if idx == NULL else idx + it * pout,
+                                              idx + it * pout if idx != NULL else NULL,
                                               gx + it * pin, scratch, g)
     n = it // nblk
     c0 = (it % nblk) * CBLOCK
@@ -392,11 +392,11 @@ def pool2d_forward(const floating[::1] x, floating[::1] y, int64_t[::1] idx, tup
                    bint nhwc, bint is_max, int num_threads):
     """y (and, for max pooling, idx when not None) from x; see the module notes."""
     cdef fastnn_pool_geom g = make_geom(geom)
-    cdef int64_t* ip = NULL if idx is None else &idx[0]
+    cdef int64_t* ip = &idx[0] if idx is not None else NULL
     cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
     cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
     cdef int nt = team(num_threads, items) if g.N * g.C * g.H * g.W >= FASTNN_SERIAL_BELOW_POOL else 1
-    cdef floating* col
+    cdef floating* col = NULL
     if items == 0:
         return
     with nogil, parallel(num_threads=nt, use_threads_if=nt > 1):
@@ -415,11 +415,11 @@ def pool2d_backward(const floating[::1] gy, const int64_t[::1] idx, floating[::1
     (average pooling). Returns True when some index lay outside its plane (skipped;
     the caller raises)."""
     cdef fastnn_pool_geom g = make_geom(geom)
-    cdef const int64_t* ip = NULL if idx is None else &idx[0]
+    cdef const int64_t* ip = &idx[0] if idx is not None else NULL
     cdef Py_ssize_t it, nblk = (g.C + CBLOCK - 1) // CBLOCK
     cdef Py_ssize_t items = g.N * (nblk if nhwc else g.C)
     cdef int nt = team(num_threads, items) if g.N * g.C * g.H * g.W >= FASTNN_SERIAL_BELOW_POOL else 1
-    cdef floating* scratch
+    cdef floating* scratch = NULL
     cdef int failed = 0, bad = 0
     cdef int* failed_p = &failed
     cdef int* bad_p = &bad
