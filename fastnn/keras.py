@@ -385,7 +385,7 @@ class LocallyConnected2D(_LocallyConnected):
     implementation : 1
         Keras 2's weight layout for implementation 1 (the only one accepted).
 
-    Weights
+    Notes
     -------
     kernel ``(out_rows * out_cols, kh * kw * channels, filters)`` with each patch
     flattened in the input's order ((i, j, c) for channels_last, (c, i, j) for
