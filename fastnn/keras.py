@@ -386,7 +386,7 @@ class LocallyConnected2D(_LocallyConnected):
         Keras 2's weight layout for implementation 1 (the only one accepted).
 
     Notes
-    -------
+    -----
     kernel ``(out_rows * out_cols, kh * kw * channels, filters)`` with each patch
     flattened in the input's order ((i, j, c) for channels_last, (c, i, j) for
     channels_first), bias ``(out_rows, out_cols, filters)`` -- Keras 2's layout, so
