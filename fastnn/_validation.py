@@ -19,7 +19,9 @@ def as_float_array(a, name, fn):
     """``np.asarray(a)``, refusing anything but float32/float64 with a TypeError.
 
     A non-native byte order (``'>f4'`` on a little-endian machine) is the same float
-    type: it is converted to a native copy here, so no kernel ever reads it raw.
+    type: it is converted to a native copy here, so no kernel ever reads it raw; so is
+    a misaligned array (a view at an odd byte offset), which the kernels would read
+    with misaligned loads.
     """
     arr = as_array(a, name, fn)
     if arr.dtype not in FLOAT_DTYPES:
@@ -27,6 +29,8 @@ def as_float_array(a, name, fn):
         if arr.dtype.kind == "f" and native in FLOAT_DTYPES:
             return arr.astype(native)
         raise TypeError(f"{fn}: {name} must have dtype float32 or float64, got {arr.dtype}")
+    if not arr.flags.aligned:
+        return arr.copy()
     return arr
 
 
@@ -51,8 +55,10 @@ def check_ndim(arr, ndim, name, fn, what):
 
 
 def contiguous(arr, dtype):
-    """A C-contiguous array of ``dtype``, copying only when needed (never in place)."""
-    return np.ascontiguousarray(arr, dtype=dtype)
+    """A C-contiguous, aligned array of ``dtype``, copying only when needed (never in
+    place)."""
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    return out if out.flags.aligned else out.copy()
 
 
 def as_real(value, name, fn):

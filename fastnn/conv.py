@@ -428,8 +428,14 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     """grad_x: with stride 1, a convolution of grad_y with the flipped, transposed
     kernel on the fast forward kernel; strided, GEMM tiles followed by a gather-add
     col2im. (Splitting a strided grad_x into one stride-1 convolution per stride
-    phase measured 0.33-0.94x the GEMM path: the phase kernels are too small.)"""
-    if geom.sh > 1 or geom.sw > 1:
+    phase measured 0.33-0.94x the GEMM path: the phase kernels are too small.)
+    The flipped convolution also multiplies the zeros it pads grad_y with by every
+    weight, which a NaN or Inf weight turns into NaN where no output reaches: such a
+    kernel (its sum is not finite: one pass over the weight, tiny next to the work,
+    no temporary) takes the GEMM path, which sums only real terms."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(np.sum(weight)))
+    if geom.sh > 1 or geom.sw > 1 or not finite:
         _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1),
                                 grad_x.reshape(-1), geom.kernel_args(), geom.nhwc, nt)
         return
@@ -557,7 +563,7 @@ def flip_kernel(weight, layout="NCHW"):
     weight = as_float_array(weight, "weight", fn)
     check_ndim(weight, 4, "weight", fn, f"(layout {layout})")
     flipped = weight[::-1, ::-1] if layout == "NHWC" else weight[:, :, ::-1, ::-1]
-    return np.ascontiguousarray(flipped)
+    return flipped.copy(order="C")     # (a new array also for a 1x1 kernel)
 
 
 # ------------------------------------------------------------------ conv1d

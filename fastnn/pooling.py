@@ -244,7 +244,7 @@ def _check_indices(fn, indices, geom):
     if idx.shape != geom.out_shape:
         raise ValueError(f"{fn}: indices must have the output shape {geom.out_shape} "
                          f"(layout {geom.layout}), got {idx.shape}")
-    return np.ascontiguousarray(idx, dtype=np.int64)
+    return contiguous(idx, np.int64)
 
 
 # ------------------------------------------------------------------ 2-D

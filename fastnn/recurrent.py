@@ -535,10 +535,15 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, kernel, bias, *, forget_bias=1.0
     check_ndim(x, 2, "x", fn, "(B, I)")
     h = as_float_array(h, "h", fn)
     check_ndim(h, 2, "h", fn, "(B, H)")
+    h = _state(h, x.shape[0], h.shape[1], "h", fn, "x")
+    c = as_float_array(c, "c", fn)
+    if c.shape != h.shape:
+        raise ValueError(f"{fn}: c must have the shape of h {h.shape}, got {c.shape}")
     _, _, cache = lstm(x[:, None], h, c, kernel, bias, forget_bias=forget_bias,
                        training=True)
     g = None if grad_h is None else _grad_state(grad_h, cache, "grad_h", fn)
-    gx, gh, gc, gk, gb = lstm_backward(None, g, grad_c, cache)
+    gc = None if grad_c is None else _grad_state(grad_c, cache, "grad_c", fn)
+    gx, gh, gc, gk, gb = lstm_backward(None, g, gc, cache)
     return gx[:, 0], gh, gc, gk, gb
 
 
