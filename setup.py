@@ -5,6 +5,7 @@ Environment switches:
   FASTNN_OPENMP=1   require OpenMP: fail the build if the probe fails
   FASTNN_NATIVE=1   add -march=native (local builds only; wheels must stay portable)
   FASTNN_DEBUG=1    Cython bounds checks on, -O1 -g (for sanitizer and debug jobs)
+  FASTNN_SANITIZE=1 -fsanitize=address,undefined (.ci/sanitize; needs libasan preloaded)
 """
 import os
 import shutil
@@ -64,6 +65,7 @@ def _probe_openmp():
 want_openmp = _env_flag("FASTNN_OPENMP")
 native = bool(_env_flag("FASTNN_NATIVE"))
 debug = bool(_env_flag("FASTNN_DEBUG"))
+sanitize = bool(_env_flag("FASTNN_SANITIZE"))
 
 have_openmp = False
 if want_openmp is not False:
@@ -79,6 +81,9 @@ compile_args += ["-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function"
 # linked with libgomp: _omp_shim.h, force-included, sends those calls to fastnn's own
 # pool (_runtime.h). See the notes at the top of _runtime.h for why.
 link_args = ["-pthread"]
+if sanitize:
+    compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    link_args += ["-fsanitize=address,undefined"]
 if native:
     compile_args.append("-march=native")
 if have_openmp:
