@@ -293,9 +293,10 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
 
 
 def _forward(x, weight, bias, buf, geom, dtype, splits=None):
-    if geom.C == 0:
-        # No input channels: every output is its bias (and the kernels never take the
-        # address of an element of the empty x or weight).
+    if geom.C == 0 or geom.H == 0 or geom.W == 0:
+        # No input channels or pixels (the padding alone makes the output): every
+        # output is its bias, and no kernel takes the address of an element of an
+        # empty x or weight.
         buf[...] = 0 if bias is None else (bias if geom.nhwc else bias[:, None, None])
         return
     wc = contiguous(weight, dtype)
@@ -405,6 +406,9 @@ def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):
     register-blocked kernel (vectorised along output channels), or packed im2col
     tiles and the packed product when a group has too few output channels to fill a
     vector."""
+    if x.size == 0 or gyc.size == 0:
+        grad_w[...] = 0         # only padding (or nothing) under every tap
+        return
     kg = geom.K // geom.groups
     if kg >= 64 // np.dtype(dtype).itemsize and geom.split_is_cheap:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
@@ -501,7 +505,9 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
     geom = _patch_geometry(fn, x.shape, kernel_size, stride, padding, dilation, layout)
     check_result_size(fn, "cols", _cols_shape(geom))
     cols = np.empty(_cols_shape(geom), dtype=x.dtype)
-    if cols.size:
+    if cols.size and not x.size:
+        cols.fill(0)            # an empty image under padding: every patch is padding
+    elif cols.size:
         _conv.im2col(contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args(),
                      geom.nhwc, get_num_threads())
     return cols
