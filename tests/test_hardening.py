@@ -6,7 +6,6 @@ checks over the whole API are in test_contract.py.
 """
 import subprocess
 import sys
-import textwrap
 
 from unittest import mock
 
