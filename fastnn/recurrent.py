@@ -162,9 +162,12 @@ def _check_cache(cache, kind, fn):
 
 
 # ------------------------------------------------------------------ helpers
-def _threads(units):
-    # Below the gate pass's parallel threshold the count is unused: skip asking (~1 us).
-    return threads_for(units, "gate")
+def _cell_threads(B, K, H, G):
+    # One step: the gate pass (B x H units) and the product (B x K x G multiply-adds) go
+    # parallel from their thresholds; below both the count is unused: skip asking (~1 us).
+    if B * K * G >= SERIAL_BELOW["recurrent"]:
+        return get_num_threads()
+    return threads_for(B * H, "gate")
 
 
 def _seq_threads(B, H):
@@ -366,7 +369,8 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
         cbuf, ctarget = prepare_out(out_c, (B, H), dt, fn, others + (hc, hbuf), "out_c")
     if B and H:
         try:
-            _LSTM_CELL[dt](xc, hc, cc, kc, bc, forget_bias, hbuf, cbuf, _threads(B * H))
+            _LSTM_CELL[dt](xc, hc, cc, kc, bc, forget_bias, hbuf, cbuf,
+                           _cell_threads(B, I + H, H, 4 * H))
         except MemoryError as exc:
             raise memory_error(fn, exc) from None
     return finish_out(hbuf, htarget), finish_out(cbuf, ctarget)

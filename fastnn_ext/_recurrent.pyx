@@ -29,8 +29,8 @@ from libc.string cimport memcpy, memset
 
 from fastnn_ext._blas cimport gemm
 from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_GATE, FASTNN_SERIAL_BELOW_RECURRENT
-from fastnn_ext._openmp cimport fastnn_omp_thread_id
-from fastnn_ext._ukernel cimport FASTNN_UGEMM_SCRATCH, fastnn_ukernel_pick, ugemm
+from fastnn_ext._openmp cimport fastnn_omp_thread_id, team
+from fastnn_ext._ukernel cimport FASTNN_UGEMM_SCRATCH, fastnn_ukernel_pick, pgemm, ugemm
 
 import os as _os
 
@@ -495,7 +495,7 @@ DEF SMALL_B = 4
 
 cdef void xh_product(const floating* x, const floating* h, const floating* w, floating* z,
                      Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
-                     bint acc) noexcept nogil:
+                     bint acc, int num_threads) noexcept nogil:
     # z (+)= x @ w[:I] + h @ w[I:], rows of G.
     cdef fastnn_rnn_args a
     if B <= SMALL_B:
@@ -523,11 +523,107 @@ cdef void xh_product(const floating* x, const floating* h, const floating* w, fl
         for r in range(B):
             memcpy(xh + r * (I + H), x + r * I, I * sizeof(floating))
             memcpy(xh + r * (I + H) + I, h + r * H, H * sizeof(floating))
-        gemm(False, False, B, G, I + H, <floating>1, xh, I + H, w, G, <floating>0, z, G)
+        fwd_product(B, G, I + H, xh, I + H, w, G, False, z, G, num_threads)
         free(xh)
         return
-    gemm(False, False, B, G, I, <floating>1, x, I, w, G, <floating>(1 if acc else 0), z, G)
-    gemm(False, False, B, G, H, <floating>1, h, H, w + I * G, G, <floating>1, z, G)
+    fwd_product(B, G, I, x, I, w, G, acc, z, G, num_threads)
+    fwd_product(B, G, H, h, H, w + I * G, G, True, z, G, num_threads)
+
+
+# Products on fastnn's own pool (row-major, _blas.gemm's arguments, alpha 1, beta 0 or
+# 1). SciPy's OpenBLAS would run them on its own thread pool, which fights the pool of
+# NumPy's OpenBLAS when that one still spins after a NumPy call (an lstm_cell step right
+# after a 384x384 NumPy matmul: 13x its time alone), and which fastnn.threads(n) does not
+# limit. Here the output is cut in fixed blocks of PRODUCT_MB rows x PRODUCT_NB columns,
+# each computed whole by one thread on the register-blocked kernel: the bits depend on
+# the shape only, the team shrinks like every fastnn team when other tasks hold the
+# cores, and below FASTNN_SERIAL_BELOW_RECURRENT multiply-adds the call stays serial.
+DEF PRODUCT_MB = 96
+DEF PRODUCT_NB = 256
+
+
+cdef void product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                  const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                  bint accumulate, floating* c, Py_ssize_t ldc,
+                  int num_threads) noexcept nogil:
+    cdef Py_ssize_t mblocks = (m + PRODUCT_MB - 1) // PRODUCT_MB
+    cdef Py_ssize_t nblocks = (n + PRODUCT_NB - 1) // PRODUCT_NB
+    cdef Py_ssize_t it, m0, n0, mb, nb
+    cdef floating beta = 1 if accumulate else 0
+    if m <= 0 or n <= 0:
+        return
+    if num_threads < 2 or m * n * k < FASTNN_SERIAL_BELOW_RECURRENT:
+        pgemm(trans_a, trans_b, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)
+        return
+    for it in prange(mblocks * nblocks, schedule="static",
+                     num_threads=team(num_threads, mblocks * nblocks)):
+        m0 = (it // nblocks) * PRODUCT_MB
+        n0 = (it % nblocks) * PRODUCT_NB
+        mb = m - m0 if m - m0 < PRODUCT_MB else PRODUCT_MB
+        nb = n - n0 if n - n0 < PRODUCT_NB else PRODUCT_NB
+        pgemm(trans_a, trans_b, mb, nb, k, <floating>1,
+              (a + m0) if trans_a else (a + m0 * lda), lda,
+              (b + n0 * ldb) if trans_b else (b + n0), ldb, beta, c + m0 * ldc + n0, ldc)
+
+
+# Which products go to the pool: up to 2^24 multiply-adds without transposes (measured,
+# float32, 2 threads, each alone: (16 x 384) @ (384 x 1024) 102 us on the pool against
+# 180 through OpenBLAS, float64 168 against 201; (64 x 1024) @ (1024 x 2048) 2.85 ms
+# against 2.28, and the transposed products of the backward passes 1.4-4x slower here,
+# since the kernel packs a transposed operand a block at a time). Bigger products and
+# the transposed ones stay on BLAS, whose packing wins there.
+DEF POOL_PRODUCT_MAX = 16777216
+
+
+cdef inline void fwd_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                             Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                             bint accumulate, floating* c, Py_ssize_t ldc,
+                             int num_threads) noexcept nogil:
+    # c (+)= a @ b, row-major.
+    if m * n * k <= POOL_PRODUCT_MAX:
+        product(False, False, m, n, k, a, lda, b, ldb, accumulate, c, ldc, num_threads)
+    else:
+        gemm(False, False, m, n, k, <floating>1, a, lda, b, ldb,
+             <floating>(1 if accumulate else 0), c, ldc)
+
+
+def _product_check(a, b, bint trans_a, bint trans_b, bint pool, int num_threads, int reps=1):
+    """Test and timing hook: op(a) @ op(b) (C-contiguous, one dtype) on fastnn's pool
+    (pool=True) or through _blas.gemm."""
+    import numpy as np
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    m = a.shape[1] if trans_a else a.shape[0]
+    k = a.shape[0] if trans_a else a.shape[1]
+    n = b.shape[0] if trans_b else b.shape[1]
+    if (b.shape[1] if trans_b else b.shape[0]) != k or a.dtype != b.dtype:
+        raise ValueError("_product_check: shapes or dtypes do not match")
+    out = np.empty((m, n), dtype=a.dtype)
+    if a.dtype == np.float32:
+        _product_run[float](a, b, out, trans_a, trans_b, pool, num_threads, reps)
+    else:
+        _product_run[double](a, b, out, trans_a, trans_b, pool, num_threads, reps)
+    return out
+
+
+cdef _product_run(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out,
+                  bint trans_a, bint trans_b, bint pool, int num_threads, int reps):
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1]
+    cdef const floating* pa = &a[0, 0] if a.shape[0] * a.shape[1] else NULL
+    cdef const floating* pb = &b[0, 0] if b.shape[0] * b.shape[1] else NULL
+    cdef int r
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        for r in range(reps):
+            if pool:
+                product(trans_a, trans_b, m, n, k, pa, lda, pb, ldb, False, &out[0, 0], n,
+                        num_threads)
+            else:
+                gemm(trans_a, trans_b, m, n, k, <floating>1, pa, lda, pb, ldb, <floating>0,
+                     &out[0, 0], n)
 
 
 # The per-step recurrent products (B, H) @ (H, G) and (B, G) @ (G, H) against a weight
@@ -722,13 +818,13 @@ cdef void lstm_steps(const floating* x, const floating* kernel, const floating* 
         panels_free(&wx)
         panels_free(&wh)
         return
-    gemm(False, False, T * B, G, I, <floating>1, x, I, kernel, G, <floating>0, z, G)
+    fwd_product(T * B, G, I, x, I, kernel, G, False, z, G, num_threads)
     for t in range(T):
         if packed:
             panels_product(&wh, hs + t * BH, B, z + t * B * G, G, True, num_threads)
         else:
             xh_product(<floating*>NULL, hs + t * BH, kernel + I * G, z + t * B * G, B, 0, H,
-                       G, True)
+                       G, True, num_threads)
         lstm_fwd_step(&a, z, hs, cs, tc, t, B, H, training)
         run_pass(floating is double, FASTNN_LSTM_FWD, &a, B, num_threads)
     if packed:
@@ -773,7 +869,7 @@ cdef int cell_step(const floating* x, const floating* h, const floating* c,
     if z == NULL:
         raise MemoryError(f"could not allocate {B * G * sizeof(floating)} bytes for the gates")
     with nogil:
-        xh_product(x, h, kernel, z, B, I, H, G, False)
+        xh_product(x, h, kernel, z, B, I, H, G, False, num_threads)
         zero_args(&a, H)
         a.z = z
         a.bias = bias
@@ -830,7 +926,10 @@ def lstm_cell(x, h, c, kernel, bias, double forget_bias, out_h, out_c, threads):
         return None
     if B == 0 or H == 0:
         return out_h, out_c
-    nt = threads() if B * H >= FASTNN_SERIAL_BELOW_GATE else 1
+    # Threads pay from GATE_UNITS units of the gate pass or RECURRENT multiply-adds of
+    # the product (fwd_product: on fastnn's pool for this size).
+    nt = (threads() if B * H >= FASTNN_SERIAL_BELOW_GATE
+          or B * (I + H) * 4 * H >= FASTNN_SERIAL_BELOW_RECURRENT else 1)
     if tn == cnp.NPY_DOUBLE:
         cell_step[double](<const double*>data(x), <const double*>data(h), <const double*>data(c),
                   <const double*>data(kernel), <const double*>data(bias), forget_bias,
@@ -918,27 +1017,27 @@ def gru_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
         zero_args(&a, H)
         a.bias = &bias[0]
         a.store = training
-        gemm(False, False, T * B, G, I, <floating>1, &x[0, 0] if I else NULL, I,
-             &kernel[0, 0] if I else NULL, G, <floating>0, &z[0, 0], G)
+        fwd_product(T * B, G, I, &x[0, 0] if I else NULL, I, &kernel[0, 0] if I else NULL,
+                    G, False, &z[0, 0], G, num_threads)
         for t in range(T):
             s = t if training else 0
             a.z = &z[t * B, 0]
             a.h_prev = &hs[t * B, 0]
             a.h_out = &hs[(t + 1) * B, 0]
             if reset_after:
-                gemm(False, False, B, G, H, <floating>1, &hs[t * B, 0], H, kr, G,
-                     <floating>0, &q[s * B, 0], G)
+                fwd_product(B, G, H, &hs[t * B, 0], H, kr, G, False, &q[s * B, 0], G,
+                            num_threads)
                 a.q = &q[s * B, 0]
                 a.bias2 = &rbias[0]
                 run_pass(dbl, FASTNN_GRU_FWD, &a, B, num_threads)
             else:
-                gemm(False, False, B, 2 * H, H, <floating>1, &hs[t * B, 0], H, kr, G,
-                     <floating>0, &q[0, 0], 2 * H)
+                fwd_product(B, 2 * H, H, &hs[t * B, 0], H, kr, G, False, &q[0, 0], 2 * H,
+                            num_threads)
                 a.q = &q[0, 0]
                 a.rh = &rh[s * B, 0]
                 run_pass(dbl, FASTNN_GRU0_FWD_A, &a, B, num_threads)
-                gemm(False, False, B, H, H, <floating>1, &rh[s * B, 0], H, kr + 2 * H, G,
-                     <floating>0, &qh[0, 0], H)
+                fwd_product(B, H, H, &rh[s * B, 0], H, kr + 2 * H, G, False, &qh[0, 0], H,
+                            num_threads)
                 a.q = &qh[0, 0]
                 run_pass(dbl, FASTNN_GRU0_FWD_B, &a, B, num_threads)
 
@@ -1010,11 +1109,11 @@ def rnn_forward(const floating[:, ::1] x, const floating[:, ::1] kernel,
         zero_args(&a, H)
         a.bias = &bias[0]
         a.relu = relu
-        gemm(False, False, T * B, H, I, <floating>1, &x[0, 0] if I else NULL, I,
-             &kernel[0, 0] if I else NULL, H, <floating>0, &z[0, 0], H)
+        fwd_product(T * B, H, I, &x[0, 0] if I else NULL, I, &kernel[0, 0] if I else NULL,
+                    H, False, &z[0, 0], H, num_threads)
         for t in range(T):
-            gemm(False, False, B, H, H, <floating>1, &hs[t * B, 0], H, &rkernel[0, 0], H,
-                 <floating>1, &z[t * B, 0], H)
+            fwd_product(B, H, H, &hs[t * B, 0], H, &rkernel[0, 0], H, True, &z[t * B, 0], H,
+                        num_threads)
             a.z = &z[t * B, 0]
             a.h_out = &hs[(t + 1) * B, 0]
             run_pass(floating is double, FASTNN_RNN_FWD, &a, B, num_threads)

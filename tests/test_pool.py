@@ -390,3 +390,31 @@ def test_coexistence_routes_openblas_and_keeps_results():
     assert np.array_equal(a @ b, want_np)
     with pytest.raises(TypeError, match="on must be a bool"):
         fastnn.set_coexistence(1)
+
+
+# ------------------------------------------------------------------ products on the pool
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n,trans_a,trans_b", [
+    (16, 384, 1024, False, False),   # an lstm_cell step's product: 2 x 4 blocks of work
+    (97, 65, 257, False, False),     # partial blocks in every direction, k past one K block
+    (130, 70, 300, True, False),
+    (40, 129, 513, False, True),
+    (3, 1, 5, False, False),         # below the serial threshold
+    (5, 0, 7, False, False),         # k = 0: zeros
+])
+def test_products_on_the_pool_match_float64_and_any_thread_count(dtype, m, k, n, trans_a,
+                                                                   trans_b):
+    # The recurrent kernels' products that run on fastnn's pool instead of BLAS's.
+    from fastnn_ext import _recurrent
+    rng = np.random.default_rng(m * n + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    ref = (a64.T if trans_a else a64) @ (b64.T if trans_b else b64)
+    got = [_recurrent._product_check(a, b, trans_a, trans_b, True, t) for t in (1, 2, 3, 7)]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert got[0].shape == (m, n) and got[0].dtype == dtype
+    np.testing.assert_allclose(got[0], ref, rtol=0, atol=tol * scale * max(1, k) ** 0.5)
+    for other in got[1:]:
+        assert np.array_equal(other, got[0])

@@ -14,6 +14,11 @@ after numpy / after scipy / after torch
     the kernel right after an untimed 384x384 float32 matmul of NumPy
     (``a @ a``), of SciPy's BLAS (``scipy.linalg.blas.sgemm``) and of PyTorch
     (``torch.mm``): their thread pools are still spinning when the kernel starts.
+1t: after numpy / scipy / torch
+    the same on one thread (``fastnn.threads(1)``): the floor under the same
+    conditions. The preceding call also leaves caches and TLB colder (a 1 ms pure-Python
+    loop before ``relu_backward`` of 2^20 floats makes it 2.5x slower on one thread), so
+    "after X" against this column is the thread pools' share of the penalty.
 numpy after / torch after
     a timed NumPy / PyTorch matmul right after an untimed kernel call, against that
     matmul alone: do the kernel's idle threads hold the cores?
@@ -229,6 +234,12 @@ def measure(case, torch, quick=False):
         for name, other in others.items():
             other()
             row[f"after {name}"] = _median_after(fn, other, reps, 0)
+            if subject == "fastnn":
+                # The SPEC's floor under the same conditions: the preceding call also
+                # leaves the caches and TLB colder, which costs a short kernel on one
+                # thread as much as on two.
+                with fastnn.threads(1):
+                    row[f"1 thread after {name}"] = _median_after(fn, other, reps, 0)
         for name in ("numpy", "torch"):
             if name not in others:
                 continue
@@ -258,6 +269,9 @@ COLUMNS = [
     ("after numpy", "aft np", "alone"),
     ("after scipy", "aft sp", "alone"),
     ("after torch", "aft pt", "alone"),
+    ("1 thread after numpy", "1t: aft np", "alone"),
+    ("1 thread after scipy", "1t: aft sp", "alone"),
+    ("1 thread after torch", "1t: aft pt", "alone"),
     ("numpy after", "np aft", "numpy alone"),
     ("torch after", "pt aft", "torch alone"),
     ("coexist: after numpy", "co: aft np", "alone"),
@@ -299,5 +313,6 @@ def run(out, quick=False, torch=None, only_cases=None):
         for line in format_rows(case.name, rows):
             print(line, file=out, flush=True)
     print("times: alone in ms; the others as x of alone (numpy/torch after: x of that "
-          "matmul alone). 'co:' = with fastnn.set_coexistence(True).", file=out)
+          "matmul alone). '1t:' = with fastnn.threads(1), the floor; 'co:' = with "
+          "fastnn.set_coexistence(True).", file=out)
     return results
