@@ -128,6 +128,18 @@ class ModuleAPI(SphinxDirective):
         module = importlib.import_module(modname)
         names = list(getattr(module, "__all__", []))
         lines = [f".. automodule:: {modname}", ""]
+        # Names another fastnn module defines (fastnn.banded re-exports fastnn.local's)
+        # are documented on that module's page: here, a pointer to it.
+        reexported = {}
+        for name in names:
+            home_module = getattr(getattr(module, name), "__module__", modname)
+            if home_module != modname and home_module.startswith("fastnn."):
+                reexported.setdefault(home_module, []).append(name)
+        for home_module, group in reexported.items():
+            listed = ", ".join(f"``{name}``" for name in group)
+            lines += [f"Also importable from ``{modname}``: {listed} (see :mod:`{home_module}`).",
+                      ""]
+            names = [name for name in names if name not in group]
         groups = []   # (module the names are documented under, names)
         for name in names:
             home = "fastnn" if getattr(fastnn, name, None) is getattr(module, name) else modname

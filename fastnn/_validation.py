@@ -84,7 +84,7 @@ def as_bool(value, name, fn):
 
 
 def as_int(value, name, fn, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
     value = operator.index(value)
     if minimum is not None and value < minimum:
@@ -94,7 +94,7 @@ def as_int(value, name, fn, minimum=None):
 
 def int_tuple(value, n, name, fn, minimum=None):
     """An int or a sequence of ``n`` ints, as a tuple of ``n`` ints."""
-    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    if is_int(value):
         return (as_int(value, name, fn, minimum),) * n
     try:
         items = tuple(value)
@@ -153,3 +153,23 @@ def memory_error(fn, exc):
     names the public function ``fn``."""
     msg = str(exc) or "out of memory"
     return MemoryError(msg if msg.startswith(fn + ":") else f"{fn}: {msg}")
+
+
+def is_int(value):
+    """An integer (Python or NumPy), but not a bool."""
+    return (isinstance(value, (numbers.Integral, np.integer))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def check_layout(layout, fn, allowed):
+    """``layout`` upper-cased, a ValueError unless it is one of ``allowed``."""
+    if not isinstance(layout, str) or layout.upper() not in allowed:
+        raise ValueError(f"{fn}: layout must be one of {', '.join(allowed)}, got {layout!r}")
+    return layout.upper()
+
+
+def check_shape(arr, shape, name, fn, what=""):
+    """A ValueError unless ``arr.shape == shape``; ``what`` names the axes."""
+    if arr.shape != shape:
+        what = f" ({what})" if what else ""
+        raise ValueError(f"{fn}: {name} must have shape {shape}{what}, got {arr.shape}")

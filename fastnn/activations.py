@@ -17,7 +17,6 @@ again while they are in cache), runs in parallel over fixed blocks or groups of 
 above a size threshold, and is bitwise identical for any thread count.
 """
 import math
-import numbers
 
 import numpy as np
 
@@ -52,11 +51,6 @@ def _by_dtype(name):
     return {np.dtype(np.float32): kernel["float"], np.dtype(np.float64): kernel["double"]}
 
 
-def _threads_for(size, kind):
-    # Below the kernel's parallel threshold (the cost model's) the count is unused.
-    return threads_for(size, kind)
-
-
 _CHEAP = "elementwise"
 _EXP = "exp"
 
@@ -73,7 +67,7 @@ def _unary(fn, kernel, par_min, x, out, *scalars):
         buf, target = _prepare_out_inplace(out, x.shape, dtype, fn, (xc,))
     n = buf.size
     if n:
-        kernel[dtype](xc.reshape(-1), buf.reshape(-1), *scalars, _threads_for(n, par_min))
+        kernel[dtype](xc.reshape(-1), buf.reshape(-1), *scalars, threads_for(n, par_min))
     return finish_out(buf, target)
 
 
@@ -95,7 +89,7 @@ def _binary(fn, kernel, par_min, grad_y, a, a_name, out, *scalars):
     n = buf.size
     if n:
         kernel[dtype](gc.reshape(-1), ac.reshape(-1), buf.reshape(-1), *scalars,
-                      _threads_for(n, par_min))
+                      threads_for(n, par_min))
     return finish_out(buf, target)
 
 
@@ -352,9 +346,7 @@ def tanh_backward(grad_y, y, *, out=None):
 # ------------------------------------------------------------------ softmax
 def _axis(axis, ndim, fn):
     if type(axis) is not int:
-        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"{fn}: axis must be an int, got {axis!r}")
-        axis = int(axis)
+        axis = as_int(axis, "axis", fn)
     n = max(ndim, 1)
     if not -n <= axis < n:
         raise ValueError(f"{fn}: axis {axis} is out of bounds for an array of dimension {ndim}")
@@ -376,7 +368,7 @@ def _softmax_forward(fn, x, axis, out, log):
     if buf.size:
         outer, n, inner = _softmax_view(x.shape, axis)
         _SOFTMAX[dtype](contiguous(x, dtype).reshape(-1), buf.reshape(-1), outer, n, inner, log,
-                        _threads_for(buf.size, _EXP))
+                        threads_for(buf.size, _EXP))
     return finish_out(buf, target)
 
 
@@ -392,7 +384,7 @@ def _softmax_backward(fn, grad_y, y, axis, out, log):
         outer, n, inner = _softmax_view(y.shape, axis)
         _SOFTMAX_BWD[dtype](contiguous(grad_y, dtype).reshape(-1),
                             contiguous(y, dtype).reshape(-1), buf.reshape(-1),
-                            outer, n, inner, log, _threads_for(buf.size, _EXP))
+                            outer, n, inner, log, threads_for(buf.size, _EXP))
     return finish_out(buf, target)
 
 
@@ -697,7 +689,7 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean", weight=None, igno
     rows = np.zeros(p.N * p.inner, dtype=np.float64)
     if rows.size:
         _XENT[p.dtype](*p.kernel_args(), rows, *p.options(),
-                       _threads_for(rows.size * p.C, _EXP))
+                       threads_for(rows.size * p.C, _EXP))
     if reduction == "none":
         return rows.reshape(p.positions).astype(p.dtype)
     total = rows.sum()
@@ -773,5 +765,5 @@ def softmax_cross_entropy_backward(grad_loss, logits, labels, *, reduction="mean
     buf, target_out = prepare_out(out, p.logits.shape, dtype, fn, (p.logits, p.target, p.weight))
     if buf.size:
         _XENT_BWD[dtype](*p.kernel_args(), scale.astype(dtype), buf.reshape(-1), *p.options(),
-                         _threads_for(buf.size, _EXP))
+                         threads_for(buf.size, _EXP))
     return finish_out(buf, target_out)

@@ -14,16 +14,21 @@ outside the band or mask are skipped rather than multiplied by zero, a NaN or In
 in ``x[..., i]`` reaches the outputs that keep a weight in row ``i`` (and, on the
 dense-GEMM paths, may reach the others, as ``x @ (w * mask)`` would); a NaN in a
 dropped weight never reaches ``y``.
+
+The locally connected layers (:func:`locally_connected1d`, :func:`locally_connected2d`
+and their backward functions) live in :mod:`fastnn.local` and are importable from
+here too.
 """
 import math
 
 import numpy as np
 
-from fastnn._threads import get_num_threads, threads_for
+from fastnn._threads import threads_for
 from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_bias,
-                                check_ndim, contiguous, finish_out, int_tuple, memory_error,
-                                prepare_out, result_dtype)
-from fastnn.conv import _Geometry, _parse_padding, col2im, im2col
+                                check_ndim, contiguous, finish_out, memory_error, prepare_out,
+                                result_dtype)
+from fastnn.local import (locally_connected1d, locally_connected1d_backward,  # noqa: F401
+                          locally_connected2d, locally_connected2d_backward)
 from fastnn_ext import _banded
 
 __all__ = ["band_part", "banded_matmul", "banded_matmul_backward", "masked_matmul",
@@ -61,10 +66,6 @@ DENSE_MASK_DENSITY = 0.1
 def _rows(a, n):
     """``a`` as (rows, n): its leading axes flattened (also when n or a row count is 0)."""
     return a.reshape(math.prod(a.shape[:-1]), n)
-
-
-def _threads_for(work):
-    return threads_for(work, "mac")
 
 
 def _band_mask(rows, cols, num_lower, num_upper):
@@ -167,7 +168,7 @@ def _band_product(x2, w, plan, y2, dtype):
     B = x2.shape[0]
     if B == 0 or y2.shape[1] == 0 or x2.shape[1] == 0:
         return
-    nt = _threads_for(B * plan.count)
+    nt = threads_for(B * plan.count)
     if plan.path == "dense":
         wm = np.where(_band_mask(*w.shape, plan.lower, plan.upper), w, 0).astype(dtype, copy=False)
         y2 += np.matmul(x2, wm)
@@ -316,7 +317,7 @@ def _banded_backward(grad_y, x, w, lower, upper, bias):
     grad_w = np.zeros((n_in, n_out), dtype=dtype)
     B = x2.shape[0]
     if B and grad_w.size:
-        nt = _threads_for(B * plan.count)
+        nt = threads_for(B * plan.count)
         if plan.path == "dense":
             np.matmul(x2.T, gy2, out=grad_w)
             np.copyto(grad_w, 0, where=~_band_mask(n_in, n_out, lower, upper))
@@ -364,7 +365,7 @@ class PreparedMask:
         else:
             mbytes = (m != 0).view(np.uint8)
         n_in, n_out = m.shape
-        nt = _threads_for(n_in * n_out // 8)
+        nt = threads_for(n_in * n_out // 8)
         counts = np.empty(n_in, dtype=np.int64)
         _banded.mask_row_counts(mbytes, counts, nt)
         nnz = int(counts.sum())
@@ -420,7 +421,7 @@ class PreparedMask:
         """``w`` (of the mask's shape) where the mask is non-zero, exact zeros elsewhere,
         as ``dtype``."""
         wm = np.empty(self.shape, dtype=dtype)
-        _banded.apply_mask(contiguous(w, dtype), self.bytes, wm, _threads_for(wm.size // 4))
+        _banded.apply_mask(contiguous(w, dtype), self.bytes, wm, threads_for(wm.size // 4))
         return wm
 
     def _values(self, w, dtype, csc):
@@ -428,7 +429,7 @@ class PreparedMask:
         CSR order, as ``dtype``."""
         vals = np.empty(self.nnz, dtype=dtype)
         _banded.gather_values(contiguous(w, dtype), self.row_ptr, self.row_cols,
-                              self.csr_to_csc, csc, vals, _threads_for(self.nnz))
+                              self.csr_to_csc, csc, vals, threads_for(self.nnz))
         return vals
 
 
@@ -547,7 +548,7 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
         if bias is not None:
             y2 += bias
     elif B and n_in and n_out:
-        nt = _threads_for(B * plan.nnz)
+        nt = threads_for(B * plan.nnz)
         x_t = _transposed(_rows(x, n_in), dtype, nt)
         y_t = np.zeros((n_out, B), dtype=dtype)
         if bias is not None:
@@ -607,11 +608,11 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
         if B and n_in and n_out:    # (grad_w stays zero for an empty batch)
             np.matmul(gy2, plan._masked(w, dtype).T, out=_rows(grad_x, n_in))
             np.matmul(x2.T, gy2, out=grad_w)
-            _banded.apply_mask(grad_w, plan.bytes, grad_w, _threads_for(grad_w.size // 4))
+            _banded.apply_mask(grad_w, plan.bytes, grad_w, threads_for(grad_w.size // 4))
     else:
         grad_w = np.zeros((n_in, n_out), dtype=dtype)
         if B and plan.nnz:
-            nt = _threads_for(B * plan.nnz)
+            nt = threads_for(B * plan.nnz)
             x_t = _transposed(x2, dtype, nt)
             gy_t = _transposed(gy2, dtype, nt)
             gx_t = np.zeros((n_in, B), dtype=dtype)
@@ -621,233 +622,3 @@ def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
             _banded.sparse_weight_grad(x_t, gy_t, plan.row_ptr, plan.row_cols, grad_w, nt)
     grad_b = _sum_rows(gy2, dtype) if bias else None
     return grad_x, grad_w, grad_b
-
-
-# ------------------------------------------------------------------ locally connected
-_LC_LAYOUTS = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW")}
-
-
-class _LocalGeometry:
-    """x as NHWC (1-D: H = 1), the patch geometry and the expected weight shape."""
-
-    def __init__(self, fn, nd, x, kernel_size, stride, padding, layout):
-        allowed = _LC_LAYOUTS[nd]
-        if not isinstance(layout, str) or layout.upper() not in allowed:
-            raise ValueError(f"{fn}: layout must be one of {', '.join(allowed)}, got {layout!r}")
-        self.fn, self.nd, self.layout = fn, nd, layout.upper()
-        self.channels_last = self.layout in ("NWC", "NHWC")
-        check_ndim(x, nd + 2, "x", fn, f"(layout {self.layout})")
-        self.x_shape = x.shape
-        k = int_tuple(kernel_size, nd, "kernel_size", fn, minimum=1)
-        s = int_tuple(stride, nd, "stride", fn, minimum=1)
-        x4 = self.to_nhwc(x)
-        spatial = x4.shape[1:3] if nd == 2 else x4.shape[2:3]
-        pads = _parse_padding(padding, spatial, k, s, (1,) * nd, fn)
-        if nd == 1:
-            k, s, pads = (1,) + k, (1,) + s, ((0, 0),) + pads
-        self.kernel, self.stride, self.pads = k, s, pads
-        self.geom = _Geometry(fn, "NHWC", x4.shape, k, 0, 1, s, pads, 1)
-        g = self.geom
-        self.P, self.ckk = g.Ho * g.Wo, k[0] * k[1] * g.C
-        self.w_prefix = (g.Ho, g.Wo, self.ckk) if nd == 2 else (g.Wo, self.ckk)
-
-    def to_nhwc(self, a):
-        if self.nd == 2:
-            return a if self.channels_last else a.transpose(0, 2, 3, 1)
-        a = a if self.channels_last else a.transpose(0, 2, 1)
-        return a[:, None]
-
-    def from_nhwc(self, a):
-        if self.nd == 2:
-            return a if self.channels_last else a.transpose(0, 3, 1, 2)
-        a = a[:, 0]
-        return a if self.channels_last else a.transpose(0, 2, 1)
-
-    def check_weight(self, weight):
-        fn, names = self.fn, ("Ho, Wo, kh*kw*C, K" if self.nd == 2 else "Wo, kw*C, K")
-        check_ndim(weight, self.nd + 2, "weight", fn, f"({names})")
-        if weight.shape[:-1] != self.w_prefix:
-            raise ValueError(f"{fn}: weight must have shape {self.w_prefix + ('K',)} ({names}) "
-                             f"for x of shape {self.x_shape} (layout {self.layout}), "
-                             f"got {weight.shape}")
-        return weight.shape[-1]
-
-    def out_shape_nhwc(self, K):
-        g = self.geom
-        return (g.N, g.Ho, g.Wo, K)
-
-    def cols(self, x, dtype):
-        return im2col(contiguous(self.to_nhwc(x), dtype), self.kernel, stride=self.stride,
-                      padding=self.pads, layout="NHWC")
-
-
-def _local_forward(fn, nd, x, weight, bias, kernel_size, stride, padding, layout):
-    x = as_float_array(x, "x", fn)
-    weight = as_float_array(weight, "weight", fn)
-    lg = _LocalGeometry(fn, nd, x, kernel_size, stride, padding, layout)
-    K = lg.check_weight(weight)
-    if bias is not None:
-        bias = as_float_array(bias, "bias", fn)
-        if bias.shape != lg.w_prefix[:-1] + (K,):
-            raise ValueError(f"{fn}: bias must have shape {lg.w_prefix[:-1] + (K,)}, "
-                             f"got {bias.shape}")
-    dtype = result_dtype(x, weight, bias)
-    N, P = lg.geom.N, lg.P
-    y = np.empty((N, P, K), dtype=dtype)
-    if bias is None:
-        beta = 0.0
-    else:
-        y[...] = bias.reshape(1, P, K)
-        beta = 1.0
-    if y.size:
-        cols = lg.cols(x, dtype)
-        w3 = contiguous(weight, dtype).reshape(P, lg.ckk, K)
-        _banded.local_forward(cols, w3, y, beta, _threads_for(N * P * lg.ckk * K))
-    return np.ascontiguousarray(lg.from_nhwc(y.reshape(lg.out_shape_nhwc(K))))
-
-
-def _local_backward(fn, nd, grad_y, x, weight, kernel_size, stride, padding, layout, bias):
-    bias = as_bool(bias, "bias", fn)
-    x = as_float_array(x, "x", fn)
-    weight = as_float_array(weight, "weight", fn)
-    lg = _LocalGeometry(fn, nd, x, kernel_size, stride, padding, layout)
-    K = lg.check_weight(weight)
-    grad_y = as_float_array(grad_y, "grad_y", fn)
-    want = lg.from_nhwc(np.empty(lg.out_shape_nhwc(K), dtype=np.uint8)).shape
-    if grad_y.shape != want:
-        raise ValueError(f"{fn}: grad_y must have the output shape {want} "
-                         f"(layout {lg.layout}), got {grad_y.shape}")
-    dtype = result_dtype(grad_y, x, weight)
-    N, P, ckk = lg.geom.N, lg.P, lg.ckk
-    gy3 = contiguous(lg.to_nhwc(grad_y), dtype).reshape(N, P, K)
-    cols = lg.cols(x, dtype)
-    w3 = contiguous(weight, dtype).reshape(P, ckk, K)
-    grad_w = np.zeros((P, ckk, K), dtype=dtype)
-    gcols = np.zeros((N, P, ckk), dtype=dtype)
-    nt = _threads_for(N * P * ckk * K)
-    if N:
-        _banded.local_weight_grad(cols, gy3, grad_w, nt)
-        _banded.local_cols_grad(gy3, w3, gcols, nt)
-    x4 = lg.to_nhwc(x)
-    grad_x4 = col2im(gcols, x4.shape, lg.kernel, stride=lg.stride, padding=lg.pads,
-                     layout="NHWC")
-    grad_x = np.ascontiguousarray(lg.from_nhwc(grad_x4))
-    grad_b = _sum_rows(gy3.reshape(N, P * K), dtype).reshape(lg.w_prefix[:-1] + (K,)) \
-        if bias else None
-    return grad_x, grad_w.reshape(weight.shape), grad_b
-
-
-def locally_connected2d(x, weight, bias=None, *, kernel_size, stride=1, padding=0,
-                        layout="NHWC"):
-    """2-D locally connected layer: a convolution with one kernel per output pixel.
-
-    Keras ``LocallyConnected2D`` / cuda-convnet "local" layer semantics.
-
-    Parameters
-    ----------
-    x : array_like
-        ``(N, H, W, C)`` for layout ``"NHWC"``, ``(N, C, H, W)`` for ``"NCHW"``.
-    weight : array_like
-        ``(Ho, Wo, kh*kw*C, K)`` in both layouts: the kernel of output pixel
-        ``(oh, ow)`` over its patch ordered ``(i, j, c)`` as NHWC :func:`im2col`.
-    bias : array_like, optional
-        ``(Ho, Wo, K)``.
-    kernel_size : int or (int, int)
-    stride : int or (int, int)
-    padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
-        As :func:`fastnn.conv2d` (``"same"``: TensorFlow's rule).
-    layout : {"NHWC", "NCHW"}
-
-    Returns
-    -------
-    y : ndarray
-        ``(N, Ho, Wo, K)`` (NHWC) or ``(N, K, Ho, Wo)`` (NCHW).
-
-    Examples
-    --------
-    >>> import numpy as np, fastnn
-    >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
-    >>> w = np.ones((1, 1, 4, 1))
-    >>> fastnn.locally_connected2d(x, w, kernel_size=2)[..., 0]
-    array([[[6.]]])
-    """
-    return _local_forward("locally_connected2d", 2, x, weight, bias, kernel_size, stride,
-                          padding, layout)
-
-
-def locally_connected2d_backward(grad_y, x, weight, *, kernel_size, stride=1, padding=0,
-                                 layout="NHWC", bias=True):
-    """Gradients of :func:`locally_connected2d`.
-
-    Returns
-    -------
-    grad_x : ndarray
-        Shaped like x.
-    grad_weight : ndarray
-        ``(Ho, Wo, kh*kw*C, K)``.
-    grad_bias : ndarray or None
-        ``(Ho, Wo, K)`` when ``bias`` is true.
-
-    Examples
-    --------
-    >>> import numpy as np, fastnn
-    >>> x = np.arange(4.0).reshape(1, 2, 2, 1)
-    >>> gx, gw, gb = fastnn.locally_connected2d_backward(
-    ...     np.ones((1, 1, 1, 1)), x, np.ones((1, 1, 4, 1)), kernel_size=2)
-    >>> gx[..., 0], gw[0, 0, :, 0], gb
-    (array([[[1., 1.],
-            [1., 1.]]]), array([0., 1., 2., 3.]), array([[[1.]]]))
-    """
-    return _local_backward("locally_connected2d_backward", 2, grad_y, x, weight, kernel_size,
-                           stride, padding, layout, bias)
-
-
-def locally_connected1d(x, weight, bias=None, *, kernel_size, stride=1, padding=0,
-                        layout="NWC"):
-    """1-D locally connected layer (Keras ``LocallyConnected1D``).
-
-    Parameters
-    ----------
-    x : array_like
-        ``(N, W, C)`` for layout ``"NWC"``, ``(N, C, W)`` for ``"NCW"``.
-    weight : array_like
-        ``(Wo, kw*C, K)``, patches ordered ``(j, c)``.
-    bias : array_like, optional
-        ``(Wo, K)``.
-    kernel_size, stride : int
-    padding : int, (left, right), "valid" or "same"
-    layout : {"NWC", "NCW"}
-
-    Returns
-    -------
-    y : ndarray
-        ``(N, Wo, K)`` (NWC) or ``(N, K, Wo)`` (NCW).
-
-    Examples
-    --------
-    >>> import numpy as np, fastnn
-    >>> x = np.arange(3.0).reshape(1, 3, 1)
-    >>> fastnn.locally_connected1d(x, np.ones((2, 2, 1)), kernel_size=2)[..., 0]
-    array([[1., 3.]])
-    """
-    return _local_forward("locally_connected1d", 1, x, weight, bias, kernel_size, stride,
-                          padding, layout)
-
-
-def locally_connected1d_backward(grad_y, x, weight, *, kernel_size, stride=1, padding=0,
-                                 layout="NWC", bias=True):
-    """Gradients of :func:`locally_connected1d`: ``(grad_x, grad_weight, grad_bias)``
-    shaped like x, ``(Wo, kw*C, K)`` and ``(Wo, K)`` (None when ``bias`` is false).
-
-    Examples
-    --------
-    >>> import numpy as np, fastnn
-    >>> x = np.arange(3.0).reshape(1, 3, 1)
-    >>> gx, gw, gb = fastnn.locally_connected1d_backward(
-    ...     np.ones((1, 2, 1)), x, np.ones((2, 2, 1)), kernel_size=2)
-    >>> gx[..., 0], gw[..., 0]
-    (array([[1., 2., 1.]]), array([[0., 1.],
-           [1., 2.]]))
-    """
-    return _local_backward("locally_connected1d_backward", 1, grad_y, x, weight, kernel_size,
-                           stride, padding, layout, bias)

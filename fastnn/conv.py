@@ -10,15 +10,14 @@ y ``(N, Ho, Wo, K)``.
 All functions compute cross-correlation, like every framework; see
 :func:`flip_kernel` for true convolution.
 """
-
-import math
-
 import numpy as np
 
+from fastnn._geometry import (DERIVED_LIMIT, Geometry, check_index_range, check_result_size,
+                              image_shape, parse_padding, parse_padding_1d, same_padding)
 from fastnn._threads import get_num_threads
-from fastnn._validation import (as_bool, as_float_array, as_int, check_bias, check_ndim,
-                                contiguous, finish_out, int_tuple, memory_error, prepare_out,
-                                result_dtype)
+from fastnn._validation import (as_bool, as_float_array, as_int, check_bias, check_layout,
+                                check_ndim, contiguous, finish_out, int_tuple, memory_error,
+                                prepare_out, result_dtype)
 from fastnn_ext import _conv
 
 __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
@@ -27,147 +26,10 @@ __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_trans
 _LAYOUTS = ("NCHW", "NHWC")
 
 
-def _check_layout(layout, fn, allowed=_LAYOUTS):
-    if not isinstance(layout, str) or layout.upper() not in allowed:
-        raise ValueError(f"{fn}: layout must be one of {', '.join(allowed)}, got {layout!r}")
-    return layout.upper()
-
-
-def _same_padding(size, k, s, d):
-    out = -(-size // s)
-    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def _parse_padding(padding, in_size, kernel_size, stride, dilation, fn):
-    """Padding as ((top, bottom), (left, right)) from every accepted form."""
-    nd = len(in_size)
-    if isinstance(padding, str):
-        mode = padding.lower()
-        if mode == "valid":
-            return ((0, 0),) * nd
-        if mode == "same":
-            return tuple(_same_padding(in_size[a], kernel_size[a], stride[a], dilation[a])
-                         for a in range(nd))
-        raise ValueError(f"{fn}: padding must be an int, a tuple, 'valid' or 'same', got {padding!r}")
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, (bool, np.bool_)):
-        p = as_int(padding, "padding", fn, minimum=0)
-        return ((p, p),) * nd
-    try:
-        items = tuple(padding)
-    except TypeError:
-        raise TypeError(f"{fn}: padding must be an int, a tuple, 'valid' or 'same', got {padding!r}") from None
-    if len(items) != nd:
-        raise ValueError(f"{fn}: padding must have {nd} entries (one per spatial axis), got {padding!r}")
-    sides = []
-    for item in items:
-        if isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
-            p = as_int(item, "padding", fn, minimum=0)
-            sides.append((p, p))
-        else:
-            pair = int_tuple(item, 2, "padding", fn, minimum=0)
-            sides.append(pair)
-    return tuple(sides)
-
-
-# The kernels' index arithmetic (a tap's row oh*stride - pad + i*dilation, a flat
-# offset into an image plus such a column, times the channels) stays within
-# channels x (padded extent + window + stride) of each axis, beyond the arrays' own
-# sizes. Geometry that takes that past 2**56 (a padding, dilation, stride or kernel
-# size of 2**62, whatever the arrays' real sizes) is refused before any int64
-# arithmetic can wrap; the margin up to 2**63 covers the geometries derived from it
-# (the flipped convolution of an input gradient reaches about 3 times as far).
-INDEX_LIMIT = 1 << 56
-_DERIVED_LIMIT = 1 << 60
-
-
-def check_index_range(fn, C, ext_h, ext_w, what="stride, padding, dilation or kernel size",
-                      limit=INDEX_LIMIT):
-    """ValueError unless max(C, 1) * ext < limit on both axes."""
-    if max(C, 1) * max(ext_h, ext_w) >= limit:
-        raise ValueError(f"{fn}: geometry too large for 64-bit index arithmetic: padded extent "
-                         f"plus window and stride {ext_h}x{ext_w} with {C} channels (the "
-                         f"{what} is too large)")
-
-
-def check_result_size(fn, what, shape):
-    """ValueError for a result no array can hold (NumPy's "array is too big")."""
-    if math.prod(shape) >= INDEX_LIMIT:
-        raise ValueError(f"{fn}: {what} would have shape {tuple(shape)}, too large for any "
-                         f"array")
-
-
-def _image_shape(nhwc, N, C, H, W):
-    return (N, H, W, C) if nhwc else (N, C, H, W)
-
-
-class _Geometry:
-    """Normalised convolution geometry (2-D; 1-D uses H = 1)."""
-
-    def __init__(self, fn, layout, x_shape, kernel_size, channels_out, groups,
-                 stride, padding, dilation, ndim=2, limit=INDEX_LIMIT):
-        self.fn = fn
-        self.layout = layout
-        self.nhwc = layout == "NHWC"
-        if self.nhwc:
-            self.N, self.H, self.W, self.C = x_shape
-        else:
-            self.N, self.C, self.H, self.W = x_shape
-        self.K = channels_out
-        self.groups = groups
-        self.kh, self.kw = kernel_size
-        self.sh, self.sw = int_tuple(stride, 2, "stride", fn, minimum=1)
-        self.dh, self.dw = int_tuple(dilation, 2, "dilation", fn, minimum=1)
-        (self.pt, self.pb), (self.pl, self.pr) = _parse_padding(
-            padding, (self.H, self.W), kernel_size, (self.sh, self.sw), (self.dh, self.dw), fn)
-        span_h = self.dh * (self.kh - 1) + 1
-        span_w = self.dw * (self.kw - 1) + 1
-        check_index_range(fn, max(self.C, self.K),
-                          self.H + self.pt + self.pb + span_h + self.sh,
-                          self.W + self.pl + self.pr + span_w + self.sw, limit=limit)
-        self.Ho = (self.H + self.pt + self.pb - span_h) // self.sh + 1
-        self.Wo = (self.W + self.pl + self.pr - span_w) // self.sw + 1
-        if ndim == 1 and self.Wo < 1:
-            raise ValueError(
-                f"{fn}: kernel (dilated extent {span_w}) is larger than the padded input "
-                f"({self.W + self.pl + self.pr}); output width would be {self.Wo}")
-        if self.Ho < 1 or self.Wo < 1:
-            raise ValueError(
-                f"{fn}: kernel (dilated extent {span_h}x{span_w}) is larger than the padded "
-                f"input ({self.H + self.pt + self.pb}x{self.W + self.pl + self.pr}); "
-                f"output would be {self.Ho}x{self.Wo}")
-        check_result_size(fn, "the output", (self.N, max(self.K, 1), self.Ho, self.Wo))
-
-    @property
-    def out_shape(self):
-        return _image_shape(self.nhwc, self.N, self.K, self.Ho, self.Wo)
-
-    @property
-    def x_shape(self):
-        return _image_shape(self.nhwc, self.N, self.C, self.H, self.W)
-
-    def kernel_args(self):
-        return (self.N, self.C, self.H, self.W, self.K, self.kh, self.kw, self.sh, self.sw,
-                self.dh, self.dw, self.pt, self.pl, self.Ho, self.Wo, self.groups)
-
-    @property
-    def split_is_cheap(self):
-        """Whether the padded, phase-split image (what the implicit-im2col kernels read)
-        stays within a small multiple of x plus the patches the output reads. A stride
-        or padding far larger than the image (stride 10**5 on an 8x8 image) would make
-        it as large as the arguments, not the work: those problems take the packed
-        im2col tiles instead, which read x in place and allocate one tile per thread."""
-        sh, sw = self.sh, self.sw
-        split = (-(-(self.H + self.pt + self.pb) // sh) * sh
-                 * -(-(self.W + self.pl + self.pr) // sw) * sw)
-        work = 4 * self.H * self.W + self.kh * self.kw * self.Ho * self.Wo
-        return split <= work
-
-
 def _image_and_kernel(fn, layout, x, weight, x_dims, w_dims):
     """The layout checked and x, weight as 4-D float arrays; ``*_dims`` name the axes
     (NHWC form, NCHW form) for the error message."""
-    layout = _check_layout(layout, fn)
+    layout = check_layout(layout, fn, _LAYOUTS)
     x = as_float_array(x, "x", fn)
     weight = as_float_array(weight, "weight", fn)
     nhwc = layout == "NHWC"
@@ -198,7 +60,7 @@ def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout, ndim=2
                          f"{C // groups} (layout {layout})")
     if kh < 1 or kw < 1:
         raise ValueError(f"{fn}: weight has an empty kernel ({kh}x{kw})")
-    geom = _Geometry(fn, layout, x.shape, (kh, kw), K, groups, stride, padding, dilation, ndim)
+    geom = Geometry(fn, layout, x.shape, (kh, kw), K, groups, stride, padding, dilation, ndim)
     return x, weight, geom
 
 
@@ -461,14 +323,14 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
         wt.reshape(G, cg, kg, kh * kw)[...] = \
             w.reshape(G, kg, cg, kh * kw)[..., ::-1].transpose(0, 2, 1, 3)
         gy = grad_y[:, :, h0:h1, w0:w1]
-    tgeom = _Geometry(geom.fn, geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
-                      (pad_h, pad_w), (geom.dh, geom.dw), limit=_DERIVED_LIMIT)
+    tgeom = Geometry(geom.fn, geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
+                      (pad_h, pad_w), (geom.dh, geom.dw), limit=DERIVED_LIMIT)
     _forward(gy, wt, None, grad_x, tgeom, dtype)
 
 
 def _patch_geometry(fn, x_shape, kernel_size, stride, padding, dilation, layout):
     kernel_size = int_tuple(kernel_size, 2, "kernel_size", fn, minimum=1)
-    return _Geometry(fn, layout, x_shape, kernel_size, 0, 1, stride, padding, dilation)
+    return Geometry(fn, layout, x_shape, kernel_size, 0, 1, stride, padding, dilation)
 
 
 def _cols_shape(geom):
@@ -476,6 +338,30 @@ def _cols_shape(geom):
     if geom.nhwc:
         return (geom.N, geom.Ho * geom.Wo, ckk)
     return (geom.N, ckk, geom.Ho * geom.Wo)
+
+
+def _im2col(x, geom):
+    """:func:`im2col` of a float image of shape ``geom.x_shape``, checked by the caller."""
+    cols = np.empty(_cols_shape(geom), dtype=x.dtype)
+    if cols.size and not x.size:
+        cols.fill(0)            # an empty image under padding: every patch is padding
+    elif cols.size:
+        _conv.im2col(contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args(),
+                     geom.nhwc, get_num_threads())
+    return cols
+
+
+def _col2im(cols, geom):
+    """:func:`col2im` of float patches of shape ``_cols_shape(geom)``, checked by the
+    caller."""
+    x = np.empty(geom.x_shape, dtype=cols.dtype)
+    if x.size:
+        if cols.size:
+            _conv.col2im(contiguous(cols, cols.dtype).reshape(-1), x.reshape(-1),
+                         geom.kernel_args(), geom.nhwc, get_num_threads())
+        else:
+            x.fill(0)
+    return x
 
 
 def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
@@ -499,18 +385,12 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
            [4., 5., 7., 8.]])
     """
     fn = "im2col"
-    layout = _check_layout(layout, fn)
+    layout = check_layout(layout, fn, _LAYOUTS)
     x = as_float_array(x, "x", fn)
     check_ndim(x, 4, "x", fn, f"(layout {layout})")
     geom = _patch_geometry(fn, x.shape, kernel_size, stride, padding, dilation, layout)
     check_result_size(fn, "cols", _cols_shape(geom))
-    cols = np.empty(_cols_shape(geom), dtype=x.dtype)
-    if cols.size and not x.size:
-        cols.fill(0)            # an empty image under padding: every patch is padding
-    elif cols.size:
-        _conv.im2col(contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args(),
-                     geom.nhwc, get_num_threads())
-    return cols
+    return _im2col(x, geom)
 
 
 def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
@@ -532,7 +412,7 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1, layou
            [1., 2., 1.]])
     """
     fn = "col2im"
-    layout = _check_layout(layout, fn)
+    layout = check_layout(layout, fn, _LAYOUTS)
     cols = as_float_array(cols, "cols", fn)
     x_shape = int_tuple(x_shape, 4, "x_shape", fn, minimum=0)
     check_result_size(fn, "the image (x_shape)", x_shape)
@@ -541,14 +421,7 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1, layou
     if cols.shape != expected:
         raise ValueError(f"{fn}: cols must have shape {expected} for x_shape {x_shape} "
                          f"(layout {layout}), got {cols.shape}")
-    x = np.empty(x_shape, dtype=cols.dtype)
-    if x.size:
-        if cols.size:
-            _conv.col2im(contiguous(cols, cols.dtype).reshape(-1), x.reshape(-1),
-                         geom.kernel_args(), geom.nhwc, get_num_threads())
-        else:
-            x.fill(0)
-    return x
+    return _col2im(cols, geom)
 
 
 def flip_kernel(weight, layout="NCHW"):
@@ -565,7 +438,7 @@ def flip_kernel(weight, layout="NCHW"):
            [1., 0.]])
     """
     fn = "flip_kernel"
-    layout = _check_layout(layout, fn)
+    layout = check_layout(layout, fn, _LAYOUTS)
     weight = as_float_array(weight, "weight", fn)
     check_ndim(weight, 4, "weight", fn, f"(layout {layout})")
     flipped = weight[::-1, ::-1] if layout == "NHWC" else weight[:, :, ::-1, ::-1]
@@ -576,32 +449,10 @@ def flip_kernel(weight, layout="NCHW"):
 _LAYOUTS_1D = ("NCW", "NWC")
 
 
-def _parse_padding_1d(padding, fn):
-    """1-D padding in the 2-D form the conv2d machinery takes (H gets none)."""
-    if isinstance(padding, str):
-        return padding
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, (bool, np.bool_)):
-        p = as_int(padding, "padding", fn, minimum=0)
-        return ((0, 0), (p, p))
-    try:
-        items = tuple(padding)
-    except TypeError:
-        raise TypeError(f"{fn}: padding must be an int, (left, right), 'valid' or 'same', "
-                        f"got {padding!r}") from None
-    if len(items) == 1:
-        items = items[0]
-        if isinstance(items, (int, np.integer)) and not isinstance(items, (bool, np.bool_)):
-            p = as_int(items, "padding", fn, minimum=0)
-            return ((0, 0), (p, p))
-    return ((0, 0), int_tuple(items, 2, "padding", fn, minimum=0))
-
-
 def _conv1d_setup(fn, x, weight, stride, padding, dilation, groups, layout):
     """Check 1-D arguments and return the problem as a height-1 2-D one:
     (x4, w4, geometry, 1-D layout). NCW runs as NCHW with H = 1, NWC as NHWC."""
-    if not isinstance(layout, str) or layout.upper() not in _LAYOUTS_1D:
-        raise ValueError(f"{fn}: layout must be one of {', '.join(_LAYOUTS_1D)}, got {layout!r}")
-    layout = layout.upper()
+    layout = check_layout(layout, fn, _LAYOUTS_1D)
     nwc = layout == "NWC"
     x = as_float_array(x, "x", fn)
     weight = as_float_array(weight, "weight", fn)
@@ -610,7 +461,7 @@ def _conv1d_setup(fn, x, weight, stride, padding, dilation, groups, layout):
                f"(layout {layout}: {'kw, C/groups, K' if nwc else 'K, C/groups, kw'})")
     (s,) = int_tuple(stride, 1, "stride", fn, minimum=1)
     (d,) = int_tuple(dilation, 1, "dilation", fn, minimum=1)
-    pad2 = _parse_padding_1d(padding, fn)
+    pad2 = parse_padding_1d(padding, fn)
     x4, w4 = (x[:, None], weight[None]) if nwc else (x[:, :, None], weight[:, :, None])
     layout2d = "NHWC" if nwc else "NCHW"
     try:
@@ -751,9 +602,9 @@ class _TransposeGeometry:
             # TensorFlow's conv2d_transpose 'SAME': output = input * stride, padded as the
             # 'same' convolution that maps it back.
             out = (H * s[0], W * s[1])
-            pads = tuple(_same_padding(out[a], k[a], s[a], d[a]) for a in range(2))
+            pads = tuple(same_padding(out[a], k[a], s[a], d[a]) for a in range(2))
         else:
-            pads = _parse_padding(padding, (H, W), k, s, d, fn)
+            pads = parse_padding(padding, (H, W), k, s, d, fn)
             out = tuple((size - 1) * s[a] - sum(pads[a]) + d[a] * (k[a] - 1) + op[a] + 1
                         for a, size in enumerate((H, W)))
         if out[0] < 1 or out[1] < 1:
@@ -771,13 +622,13 @@ class _TransposeGeometry:
         if self.Hc >= 1 and self.Wc >= 1:
             crop_pads = ((pads[0][0], max(pads[0][1] - op[0], 0)),
                          (pads[1][0], max(pads[1][1] - op[1], 0)))
-            xs = _image_shape(self.nhwc, N, Cout, self.Hc, self.Wc)
-            self.fwd = _Geometry(fn, layout, xs, k, Cin, groups, s, crop_pads, d)
+            xs = image_shape(self.nhwc, N, Cout, self.Hc, self.Wc)
+            self.fwd = Geometry(fn, layout, xs, k, Cin, groups, s, crop_pads, d)
             assert (self.fwd.Ho, self.fwd.Wo) == (H, W), (self.fwd.Ho, self.fwd.Wo, H, W)
 
     @property
     def out_shape(self):
-        return _image_shape(self.nhwc, self.N, self.Cout, self.Ho, self.Wo)
+        return image_shape(self.nhwc, self.N, self.Cout, self.Ho, self.Wo)
 
     @property
     def cropped(self):
@@ -934,7 +785,7 @@ def _transpose_backward(fn, grad_y, x, weight, tg, bias, need_input_grad, need_w
         grad_b = np.zeros(tg.Cout, dtype=dtype)
         if grad_y.size:
             # Per-channel sums of grad_y: the bias gradient of a 1x1 convolution over it.
-            one = _Geometry(fn, tg.layout, grad_y.shape, (1, 1), tg.Cout, 1, 1, 0, 1)
+            one = Geometry(fn, tg.layout, grad_y.shape, (1, 1), tg.Cout, 1, 1, 0, 1)
             _conv.conv2d_bias_grad(contiguous(grad_y, dtype).reshape(-1), grad_b,
                                    one.kernel_args(), tg.nhwc, nt)
     return grad_x, grad_w, grad_b

@@ -25,7 +25,7 @@ Every function returns new C-contiguous arrays in the inputs' (promoted) dtype.
 """
 import numpy as np
 
-from fastnn._validation import as_float_array, check_ndim, result_dtype
+from fastnn._validation import as_float_array, as_int, check_ndim, check_shape, result_dtype
 
 __all__ = ["lstm_from_torch", "lstm_to_torch", "lstm_from_keras", "lstm_to_keras",
            "gru_from_torch", "gru_to_torch"]
@@ -56,18 +56,13 @@ def _gate_rows(w, gates, name, fn):
     return w.shape[0] // gates
 
 
-def _expect(a, shape, name, fn):
-    if a.shape != shape:
-        raise ValueError(f"{fn}: {name} must have shape {shape}, got {a.shape}")
-
-
 def _torch_inputs(fn, gates, weight_ih, weight_hh, bias_ih, bias_hh):
     dt, a = _arrays(fn, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
                     bias_hh=bias_hh)
     H = _gate_rows(a["weight_ih"], gates, "weight_ih", fn)
-    _expect(a["weight_hh"], (gates * H, H), "weight_hh", fn)
-    _expect(a["bias_ih"], (gates * H,), "bias_ih", fn)
-    _expect(a["bias_hh"], (gates * H,), "bias_hh", fn)
+    check_shape(a["weight_hh"], (gates * H, H), "weight_hh", fn)
+    check_shape(a["bias_ih"], (gates * H,), "bias_ih", fn)
+    check_shape(a["bias_hh"], (gates * H,), "bias_hh", fn)
     return a, H
 
 
@@ -77,9 +72,9 @@ def _keras_inputs(fn, gates, kernel, recurrent_kernel, bias):
     rk, k = a["recurrent_kernel"], a["kernel"]
     check_ndim(rk, 2, "recurrent_kernel", fn, f"(H, {gates}H)")
     H = rk.shape[0]
-    _expect(rk, (H, gates * H), "recurrent_kernel", fn)
+    check_shape(rk, (H, gates * H), "recurrent_kernel", fn)
     check_ndim(k, 2, "kernel", fn, f"(I, {gates}H)")
-    _expect(k, (k.shape[0], gates * H), "kernel", fn)
+    check_shape(k, (k.shape[0], gates * H), "kernel", fn)
     return a, H
 
 
@@ -131,7 +126,7 @@ def _fastnn_lstm(fn, kernel, bias):
     H = k.shape[1] // 4
     if k.shape[0] < H:
         raise ValueError(f"{fn}: kernel must have I + H >= {H} rows, got shape {k.shape}")
-    _expect(a["bias"], (4 * H,), "bias", fn)
+    check_shape(a["bias"], (4 * H,), "bias", fn)
     return k, a["bias"], H
 
 
@@ -202,7 +197,7 @@ def lstm_from_keras(kernel, recurrent_kernel, bias):
     """
     fn = "lstm_from_keras"
     a, H = _keras_inputs(fn, 4, kernel, recurrent_kernel, bias)
-    _expect(a["bias"], (4 * H,), "bias", fn)
+    check_shape(a["bias"], (4 * H,), "bias", fn)
     k = np.concatenate([a["kernel"], a["recurrent_kernel"]], axis=0)
     return _blocks(k, _KERAS_LSTM, 1), _blocks(a["bias"], _KERAS_LSTM, 0)
 
@@ -237,7 +232,6 @@ def lstm_to_keras(kernel, bias, input_size):
     ((2, 4), (1, 4), array([0., 2., 1., 3.]))
     """
     fn = "lstm_to_keras"
-    from fastnn._validation import as_int
     I = as_int(input_size, "input_size", fn, minimum=0)
     k, b, H = _fastnn_lstm(fn, kernel, bias)
     if k.shape[0] != I + H:

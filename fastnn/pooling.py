@@ -18,14 +18,12 @@ a window of -inf values gives -inf and the index of its first real element.
 Indices (``return_indices=True``) are int64 and flat within each input plane, as in
 PyTorch: ``h * W + w`` for 2-D (whatever the layout), ``w`` for 1-D.
 """
-import numbers
-
 import numpy as np
 
+from fastnn._geometry import check_index_range, check_result_size, parse_padding, parse_padding_1d
 from fastnn._threads import get_num_threads
-from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_ndim, contiguous,
-                                int_tuple, memory_error)
-from fastnn.conv import _parse_padding, _parse_padding_1d, check_index_range, check_result_size
+from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_layout, check_ndim,
+                                contiguous, int_tuple, is_int, memory_error)
 from fastnn_ext import _pooling
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
@@ -39,11 +37,9 @@ def _expand_one(value, ndim):
     """PyTorch expands a 1-element tuple to every spatial axis (``(3,)`` means 3)."""
     if ndim == 2 and isinstance(value, (tuple, list)) and len(value) == 1:
         (item,) = value
-        if isinstance(item, (numbers.Integral, np.integer)) and not isinstance(item, (bool, np.bool_)):
+        if is_int(item):
             return item
     return value
-
-
 
 
 def _out_size(size, p0, p1, k, s, d, ceil_mode):
@@ -70,10 +66,7 @@ class _PoolGeometry:
 
     def __init__(self, fn, ndim, layout, x, kernel_size, stride, padding, dilation=1,
                  ceil_mode=False, count_include_pad=False, divisor_override=None):
-        if not isinstance(layout, str) or layout.upper() not in _LAYOUTS[ndim]:
-            raise ValueError(f"{fn}: layout must be one of {', '.join(_LAYOUTS[ndim])}, "
-                             f"got {layout!r}")
-        self.layout = layout.upper()
+        self.layout = check_layout(layout, fn, _LAYOUTS[ndim])
         self.ndim = ndim
         self.channels_last = self.layout in ("NHWC", "NWC")
         check_ndim(x, ndim + 2, "x", fn, f"(layout {self.layout}: {_DIMS[self.layout]})")
@@ -103,7 +96,7 @@ class _PoolGeometry:
         shown = padding                                 # as the caller wrote it
         if ndim == 1:
             spatial, k, s, d = (1,) + spatial, (1,) + k, (1,) + s, (1,) + d
-            padding = _parse_padding_1d(padding, fn)
+            padding = parse_padding_1d(padding, fn)
         else:
             padding = _expand_one(padding, ndim)
         self.H, self.W = spatial
@@ -111,7 +104,7 @@ class _PoolGeometry:
         self.sh, self.sw = s
         self.dh, self.dw = d
         # "same": TensorFlow's rule on the effective (dilated) window (k - 1) d + 1.
-        pads = _parse_padding(padding, spatial, k, s, d, fn)
+        pads = parse_padding(padding, spatial, k, s, d, fn)
         (self.pt, self.pb), (self.pl, self.pr) = pads
         check_index_range(fn, self.C,
                           self.H + self.pt + self.pb + (self.kh - 1) * self.dh + 1 + self.sh,

@@ -31,13 +31,12 @@ the kernel, bias and input gradients are each one big product.
 Gradients are computed in the dtype of the forward (the cache); gradient arguments of
 another float dtype are converted to it. ``None`` for a gradient argument means zero.
 """
-import numbers
-
 import numpy as np
 
 from fastnn._threads import SERIAL_BELOW, get_num_threads, threads_for
 from fastnn._validation import (FLOAT_DTYPES, as_bool, as_float_array, as_real, check_ndim,
-                                contiguous, finish_out, memory_error, prepare_out, result_dtype)
+                                check_shape, contiguous, finish_out, is_int, memory_error,
+                                prepare_out, result_dtype)
 from fastnn_ext import _recurrent
 
 __all__ = [
@@ -116,8 +115,7 @@ def _rebuild_cache(fields):
 
 
 def _is_size(v):
-    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_)) \
-        and v >= 0
+    return is_int(v) and v >= 0
 
 
 def _check_cache(cache, kind, fn):
@@ -178,12 +176,6 @@ def _seq_threads(B, H):
     return threads_for(B * H, "gate")
 
 
-def _expect(arr, shape, name, fn, what=""):
-    if arr.shape != shape:
-        what = f" ({what})" if what else ""
-        raise ValueError(f"{fn}: {name} must have shape {shape}{what}, got {arr.shape}")
-
-
 def _state(value, B, H, name, fn, ref):
     """An initial state (B, H), zeros when None; ``ref`` names where B comes from."""
     if value is None:
@@ -197,6 +189,21 @@ def _state(value, B, H, name, fn, ref):
         raise ValueError(f"{fn}: {name} has width {arr.shape[1]}, the kernel has H = {H} "
                          f"(expected shape ({B}, {H}), got {arr.shape})")
     return arr
+
+
+def _cell_inputs(fn, x, h, c=None):
+    """A cell's checked x (B, I), h (B, H) and, when given, c (h's shape)."""
+    x = as_float_array(x, "x", fn)
+    check_ndim(x, 2, "x", fn, "(B, I)")
+    h = as_float_array(h, "h", fn)
+    check_ndim(h, 2, "h", fn, "(B, H)")
+    h = _state(h, x.shape[0], h.shape[1], "h", fn, "x")
+    if c is None:
+        return x, h
+    c = as_float_array(c, "c", fn)
+    if c.shape != h.shape:
+        raise ValueError(f"{fn}: c must have the shape of h {h.shape}, got {c.shape}")
+    return x, h, c
 
 
 def _sequence_x(x, fn, time_major):
@@ -239,7 +246,7 @@ def _grad_seq(grad, cache, fn):
         return np.zeros(max(H, 1), dtype=dtype), 0, 0
     g = as_float_array(grad, "grad_outputs", fn)
     shape = (T, B, H) if cache.time_major else (B, T, H)
-    _expect(g, shape, "grad_outputs", fn, "the outputs' shape")
+    check_shape(g, shape, "grad_outputs", fn, "the outputs' shape")
     g = contiguous(g, dtype).reshape(-1)
     if g.size == 0:
         return np.zeros(max(H, 1), dtype=dtype), 0, 0
@@ -251,7 +258,7 @@ def _grad_state(grad, cache, name, fn):
     if grad is None:
         return np.zeros((cache.B, cache.H), dtype=cache.dtype)
     g = as_float_array(grad, name, fn)
-    _expect(g, (cache.B, cache.H), name, fn, "(B, H)")
+    check_shape(g, (cache.B, cache.H), name, fn, "(B, H)")
     return np.array(g, dtype=cache.dtype, order="C")
 
 
@@ -285,7 +292,7 @@ def _lstm_weights(kernel, bias, I, H, fn):
         raise ValueError(f"{fn}: kernel must have 4 * H = {4 * H} columns "
                          f"(expected shape ({I + H}, {4 * H})), got {kernel.shape}")
     bias = as_float_array(bias, "bias", fn)
-    _expect(bias, (4 * H,), "bias", fn, "4 * H")
+    check_shape(bias, (4 * H,), "bias", fn, "4 * H")
     return kernel, bias
 
 
@@ -340,16 +347,8 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
             return done
     fn = "lstm_cell"
     forget_bias = as_real(forget_bias, "forget_bias", fn)
-    x = as_float_array(x, "x", fn)
-    check_ndim(x, 2, "x", fn, "(B, I)")
-    B, I = x.shape
-    h = as_float_array(h, "h", fn)
-    check_ndim(h, 2, "h", fn, "(B, H)")
-    H = h.shape[1]
-    h = _state(h, B, H, "h", fn, "x")
-    c = as_float_array(c, "c", fn)
-    if c.shape != h.shape:
-        raise ValueError(f"{fn}: c must have the shape of h {h.shape}, got {c.shape}")
+    x, h, c = _cell_inputs(fn, x, h, c)
+    (B, I), H = x.shape, h.shape[1]
     kernel, bias = _lstm_weights(kernel, bias, I, H, fn)
     dt = result_dtype(x, h, c, kernel, bias)
     xc, hc, cc = contiguous(x, dt), contiguous(h, dt), contiguous(c, dt)
@@ -437,6 +436,15 @@ def lstm(x, h0, c0, kernel, bias, *, forget_bias=1.0, time_major=False, return_s
     h0 = _state(h0, B, H, "h0", fn, "x")
     c0 = _state(c0, B, H, "c0", fn, "x")
     kernel, bias = _lstm_weights(kernel, bias, I, H, fn)
+    return _lstm_forward(x, h0, c0, kernel, bias, forget_bias, time_major, return_state,
+                         training)
+
+
+def _lstm_forward(x, h0, c0, kernel, bias, forget_bias, time_major, return_state, training):
+    """:func:`lstm` on checked arguments: float arrays of consistent shapes (h0 and c0
+    may be None), a float forget_bias and bool flags."""
+    T, B = (x.shape[0], x.shape[1]) if time_major else (x.shape[1], x.shape[0])
+    I, H = x.shape[2], bias.shape[0] // 4
     dt = result_dtype(x, h0, c0, kernel, bias)
     xt = _time_major(x, dt, time_major)
     kc, bc = contiguous(kernel, dt), contiguous(bias, dt)
@@ -535,16 +543,9 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, kernel, bias, *, forget_bias=1.0
     """
     fn = "lstm_cell_backward"
     forget_bias = as_real(forget_bias, "forget_bias", fn)
-    x = as_float_array(x, "x", fn)
-    check_ndim(x, 2, "x", fn, "(B, I)")
-    h = as_float_array(h, "h", fn)
-    check_ndim(h, 2, "h", fn, "(B, H)")
-    h = _state(h, x.shape[0], h.shape[1], "h", fn, "x")
-    c = as_float_array(c, "c", fn)
-    if c.shape != h.shape:
-        raise ValueError(f"{fn}: c must have the shape of h {h.shape}, got {c.shape}")
-    _, _, cache = lstm(x[:, None], h, c, kernel, bias, forget_bias=forget_bias,
-                       training=True)
+    x, h, c = _cell_inputs(fn, x, h, c)
+    kernel, bias = _lstm_weights(kernel, bias, x.shape[1], h.shape[1], fn)
+    _, _, cache = _lstm_forward(x[:, None], h, c, kernel, bias, forget_bias, False, True, True)
     g = None if grad_h is None else _grad_state(grad_h, cache, "grad_h", fn)
     gc = None if grad_c is None else _grad_state(grad_c, cache, "grad_c", fn)
     gx, gh, gc, gk, gb = lstm_backward(None, g, gc, cache)
@@ -554,15 +555,24 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, kernel, bias, *, forget_bias=1.0
 # ------------------------------------------------------------------ GRU
 def _gru_weights(kernel, recurrent_kernel, bias, I, H, reset_after, fn):
     kernel = as_float_array(kernel, "kernel", fn)
-    _expect(kernel, (I, 3 * H), "kernel", fn, "(I, 3H)")
+    check_shape(kernel, (I, 3 * H), "kernel", fn, "(I, 3H)")
     rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
-    _expect(rk, (H, 3 * H), "recurrent_kernel", fn, "(H, 3H)")
+    check_shape(rk, (H, 3 * H), "recurrent_kernel", fn, "(H, 3H)")
     bias = as_float_array(bias, "bias", fn)
     if reset_after:
-        _expect(bias, (2, 3 * H), "bias", fn, "(2, 3H) with reset_after=True")
+        check_shape(bias, (2, 3 * H), "bias", fn, "(2, 3H) with reset_after=True")
     else:
-        _expect(bias, (3 * H,), "bias", fn, "(3H,) with reset_after=False")
+        check_shape(bias, (3 * H,), "bias", fn, "(3H,) with reset_after=False")
     return kernel, rk, bias
+
+
+def _gru_cell_inputs(fn, x, h, kernel, recurrent_kernel, bias, reset_after):
+    """A GRU cell's checked x, h and (kernel, recurrent_kernel, bias)."""
+    x, h = _cell_inputs(fn, x, h)
+    rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
+    check_ndim(rk, 2, "recurrent_kernel", fn, "(H, 3H)")
+    h = _state(h, x.shape[0], rk.shape[0], "h", fn, "x")
+    return x, h, _gru_weights(kernel, rk, bias, x.shape[1], rk.shape[0], reset_after, fn)
 
 
 def gru(x, h0, kernel, recurrent_kernel, bias, *, reset_after=True, time_major=False,
@@ -615,6 +625,15 @@ def gru(x, h0, kernel, recurrent_kernel, bias, *, reset_after=True, time_major=F
     H = rk.shape[0]
     h0 = _state(h0, B, H, "h0", fn, "x")
     kernel, rk, bias = _gru_weights(kernel, rk, bias, I, H, reset_after, fn)
+    return _gru_forward(x, h0, kernel, rk, bias, reset_after, time_major, return_state,
+                        training)
+
+
+def _gru_forward(x, h0, kernel, rk, bias, reset_after, time_major, return_state, training):
+    """:func:`gru` on checked arguments: float arrays of consistent shapes (h0 may be
+    None) and bool flags."""
+    T, B = (x.shape[0], x.shape[1]) if time_major else (x.shape[1], x.shape[0])
+    I, H = x.shape[2], rk.shape[0]
     dt = result_dtype(x, h0, kernel, rk, bias)
     xt = _time_major(x, dt, time_major)
     kc, rkc = contiguous(kernel, dt), contiguous(rk, dt)
@@ -713,12 +732,8 @@ def gru_cell(x, h, kernel, recurrent_kernel, bias, *, reset_after=True):
     """
     fn = "gru_cell"
     reset_after = as_bool(reset_after, "reset_after", fn)
-    x = as_float_array(x, "x", fn)
-    check_ndim(x, 2, "x", fn, "(B, I)")
-    h = as_float_array(h, "h", fn)
-    check_ndim(h, 2, "h", fn, "(B, H)")
-    _, h_new = gru(x[:, None], _state(h, x.shape[0], h.shape[1], "h", fn, "x"), kernel,
-                   recurrent_kernel, bias, reset_after=reset_after)
+    x, h, weights = _gru_cell_inputs(fn, x, h, kernel, recurrent_kernel, bias, reset_after)
+    _, h_new = _gru_forward(x[:, None], h, *weights, reset_after, False, True, False)
     return h_new
 
 
@@ -741,12 +756,8 @@ def gru_cell_backward(grad_h, x, h, kernel, recurrent_kernel, bias, *, reset_aft
     """
     fn = "gru_cell_backward"
     reset_after = as_bool(reset_after, "reset_after", fn)
-    x = as_float_array(x, "x", fn)
-    check_ndim(x, 2, "x", fn, "(B, I)")
-    h = as_float_array(h, "h", fn)
-    check_ndim(h, 2, "h", fn, "(B, H)")
-    _, _, cache = gru(x[:, None], _state(h, x.shape[0], h.shape[1], "h", fn, "x"), kernel,
-                      recurrent_kernel, bias, reset_after=reset_after, training=True)
+    x, h, weights = _gru_cell_inputs(fn, x, h, kernel, recurrent_kernel, bias, reset_after)
+    _, _, cache = _gru_forward(x[:, None], h, *weights, reset_after, False, True, True)
     gx, gh, gk, grk, gb = gru_backward(None, _grad_state(grad_h, cache, "grad_h", fn), cache)
     return gx[:, 0], gh, gk, grk, gb
 
@@ -802,12 +813,12 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, *, activation="tanh", time
     rk = as_float_array(recurrent_kernel, "recurrent_kernel", fn)
     check_ndim(rk, 2, "recurrent_kernel", fn, "(H, H)")
     H = rk.shape[0]
-    _expect(rk, (H, H), "recurrent_kernel", fn, "(H, H)")
+    check_shape(rk, (H, H), "recurrent_kernel", fn, "(H, H)")
     h0 = _state(h0, B, H, "h0", fn, "x")
     kernel = as_float_array(kernel, "kernel", fn)
-    _expect(kernel, (I, H), "kernel", fn, "(I, H)")
+    check_shape(kernel, (I, H), "kernel", fn, "(I, H)")
     bias = as_float_array(bias, "bias", fn)
-    _expect(bias, (H,), "bias", fn, "(H,)")
+    check_shape(bias, (H,), "bias", fn, "(H,)")
     dt = result_dtype(x, h0, kernel, rk, bias)
     xt = _time_major(x, dt, time_major)
     kc, rkc, bc = contiguous(kernel, dt), contiguous(rk, dt), contiguous(bias, dt)

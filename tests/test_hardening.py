@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 
 import fastnn
-import fastnn.conv
+import fastnn._geometry
 import reference as ref
 from helpers import HERE, PROPERTY, assert_close
 from test_conv import geo_kwargs, geometries, make_conv_inputs
@@ -502,7 +502,7 @@ def test_packed_tile_path_matches_reference(g):
     x, w, b = make_conv_inputs(g["seed"], g["layout"], g["dtype"], g["N"], g["C"], g["H"],
                                g["W"], g["K"], g["G"], g["kh"], g["kw"])
     kw = dict(groups=g["G"], **geo_kwargs(g))
-    with mock.patch.object(fastnn.conv._Geometry, "split_is_cheap", property(lambda s: False)):
+    with mock.patch.object(fastnn._geometry.Geometry, "split_is_cheap", property(lambda s: False)):
         y = fastnn.conv2d(x, w, b, **kw)
         gy = np.random.default_rng(g["seed"] + 1).standard_normal(y.shape).astype(g["dtype"])
         grads = fastnn.conv2d_backward(gy, x, w, **kw)
