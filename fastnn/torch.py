@@ -26,9 +26,9 @@ Functional twins
 Modules
     :class:`Conv2d`, :class:`MaxPool2d`, ... subclass the ``torch.nn`` class and only
     override the forward, so constructor arguments, ``state_dict`` keys and
-    initialisation are PyTorch's. :class:`LSTM` and :class:`GRU` are plain ``nn.Module``
-    subclasses with ``torch.nn``'s parameter names (Dynamo refuses ``nn.RNNBase``
-    subclasses under ``fullgraph=True``). :func:`swap` puts the twins into a model.
+    initialisation are PyTorch's. :class:`LSTM`, :class:`GRU` and :class:`RNN` are plain
+    ``nn.Module`` subclasses with ``torch.nn``'s parameter names (Dynamo refuses
+    ``nn.RNNBase`` subclasses under ``fullgraph=True``). :func:`swap` puts the twins into a model.
 
 Eager calls
     A plain eager call (CPU tensors, no dispatch or function mode, no transform, not
@@ -46,7 +46,8 @@ while tracing. What falls back: tensors not on the CPU, dtypes other than float3
 float64 (or mixed dtypes), sparse layouts, argument forms PyTorch
 itself refuses (so that its error is raised), probability targets or class weights of
 ``cross_entropy`` that require grad, a mask of ``masked_linear`` that requires grad,
-``LSTM(proj_size > 0)`` and ``PackedSequence`` inputs of :class:`LSTM` / :class:`GRU`,
+``LSTM(proj_size > 0)`` and ``PackedSequence`` inputs of :class:`LSTM` / :class:`GRU` /
+:class:`RNN`,
 and -- with an older fastnn -- the pooling arguments ``dilation``, ``ceil_mode``,
 ``count_include_pad=True`` with padding and ``divisor_override``, and ``cross_entropy``'s
 ``weight``, ``label_smoothing``, (N, C, d1, ...) logits and labels equal to
@@ -61,7 +62,8 @@ opcheck's comparisons of eager and compiled runs). Instead the forward op return
 cache's arrays as extra, non-differentiable outputs; autograd saves them like any
 other tensor (freed with the graph, traced by ``torch.compile``), and the backward op
 rebuilds the cache from them and calls :func:`fastnn.lstm_backward` /
-:func:`fastnn.gru_backward` -- no forward is recomputed. Without gradients the forward
+:func:`fastnn.gru_backward` / :func:`fastnn.simple_rnn_backward` -- no forward is
+recomputed. Without gradients the forward
 runs with ``training=False`` and those outputs are empty.
 
 Examples
@@ -106,8 +108,8 @@ __all__ = [
     "cross_entropy", "unfold", "fold", "banded_linear", "masked_linear", "locally_connected2d",
     "Conv1d", "Conv2d", "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "CrossEntropyLoss",
-    "Unfold", "Fold", "LSTM", "LSTMCell", "GRU", "GRUCell", "BandedLinear", "MaskedLinear",
-    "LocallyConnected2d", "swap",
+    "Unfold", "Fold", "LSTM", "LSTMCell", "GRU", "GRUCell", "RNN", "BandedLinear",
+    "MaskedLinear", "LocallyConnected2d", "swap",
 ]
 
 _FLOATS = (torch.float32, torch.float64)
@@ -1134,6 +1136,17 @@ def _gru_weights(w_ih, w_hh, b_ih, b_hh):
     return convert.gru_from_torch(w_ih, w_hh, _torch_bias(b_ih, n, dt), _torch_bias(b_hh, n, dt))
 
 
+def _rnn_weights(w_ih, w_hh, b_ih, b_hh):
+    """PyTorch's (H, I) and (H, H) weights as fastnn's (Keras') (I, H) kernel and (H, H)
+    recurrent kernel (transposed views), and the one bias the two biases add up to (as
+    :func:`fastnn.convert.lstm_from_torch` does for the LSTM)."""
+    if b_ih is None:
+        bias = np.zeros(w_ih.shape[0], w_ih.dtype)
+    else:
+        bias = b_ih + b_hh
+    return w_ih.T, w_hh.T, bias
+
+
 def _seq_dims(x, batch_first):
     return (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])   # T, B
 
@@ -1142,6 +1155,109 @@ def _time_major_rows(xs, batch_first):
     """x as the C-contiguous (T*B, I) time-major matrix a fastnn RecurrentCache holds."""
     seq = np.ascontiguousarray(xs.transpose(1, 0, 2) if batch_first else xs)
     return seq.reshape(seq.shape[0] * seq.shape[1], seq.shape[2])
+
+
+# The sequence ops (lstm, gru, rnn) share one form. Forward arguments: x, the initial
+# states (None: zeros), w_ih, w_hh, b_ih, b_hh, the op's own flags, batch_first,
+# training. Forward outputs: output, the final states and, when ``training``, the
+# arrays of the fastnn.RecurrentCache (else empty). Backward arguments: the gradients
+# of output and of the final states, x, the cache arrays, the op's own flags,
+# batch_first, has_bias; outputs: the gradients of x, the states and the four weights
+# (the biases empty without ``has_bias``).
+class _Sequence:
+    def __init__(self, name, kind, n_states, gates, cache_fields, cache_shapes):
+        self.name, self.kind, self.n_states, self.gates = name, kind, n_states, gates
+        self.cache_fields, self.cache_shapes = cache_fields, cache_shapes
+
+    def result(self, res, training, inputs, dtype):
+        """The forward op's outputs from fastnn's (output, states..., [cache])."""
+        if training:
+            *outputs, cache = res
+            arrays = [getattr(cache, f) for f in self.cache_fields]
+        else:
+            outputs, arrays = list(res), [np.empty(0, dtype)] * len(self.cache_fields)
+        return tuple(_fresh(outputs + arrays, inputs))
+
+    def cache(self, xs, batch_first, arrays, **fields):
+        """The fastnn.RecurrentCache a backward op rebuilds from the cache arrays."""
+        T, B = _seq_dims(xs, batch_first)
+        fields.update(zip(self.cache_fields, arrays))
+        return fastnn.RecurrentCache(
+            kind=self.kind, dtype=xs.dtype,
+            time_major=not batch_first, T=T, B=B, I=xs.shape[2], H=fields["hs"].shape[1],
+            x=_time_major_rows(xs, batch_first), **fields)
+
+    def grads(self, grads, weight_grads, has_bias, inputs, dtype):
+        """The backward op's outputs: the gradients of x and the states, then w_ih, w_hh,
+        b_ih, b_hh (the biases empty without a bias)."""
+        gw_ih, gw_hh, gb_ih, gb_hh = weight_grads
+        if not has_bias:
+            gb_ih = gb_hh = np.empty(0, dtype)
+        return tuple(_fresh(list(grads) + [gw_ih, gw_hh, gb_ih, gb_hh], inputs))
+
+    def fake(self, x, w_hh, batch_first, training):
+        T, B = _seq_dims(x, batch_first)
+        H, I = w_hh.shape[1], x.shape[2]
+        shapes = self.cache_shapes(T, B, I, H)
+        cache = tuple(x.new_empty(s) if training else _empty(x) for s in shapes)
+        states = tuple(x.new_empty((B, H)) for _ in range(self.n_states))
+        return (x.new_empty(tuple(x.shape[:2]) + (H,)),) + states + cache
+
+    def backward_fake(self, x, hs, batch_first, has_bias):
+        T, B = _seq_dims(x, batch_first)
+        H, I, G = hs.shape[1], x.shape[2], self.gates * hs.shape[1]
+        b = (x.new_empty((G,)), x.new_empty((G,))) if has_bias else (_empty(x), _empty(x))
+        states = tuple(x.new_empty((B, H)) for _ in range(self.n_states))
+        return (torch.empty_like(x, memory_format=torch.contiguous_format),) + states + \
+            (x.new_empty((G, I)), x.new_empty((G, H))) + b
+
+    def setup(self, ctx, inputs, output):
+        n = self.n_states
+        ctx.mark_non_differentiable(*output[1 + n:])
+        ctx.save_for_backward(inputs[0], *output[1 + n:])
+        ctx.has_state = tuple(s is not None for s in inputs[1:1 + n])
+        ctx.has_bias = inputs[3 + n] is not None
+        ctx.flags = tuple(inputs[5 + n:-2])
+        ctx.batch_first, ctx.training = inputs[-2], inputs[-1]
+
+    def backward(self, ctx, grad_out, *grads):
+        if not ctx.training:
+            raise RuntimeError(f"fastnn::{self.name} was run with training=False (no cache for "
+                               f"the backward); call it with training=True when gradients are "
+                               f"needed")
+        n = self.n_states
+        x, *cache = ctx.saved_tensors
+        res = _run(self.bwd, grad_out, *grads[:n], x, *cache, *ctx.flags, ctx.batch_first,
+                   ctx.has_bias)
+        hb = ctx.has_bias
+        states = tuple(g if has else None for g, has in zip(res[1:1 + n], ctx.has_state))
+        gb_ih, gb_hh = res[3 + n:5 + n]
+        return (res[0],) + states + (res[1 + n], res[2 + n], gb_ih if hb else None,
+                                     gb_hh if hb else None) + (None,) * (len(ctx.flags) + 2)
+
+    def register(self, fwd, bwd):
+        n, hs = self.n_states, 2 + self.n_states + self.cache_fields.index("hs")
+
+        def fake(x, *args):
+            return self.fake(x, args[n + 1], args[-2], args[-1])
+
+        def backward_fake(*args):
+            return self.backward_fake(args[n + 1], args[hs], args[-2], args[-1])
+
+        self.fwd, self.bwd = fwd, bwd
+        fwd.register_fake(fake)
+        bwd.register_fake(backward_fake)
+        _register(fwd, bwd, self.backward, self.setup)
+
+
+_LSTM = _Sequence("lstm", "lstm", 2, 4, ("kernel", "hs", "cs", "gates", "tc"),
+                  lambda T, B, I, H: ((I + H, 4 * H), ((T + 1) * B, H), ((T + 1) * B, H),
+                                      (T * B, 4 * H), (T * B, H)))
+_GRU = _Sequence("gru", "gru", 1, 3, ("kernel", "recurrent_kernel", "hs", "gates", "q"),
+                 lambda T, B, I, H: ((I, 3 * H), (H, 3 * H), ((T + 1) * B, H), (T * B, 3 * H),
+                                     (T * B, 3 * H)))
+_RNN = _Sequence("rnn", "simple_rnn", 1, 1, ("kernel", "recurrent_kernel", "hs"),
+                 lambda T, B, I, H: ((I, H), (H, H), ((T + 1) * B, H)))
 
 
 @_op("lstm")
@@ -1157,27 +1273,8 @@ def _lstm_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor
     kernel, bias = _lstm_weights(*ws)
     res = fastnn.lstm(xs, h0s, c0s, kernel, bias, forget_bias=0.0, time_major=not batch_first,
                       training=training)
-    inputs = [xs, h0s, c0s] + ws
-    if training:
-        out, (hT, cT), cache = res
-        return tuple(_fresh([out, hT, cT, cache.kernel, cache.hs, cache.cs, cache.gates,
-                             cache.tc], inputs))
-    out, (hT, cT) = res
-    e = np.empty(0, xs.dtype)
-    return tuple(_fresh([out, hT, cT] + [e] * 5, inputs))
-
-
-@_lstm_op.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, training):
-    T, B = _seq_dims(x, batch_first)
-    H = w_hh.shape[1]
-    I = x.shape[2]
-    out = x.new_empty(tuple(x.shape[:2]) + (H,))
-    if not training:
-        return (out, x.new_empty((B, H)), x.new_empty((B, H))) + tuple(_empty(x) for _ in range(5))
-    return (out, x.new_empty((B, H)), x.new_empty((B, H)), x.new_empty((I + H, 4 * H)),
-            x.new_empty(((T + 1) * B, H)), x.new_empty(((T + 1) * B, H)),
-            x.new_empty((T * B, 4 * H)), x.new_empty((T * B, H)))
+    out, (hT, cT), *cache = res
+    return _LSTM.result([out, hT, cT] + cache, training, [xs, h0s, c0s] + ws, xs.dtype)
 
 
 @_op("lstm_backward")
@@ -1189,55 +1286,14 @@ def _lstm_bwd_op(grad_output: Tensor, grad_hT: Tensor, grad_cT: Tensor, x: Tenso
     w_hh, b_ih, b_hh (the biases empty without ``has_bias``)."""
     go, gh, gc, xs = _np(grad_output), _np(grad_hT), _np(grad_cT), _np(x)
     arrays = [_np(t) for t in (kernel, hs, cs, gates, tc)]
-    T, B = _seq_dims(xs, batch_first)
-    H = arrays[1].shape[1]
-    cache = fastnn.RecurrentCache(
-        kind="lstm", dtype=xs.dtype, time_major=not batch_first, T=T, B=B, I=xs.shape[2], H=H,
-        x=_time_major_rows(xs, batch_first), kernel=arrays[0], hs=arrays[1], cs=arrays[2],
-        gates=arrays[3], tc=arrays[4])
-    gx, gh0, gc0, gk, gb = fastnn.lstm_backward(go, gh, gc, cache)
+    gx, gh0, gc0, gk, gb = fastnn.lstm_backward(go, gh, gc, _LSTM.cache(xs, batch_first, arrays))
     gw_ih, gw_hh, gb_ih, _ = convert.lstm_to_torch(gk, gb)
-    if has_bias:
-        gb_hh = gb_ih.copy()        # both biases enter as one sum
-    else:
-        gb_ih = gb_hh = np.empty(0, xs.dtype)
-    return tuple(_fresh([gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh], [go, gh, gc, xs] + arrays))
+    # both biases enter as one sum
+    return _LSTM.grads([gx, gh0, gc0], [gw_ih, gw_hh, gb_ih, gb_ih.copy()], has_bias,
+                       [go, gh, gc, xs] + arrays, xs.dtype)
 
 
-@_lstm_bwd_op.register_fake
-def _(grad_output, grad_hT, grad_cT, x, kernel, hs, cs, gates, tc, batch_first, has_bias):
-    T, B = _seq_dims(x, batch_first)
-    H = hs.shape[1]
-    I = x.shape[2]
-    b = (x.new_empty((4 * H,)), x.new_empty((4 * H,))) if has_bias else (_empty(x), _empty(x))
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((B, H)),
-            x.new_empty((B, H)), x.new_empty((4 * H, I)), x.new_empty((4 * H, H))) + b
-
-
-def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, training = inputs
-    ctx.mark_non_differentiable(*output[3:])
-    ctx.save_for_backward(x, *output[3:])
-    ctx.batch_first = batch_first
-    ctx.has_bias = b_ih is not None
-    ctx.training = training
-    ctx.has_state = (h0 is not None, c0 is not None)
-
-
-def _lstm_backward(ctx, grad_out, grad_hT, grad_cT, *_cache_grads):
-    if not ctx.training:
-        raise RuntimeError("fastnn::lstm was run with training=False (no cache for the "
-                           "backward); call it with training=True when gradients are needed")
-    x, kernel, hs, cs, gates, tc = ctx.saved_tensors
-    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh = _run(
-        _lstm_bwd_op, grad_out, grad_hT, grad_cT, x, kernel, hs, cs, gates, tc, ctx.batch_first,
-        ctx.has_bias)
-    hb = ctx.has_bias
-    return (gx, gh0 if ctx.has_state[0] else None, gc0 if ctx.has_state[1] else None, gw_ih,
-            gw_hh, gb_ih if hb else None, gb_hh if hb else None, None, None)
-
-
-_register(_lstm_op, _lstm_bwd_op, _lstm_backward, _lstm_setup)
+_LSTM.register(_lstm_op, _lstm_bwd_op)
 
 
 @_op("gru")
@@ -1252,27 +1308,7 @@ def _gru_op(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: O
     kernel, rk, bias = _gru_weights(*ws)
     res = fastnn.gru(xs, h0s, kernel, rk, bias, reset_after=True, time_major=not batch_first,
                      training=training)
-    inputs = [xs, h0s] + ws
-    if training:
-        out, hT, cache = res
-        return tuple(_fresh([out, hT, cache.kernel, cache.recurrent_kernel, cache.hs,
-                             cache.gates, cache.q], inputs))
-    out, hT = res
-    e = np.empty(0, xs.dtype)
-    return tuple(_fresh([out, hT] + [e] * 5, inputs))
-
-
-@_gru_op.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, batch_first, training):
-    T, B = _seq_dims(x, batch_first)
-    H = w_hh.shape[1]
-    I = x.shape[2]
-    out = x.new_empty(tuple(x.shape[:2]) + (H,))
-    if not training:
-        return (out, x.new_empty((B, H))) + tuple(_empty(x) for _ in range(5))
-    return (out, x.new_empty((B, H)), x.new_empty((I, 3 * H)), x.new_empty((H, 3 * H)),
-            x.new_empty(((T + 1) * B, H)), x.new_empty((T * B, 3 * H)),
-            x.new_empty((T * B, 3 * H)))
+    return _GRU.result(res, training, [xs, h0s] + ws, xs.dtype)
 
 
 @_op("gru_backward")
@@ -1284,52 +1320,54 @@ def _gru_bwd_op(grad_output: Tensor, grad_hT: Tensor, x: Tensor, kernel: Tensor,
     b_ih, b_hh (the biases empty without ``has_bias``)."""
     go, gh, xs = _np(grad_output), _np(grad_hT), _np(x)
     arrays = [_np(t) for t in (kernel, recurrent_kernel, hs, gates, q)]
-    T, B = _seq_dims(xs, batch_first)
-    H = arrays[2].shape[1]
-    cache = fastnn.RecurrentCache(
-        kind="gru", dtype=xs.dtype, time_major=not batch_first, T=T, B=B, I=xs.shape[2], H=H,
-        x=_time_major_rows(xs, batch_first), kernel=arrays[0], recurrent_kernel=arrays[1],
-        hs=arrays[2], gates=arrays[3], q=arrays[4], rh=arrays[3][:0], reset_after=True)
+    cache = _GRU.cache(xs, batch_first, arrays, rh=arrays[3][:0], reset_after=True)
     gx, gh0, gk, grk, gb = fastnn.gru_backward(go, gh, cache)
-    gw_ih, gw_hh, gb_ih, gb_hh = convert.gru_to_torch(gk, grk, gb)
-    if not has_bias:
-        gb_ih = gb_hh = np.empty(0, xs.dtype)
-    return tuple(_fresh([gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh], [go, gh, xs] + arrays))
+    return _GRU.grads([gx, gh0], convert.gru_to_torch(gk, grk, gb), has_bias,
+                      [go, gh, xs] + arrays, xs.dtype)
 
 
-@_gru_bwd_op.register_fake
-def _(grad_output, grad_hT, x, kernel, recurrent_kernel, hs, gates, q, batch_first, has_bias):
-    T, B = _seq_dims(x, batch_first)
-    H = hs.shape[1]
-    I = x.shape[2]
-    b = (x.new_empty((3 * H,)), x.new_empty((3 * H,))) if has_bias else (_empty(x), _empty(x))
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((B, H)),
-            x.new_empty((3 * H, I)), x.new_empty((3 * H, H))) + b
+_GRU.register(_gru_op, _gru_bwd_op)
 
 
-def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, batch_first, training = inputs
-    ctx.mark_non_differentiable(*output[2:])
-    ctx.save_for_backward(x, *output[2:])
-    ctx.batch_first = batch_first
-    ctx.has_bias = b_ih is not None
-    ctx.training = training
-    ctx.has_state = h0 is not None
+def _activation(nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return nonlinearity
 
 
-def _gru_backward(ctx, grad_out, grad_hT, *_cache_grads):
-    if not ctx.training:
-        raise RuntimeError("fastnn::gru was run with training=False (no cache for the "
-                           "backward); call it with training=True when gradients are needed")
-    x, kernel, rk, hs, gates, q = ctx.saved_tensors
-    gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _run(_gru_bwd_op, grad_out, grad_hT, x, kernel, rk, hs,
-                                                      gates, q, ctx.batch_first, ctx.has_bias)
-    hb = ctx.has_bias
-    return (gx, gh0 if ctx.has_state else None, gw_ih, gw_hh, gb_ih if hb else None,
-            gb_hh if hb else None, None, None)
+@_op("rnn")
+def _rnn_op(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+            b_hh: Optional[Tensor], nonlinearity: str, batch_first: bool,
+            training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One unidirectional Elman RNN layer (``torch.nn.RNN``'s weights; ``nonlinearity``
+    "tanh" or "relu") on :func:`fastnn.simple_rnn`. Outputs: output, h_T and, when
+    ``training``, the cache's arrays (kernel, recurrent_kernel, hs) for ``rnn_backward``
+    (else empty)."""
+    xs, h0s = _np(x), _np(h0)
+    ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
+    kernel, rk, bias = _rnn_weights(*ws)
+    res = fastnn.simple_rnn(xs, h0s, kernel, rk, bias, activation=_activation(nonlinearity),
+                            time_major=not batch_first, training=training)
+    return _RNN.result(res, training, [xs, h0s] + ws, xs.dtype)
 
 
-_register(_gru_op, _gru_bwd_op, _gru_backward, _gru_setup)
+@_op("rnn_backward")
+def _rnn_bwd_op(grad_output: Tensor, grad_hT: Tensor, x: Tensor, kernel: Tensor,
+                recurrent_kernel: Tensor, hs: Tensor, nonlinearity: str, batch_first: bool,
+                has_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of one RNN layer from the forward's cache arrays: x, h0, w_ih, w_hh,
+    b_ih, b_hh (the biases empty without ``has_bias``)."""
+    go, gh, xs = _np(grad_output), _np(grad_hT), _np(x)
+    arrays = [_np(t) for t in (kernel, recurrent_kernel, hs)]
+    cache = _RNN.cache(xs, batch_first, arrays, relu=_activation(nonlinearity) == "relu")
+    gx, gh0, gk, grk, gb = fastnn.simple_rnn_backward(go, gh, cache)
+    # (I, H) and (H, H) kernels back to PyTorch's (H, I) and (H, H); both biases
+    # enter as one sum.
+    return _RNN.grads([gx, gh0], [gk.T, grk.T, gb, gb.copy()], has_bias, [go, gh, xs] + arrays,
+                      xs.dtype)
+
+
+_RNN.register(_rnn_op, _rnn_bwd_op)
 
 
 @_op("lstm_cell")
@@ -2094,16 +2132,11 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first):
-    training = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    out, hT, cT = _run(_lstm_op, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, training)[:3]
-    return out, hT, cT
-
-
-def _gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, batch_first):
-    training = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
-    out, hT = _run(_gru_op, x, h0, w_ih, w_hh, b_ih, b_hh, batch_first, training)[:2]
-    return out, hT
+def _sequence_layer(sequence, x, states, weights, flags, batch_first):
+    """One layer and direction on a sequence op: (output, final states)."""
+    tensors = (x, *states, *weights)
+    res = _run(sequence.fwd, *tensors, *flags, batch_first, _needs_grad(*tensors))
+    return res[0], tuple(res[1:1 + sequence.n_states])
 
 
 # ================================================================== modules
@@ -2315,9 +2348,14 @@ class GRUCell(nn.GRUCell):
 
 class _RecurrentBase(nn.Module):
     """torch.nn.RNNBase's constructor, parameters (names, shapes, order, initialisation)
-    and argument checks, without being an RNNBase (Dynamo refuses those)."""
+    and argument checks, without being an RNNBase (Dynamo refuses those), and the
+    forward the recurrent twins share: per layer and direction one sequence op
+    (``_sequence``), PyTorch's own forward (``_torch_forward``) for what fastnn does
+    not run."""
 
-    _GATES = {"LSTM": 4, "GRU": 3}
+    _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+    _sequence = None
+    _torch_forward = None
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
@@ -2342,7 +2380,7 @@ class _RecurrentBase(nn.Module):
                              "projections")
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
-        if mode == "GRU" and proj_size:
+        if mode != "LSTM" and proj_size:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         self.mode = mode
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -2404,11 +2442,13 @@ class _RecurrentBase(nn.Module):
         return _why_not(input=input, **{f"hx[{i}]": s for i, s in enumerate(states)},
                         **{n: getattr(self, n) for n in self._flat_weights_names})
 
-    def _layers(self, input, states, step):
-        """Run the stack: ``step(x, layer_states, weights) -> (out, final states)`` per
-        layer and direction; the reverse direction runs on the time-reversed input."""
+    def _layers(self, input, states):
+        """Run the stack, one sequence op per layer and direction; the reverse direction
+        runs on the time-reversed input. Returns the output and the final states of every
+        layer and direction."""
         time_dim = 1 if self.batch_first else 0
         dirs = 2 if self.bidirectional else 1
+        flags = self._flags()
         finals = []
         x = input
         for layer in range(self.num_layers):
@@ -2420,13 +2460,52 @@ class _RecurrentBase(nn.Module):
                     weights += [None, None]
                 h = [None if s is None else s[idx] for s in states]
                 xd = x if direction == 0 else x.flip(time_dim)
-                out, last = step(xd, h, weights)
+                out, last = _sequence_layer(self._sequence, xd, h, weights, flags,
+                                            self.batch_first)
                 outs.append(out if direction == 0 else out.flip(time_dim))
                 finals.append(last)
             x = outs[0] if dirs == 1 else torch.cat(outs, dim=2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         return x, finals
+
+    def _flags(self):
+        """The sequence op's own arguments (between the weights and batch_first)."""
+        return ()
+
+    def forward(self, input, hx=None):
+        why = self._fastnn_reason(input, hx)
+        if why is not None:
+            return _fallback(self._sequence.name, why, self._torch_forward, input, hx)
+        name = type(self).__name__
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        n = self._sequence.n_states
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        x = input if is_batched else input.unsqueeze(batch_dim)
+        if hx is not None:
+            states = tuple(hx) if n > 1 else (hx,)
+            want = 3 if is_batched else 2
+            if any(s.dim() != want for s in states):
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                if n > 1:
+                    got = ", ".join(f"{s.dim()}-D" for s in states)
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D "
+                                       f"but got ({got}) tensors")
+                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
+                                   f"{hx.dim()}-D tensor")
+            if not is_batched:
+                states = tuple(s.unsqueeze(1) for s in states)
+            self.check_forward_args(x, states if n > 1 else states[0], None)
+        else:
+            self.check_input(x, None)
+            states = (None,) * n
+        out, finals = self._layers(x, states)
+        h_n = tuple(torch.stack([f[i] for f in finals]) for i in range(n))
+        if not is_batched:
+            out, h_n = out.squeeze(batch_dim), tuple(h.squeeze(1) for h in h_n)
+        return out, (h_n if n > 1 else h_n[0])
 
 
 class LSTM(_RecurrentBase):
@@ -2453,6 +2532,8 @@ class LSTM(_RecurrentBase):
     >>> list(ours.state_dict()) == list(theirs.state_dict())
     True
     """
+    _sequence = _LSTM
+    _torch_forward = nn.LSTM.forward
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -2460,40 +2541,6 @@ class LSTM(_RecurrentBase):
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args
     permute_hidden = nn.LSTM.permute_hidden
-
-    def forward(self, input, hx=None):
-        why = self._fastnn_reason(input, hx)
-        if why is not None:
-            return _fallback("lstm", why, nn.LSTM.forward, self, input, hx)
-        if input.dim() not in (2, 3):
-            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        is_batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
-        x = input if is_batched else input.unsqueeze(batch_dim)
-        if hx is not None:
-            want = 3 if is_batched else 2
-            if hx[0].dim() != want or hx[1].dim() != want:
-                kind = "batched 3-D" if is_batched else "unbatched 2-D"
-                raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but "
-                                   f"got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-            if not is_batched:
-                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            self.check_forward_args(x, hx, None)
-            states = hx
-        else:
-            self.check_input(x, None)
-            states = (None, None)
-
-        def step(xd, h, w):
-            out, hT, cT = _lstm_layer(xd, h[0], h[1], *w, self.batch_first)
-            return out, (hT, cT)
-
-        out, finals = self._layers(x, states, step)
-        h_n = torch.stack([f[0] for f in finals])
-        c_n = torch.stack([f[1] for f in finals])
-        if not is_batched:
-            return out.squeeze(batch_dim), (h_n.squeeze(1), c_n.squeeze(1))
-        return out, (h_n, c_n)
 
 
 class GRU(_RecurrentBase):
@@ -2509,6 +2556,8 @@ class GRU(_RecurrentBase):
     >>> out.shape, h.shape
     (torch.Size([4, 2, 5]), torch.Size([2, 2, 5]))
     """
+    _sequence = _GRU
+    _torch_forward = nn.GRU.forward
 
     def __init__(self, *args, **kwargs):
         super().__init__("GRU", *args, **kwargs)
@@ -2516,35 +2565,47 @@ class GRU(_RecurrentBase):
     check_forward_args = nn.RNNBase.check_forward_args
     permute_hidden = nn.RNNBase.permute_hidden
 
-    def forward(self, input, hx=None):
-        why = self._fastnn_reason(input, hx)
-        if why is not None:
-            return _fallback("gru", why, nn.GRU.forward, self, input, hx)
-        if input.dim() not in (2, 3):
-            raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        is_batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
-        x = input if is_batched else input.unsqueeze(batch_dim)
-        if hx is not None:
-            want = 3 if is_batched else 2
-            if hx.dim() != want:
-                kind = "batched 3-D" if is_batched else "unbatched 2-D"
-                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
-                                   f"{hx.dim()}-D tensor")
-            if not is_batched:
-                hx = hx.unsqueeze(1)
-            self.check_forward_args(x, hx, None)
+
+class RNN(_RecurrentBase):
+    """``torch.nn.RNN`` (Elman, ``nonlinearity`` "tanh" or "relu") running on fastnn
+    (``torch.ops.fastnn.rnn`` per layer and direction, :func:`fastnn.simple_rnn`); same
+    constructor (``nonlinearity`` the fourth positional argument, as PyTorch's), parameter
+    names, initialisation and ``state_dict``, a plain ``nn.Module`` (see :class:`LSTM`).
+    A ``PackedSequence`` input runs on PyTorch (counted under "rnn").
+
+    Examples
+    --------
+    >>> import torch, fastnn.torch as ft
+    >>> torch.manual_seed(0) and None
+    >>> ours = ft.RNN(3, 5, nonlinearity="relu", batch_first=True)
+    >>> torch.manual_seed(0) and None
+    >>> theirs = torch.nn.RNN(3, 5, nonlinearity="relu", batch_first=True)
+    >>> x = torch.randn(2, 4, 3)
+    >>> bool(torch.allclose(ours(x)[0], theirs(x)[0], atol=1e-5))
+    True
+    """
+    _sequence = _RNN
+    _torch_forward = nn.RNN.forward
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            nonlinearity, args = args[3], args[:3] + args[4:]
         else:
-            self.check_input(x, None)
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                             f"'relu'.")
+        super().__init__(modes[nonlinearity], *args, **kwargs)
+        self.nonlinearity = nonlinearity
 
-        def step(xd, h, w):
-            return _gru_layer(xd, h[0], *w, self.batch_first)
+    check_forward_args = nn.RNNBase.check_forward_args
+    permute_hidden = nn.RNNBase.permute_hidden
 
-        out, finals = self._layers(x, (hx,), step)
-        h_n = torch.stack(finals)
-        if not is_batched:
-            return out.squeeze(batch_dim), h_n.squeeze(1)
-        return out, h_n
+    def _flags(self):
+        return (self.nonlinearity,)
 
 
 class BandedLinear(nn.Module):
@@ -2696,7 +2757,7 @@ _TWINS = {
     nn.AvgPool2d: AvgPool2d, nn.ReLU: ReLU, nn.LeakyReLU: LeakyReLU, nn.Sigmoid: Sigmoid,
     nn.Tanh: Tanh, nn.Softmax: Softmax, nn.LogSoftmax: LogSoftmax,
     nn.CrossEntropyLoss: CrossEntropyLoss, nn.Unfold: Unfold, nn.Fold: Fold,
-    nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.LSTM: LSTM, nn.GRU: GRU,
+    nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN,
 }
 
 
@@ -2736,8 +2797,9 @@ def _twin(module):
         twin = cls.__new__(cls)
         nn.Module.__init__(twin)
         for attr in ("mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first",
-                     "dropout", "bidirectional", "proj_size"):
-            setattr(twin, attr, getattr(module, attr))
+                     "dropout", "bidirectional", "proj_size", "nonlinearity"):
+            if hasattr(module, attr):
+                setattr(twin, attr, getattr(module, attr))
         twin._flat_weights_names = list(module._flat_weights_names)
         twin._all_weights = [list(names) for names in module._all_weights]
         for name in module._flat_weights_names:

@@ -100,6 +100,9 @@ def _forward_samples():
         ("lstm", (r(T, B, I), None, None, r(4 * H, I), r(4 * H, H), None, None, False, True)),
         ("gru", (r(B, T, I), r(B, H), r(3 * H, I), r(3 * H, H), r(3 * H), r(3 * H), True, True)),
         ("gru", (r(T, B, I), None, r(3 * H, I), r(3 * H, H), None, None, False, True)),
+        ("rnn", (r(B, T, I), r(B, H), r(H, I), r(H, H), r(H), r(H), "tanh", True, True)),
+        ("rnn", (r(T, B, I), None, r(H, I), r(H, H), None, None, "relu", False, True)),
+        ("rnn", (r(T, B, I), r(B, H), r(H, I), r(H, H), r(H), r(H), "relu", False, True)),
         ("lstm_cell", (r(B, I), r(B, H), r(B, H), r(4 * H, I), r(4 * H, H), r(4 * H), r(4 * H))),
         ("gru_cell", (r(B, I), r(B, H), r(3 * H, I), r(3 * H, H), r(3 * H), r(3 * H))),
     ]
@@ -114,7 +117,7 @@ def _forward_samples():
 
 
 FORWARD = _forward_samples()
-N_OUTPUTS = {"max_pool1d": 1, "max_pool2d": 1, "lstm": 3, "gru": 2}   # differentiable ones
+N_OUTPUTS = {"max_pool1d": 1, "max_pool2d": 1, "lstm": 3, "gru": 2, "rnn": 2}   # differentiable ones
 
 
 def _grads_for(outputs):
@@ -156,6 +159,10 @@ def _backward_samples():
             x, *_, batch_first, _training = a
             out.append((name + "_backward", (g[0], g[1], x, *res[2:], batch_first,
                                              a[4] is not None)))
+        elif name == "rnn":
+            x, *_, nonlinearity, batch_first, _training = a
+            out.append((name + "_backward", (g[0], g[1], x, *res[2:], nonlinearity,
+                                             batch_first, a[4] is not None)))
         elif name == "lstm_cell":
             out.append((name + "_backward", (g[0], g[1], *a)))
         elif name == "gru_cell":
@@ -177,7 +184,7 @@ def _ids(samples):
 
 def test_every_registered_op_is_checked():
     ops = ft.registered_ops()
-    assert len(ops) == len(set(ops)) == 44
+    assert len(ops) == len(set(ops)) == 46
     covered = {name for name, _ in FORWARD + BACKWARD}
     # unfold and fold are each other's backward: no separate *_backward op.
     assert covered == set(ops)
@@ -538,6 +545,27 @@ def test_masked_linear():
     assert torch.isfinite(ft.masked_linear(x.detach(), w2, mask)).all()
 
 
+def _mask_layouts():
+    keep = torch.rand(6, 12, generator=torch.Generator().manual_seed(3)) < 0.5
+    for dtype in (torch.bool, torch.uint8, torch.int32, torch.int64, torch.float32, D64):
+        m = keep.to(dtype)
+        yield f"{dtype}-contiguous", m[:, :6].t().contiguous()
+        yield f"{dtype}-transposed", m[:, :6].t()              # (out, in) view, F-ordered
+        yield f"{dtype}-strided", m[:, ::2].t()                 # no unit stride at all
+    yield "float-values", torch.where(keep[:, :6].t(), torch.rand(6, 6) + 0.5, 0.0)
+
+
+@pytest.mark.parametrize("name,mask", list(_mask_layouts()), ids=lambda v: v
+                         if isinstance(v, str) else "")
+def test_masked_linear_takes_masks_of_any_layout_and_dtype(name, mask):
+    # fastnn.masked_matmul refuses some non-C-contiguous non-bool masks; the adapter
+    # hands it their non-zero pattern instead, so none of these falls back.
+    assert tuple(mask.shape) == (6, 6)
+    _check_twin(lambda x, w, b: ft.masked_linear(x, w, mask, b),
+                lambda x, w, b: F.linear(x, torch.where(mask != 0, w, 0), b),
+                (r(3, 6), r(6, 6, seed=1), r(6)))
+
+
 def local_reference(x, w, b, k, s, p):
     """Float64 NumPy loop: one (out, in) matrix per output pixel, patch in (i, j, c)."""
     x = np.pad(x.detach().numpy(), ((0, 0), (0, 0), (p, p), (p, p)))
@@ -617,6 +645,13 @@ MODULES = [
     (nn.GRU, ft.GRU, (3, 4), dict(batch_first=True, num_layers=2, bias=False), (2, 5, 3)),
     (nn.GRU, ft.GRU, (3, 4), dict(bidirectional=True, num_layers=2), (5, 2, 3)),
     (nn.GRU, ft.GRU, (3, 4), dict(batch_first=True), (5, 3)),               # unbatched
+    (nn.RNN, ft.RNN, (3, 4), {}, (5, 2, 3)),
+    (nn.RNN, ft.RNN, (3, 4), dict(nonlinearity="relu", batch_first=True), (2, 5, 3)),
+    (nn.RNN, ft.RNN, (3, 4, 1, "relu"), dict(bias=False), (5, 2, 3)),       # positional
+    (nn.RNN, ft.RNN, (3, 4), dict(bias=False, batch_first=True), (2, 5, 3)),
+    (nn.RNN, ft.RNN, (3, 4), dict(num_layers=2, bidirectional=True, nonlinearity="relu"),
+     (5, 2, 3)),
+    (nn.RNN, ft.RNN, (3, 4), dict(batch_first=True), (5, 3)),               # unbatched
 ]
 
 
@@ -649,10 +684,12 @@ def test_module_twin(torch_cls, twin_cls, args, kwargs, shape):
             close(u, v, f"gradient {k}")
 
 
-@pytest.mark.parametrize("cls,twin", [(nn.LSTM, ft.LSTM), (nn.GRU, ft.GRU)])
+@pytest.mark.parametrize("cls,twin,kwargs", [(nn.LSTM, ft.LSTM, {}), (nn.GRU, ft.GRU, {}),
+                                             (nn.RNN, ft.RNN, {}),
+                                             (nn.RNN, ft.RNN, dict(nonlinearity="relu"))])
 @pytest.mark.parametrize("batched", [True, False])
-def test_recurrent_with_initial_state(cls, twin, batched):
-    ours, theirs = _module_pair(cls, twin, 3, 4, num_layers=2, bidirectional=True)
+def test_recurrent_with_initial_state(cls, twin, kwargs, batched):
+    ours, theirs = _module_pair(cls, twin, 3, 4, num_layers=2, bidirectional=True, **kwargs)
     x = r(5, 2, 3) if batched else r(5, 3)
     hshape = (4, 2, 4) if batched else (4, 4)
     hx = (r(*hshape), r(*hshape, seed=7)) if cls is nn.LSTM else r(*hshape)
@@ -681,6 +718,21 @@ def test_recurrent_twins_are_not_rnnbase_and_check_arguments_like_torch():
     with pytest.raises(ValueError, match="proj_size"):
         ft.LSTM(3, 4, proj_size=4)
     assert repr(ft.GRU(3, 4, num_layers=2)) == "GRU(3, 4, num_layers=2)"
+    rnn = ft.RNN(3, 4, 2, "relu")
+    assert not isinstance(rnn, nn.RNNBase)
+    assert rnn.nonlinearity == "relu" and rnn.num_layers == 2 and rnn.mode == "RNN_RELU"
+    assert repr(rnn) == repr(nn.RNN(3, 4, 2, "relu"))
+    with pytest.raises(RuntimeError, match="input_size"):
+        rnn(torch.randn(5, 2, 2))
+    with pytest.raises(RuntimeError, match="Expected hidden"):
+        rnn(torch.randn(5, 2, 3), torch.zeros(2, 3, 4))
+    with pytest.raises(RuntimeError, match="hx should also be 3-D"):
+        rnn(torch.randn(5, 2, 3), torch.zeros(2, 4))
+    for bad in (dict(proj_size=2), dict(nonlinearity="sigmoid")):     # as torch.nn.RNN
+        with pytest.raises(ValueError) as theirs:
+            nn.RNN(3, 4, **bad)
+        with pytest.raises(ValueError, match=str(theirs.value)):
+            ft.RNN(3, 4, **bad)
 
 
 def test_lstm_fallbacks_run_torch():
@@ -692,6 +744,12 @@ def test_lstm_fallbacks_run_torch():
     ours, theirs = _module_pair(nn.GRU, ft.GRU, 3, 5)
     close(ours(packed)[0].data, theirs(packed)[0].data, "PackedSequence")
     assert ft.fallback_counts() == {"lstm": 1, "gru": 1}
+    ours, theirs = _module_pair(nn.RNN, ft.RNN, 3, 5, nonlinearity="relu")
+    close(ours(packed)[0].data, theirs(packed)[0].data, "PackedSequence")
+    assert ft.fallback_counts() == {"lstm": 1, "gru": 1, "rnn": 1}
+    x = r(4, 2, 3).to(torch.bfloat16)                      # a dtype fastnn does not run
+    assert torch.equal(ours.to(torch.bfloat16)(x)[0], theirs.to(torch.bfloat16)(x)[0])
+    assert ft.fallback_counts() == {"lstm": 1, "gru": 1, "rnn": 2}
 
 
 def test_lstm_dropout_between_layers_matches_torch():
@@ -751,6 +809,7 @@ class Every(nn.Module):
         self.tanh = nn.Tanh()
         self.lstm = nn.LSTM(3, 4, batch_first=True)
         self.gru = nn.GRU(4, 4, num_layers=2, bidirectional=True)
+        self.rnn = nn.RNN(8, 8, nonlinearity="relu")
         self.lstm_cell = nn.LSTMCell(8, 5)
         self.gru_cell = nn.GRUCell(5, 5)
         self.head = nn.Linear(2 * 8 * 8 + 5, 6)
@@ -763,6 +822,7 @@ class Every(nn.Module):
         s = self.avg1d(self.pool1d(self.conv1d(seq)))                   # (N, 3, 4)
         s, _ = self.lstm(s.transpose(1, 2))                               # (N, 4, 4)
         s, _ = self.gru(s.transpose(0, 1))                                # (4, N, 8)
+        s, _ = self.rnn(s)                                                # (4, N, 8)
         h, c = self.lstm_cell(s[-1])
         h = self.gru_cell(self.block(h), h)
         z = self.pool(self.act(self.conv(self.bn(img))))                  # (N, 4, 4, 4)
@@ -807,6 +867,11 @@ def test_swap_shares_the_parameter_objects():
     twin = ft.swap(lstm, inplace=True)
     assert type(twin) is ft.LSTM
     assert all(getattr(twin, n) is getattr(lstm, n) for n in lstm._flat_weights_names)
+    rnn = nn.RNN(2, 3, nonlinearity="relu", batch_first=True)
+    twin = ft.swap(rnn)
+    assert type(twin) is ft.RNN and twin.nonlinearity == "relu" and twin.batch_first
+    x = r(2, 4, 2, dtype=torch.float32)
+    close(twin(x)[0], rnn(x)[0], "swapped RNN")
 
 
 def test_swap_keeps_unsupported_configurations():
@@ -875,6 +940,12 @@ def test_compile_fullgraph_swapped_model_trains():
     out, (h, c) = torch.compile(lstm, fullgraph=True, backend="aot_eager")(torch.randn(2, 5, 3))
     out.sum().backward()
     assert lstm.weight_ih_l0.grad is not None
+    rnn = ft.RNN(3, 4, nonlinearity="relu")
+    x = torch.randn(5, 2, 3)
+    out, h = torch.compile(rnn, fullgraph=True, backend="aot_eager")(x)
+    close(out, rnn(x)[0], "compiled RNN")
+    (out.sum() + h.sum()).backward()
+    assert rnn.weight_hh_l0.grad is not None
 
 
 def test_compile_fullgraph_inductor_inference():
@@ -949,6 +1020,17 @@ def test_float32_twins_within_tolerance():
     ours.float()
     theirs.float()
     close(ours(r(5, 2, 3, dtype=f32))[0], theirs(r(5, 2, 3, dtype=f32))[0], "LSTM float32")
+    for nonlinearity in ("tanh", "relu"):
+        ours, theirs = _module_pair(nn.RNN, ft.RNN, 3, 4, nonlinearity=nonlinearity,
+                                    batch_first=True)
+        ours.float()
+        theirs.float()
+        x, h0 = r(2, 5, 3, dtype=f32), r(1, 2, 4, dtype=f32)
+        _check_twin(ours, theirs, (x, h0))
+        g1 = torch.autograd.grad(ours(x, h0)[0].sum(), list(ours.parameters()))
+        g2 = torch.autograd.grad(theirs(x, h0)[0].sum(), list(theirs.parameters()))
+        for k, (u, v) in enumerate(zip(g1, g2)):
+            close(u, v, f"RNN float32 gradient {k}")
 
 
 # ====================================================================== the module itself
