@@ -877,20 +877,8 @@ def masked_matmul(x, w, mask, bias=None):
     return y.reshape(lead + y.shape[-1:])
 
 
-class _Local(_Op):
-    float_args = ("x", "weight", "bias")
-
-    def __init__(self, name, forward, backward):
-        self.name, self._f, self._b = name, forward, backward
-
-    def batch_axes(self, st):
-        return {"x": 0}
-
-    def forward(self, st, x, weight, bias=None):
-        return (self._f(x, weight, bias, **st),)
-
-    def saves(self, st, names):
-        return ("x", "weight")
+class _Local(_Conv):
+    """As :class:`_Conv`; the backward computes every gradient but the bias's."""
 
     def backward(self, st, saved, cts, need):
         gx, gw, gb = self._b(cts[0], saved["x"], saved["weight"], bias="bias" in need, **st)

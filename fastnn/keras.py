@@ -555,6 +555,7 @@ class _ForgetBias(keras.initializers.Initializer):
 
 class _Recurrent(keras.layers.Layer):
     gates = 0
+    option = None    # the name of the layer's own bool argument (default True), if any
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
@@ -563,7 +564,10 @@ class _Recurrent(keras.layers.Layer):
                  recurrent_constraint=None, bias_constraint=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, unroll=False, use_cudnn="auto", **kwargs):
+        flag = kwargs.pop(self.option, True) if self.option else None
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if self.option:
+            setattr(self, self.option, bool(flag))
         cls = type(self).__name__
         if isinstance(units, (bool, np.bool_)) or not isinstance(units, (int, np.integer)) \
                 or units < 1:
@@ -668,6 +672,8 @@ class _Recurrent(keras.layers.Layer):
             return_sequences=self.return_sequences, return_state=self.return_state,
             go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
             use_cudnn=self.use_cudnn)
+        if self.option:
+            config[self.option] = getattr(self, self.option)
         return config
 
 
@@ -719,10 +725,7 @@ class LSTM(_Recurrent):
     """
     gates = 4
     n_states = 2
-
-    def __init__(self, units, *args, unit_forget_bias=True, **kwargs):
-        super().__init__(units, *args, **kwargs)
-        self.unit_forget_bias = bool(unit_forget_bias)
+    option = "unit_forget_bias"
 
     def _bias_initializer(self):
         if self.unit_forget_bias:
@@ -745,11 +748,6 @@ class LSTM(_Recurrent):
         return _run(self, impl, on_jax, [x, states[0], states[1], _tensor(kernel),
                                          _tensor(bias)])
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(unit_forget_bias=self.unit_forget_bias)
-        return config
-
 
 class GRU(_Recurrent):
     """``keras.layers.GRU`` computed by :func:`fastnn.gru` (forward and BPTT).
@@ -770,10 +768,7 @@ class GRU(_Recurrent):
     """
     gates = 3
     n_states = 1
-
-    def __init__(self, units, *args, reset_after=True, **kwargs):
-        super().__init__(units, *args, **kwargs)
-        self.reset_after = bool(reset_after)
+    option = "reset_after"
 
     def _bias_shape(self):
         n = 3 * self.units
@@ -788,8 +783,3 @@ class GRU(_Recurrent):
                     lambda x, h0, k, rk, b: _fastnn_jax().gru(x, h0, k, rk, b, reset_after=ra),
                     [x, states[0], _tensor(self.kernel), _tensor(self.recurrent_kernel),
                      _tensor(bias)])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(reset_after=self.reset_after)
-        return config

@@ -298,28 +298,32 @@ class FastnnOps(_NumpyOps):
         return (B // L if L else 0), L, (cols // nF if per_row else cols)
 
     def seq2col(self, seq, nW, *, lengths=None):
-        geometry = self._seq2col_geometry(seq, nW, lengths, per_row=False)
-        if geometry is None:
-            return super().seq2col(seq, nW, lengths=lengths)
-        S, L, I = geometry
-        nF = 2 * int(nW) + 1
-        if S == 0 or L == 0 or I == 0:
-            return np.zeros((seq.shape[0], nF * I), dtype=seq.dtype)
-        cols = fastnn.im2col(seq.reshape(S, 1, L, I), (1, nF), padding=(0, int(nW)),
-                             layout="NHWC")
-        return cols.reshape(S * L, nF * I)
+        cols = self._seq2col(seq, nW, lengths, backward=False)
+        return super().seq2col(seq, nW, lengths=lengths) if cols is None else cols
 
     def backprop_seq2col(self, dY, nW, *, lengths=None):
-        geometry = self._seq2col_geometry(dY, nW, lengths, per_row=True)
+        dX = self._seq2col(dY, nW, lengths, backward=True)
+        return super().backprop_seq2col(dY, nW, lengths=lengths) if dX is None else dX
+
+    def _seq2col(self, arr, nW, lengths, backward):
+        """seq2col (the windows of ``arr``) or its backprop (``arr`` the windows'
+        gradient) as im2col / col2im over S sequences of length L; None where fastnn
+        does not take the input."""
+        geometry = self._seq2col_geometry(arr, nW, lengths, per_row=backward)
         if geometry is None:
-            return super().backprop_seq2col(dY, nW, lengths=lengths)
+            return None
         S, L, I = geometry
         nF = 2 * int(nW) + 1
+        width = I if backward else nF * I
         if S == 0 or L == 0 or I == 0:
-            return np.zeros((dY.shape[0], I), dtype=dY.dtype)
-        dX = fastnn.col2im(dY.reshape(S, L, nF * I), (S, 1, L, I), (1, nF),
-                           padding=(0, int(nW)), layout="NHWC")
-        return dX.reshape(S * L, I)
+            return np.zeros((arr.shape[0], width), dtype=arr.dtype)
+        if backward:
+            out = fastnn.col2im(arr.reshape(S, L, nF * I), (S, 1, L, I), (1, nF),
+                                padding=(0, int(nW)), layout="NHWC")
+        else:
+            out = fastnn.im2col(arr.reshape(S, 1, L, I), (1, nF), padding=(0, int(nW)),
+                                layout="NHWC")
+        return out.reshape(S * L, width)
 
     def lstm_forward_training(self, params, H0, C0, X, size_at_t):
         layout = _lstm_layout(params, H0, C0, X, size_at_t)

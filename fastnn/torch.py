@@ -1766,6 +1766,13 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
     return _inplace(input, _run(_leaky_relu_op, input, float(negative_slope)), inplace)
 
 
+def _unary(name, op, torch_fn, input):
+    why = _why_not(input=input)
+    if why is not None:
+        return _fallback(name, why, torch_fn, input)
+    return _run(op, input)
+
+
 def sigmoid(input):
     """``torch.sigmoid`` on :func:`fastnn.sigmoid`.
 
@@ -1775,10 +1782,7 @@ def sigmoid(input):
     >>> ft.sigmoid(torch.zeros(2)).tolist()
     [0.5, 0.5]
     """
-    why = _why_not(input=input)
-    if why is not None:
-        return _fallback("sigmoid", why, torch.sigmoid, input)
-    return _run(_sigmoid_op, input)
+    return _unary("sigmoid", _sigmoid_op, torch.sigmoid, input)
 
 
 def tanh(input):
@@ -1790,10 +1794,7 @@ def tanh(input):
     >>> ft.tanh(torch.zeros(2)).tolist()
     [0.0, 0.0]
     """
-    why = _why_not(input=input)
-    if why is not None:
-        return _fallback("tanh", why, torch.tanh, input)
-    return _run(_tanh_op, input)
+    return _unary("tanh", _tanh_op, torch.tanh, input)
 
 
 def _softmax_like(name, op, torch_fn, input, dim, _stacklevel, dtype):
