@@ -5,7 +5,11 @@ Layout
 harness.py     Case / Contender, verification against the NumPy baseline, interleaved timing
 limits.py      the machine's measured ceilings (float32 GEMM GFLOP/s, memory-copy GB/s)
 baselines.py   the pure-NumPy baselines (and the lazy, optional torch import)
-cli.py         the command line: options, the table, --json and --plot
+cli.py         the command line: options, selection, the run of each family
+child.py       the isolation child process (ISOLATION_ENV) the run happens in
+tables.py      the printed header and the table, one row per case
+report.py      the environment record and --json
+plot.py        --plot
 cases_*.py     one module per benchmark family
 
 Adding a family
@@ -14,8 +18,8 @@ Add a module ``cases_<family>.py`` beside this file that defines ``FAMILY =
 "<family>"``, a one-line ``DESCRIPTION`` and ``cases()`` returning a list of
 :class:`fastnn._bench.harness.Case`. It is discovered automatically, by
 ``python -m fastnn bench`` (``--only <family>``) and by the pytest-benchmark suites in
-``bench/`` (which should hold a ``test_bench_<family>.py`` that calls
-:func:`load_cases`), so every case and baseline is defined exactly once.
+``bench/`` (which should hold a ``test_bench_<family>.py`` that names its ``FAMILY``;
+bench/conftest.py loads the cases), so every case and baseline is defined exactly once.
 """
 import importlib
 import pkgutil

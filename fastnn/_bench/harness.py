@@ -22,7 +22,7 @@ Timing, built for a small, noisy machine:
 * The garbage collector is off while a round runs.
 * Idle thread pools must not spin while another contender runs: ``python -m fastnn
   bench`` runs in a child process with short OpenBLAS / libgomp spin times (see
-  ``ISOLATION_ENV`` in cli.py), and the pytest suites set the same in bench/conftest.py.
+  ``ISOLATION_ENV`` in child.py), and the pytest suites set the same in bench/conftest.py.
 * :class:`CpuMonitor` measures how many CPUs other processes used during each case,
   so results disturbed by a shared machine are flagged instead of trusted.
 """

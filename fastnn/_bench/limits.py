@@ -7,7 +7,7 @@ Two ceilings, both measured at the start of a run with the benchmark's thread co
   at its best (a 1x1 convolution, C = K = 256 on 8 images of 56x56: one product per
   image, no im2col). A compute-bound kernel's GFLOP/s is reported as a percentage of
   this. The benchmark's child process runs with ``OPENBLAS_CORETYPE`` and
-  ``OPENBLAS_L2_SIZE`` unset (see ``cli.ISOLATION_UNSET``): a machine that sets them to
+  ``OPENBLAS_L2_SIZE`` unset (see ``child.ISOLATION_UNSET``): a machine that sets them to
   tame old OpenBLAS builds otherwise measures NumPy at half its real speed (SkylakeX
   kernel 444 GFLOP/s, Haswell kernel 252, on a 2-core Zen 5).
 * **Copy**: ``np.copyto`` between two 256 MB float32 arrays (far beyond any cache),
