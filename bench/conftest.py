@@ -7,12 +7,15 @@ result is checked against the NumPy baseline before it is timed.
 
 Useful options: ``--benchmark-group-by=group`` (the default here: one table per case),
 ``--benchmark-max-time=SECONDS``, ``--benchmark-json=FILE``, ``-k fwd``,
-``--bench-threads=N`` (defined below).
+``--bench-threads=N`` (defined below). A suite is a module ``test_bench_<family>.py``
+with ``FAMILY = "<family>"`` and one test taking ``case`` and ``contender``: it runs for
+every contender of every case of ``fastnn._bench.cases_<family>`` (the cases ``python -m
+fastnn bench`` runs), each case one pytest-benchmark group.
 """
 import os
 import sys
 
-# The isolation `python -m fastnn bench` uses (see ISOLATION_ENV in fastnn/_bench/cli.py):
+# The isolation `python -m fastnn bench` uses (see ISOLATION_ENV in fastnn/_bench/child.py):
 # idle OpenBLAS / libgomp threads stop spinning right away, so one benchmark's thread
 # pool does not steal a core from the next. The libraries read these variables when
 # they load, which has not happened yet unless something imported NumPy before pytest
@@ -30,6 +33,18 @@ try:
     import pytest_benchmark  # noqa: F401,E402
 except ImportError:  # without the plugin there is no `benchmark` fixture: skip the suites
     collect_ignore_glob = ["test_*.py"]
+
+
+def pytest_generate_tests(metafunc):
+    """A suite module names its family (``FAMILY = "conv"``) and its test takes ``case``
+    and ``contender``: it runs for every contender of every case of that family."""
+    family = getattr(metafunc.module, "FAMILY", None)
+    if family is None or not {"case", "contender"} <= set(metafunc.fixturenames):
+        return
+    from fastnn._bench import load_family
+    pairs = [(case, name) for case in load_family(family)
+             for name in case.contender_names(available_only=False)]
+    metafunc.parametrize("case,contender", pairs, ids=[f"{c.id}-{n}" for c, n in pairs])
 
 
 def pytest_addoption(parser):

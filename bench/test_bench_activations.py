@@ -1,18 +1,6 @@
-"""relu_backward, sigmoid, softmax and softmax cross-entropy: fastnn vs the NumPy
-baseline vs PyTorch.
-
-The cases are fastnn._bench.cases_activations's (the ones ``python -m fastnn bench``
-runs); each case is one pytest-benchmark group.
-"""
-import pytest
-
-from fastnn._bench import load_family
-
-CASES = load_family("activations")
-CONTENDERS = ["fastnn", "numpy", "torch"]
+"""relu_backward, sigmoid, softmax and softmax cross-entropy against NumPy and PyTorch."""
+FAMILY = "activations"
 
 
-@pytest.mark.parametrize("contender", CONTENDERS)
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_activations(run_case_benchmark, case, contender):
     run_case_benchmark(case, contender)

@@ -1,17 +1,6 @@
-"""conv2d forward/backward, NCHW and NHWC: fastnn vs the NumPy baseline vs PyTorch.
-
-The cases are fastnn._bench.cases_conv's (the ones ``python -m fastnn bench`` runs);
-each case is one pytest-benchmark group.
-"""
-import pytest
-
-from fastnn._bench import load_family
-
-CASES = load_family("conv")
-CONTENDERS = ["fastnn", "numpy", "torch"]
+"""conv2d forward/backward, NCHW and NHWC, against NumPy and PyTorch."""
+FAMILY = "conv"
 
 
-@pytest.mark.parametrize("contender", CONTENDERS)
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_conv(run_case_benchmark, case, contender):
     run_case_benchmark(case, contender)

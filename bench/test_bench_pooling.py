@@ -1,17 +1,6 @@
-"""pooling: fastnn vs the NumPy baseline vs PyTorch.
-
-The cases are fastnn._bench.cases_pooling's (the ones ``python -m fastnn bench``
-runs); each case is one pytest-benchmark group.
-"""
-import pytest
-
-from fastnn._bench import load_family
-
-CASES = load_family("pooling")
-CONTENDERS = ["fastnn", "numpy", "torch"]
+"""Max and average pooling against NumPy and PyTorch."""
+FAMILY = "pooling"
 
 
-@pytest.mark.parametrize("contender", CONTENDERS)
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_pooling(run_case_benchmark, case, contender):
     run_case_benchmark(case, contender)
