@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fastnn.jax as fj
+from _shared import stripes
 
 STEPS = 40
 LR = 0.2
@@ -26,11 +27,7 @@ SEED = 0
 
 def make_data(n, rng):
     """n images (N, 1, 8, 8) of stripes: class 0 horizontal, class 1 vertical."""
-    labels = rng.integers(0, 2, n)
-    phase = rng.integers(0, 2, n)
-    rows = (np.arange(8)[:, None] + phase[:, None, None]) % 2 * np.ones((1, 8))
-    images = np.where(labels[:, None, None] == 0, rows, rows.transpose(0, 2, 1))
-    images = images + 0.5 * rng.standard_normal(images.shape)
+    images, labels = stripes(n, rng)
     return images[:, None].astype(np.float32), labels.astype(np.int32)
 
 

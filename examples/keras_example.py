@@ -20,6 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fastnn.keras as fk  # noqa: E402
+from _shared import stripes  # noqa: E402
 
 EPOCHS = 4
 SEED = 0
@@ -27,11 +28,7 @@ SEED = 0
 
 def make_data(n, rng):
     """n images (N, 8, 8, 1) of stripes: class 0 horizontal, class 1 vertical."""
-    labels = rng.integers(0, 2, n)
-    phase = rng.integers(0, 2, n)
-    rows = (np.arange(8)[:, None] + phase[:, None, None]) % 2 * np.ones((1, 8))
-    images = np.where(labels[:, None, None] == 0, rows, rows.transpose(0, 2, 1))
-    images = images + 0.5 * rng.standard_normal(images.shape)
+    images, labels = stripes(n, rng)
     return images[..., None].astype(np.float32), labels
 
 

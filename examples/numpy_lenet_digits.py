@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import fastnn
+from _shared import Adam
 
 EPOCHS = 12
 BATCH = 32
@@ -69,21 +70,6 @@ def backward(p, cache, logits, labels):
     _, grads["w1"], grads["b1"] = fastnn.conv2d_backward(g_z1, x, p["w1"], padding=1,
                                                          need_input_grad=False)
     return grads
-
-
-class Adam:
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, self.b1, self.b2, self.eps, self.t = lr, betas[0], betas[1], eps, 0
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-
-    def step(self, params, grads):
-        self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-        for k, g in grads.items():
-            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
-            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
-            params[k] -= self.lr * (self.m[k] / c1) / (np.sqrt(self.v[k] / c2) + self.eps)
 
 
 def batches(n, epoch):

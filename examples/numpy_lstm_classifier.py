@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import fastnn
+from _shared import Adam
 
 T, I, H, CLASSES = 15, 1, 24, 2
 TRAIN, TEST, BATCH, STEPS, LR = 4096, 1024, 64, 300, 0.01
@@ -63,21 +64,6 @@ def train_step(p, opt, x, y):
     _, _, _, grads["kernel"], grads["bias"] = fastnn.lstm_backward(None, g_hT, None, cache)
     opt.step(p, grads)
     return loss
-
-
-class Adam:
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, self.b1, self.b2, self.eps, self.t = lr, betas[0], betas[1], eps, 0
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-
-    def step(self, params, grads):
-        self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-        for k, g in grads.items():
-            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
-            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
-            params[k] -= self.lr * (self.m[k] / c1) / (np.sqrt(self.v[k] / c2) + self.eps)
 
 
 def main():

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
+# A leading underscore marks a module the examples share, not an example.
+EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_"))
 TIMEOUT_S = 120
 
 # Distribution (or common) names whose import name differs.
@@ -70,6 +71,7 @@ def missing(names):
 def test_examples_present():
     names = {p.name for p in EXAMPLES}
     assert {"numpy_lenet_digits.py", "numpy_lstm_classifier.py"} <= names, names
+    assert (EXAMPLES_DIR / "_shared.py").exists() and "_shared.py" not in names
 
 
 def test_requirements_parsing(tmp_path):
