@@ -373,15 +373,21 @@ def lstm_cell(x, h, c, kernel, bias, forget_bias=0.0):
     return np.tanh(c_new) * so, c_new
 
 
-def lstm_forward(x, h0, c0, kernel, bias, forget_bias=0.0):
-    """Batch-major x (B, T, I): the input projection of all steps as one product, then
-    one recurrent product and the gate update per step. Returns (outputs, h_T, c_T)."""
+def _lstm_projection(x, h0, kernel, bias):
+    """(B, T, I, H, the input projection of all steps as one product (B, T, 4H), an
+    empty (B, T, H) output) for batch-major x."""
     B, T, I = x.shape
     H = h0.shape[1]
     zx = (x.reshape(B * T, I) @ kernel[:I]).reshape(B, T, 4 * H) + bias
+    return B, T, I, H, zx, np.empty((B, T, H), dtype=x.dtype)
+
+
+def lstm_forward(x, h0, c0, kernel, bias, forget_bias=0.0):
+    """Batch-major x (B, T, I): the input projection of all steps as one product, then
+    one recurrent product and the gate update per step. Returns (outputs, h_T, c_T)."""
+    B, T, I, H, zx, out = _lstm_projection(x, h0, kernel, bias)
     wh = kernel[I:]
     h, c = h0, c0
-    out = np.empty((B, T, H), dtype=x.dtype)
     for t in range(T):
         si, tj, sf, so = _lstm_gates(zx[:, t] + h @ wh, H, forget_bias)
         c = c * sf + si * tj
@@ -394,12 +400,9 @@ def lstm_forward_backward(x, h0, c0, kernel, bias, grad_out, forget_bias=0.0):
     """Forward keeping the gates, then backpropagation through time with the gate
     gradients of all steps stacked, so that the kernel, bias and input gradients are one
     product each. Returns (outputs, grad_x, grad_kernel, grad_bias)."""
-    B, T, I = x.shape
-    H = h0.shape[1]
-    zx = (x.reshape(B * T, I) @ kernel[:I]).reshape(B, T, 4 * H) + bias
+    B, T, I, H, zx, out = _lstm_projection(x, h0, kernel, bias)
     wh = kernel[I:]
     h, c = h0, c0
-    out = np.empty((B, T, H), dtype=x.dtype)
     hprev = np.empty((B, T, H), dtype=x.dtype)
     saved = []
     for t in range(T):

@@ -27,7 +27,7 @@ logits twice, write the gradient).
 import numpy as np
 
 from fastnn._bench import baselines
-from fastnn._bench.harness import Case, Contender
+from fastnn._bench.harness import Case, Contender, call_contender
 
 FAMILY = "activations"
 DESCRIPTION = "relu_backward, sigmoid, softmax fwd+bwd, softmax cross-entropy fwd+bwd (float32)"
@@ -99,8 +99,8 @@ def _sigmoid_case(n):
 
     return Case(
         name=f"sigmoid n=2^{_log2(n)}", family=FAMILY, setup=setup,
-        contenders=[Contender("fastnn", lambda inp: lambda: fastnn.sigmoid(inp["x"])),
-                    Contender("numpy", lambda inp: lambda: baselines.sigmoid(inp["x"])),
+        contenders=[call_contender("fastnn", fastnn.sigmoid, ("x",)),
+                    call_contender("numpy", baselines.sigmoid, ("x",)),
                     Contender("torch", torch_make, requires="torch")],
         bytes=8.0 * n, dtype=np.dtype(DTYPE).name,
         params=dict(op="sigmoid", n=n, bytes_per_element=8),
@@ -108,6 +108,18 @@ def _sigmoid_case(n):
 
 
 # ------------------------------------------------------------------ softmax
+def _softmax_make(softmax, softmax_backward):
+    """make(inputs) of a contender timing ``y = softmax(x)`` and its backward from y."""
+    def make(inp):
+        x, g = inp["x"], inp["g"]
+
+        def fn():
+            y = softmax(x)
+            return y, softmax_backward(g, y)
+        return fn
+    return make
+
+
 def _softmax_case(shape):
     import fastnn
     N, C = shape
@@ -115,22 +127,6 @@ def _softmax_case(shape):
     def setup(rng):
         return {"x": (rng.standard_normal(shape) * 3).astype(DTYPE),
                 "g": rng.standard_normal(shape, dtype=DTYPE)}
-
-    def fastnn_make(inp):
-        x, g = inp["x"], inp["g"]
-
-        def fn():
-            y = fastnn.softmax(x)
-            return y, fastnn.softmax_backward(g, y)
-        return fn
-
-    def numpy_make(inp):
-        x, g = inp["x"], inp["g"]
-
-        def fn():
-            y = baselines.softmax(x)
-            return y, baselines.softmax_backward(g, y)
-        return fn
 
     def torch_make(inp):
         torch = baselines.get_torch()
@@ -146,7 +142,8 @@ def _softmax_case(shape):
 
     return Case(
         name=f"softmax fwd+bwd {N}x{C}", family=FAMILY, setup=setup,
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+        contenders=[Contender("fastnn", _softmax_make(fastnn.softmax, fastnn.softmax_backward)),
+                    Contender("numpy", _softmax_make(baselines.softmax, baselines.softmax_backward)),
                     Contender("torch", torch_make, requires="torch")],
         bytes=20.0 * N * C, dtype=np.dtype(DTYPE).name,
         params=dict(op="softmax+softmax_backward", N=N, C=C, bytes_per_element=20),

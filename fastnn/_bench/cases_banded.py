@@ -23,7 +23,7 @@ n = 1024, 2048, 4096 at band (8, 8) show the time growing linearly in n.
 import numpy as np
 
 from fastnn._bench import baselines
-from fastnn._bench.harness import Case, Contender
+from fastnn._bench.harness import Case, Contender, call_contender
 
 FAMILY = "banded"
 DESCRIPTION = "banded_matmul fwd/bwd, masked_matmul, locally_connected2d (float32)"
@@ -54,26 +54,18 @@ def _banded_case(B, n, lower, upper, backward):
         return inp
 
     if backward:
-        def fastnn_make(inp):
-            g, x, w = inp["g"], inp["x"], inp["w"]
-            return lambda: fastnn.banded_matmul_backward(g, x, w, lower, upper)
-
-        def numpy_make(inp):
-            g, x, w, m = inp["g"], inp["x"], inp["w"], inp["mask"]
-            return lambda: baselines.masked_matmul_backward(g, x, w, m)
+        fastnn_c = call_contender("fastnn", fastnn.banded_matmul_backward, ("g", "x", "w"),
+                                  lower, upper)
+        numpy_c = call_contender("numpy", baselines.masked_matmul_backward,
+                                 ("g", "x", "w", "mask"))
     else:
-        def fastnn_make(inp):
-            x, w = inp["x"], inp["w"]
-            return lambda: fastnn.banded_matmul(x, w, lower, upper)
-
-        def numpy_make(inp):
-            x, w, m = inp["x"], inp["w"], inp["mask"]
-            return lambda: baselines.masked_matmul(x, w, m)
+        fastnn_c = call_contender("fastnn", fastnn.banded_matmul, ("x", "w"), lower, upper)
+        numpy_c = call_contender("numpy", baselines.masked_matmul, ("x", "w", "mask"))
 
     kind = "bwd" if backward else "fwd"
     return Case(
         name=f"banded {kind} B{B} n{n} band({lower},{upper})", family=FAMILY, setup=setup,
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+        contenders=[fastnn_c, numpy_c,
                     Contender("torch", _torch_masked(backward), requires="torch")],
         flops=(2.0 if backward else 1.0) * 2.0 * B * _band_count(n, lower, upper),
         dtype=np.dtype(DTYPE).name,
@@ -107,14 +99,11 @@ def _masked_case(B, n, density, prepared):
             m = fastnn.prepare_mask(m)
         return lambda: fastnn.masked_matmul(x, w, m)
 
-    def numpy_make(inp):
-        x, w, m = inp["x"], inp["w"], inp["mask"]
-        return lambda: baselines.masked_matmul(x, w, m)
-
     how = "prepared mask" if prepared else "mask array"
     return Case(
         name=f"masked fwd B{B} {n}x{n} density {density:.0%} {how}", family=FAMILY, setup=setup,
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+        contenders=[Contender("fastnn", fastnn_make),
+                    call_contender("numpy", baselines.masked_matmul, ("x", "w", "mask")),
                     Contender("torch", _torch_masked(False), requires="torch")],
         flops=2.0 * B * n * n * density, dtype=np.dtype(DTYPE).name,
         params=dict(op="masked_matmul", batch=B, n=n, density=density, prepared=prepared),

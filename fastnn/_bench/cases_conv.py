@@ -20,7 +20,7 @@ backward twice that (grad_x and grad_weight; the bias terms are not counted).
 import numpy as np
 
 from fastnn._bench import baselines
-from fastnn._bench.harness import Case, Contender
+from fastnn._bench.harness import Case, Contender, call_contender
 
 FAMILY = "conv"
 DESCRIPTION = "conv2d forward / backward (grad_x + grad_weight + grad_bias), NCHW and NHWC"
@@ -133,72 +133,40 @@ def _torch_backward(s, p, layout):
 
 
 # ------------------------------------------------------------------ cases
-def _forward_case(shape, layout):
+def _case(shape, layout, backward):
     import fastnn
     N, C, H, W, K, k, s, p = shape
     g = baselines.conv_geometry((N, C, H, W), (K, C, k, k), s, p, 1, "NCHW")
     macs = N * K * g["Ho"] * g["Wo"] * C * k * k
     itemsize = np.dtype(DTYPE).itemsize
-    tmake, tconv = _torch_forward(s, p, layout)
-
-    def fastnn_make(inp):
-        x, w, b = inp["x"], inp["w"], inp["b"]
-        return lambda: fastnn.conv2d(x, w, b, stride=s, padding=p, layout=layout)
-
-    def numpy_make(inp):
-        x, w, b = inp["x"], inp["w"], inp["b"]
-        return lambda: baselines.conv2d_forward(x, w, b, stride=s, padding=p, layout=layout)
-
-    return Case(
-        name=f"fwd {layout} {_shape_label(*shape)}", family=FAMILY,
-        setup=_inputs(N, C, H, W, K, k, s, p, layout, backward=False),
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
-                    Contender("torch", tmake, tconv, requires="torch")],
-        flops=2.0 * macs,
-        bytes=float(itemsize * (N * C * H * W + K * C * k * k + K + N * K * g["Ho"] * g["Wo"])),
-        dtype=np.dtype(DTYPE).name,
-        params=dict(op="conv2d", direction="forward", layout=layout, N=N, C=C, H=H, W=W, K=K,
-                    kernel_size=k, stride=s, padding=p, Ho=g["Ho"], Wo=g["Wo"]),
-    )
-
-
-def _backward_case(shape, layout):
-    import fastnn
-    N, C, H, W, K, k, s, p = shape
-    g = baselines.conv_geometry((N, C, H, W), (K, C, k, k), s, p, 1, "NCHW")
-    macs = N * K * g["Ho"] * g["Wo"] * C * k * k
-    itemsize = np.dtype(DTYPE).itemsize
-    tmake, tconv = _torch_backward(s, p, layout)
-
-    def fastnn_make(inp):
-        gy, x, w = inp["gy"], inp["x"], inp["w"]
-        return lambda: fastnn.conv2d_backward(gy, x, w, stride=s, padding=p, layout=layout,
-                                              bias=True)
-
-    def numpy_make(inp):
-        gy, x, w = inp["gy"], inp["x"], inp["w"]
-        return lambda: baselines.conv2d_backward(gy, x, w, stride=s, padding=p, layout=layout,
-                                                 bias=True)
-
     n_x, n_w, n_y = N * C * H * W, K * C * k * k, N * K * g["Ho"] * g["Wo"]
+    kw = dict(stride=s, padding=p, layout=layout)
+    if backward:
+        tmake, tconv = _torch_backward(s, p, layout)
+        f, b, names = fastnn.conv2d_backward, baselines.conv2d_backward, ("gy", "x", "w")
+        kw["bias"] = True
+        moved = 2 * n_x + 2 * n_w + K + n_y
+    else:
+        tmake, tconv = _torch_forward(s, p, layout)
+        f, b, names = fastnn.conv2d, baselines.conv2d_forward, ("x", "w", "b")
+        moved = n_x + n_w + K + n_y
+    op = "conv2d_backward" if backward else "conv2d"
     return Case(
-        name=f"bwd {layout} {_shape_label(*shape)}", family=FAMILY,
-        setup=_inputs(N, C, H, W, K, k, s, p, layout, backward=True),
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+        name=f"{'bwd' if backward else 'fwd'} {layout} {_shape_label(*shape)}", family=FAMILY,
+        setup=_inputs(N, C, H, W, K, k, s, p, layout, backward=backward),
+        contenders=[call_contender("fastnn", f, names, **kw),
+                    call_contender("numpy", b, names, **kw),
                     Contender("torch", tmake, tconv, requires="torch")],
-        flops=4.0 * macs,
-        bytes=float(itemsize * (2 * n_x + 2 * n_w + K + n_y)),
+        flops=(4.0 if backward else 2.0) * macs,
+        bytes=float(itemsize * moved),
         dtype=np.dtype(DTYPE).name,
-        params=dict(op="conv2d_backward", direction="backward", layout=layout, N=N, C=C, H=H,
-                    W=W, K=K, kernel_size=k, stride=s, padding=p, Ho=g["Ho"], Wo=g["Wo"]),
+        params=dict(op=op, direction="backward" if backward else "forward", layout=layout, N=N,
+                    C=C, H=H, W=W, K=K, kernel_size=k, stride=s, padding=p, Ho=g["Ho"],
+                    Wo=g["Wo"]),
     )
 
 
 def cases():
     """All conv cases: forward then backward; per shape NCHW then NHWC."""
-    out = []
-    for make in (_forward_case, _backward_case):
-        for shape in SHAPES:
-            for layout in LAYOUTS:
-                out.append(make(shape, layout))
-    return out
+    return [_case(shape, layout, backward) for backward in (False, True)
+            for shape in SHAPES for layout in LAYOUTS]

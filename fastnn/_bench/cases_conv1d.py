@@ -18,7 +18,7 @@ FLOPs: forward ``2 * N * K * Wo * C * kw``; backward twice that.
 import numpy as np
 
 from fastnn._bench import baselines
-from fastnn._bench.harness import Case, Contender
+from fastnn._bench.harness import Case, Contender, call_contender
 
 FAMILY = "conv1d"
 DESCRIPTION = "conv1d forward / backward (grad_x + grad_weight + grad_bias), NCW and NWC"
@@ -62,29 +62,17 @@ def _case(shape, layout, backward):
     N, C, W, K, k, s, p = shape
     setup, Wo = _setup(N, C, W, K, k, s, p, layout)
     macs = N * K * Wo * C * k
-    if backward:
-        def fastnn_make(inp):
-            return lambda: fastnn.conv1d_backward(inp["gy"], inp["x"], inp["w"], stride=s,
-                                                  padding=p, layout=layout)
-
-        def numpy_make(inp):
-            return lambda: baselines.conv1d_backward(inp["gy"], inp["x"], inp["w"], stride=s,
-                                                     padding=p, layout=layout)
-    else:
-        def fastnn_make(inp):
-            return lambda: fastnn.conv1d(inp["x"], inp["w"], inp["b"], stride=s, padding=p,
-                                         layout=layout)
-
-        def numpy_make(inp):
-            return lambda: baselines.conv1d_forward(inp["x"], inp["w"], inp["b"], stride=s,
-                                                    padding=p, layout=layout)
+    f, b, names = ((fastnn.conv1d_backward, baselines.conv1d_backward, ("gy", "x", "w"))
+                   if backward else (fastnn.conv1d, baselines.conv1d_forward, ("x", "w", "b")))
+    kw = dict(stride=s, padding=p, layout=layout)
     tmake, tconv = _torch_make(s, p, layout, backward)
     n_x, n_w, n_y = N * C * W, K * C * k, N * K * Wo
     moved = (2 * n_x + 2 * n_w + K + n_y) if backward else (n_x + n_w + K + n_y)
     return Case(
         name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} W{W} K{K} k{k} s{s} p{p}",
         family=FAMILY, setup=setup,
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+        contenders=[call_contender("fastnn", f, names, **kw),
+                    call_contender("numpy", b, names, **kw),
                     Contender("torch", tmake, tconv, requires="torch")],
         flops=(4.0 if backward else 2.0) * macs, bytes=float(4 * moved),
         dtype=np.dtype(DTYPE).name,

@@ -20,7 +20,7 @@ FLOPs: ``2 * N * C_in * H * W * C_out * kh * kw`` forward; backward twice that.
 import numpy as np
 
 from fastnn._bench import baselines
-from fastnn._bench.harness import Case, Contender
+from fastnn._bench.harness import Case, Contender, call_contender
 
 FAMILY = "conv_transpose"
 DESCRIPTION = "conv_transpose2d forward / backward, NCHW and NHWC"
@@ -64,29 +64,18 @@ def _case(shape, layout, backward):
     N, C, H, W, K, k, s, p = shape
     setup, Ho, Wo = _setup(N, C, H, W, K, k, s, p, layout)
     macs = N * C * H * W * K * k * k
-    if backward:
-        def fastnn_make(inp):
-            return lambda: fastnn.conv_transpose2d_backward(inp["gy"], inp["x"], inp["w"],
-                                                            stride=s, padding=p, layout=layout)
-
-        def numpy_make(inp):
-            return lambda: baselines.conv_transpose2d_backward(inp["gy"], inp["x"], inp["w"],
-                                                               stride=s, padding=p, layout=layout)
-    else:
-        def fastnn_make(inp):
-            return lambda: fastnn.conv_transpose2d(inp["x"], inp["w"], inp["b"], stride=s,
-                                                   padding=p, layout=layout)
-
-        def numpy_make(inp):
-            return lambda: baselines.conv_transpose2d(inp["x"], inp["w"], inp["b"], stride=s,
-                                                      padding=p, layout=layout)
+    f, b, names = ((fastnn.conv_transpose2d_backward, baselines.conv_transpose2d_backward,
+                    ("gy", "x", "w")) if backward else
+                   (fastnn.conv_transpose2d, baselines.conv_transpose2d, ("x", "w", "b")))
+    kw = dict(stride=s, padding=p, layout=layout)
     tmake, tconv = _torch_make(s, p, layout, backward)
     n_x, n_w, n_y = N * C * H * W, K * C * k * k, N * K * Ho * Wo
     moved = (2 * n_x + 2 * n_w + K + n_y) if backward else (n_x + n_w + K + n_y)
     return Case(
         name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} {H}x{W} K{K} k{k} s{s} p{p}",
         family=FAMILY, setup=setup,
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
+        contenders=[call_contender("fastnn", f, names, **kw),
+                    call_contender("numpy", b, names, **kw),
                     Contender("torch", tmake, tconv, requires="torch")],
         flops=(4.0 if backward else 2.0) * macs, bytes=float(4 * moved),
         dtype=np.dtype(DTYPE).name,

@@ -21,7 +21,7 @@ rated against the machine's copy ceiling.
 import numpy as np
 
 from fastnn._bench import baselines
-from fastnn._bench.harness import Case, Contender
+from fastnn._bench.harness import Case, Contender, call_contender
 
 FAMILY = "pooling"
 DESCRIPTION = "max_pool2d forward / backward, avg_pool2d forward (float32)"
@@ -71,6 +71,8 @@ def _case(shape, layout, op, backward):
     import fastnn
     N, C, H, W, k = shape
     n_x, n_y = N * C * H * W, N * C * (H // k) * (W // k)
+    tmake, tconv = _torch_make(op, k, layout, backward)
+    torch_c = Contender("torch", tmake, tconv, requires="torch")
     if backward:
         def fastnn_make(inp):
             return lambda: fastnn.max_pool2d_backward(inp["gy"], inp["x"], k, layout=layout,
@@ -78,24 +80,18 @@ def _case(shape, layout, op, backward):
 
         def numpy_make(inp):
             return lambda: baselines.max_pool2d_backward(inp["gy"], inp["x"], k, layout)
+        contenders = [Contender("fastnn", fastnn_make), Contender("numpy", numpy_make), torch_c]
         moved = 4 * n_y + 8 * n_y + 4 * n_x
     else:
         f = fastnn.max_pool2d if op == "max" else fastnn.avg_pool2d
         b = baselines.max_pool2d if op == "max" else baselines.avg_pool2d
-
-        def fastnn_make(inp):
-            return lambda: f(inp["x"], k, layout=layout)
-
-        def numpy_make(inp):
-            return lambda: b(inp["x"], k, layout)
+        contenders = [call_contender("fastnn", f, ("x",), k, layout=layout),
+                      call_contender("numpy", b, ("x",), k, layout), torch_c]
         moved = 4 * n_x + 4 * n_y
-    tmake, tconv = _torch_make(op, k, layout, backward)
     return Case(
         name=f"{op}_pool2d {'bwd' if backward else 'fwd'} {layout} N{N} C{C} {H}x{W} k{k} s{k}",
         family=FAMILY, setup=_setup(N, C, H, W, k, layout),
-        contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
-                    Contender("torch", tmake, tconv, requires="torch")],
-        bytes=float(moved), dtype=np.dtype(DTYPE).name,
+        contenders=contenders, bytes=float(moved), dtype=np.dtype(DTYPE).name,
         params=dict(op=f"{op}_pool2d" + ("_backward" if backward else ""), layout=layout, N=N,
                     C=C, H=H, W=W, kernel_size=k, stride=k),
     )

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["Contender", "Case", "Budget", "CaseResult", "VerificationError", "CpuMonitor",
+__all__ = ["Contender", "call_contender", "Case", "Budget", "CaseResult", "VerificationError", "CpuMonitor",
            "wait_until_idle", "thread_settings", "prepare", "verify", "run_case", "compare", "to_numpy"]
 
 
@@ -69,6 +69,16 @@ class Contender:
             from fastnn._bench.baselines import get_torch
             return get_torch() is not None
         return True
+
+
+def call_contender(name, fn, names, *args, **kwargs):
+    """A :class:`Contender` timing ``fn(inputs[names[0]], ..., *args, **kwargs)``: the
+    input arrays are looked up once, untimed (fastnn's function and its NumPy baseline
+    are called alike)."""
+    def make(inputs):
+        arrays = [inputs[n] for n in names]
+        return lambda: fn(*arrays, *args, **kwargs)
+    return Contender(name, make)
 
 
 @dataclass
