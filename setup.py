@@ -7,6 +7,7 @@ Environment switches:
   FASTNN_DEBUG=1    Cython bounds checks on, -O1 -g (for sanitizer and debug jobs)
   FASTNN_SANITIZE=1 -fsanitize=address,undefined (.ci/sanitize; needs libasan preloaded)
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # _runtime (the thread pool) comes first: fastnn_ext/__init__.py loads it before the kernels.
-MODULES = ["_runtime", "_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent", "_banded"]
+MODULES = ["_runtime", "_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent", "_banded", "_local"]
 
 PROBE = r"""
 #include <omp.h>
@@ -105,9 +106,7 @@ extensions = [
         extra_compile_args=compile_args + ([] if name == "_runtime" else ["-include", SHIM]),
         extra_link_args=link_args,
         define_macros=macros,
-        depends=(["fastnn_ext/_runtime.h", "fastnn_ext/_cost.h"] if name == "_runtime" else
-                 ["fastnn_ext/_ukernel.h", "fastnn_ext/_ukernel_impl.h", "fastnn_ext/_vecmath.h",
-                  "fastnn_ext/_omp_shim.h", "fastnn_ext/_cost.h"]),
+        depends=sorted(glob.glob("fastnn_ext/*.h")),
     )
     for name in MODULES
 ]

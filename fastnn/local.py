@@ -12,7 +12,7 @@ from fastnn._threads import threads_for
 from fastnn._validation import (as_bool, as_float_array, check_layout, check_ndim, contiguous,
                                 int_tuple, result_dtype)
 from fastnn.conv import _col2im, _im2col
-from fastnn_ext import _banded as _local_ext
+from fastnn_ext import _local as _local_ext
 
 __all__ = ["locally_connected1d", "locally_connected1d_backward", "locally_connected2d",
            "locally_connected2d_backward"]

@@ -1,11 +1,11 @@
 # cython: language_level=3
-"""Banded, masked and locally connected matrix products (forward and backward).
+"""Banded and masked matrix products (forward and backward).
 
 Every driver splits its work into items chosen from the shape alone (column
 blocks, rows, output positions), each output element is produced by exactly one
 item and every reduction runs in a fixed order inside its item, so results are
-bitwise identical for any thread count. Drivers that call GEMM from a ``prange``
-expect the Python layer to hold BLAS to one thread.
+bitwise identical for any thread count. Products inside a ``prange`` run on the
+register-blocked kernel (``pgemm``), never BLAS.
 
 Band convention: ``lower`` and ``upper`` are already clipped to the matrix
 (``0 <= lower < n_in``, ``0 <= upper < n_out``); entry ``(i, j)`` of w is in the
@@ -20,14 +20,9 @@ from libc.string cimport memcpy
 
 from fastnn_ext._ukernel cimport fastnn_ukernel_pick, pgemm
 
-import os as _os
 
 import numpy as np
 
-# The products inside the prange run on the register-blocked kernel (pgemm), at the
-# SIMD level FASTNN_UKERNEL_MAX allows, like the convolutions.
-_cap = _os.environ.get("FASTNN_UKERNEL_MAX", "").strip()
-fastnn_ukernel_pick(int(_cap) if _cap.isdigit() else -1)
 
 # Output columns per item of the diagonal kernels: the item's slice of a y row
 # (1 KiB in float32) and its diagonals of w stay in L1/L2 while every batch row
@@ -51,157 +46,10 @@ cdef inline Py_ssize_t imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 # (gcc vectorises the streaming loops without alias checks), the register tiles use
 # explicit GCC/clang vector types (gcc's SLP pass turned the equivalent arrays
 # of scalars into scalar code: measured 3x slower on the sparse rows), and gcc
-# compiles each for AVX-512, AVX2 and the baseline, picked at load time
-# (target_clones), so a portable build still runs full-width vectors.
-cdef extern from *:
-    """
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define FASTNN_BAND_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define FASTNN_BAND_CLONES
-    #endif
-    /* One 512-bit vector of T (GCC/clang vector extensions, lowered to narrower
-       registers in the AVX2 and baseline clones); loads and stores are unaligned. */
-    typedef float fastnn_v_f32 __attribute__((vector_size(64), aligned(4), may_alias));
-    typedef double fastnn_v_f64 __attribute__((vector_size(64), aligned(8), may_alias));
-    #define FASTNN_V(S) fastnn_v_##S
-    #define FASTNN_VL(S) ((Py_ssize_t)(64 / sizeof(((fastnn_v_##S){0})[0])))
-    #define FASTNN_LOAD(S, p) (*(const fastnn_v_##S*)(p))
-    #define FASTNN_STORE(S, p, v) (*(fastnn_v_##S*)(p) = (v))
-    #define FASTNN_BAND_LOOPS(T, S)                                                        \
-    FASTNN_BAND_CLONES static void fastnn_band_rows4_##S(                               \
-            T* restrict y0, T* restrict y1, T* restrict y2, T* restrict y3,             \
-            const T* restrict x0, const T* restrict x1, const T* restrict x2,           \
-            const T* restrict x3, const T* restrict wk, Py_ssize_t n) {                 \
-        for (Py_ssize_t j = 0; j < n; j++) {                                            \
-            T v = wk[j];                                                                \
-            y0[j] += x0[j] * v; y1[j] += x1[j] * v;                                     \
-            y2[j] += x2[j] * v; y3[j] += x3[j] * v;                                     \
-        }                                                                               \
-    }                                                                                   \
-    FASTNN_BAND_CLONES static void fastnn_band_row_##S(                                 \
-            T* restrict y, const T* restrict x, const T* restrict wk,                   \
-            Py_ssize_t n) {                                                             \
-        for (Py_ssize_t j = 0; j < n; j++) y[j] += x[j] * wk[j];                         \
-    }                                                                                   \
-    FASTNN_BAND_CLONES static void fastnn_sparse_row_##S(                              \
-            T* restrict y, const T* restrict src, Py_ssize_t ld, const T* restrict vals, \
-            const int64_t* restrict idx, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n) {   \
-        Py_ssize_t b0 = 0;                                                              \
-        for (; b0 + FASTNN_VL(S) <= n; b0 += FASTNN_VL(S)) {                            \
-            FASTNN_V(S) acc = FASTNN_LOAD(S, y + b0);                                   \
-            for (Py_ssize_t p = p0; p < p1; p++)                                        \
-                acc += vals[p] * FASTNN_LOAD(S, src + idx[p] * ld + b0);                 \
-            FASTNN_STORE(S, y + b0, acc);                                               \
-        }                                                                               \
-        for (Py_ssize_t p = p0; p < p1 && b0 < n; p++) {                                \
-            const T a = vals[p]; const T* restrict x = src + idx[p] * ld;                \
-            for (Py_ssize_t j = b0; j < n; j++) y[j] += a * x[j];                        \
-        }                                                                               \
-    }
-    FASTNN_BAND_LOOPS(float, f32)
-    FASTNN_BAND_LOOPS(double, f64)
-    /* Four rows by two vectors of columns of y held in registers over all nd diagonals: per
-       diagonal, one load of wd serves four rows and y is loaded and stored once per
-       tile instead of once per diagonal. x points at x[row, j + d0] (d0 the first
-       diagonal), y at y[row, j], wd at this tile's column of diagonal 0. */
-    #define FASTNN_BAND_TILE(T, S)                                                       \
-    FASTNN_BAND_CLONES static void fastnn_band_tile4_##S(                               \
-            T* restrict y, Py_ssize_t ldy, const T* restrict x, Py_ssize_t ldx,         \
-            const T* restrict wd, Py_ssize_t ldw, Py_ssize_t nd) {                      \
-        const Py_ssize_t L = FASTNN_VL(S);                                              \
-        FASTNN_V(S) acc[4][2];                                                          \
-        for (int r = 0; r < 4; r++) {                                                   \
-            acc[r][0] = FASTNN_LOAD(S, y + r * ldy);                                    \
-            acc[r][1] = FASTNN_LOAD(S, y + r * ldy + L);                                \
-        }                                                                               \
-        for (Py_ssize_t k = 0; k < nd; k++) {                                           \
-            FASTNN_V(S) w0 = FASTNN_LOAD(S, wd + k * ldw);                              \
-            FASTNN_V(S) w1 = FASTNN_LOAD(S, wd + k * ldw + L);                          \
-            for (int r = 0; r < 4; r++) {                                               \
-                const T* restrict xr = x + r * ldx + k;                                 \
-                acc[r][0] += FASTNN_LOAD(S, xr) * w0;                                   \
-                acc[r][1] += FASTNN_LOAD(S, xr + L) * w1;                               \
-            }                                                                           \
-        }                                                                               \
-        for (int r = 0; r < 4; r++) {                                                   \
-            FASTNN_STORE(S, y + r * ldy, acc[r][0]);                                    \
-            FASTNN_STORE(S, y + r * ldy + L, acc[r][1]);                                \
-        }                                                                               \
-    }
-    FASTNN_BAND_TILE(float, f32)
-    FASTNN_BAND_TILE(double, f64)
-    /* The weight gradient's tile: four diagonals by two vectors of columns of
-       gd[k, j] = sum_b x[b, j + d_k] * gy[b, j] in registers over the whole batch
-       (b ascending). x points at x[0, j + d_k] of the first of the four diagonals,
-       gy at gy[0, j], gd at gd[k, j]. */
-    #define FASTNN_BAND_GTILE(T, S)                                                      \
-    FASTNN_BAND_CLONES static void fastnn_band_gtile4_##S(                              \
-            T* restrict gd, Py_ssize_t ldg, const T* restrict x, Py_ssize_t ldx,        \
-            const T* restrict gy, Py_ssize_t ldgy, Py_ssize_t B) {                      \
-        const Py_ssize_t L = FASTNN_VL(S);                                              \
-        FASTNN_V(S) acc[4][2];                                                          \
-        for (int r = 0; r < 4; r++) {                                                   \
-            acc[r][0] = (FASTNN_V(S)){0};                                               \
-            acc[r][1] = (FASTNN_V(S)){0};                                               \
-        }                                                                               \
-        for (Py_ssize_t b = 0; b < B; b++) {                                            \
-            FASTNN_V(S) g0 = FASTNN_LOAD(S, gy + b * ldgy);                             \
-            FASTNN_V(S) g1 = FASTNN_LOAD(S, gy + b * ldgy + L);                         \
-            for (int r = 0; r < 4; r++) {                                               \
-                const T* restrict xr = x + b * ldx + r;                                 \
-                acc[r][0] += FASTNN_LOAD(S, xr) * g0;                                   \
-                acc[r][1] += FASTNN_LOAD(S, xr + L) * g1;                               \
-            }                                                                           \
-        }                                                                               \
-        for (int r = 0; r < 4; r++) {                                                   \
-            FASTNN_STORE(S, gd + r * ldg, acc[r][0]);                                   \
-            FASTNN_STORE(S, gd + r * ldg + L, acc[r][1]);                               \
-        }                                                                               \
-    }
-    FASTNN_BAND_GTILE(float, f32)
-    FASTNN_BAND_GTILE(double, f64)
-    /* out = w where m != 0 else +0.0, by masking the bits: branch-free, vectorised,
-       and exact (a NaN under a zero mask becomes 0, where w * 0 would stay NaN).
-       out may be w itself (same index only: no loop-carried dependence). */
-    #define FASTNN_MASK_LOOP(T, U, S)                                                     \
-    FASTNN_BAND_CLONES static void fastnn_mask_##S(const T* w, const unsigned char* m,   \
-                                                  T* out, Py_ssize_t n) {               \
-        const U* wb = (const U*)w; U* ob = (U*)out;                                      \
-        _Pragma("GCC ivdep")                                                             \
-        for (Py_ssize_t j = 0; j < n; j++) ob[j] = wb[j] & ((U)0 - (U)(m[j] != 0));     \
-    }
-    FASTNN_MASK_LOOP(float, uint32_t, f32)
-    FASTNN_MASK_LOOP(double, uint64_t, f64)
-    static inline void fastnn_prefetch(const void* p) {
-    #if defined(__GNUC__)
-        __builtin_prefetch(p);
-    #endif
-    }
-    /* Count of the non-zero bytes of a run. */
-    FASTNN_BAND_CLONES static Py_ssize_t fastnn_count_ones(const unsigned char* m, Py_ssize_t n) {
-        uint32_t c = 0; Py_ssize_t total = 0;
-        for (Py_ssize_t j0 = 0; j0 < n; j0 += 1 << 20) {   /* no 32-bit overflow */
-            Py_ssize_t j1 = j0 + (1 << 20) < n ? j0 + (1 << 20) : n;
-            c = 0;
-            for (Py_ssize_t j = j0; j < j1; j++) c += m[j] != 0;
-            total += c;
-        }
-        return total;
-    }
-    /* Byte offset of the lowest-addressed non-zero byte of a non-zero word loaded
-       by memcpy, and the word with that byte's bit cleared. */
-    static inline int fastnn_first_byte(uint64_t v) {
-    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        return __builtin_ctzll(v) >> 3;
-    #else
-        unsigned char b[8]; int k = 0; memcpy(b, &v, 8); while (!b[k]) k++; return k;
-    #endif
-    }
-    static inline uint64_t fastnn_clear_byte(uint64_t v, int k) {
-        unsigned char b[8]; memcpy(b, &v, 8); b[k] = 0; memcpy(&v, b, 8); return v;
-    }
-    """
+# compiles each for AVX-512, AVX2 and the baseline, picked at import (_simd.h), so a
+# portable build still runs full-width vectors.
+cdef extern from "_band_tiles.h":
+    int fastnn_band_pick() noexcept nogil
     void fastnn_band_rows4_f32(float* y0, float* y1, float* y2, float* y3, const float* x0,
                                const float* x1, const float* x2, const float* x3,
                                const float* wk, Py_ssize_t n) noexcept nogil
@@ -233,6 +81,12 @@ cdef extern from *:
     void fastnn_mask_f32(const float* w, const uint8_t* m, float* out, Py_ssize_t n) noexcept nogil
     void fastnn_mask_f64(const double* w, const uint8_t* m, double* out,
                          Py_ssize_t n) noexcept nogil
+
+
+# The SIMD level of the tiles above and of the products inside the pranges (the
+# register-blocked kernel, pgemm), like every family's (_simd.h).
+SIMD_LEVEL = fastnn_band_pick()
+fastnn_ukernel_pick()
 
 
 cdef inline void band_rows4(floating* y0, floating* y1, floating* y2, floating* y3,
@@ -686,40 +540,3 @@ def sparse_weight_grad(const floating[:, ::1] x_t, const floating[:, ::1] gy_t,
                     for b in range(B):
                         s = s + xr[b] * gr[b]
                 gw[i, j] = s
-
-
-# ------------------------------------------------------------------ locally connected
-def local_forward(const floating[:, :, ::1] cols, const floating[:, :, ::1] w,
-                  floating[:, :, ::1] y, floating beta, int num_threads):
-    """y[:, p, :] = cols[:, p, :] @ w[p] + beta * y[:, p, :] for every position p."""
-    cdef Py_ssize_t N = cols.shape[0], P = cols.shape[1], ckk = cols.shape[2], K = w.shape[2], p
-    if N == 0 or P == 0 or K == 0:
-        return
-    with nogil:
-        for p in prange(P, schedule="static", num_threads=team(num_threads, P)):
-            pgemm(False, False, N, K, ckk, <floating>1, &cols[0, p, 0] if ckk else NULL, P * ckk,
-                 &w[p, 0, 0] if ckk else NULL, K, beta, &y[0, p, 0], P * K)
-
-
-def local_weight_grad(const floating[:, :, ::1] cols, const floating[:, :, ::1] gy,
-                      floating[:, :, ::1] gw, int num_threads):
-    """gw[p] = cols[:, p, :]^T @ gy[:, p, :]."""
-    cdef Py_ssize_t N = cols.shape[0], P = gw.shape[0], ckk = gw.shape[1], K = gw.shape[2], p
-    if P == 0 or ckk == 0 or K == 0:
-        return
-    with nogil:
-        for p in prange(P, schedule="static", num_threads=team(num_threads, P)):
-            pgemm(True, False, ckk, K, N, <floating>1, &cols[0, p, 0] if N else NULL, P * ckk,
-                 &gy[0, p, 0] if N else NULL, P * K, <floating>0, &gw[p, 0, 0], K)
-
-
-def local_cols_grad(const floating[:, :, ::1] gy, const floating[:, :, ::1] w,
-                    floating[:, :, ::1] gcols, int num_threads):
-    """gcols[:, p, :] = gy[:, p, :] @ w[p]^T."""
-    cdef Py_ssize_t N = gy.shape[0], P = gy.shape[1], K = gy.shape[2], ckk = w.shape[1], p
-    if N == 0 or P == 0 or ckk == 0:
-        return
-    with nogil:
-        for p in prange(P, schedule="static", num_threads=team(num_threads, P)):
-            pgemm(False, True, N, ckk, K, <floating>1, &gy[0, p, 0] if K else NULL, P * K,
-                 &w[p, 0, 0] if K else NULL, K, <floating>0, &gcols[0, p, 0], P * ckk)

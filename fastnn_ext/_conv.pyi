@@ -4,6 +4,7 @@ from numpy.typing import NDArray
 _F = NDArray[np.float32] | NDArray[np.float64]
 _Geom = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int]
 
+SIMD_LEVEL: int
 UKERNEL_LEVEL: int
 SMALL_K_CHANNELS: int
 

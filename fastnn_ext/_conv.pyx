@@ -15,17 +15,11 @@ from libc.string cimport memset, memcpy
 
 from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, fastnn_ukernel_level, FASTNN_UGEMM_SCRATCH
 
-import os as _os
 
 
-def _pick_ukernel():
-    """Select the SIMD path of the register-blocked kernel (FASTNN_UKERNEL_MAX caps it:
-    0 baseline, 1 AVX2+FMA, 2 AVX-512). Returns the level in use."""
-    cap = _os.environ.get("FASTNN_UKERNEL_MAX", "")
-    return fastnn_ukernel_pick(int(cap) if cap.strip().isdigit() else -1)
-
-
-UKERNEL_LEVEL = _pick_ukernel()
+# The SIMD level of the register-blocked kernel (0 baseline, 1 AVX2+FMA, 2 AVX-512),
+# picked once at import like every family's (_simd.h; FASTNN_UKERNEL_MAX caps it).
+SIMD_LEVEL = UKERNEL_LEVEL = fastnn_ukernel_pick()
 
 
 cdef struct Geom:

@@ -5,16 +5,14 @@
 #define FASTNN_UKERNEL_H
 #include <stddef.h>
 
+#include "_simd.h"
+
 #define UK_CAT_(a, b) a##b
 #define UK_CAT(a, b) UK_CAT_(a, b)
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define FASTNN_X86_DISPATCH 1
-#endif
-
-#ifdef FASTNN_X86_DISPATCH
+#ifdef FASTNN_SIMD_X86
 /* AVX-512: 8 rows x 32 floats (16 zmm accumulators). */
-#define UK_TARGET __attribute__((target("avx512f,fma")))
+#define UK_TARGET FASTNN_TARGET_AVX512
 #define UK_T float
 #define UK_VW 16
 #define UK_MR 8
@@ -55,7 +53,7 @@
 #undef UK_NV
 #undef UK_TARGET
 /* AVX2 + FMA: 6 rows x 16 floats (12 ymm accumulators). */
-#define UK_TARGET __attribute__((target("avx2,fma")))
+#define UK_TARGET FASTNN_TARGET_AVX2
 #define UK_MR 6
 #define UK_NV 2
 #define UK_T float
@@ -99,27 +97,18 @@
 #undef UK_NV
 #undef UK_TARGET
 
-/* 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512; FASTNN_UKERNEL_MAX caps it (tests, debugging). */
-static int fastnn_ukernel_level = -1;
+/* The level of _simd.h, set at import by each module that includes this file; until
+ * then the baseline. */
+static int fastnn_ukernel_level = 0;
 
-static int fastnn_ukernel_pick(int cap)
+static int fastnn_ukernel_pick(void)
 {
-    int level = 0;
-#ifdef FASTNN_X86_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        level = 1;
-    if (__builtin_cpu_supports("avx512f"))
-        level = 2;
-#endif
-    if (cap >= 0 && level > cap)
-        level = cap;
-    fastnn_ukernel_level = level;
-    return level;
+    fastnn_ukernel_level = fastnn_simd_level();
+    return fastnn_ukernel_level;
 }
 
 #define UK_ARGS M, N, K, a, sam, amoff, aoff, b, boff, c, ldc, accumulate, bias_row, bias_col, scratch
-#ifdef FASTNN_X86_DISPATCH
+#ifdef FASTNN_SIMD_X86
 #define UK_X86_PATHS(P)                                                             \
     if (fastnn_ukernel_level == 2 && N * (ptrdiff_t)sizeof(*a) <= 64) {             \
         P##gemm_avx512n(UK_ARGS); /* the product is at most one vector wide */     \

@@ -4,7 +4,7 @@
 from cython cimport floating
 
 cdef extern from "_ukernel.h" nogil:
-    int fastnn_ukernel_pick(int cap)
+    int fastnn_ukernel_pick()
     int fastnn_ukernel_level
     void fastnn_ugemm_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
                         Py_ssize_t sam, const Py_ssize_t* amoff, const Py_ssize_t* aoff, const float* b,

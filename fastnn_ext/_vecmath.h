@@ -116,18 +116,4 @@ FASTNN_VM_INLINE T fastnn_tanh_##S(T v) {                                       
 FASTNN_VM_DEFINE(float, f32)
 FASTNN_VM_DEFINE(double, f64)
 
-/* The SIMD level of the CPU for the runtime-dispatched kernels: 0 = baseline,
- * 1 = AVX2+FMA, 2 = AVX-512; capped at cap when cap >= 0. */
-static int fastnn_simd_level(int cap) {
-    int level = 0;
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        level = 1;
-    if (level == 1 && __builtin_cpu_supports("avx512f"))
-        level = 2;
-#endif
-    return cap >= 0 && level > cap ? cap : level;
-}
-
 #endif

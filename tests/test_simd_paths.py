@@ -51,3 +51,126 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_kernel_path_matches_reference(level):
     run_at_simd_level(SCRIPT, level, timeout=300)
+
+
+# The other families with per-ISA code (_simd.h): the recurrent gate passes and their
+# products, the banded/masked/sparse tiles, locally connected layers (banded's tiles
+# and products); pooling has none (compiled at the baseline), checked at each level
+# all the same. Forward against the float64 reference; backward against the
+# reference's adjoint where it has one, else against a central difference of the
+# reference forward along a random direction (float64 inputs).
+FAMILIES_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    sys.path.insert(0, {here!r})
+    import reference as ref
+    import fastnn
+    from fastnn_ext import _activations, _banded, _conv, _recurrent
+    level = int(sys.argv[1])
+    levels = {{m.__name__: m.SIMD_LEVEL for m in (_activations, _banded, _conv, _recurrent)}}
+    assert len(set(levels.values())) == 1 and _conv.SIMD_LEVEL <= level, levels
+    rng = np.random.default_rng(10 + level)
+
+    def err(got, want):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300)
+
+    def directional(f, args, i, grad, g_out, eps=1e-6):
+        # <grad, v> against d/dt sum(g_out * f(args with args[i] + t v)) at t = 0.
+        v = rng.standard_normal(args[i].shape)
+        plus = [a.copy() for a in args]; plus[i] = args[i] + eps * v
+        minus = [a.copy() for a in args]; minus[i] = args[i] - eps * v
+        fd = (np.sum(g_out * f(*plus)) - np.sum(g_out * f(*minus))) / (2 * eps)
+        return abs(float(np.sum(grad * v)) - fd) / max(abs(fd), 1e-12)
+
+    worst = {{}}
+    def check(name, e, tol):
+        assert e < tol, (level, name, e)
+        worst[name] = max(worst.get(name, 0.0), e)
+
+    B, T, I, H = 9, 5, 7, 24          # B > 4: the packed (panel) recurrent path
+    for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+        for B_ in (2, B):
+            x = rng.standard_normal((B_, T, I)); h0 = rng.standard_normal((B_, H))
+            c0 = rng.standard_normal((B_, H))
+            k = rng.standard_normal((I + H, 4 * H)) * 0.3; b = rng.standard_normal(4 * H)
+            out, (hT, cT), cache = fastnn.lstm(*(a.astype(dtype) for a in (x, h0, c0, k, b)),
+                                               training=True)
+            want = ref.lstm(x, h0, c0, k, b)
+            check("lstm", max(err(out, want[0]), err(hT, want[1]), err(cT, want[2])), tol)
+            if dtype == np.float64:
+                g = rng.standard_normal(out.shape)
+                grads = fastnn.lstm_backward(g, None, None, cache)
+                f = lambda x_, k_: ref.lstm(x_, h0, c0, k_, b)[0]
+                check("lstm_backward", max(directional(f, [x, k], 0, grads[0], g),
+                                           directional(f, [x, k], 1, grads[3], g)), 1e-6)
+            kx = rng.standard_normal((I, 3 * H)) * 0.3; kr = rng.standard_normal((H, 3 * H)) * 0.3
+            gb = rng.standard_normal((2, 3 * H))
+            res = fastnn.gru(*(a.astype(dtype) for a in (x, h0, kx, kr, gb)), training=True)
+            want = ref.gru(x, h0, kx, kr, gb)
+            check("gru", max(err(res[0], want[0]), err(res[1], want[1])), tol)
+            if dtype == np.float64:
+                g = rng.standard_normal(res[0].shape)
+                grads = fastnn.gru_backward(g, None, res[-1])
+                f = lambda x_, kr_: ref.gru(x_, h0, kx, kr_, gb)[0]
+                check("gru_backward", max(directional(f, [x, kr], 0, grads[0], g),
+                                          directional(f, [x, kr], 1, grads[3], g)), 1e-6)
+            kx = rng.standard_normal((I, H)) * 0.3; kr = rng.standard_normal((H, H)) * 0.3
+            rb = rng.standard_normal(H)
+            res = fastnn.simple_rnn(*(a.astype(dtype) for a in (x, h0, kx, kr, rb)), training=True)
+            want = ref.simple_rnn(x, h0, kx, kr, rb)
+            check("simple_rnn", max(err(res[0], want[0]), err(res[1], want[1])), tol)
+
+        # banded (diagonal tiles), masked (dense and sparse), with gradients
+        n = 150
+        xb = rng.standard_normal((11, n)); w = rng.standard_normal((n, n)); bias = rng.standard_normal(n)
+        gy = rng.standard_normal((11, n))
+        for lo, up in ((3, 5), (40, 0)):
+            got = fastnn.banded_matmul(xb.astype(dtype), w.astype(dtype), lo, up, bias.astype(dtype))
+            check("banded", err(got, ref.banded_matmul(xb, w, lo, up, bias)), tol)
+            got = fastnn.banded_matmul_backward(gy.astype(dtype), xb.astype(dtype), w.astype(dtype), lo, up)
+            want = ref.banded_matmul_backward(gy, xb, w, lo, up)
+            check("banded_backward", max(err(a, b_) for a, b_ in zip(got, want)), tol)
+        for density in (0.02, 0.6):
+            mask = rng.random((n, n)) < density
+            got = fastnn.masked_matmul(xb.astype(dtype), w.astype(dtype), fastnn.prepare_mask(mask))
+            check("masked", err(got, ref.masked_matmul(xb, w, mask)), tol)
+            got = fastnn.masked_matmul_backward(gy.astype(dtype), xb.astype(dtype), w.astype(dtype), mask)
+            want = ref.masked_matmul_backward(gy, xb, w, mask)
+            check("masked_backward", max(err(a, b_) for a, b_ in zip(got, want)), tol)
+
+        # locally connected (NHWC, Keras-2 layout weight)
+        xl = rng.standard_normal((3, 9, 8, 5))
+        kw = dict(kernel_size=(3, 2), stride=(2, 1), padding=0)
+        ho, wo = (9 - 3) // 2 + 1, 8 - 2 + 1
+        wl = rng.standard_normal((ho, wo, 3 * 2 * 5, 6)); bl = rng.standard_normal((ho, wo, 6))
+        got = fastnn.locally_connected2d(xl.astype(dtype), wl.astype(dtype), bl.astype(dtype), **kw)
+        want = ref.locally_connected2d(xl, wl, bl, (3, 2), (2, 1), ((0, 0), (0, 0)))
+        check("local", err(got, want), tol)
+        gl = rng.standard_normal(want.shape)
+        got = fastnn.locally_connected2d_backward(gl.astype(dtype), xl.astype(dtype), wl.astype(dtype), **kw)
+        want = ref.locally_connected2d_backward(gl, xl, wl, (3, 2), (2, 1), ((0, 0), (0, 0)))
+        check("local_backward", max(err(a, b_) for a, b_ in zip(got, want)), tol)
+
+        # pooling, both layouts
+        xp = rng.standard_normal((2, 3, 11, 10))
+        for layout in ("NCHW", "NHWC"):
+            xin = xp if layout == "NCHW" else xp.transpose(0, 2, 3, 1)
+            got = fastnn.max_pool2d(xin.astype(dtype), 3, stride=2, padding=1, layout=layout)
+            want = ref.pool2d(xin, (3, 3), (2, 2), ((1, 1), (1, 1)), "max", layout)[0]
+            check("max_pool", err(got, want), tol)
+            got = fastnn.avg_pool2d(xin.astype(dtype), 2, layout=layout)
+            want = ref.pool2d(xin, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg", layout)
+            check("avg_pool", err(got, want), tol)
+            gp = rng.standard_normal(want.shape)
+            got = fastnn.avg_pool2d_backward(gp.astype(dtype), xin.astype(dtype), 2, layout=layout)
+            want = ref.pool2d_backward(gp, xin.shape, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg",
+                                       layout=layout)
+            check("avg_pool_backward", err(got, want), tol)
+    print("ok", _conv.SIMD_LEVEL, worst)
+""")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_every_family_at_every_level_matches_reference(level):
+    run_at_simd_level(FAMILIES_SCRIPT, level, timeout=300)

@@ -1,0 +1,10 @@
+import numpy as np
+from numpy.typing import NDArray
+
+_F = NDArray[np.float32] | NDArray[np.float64]
+
+SIMD_LEVEL: int
+
+def local_forward(cols: _F, w: _F, y: _F, beta: float, num_threads: int) -> None: ...
+def local_weight_grad(cols: _F, gy: _F, gw: _F, num_threads: int) -> None: ...
+def local_cols_grad(gy: _F, w: _F, gcols: _F, num_threads: int) -> None: ...

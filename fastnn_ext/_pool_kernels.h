@@ -1,0 +1,270 @@
+/* Window loops of the pooling kernels (fastnn_ext/_pooling.pyx). */
+#ifndef FASTNN_POOL_KERNELS_H
+#define FASTNN_POOL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+
+/* dh, dw: dilation (max pooling). hp, wp: the padded end H + pad_bottom,
+ * W + pad_right. mode: how an average window is divided -- 0 by its real
+ * elements, 1 by its extent clipped at the padded end (count_include_pad), 2 by
+ * div (divisor_override). */
+typedef struct {
+    ptrdiff_t N, C, H, W, kh, kw, sh, sw, pt, pl, Ho, Wo, dh, dw, hp, wp, mode, div;
+} fastnn_pool_geom;
+
+/* Compiled at the build's baseline only, no per-ISA variants (_simd.h): memory-bound,
+ * measured no faster with AVX2 or AVX-512 variants (the 2x2 stride-2 NCHW plane loop
+ * was slower with them). */
+#define FASTNN_POOL_INLINE static inline __attribute__((always_inline))
+
+/* Strides 1 and 2 as constants: a variable stride is a "complicated access
+ * pattern" to gcc's vectoriser, a constant one becomes loads and shuffles. */
+#define FASTNN_BY_STRIDE(s, LOOP) \
+    if ((s) == 1) { LOOP(1) } else if ((s) == 2) { LOOP(2) } else { LOOP(s) }
+
+/* Outputs o with 0 <= o*s + off < size, clipped to [0, nout). */
+FASTNN_POOL_INLINE void fastnn_tap_range(ptrdiff_t off, ptrdiff_t s, ptrdiff_t size,
+                                         ptrdiff_t nout, ptrdiff_t* lo, ptrdiff_t* hi) {
+    ptrdiff_t a = off >= 0 ? 0 : (-off + s - 1) / s;
+    ptrdiff_t b = size - 1 - off < 0 ? 0 : (size - 1 - off) / s + 1;
+    if (b > nout) b = nout;
+    *lo = a;
+    *hi = b > a ? b : a;
+}
+
+/* Window o along one axis, taps lo, lo + d, ..., lo + (k - 1) d with lo = o s - p:
+ * its first tap inside the input at *a and an exclusive bound *b, so that the real
+ * taps are a, a + d, ... below b (for d = 1 the real part [a, b)). */
+FASTNN_POOL_INLINE void fastnn_window(ptrdiff_t o, ptrdiff_t s, ptrdiff_t p, ptrdiff_t k,
+                                      ptrdiff_t d, ptrdiff_t size, ptrdiff_t* a,
+                                      ptrdiff_t* b) {
+    ptrdiff_t lo = o * s - p, hi = lo + (k - 1) * d + 1;
+    *a = lo >= 0 ? lo : lo + (-lo + d - 1) / d * d;
+    *b = hi < size ? hi : size;
+}
+
+/* The divisor of average window (ho, wo) with real part [h0, h1) x [w0, w1):
+ * PyTorch's rule -- the real elements, or (count_include_pad) the window clipped
+ * at the padded end, so a ceil_mode window hanging past it counts only its
+ * padded part, or divisor_override. */
+FASTNN_POOL_INLINE ptrdiff_t fastnn_divisor(const fastnn_pool_geom* g, ptrdiff_t ho,
+                                            ptrdiff_t wo, ptrdiff_t h0, ptrdiff_t h1,
+                                            ptrdiff_t w0, ptrdiff_t w1) {
+    if (g->mode == 0) return (h1 - h0) * (w1 - w0);
+    if (g->mode == 2) return g->div;
+    ptrdiff_t a = ho * g->sh - g->pt, b = wo * g->sw - g->pl;
+    ptrdiff_t ae = a + g->kh < g->hp ? a + g->kh : g->hp;
+    ptrdiff_t be = b + g->kw < g->wp ? b + g->kw : g->wp;
+    return (ae - a) * (be - b);
+}
+
+/* xr (gr) points at the first tap read, output lo's: row start + off may lie
+ * far outside the plane (a large padding), so no pointer is formed there. */
+#define FASTNN_MAX_LOOP(S)                                                      \
+    for (ptrdiff_t o = lo; o < hi; o++) {                                      \
+        T v = xr[(o - lo) * (S)], a = yr[o];                                   \
+        yr[o] = (v > a || v != v) ? v : a;                                     \
+    }
+#define FASTNN_MAX_IDX_LOOP(S)                                                  \
+    for (ptrdiff_t o = lo; o < hi; o++) {                                      \
+        T v = xr[(o - lo) * (S)], a = yr[o];                                   \
+        int take = (v > a) | (v != v);                                         \
+        yr[o] = take ? v : a;                                                  \
+        ir[o] = take ? base + (o - lo) * (S) : ir[o];                          \
+    }
+#define FASTNN_ADD_LOOP(S) for (ptrdiff_t o = lo; o < hi; o++) yr[o] += xr[(o - lo) * (S)];
+#define FASTNN_ADD_BACK_LOOP(S) \
+    for (ptrdiff_t o = lo; o < hi; o++) gr[(o - lo) * (S)] += sc[o];
+
+/* The kernel columns j whose taps j*dw - pl + o*sw land in [0, W) for some
+ * output o: the others read only padding (a kernel_size of 10**9 has 10**9 of
+ * them, not worth a loop). */
+FASTNN_POOL_INLINE void fastnn_real_columns(const fastnn_pool_geom* g, ptrdiff_t* jlo,
+                                            ptrdiff_t* jhi) {
+    ptrdiff_t t = g->pl - (g->Wo - 1) * g->sw;
+    *jlo = t <= 0 ? 0 : (t + g->dw - 1) / g->dw;
+    *jhi = (g->W - 1 + g->pl) / g->dw + 1;
+    if (*jhi > g->kw) *jhi = g->kw;
+}
+
+#define FASTNN_POOL_KERNELS(T, SUF)                                              \
+/* One (image, channel) plane: y (Ho, Wo) from x (H, W); idx NULL or (Ho, Wo). */ \
+/* col: W elements of scratch for the separable path, or NULL (the taps are  \
+ * then read row by row: the same result). */                                \
+static void fastnn_pool_plane_##SUF(const T* restrict x, T* restrict y,        \
+                                    int64_t* restrict idx, T* col,             \
+                                    const fastnn_pool_geom* g, int is_max) {   \
+    if (idx || g->kh == 1) col = NULL;                                         \
+    ptrdiff_t jlo, jhi;                                                        \
+    fastnn_real_columns(g, &jlo, &jhi);                                        \
+    for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
+        T* restrict yr = y + ho * g->Wo;                                       \
+        int64_t* restrict ir = idx ? idx + ho * g->Wo : NULL;                  \
+        ptrdiff_t h0, h1, w0, w1;                                              \
+        fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);                \
+        for (ptrdiff_t wo = 0; wo < g->Wo; wo++) yr[wo] = is_max ? -INFINITY : 0; \
+        if (ir)                                                                \
+            for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                         \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);        \
+                ir[wo] = h0 * g->W + w0;                                       \
+            }                                                                  \
+        if (col && !ir) {                                                      \
+            /* Separable: the window's rows reduced into col (contiguous), then \
+             * col's taps; a third of the strided loads of tap by tap. */      \
+            const T* restrict x0 = x + h0 * g->W;                              \
+            for (ptrdiff_t w = 0; w < g->W; w++) col[w] = x0[w];               \
+            for (ptrdiff_t h = h0 + g->dh; h < h1; h += g->dh) {               \
+                const T* restrict xh = x + h * g->W;                           \
+                if (is_max)                                                    \
+                    for (ptrdiff_t w = 0; w < g->W; w++) {                     \
+                        T v = xh[w], a = col[w];                               \
+                        col[w] = (v > a || v != v) ? v : a;                    \
+                    }                                                          \
+                else                                                           \
+                    for (ptrdiff_t w = 0; w < g->W; w++) col[w] += xh[w];      \
+            }                                                                  \
+        }                                                                      \
+        for (ptrdiff_t h = h0; h < (col && !ir ? h0 + 1 : h1); h += g->dh)     \
+            for (ptrdiff_t j = jlo; j < jhi; j++) {                            \
+                ptrdiff_t lo, hi, off = j * g->dw - g->pl;                     \
+                fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
+                if (hi <= lo) continue;                                        \
+                const T* restrict xr = (col && !ir ? col : x + h * g->W)       \
+                                       + (off + lo * g->sw);                   \
+                int64_t base = h * g->W + off + lo * g->sw;                    \
+                if (!is_max) { FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_LOOP) }      \
+                else if (ir) { FASTNN_BY_STRIDE(g->sw, FASTNN_MAX_IDX_LOOP) }  \
+                else { FASTNN_BY_STRIDE(g->sw, FASTNN_MAX_LOOP) }              \
+            }                                                                  \
+        if (!is_max)                                                           \
+            for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                         \
+                fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);        \
+                yr[wo] = yr[wo] / (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1); \
+            }                                                                  \
+    }                                                                          \
+}                                                                              \
+/* Channels [c0, c1) of image n, every output pixel (NHWC). */                 \
+static void fastnn_pool_column_##SUF(const T* restrict x, T* restrict y,       \
+                                     int64_t* restrict idx,                    \
+                                     const fastnn_pool_geom* g, ptrdiff_t n,   \
+                                     ptrdiff_t c0, ptrdiff_t c1, int is_max) { \
+    ptrdiff_t nc = c1 - c0;                                                    \
+    for (ptrdiff_t ho = 0; ho < g->Ho; ho++)                                   \
+        for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
+            ptrdiff_t h0, h1, w0, w1, o = ((n * g->Ho + ho) * g->Wo + wo) * g->C + c0; \
+            fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);            \
+            fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);            \
+            T* restrict yp = y + o;                                            \
+            int64_t* restrict ip = idx ? idx + o : NULL;                       \
+            for (ptrdiff_t c = 0; c < nc; c++) yp[c] = is_max ? -INFINITY : 0; \
+            if (ip) for (ptrdiff_t c = 0; c < nc; c++) ip[c] = h0 * g->W + w0; \
+            for (ptrdiff_t h = h0; h < h1; h += g->dh)                         \
+                for (ptrdiff_t w = w0; w < w1; w += g->dw) {                   \
+                    const T* restrict xp = x + ((n * g->H + h) * g->W + w) * g->C + c0; \
+                    int64_t p = h * g->W + w;                                  \
+                    if (!is_max)                                               \
+                        for (ptrdiff_t c = 0; c < nc; c++) yp[c] += xp[c];     \
+                    else if (ip)                                               \
+                        for (ptrdiff_t c = 0; c < nc; c++) {                   \
+                            T v = xp[c], a = yp[c];                            \
+                            int take = (v > a) | (v != v);                     \
+                            yp[c] = take ? v : a;                              \
+                            ip[c] = take ? p : ip[c];                          \
+                        }                                                      \
+                    else                                                       \
+                        for (ptrdiff_t c = 0; c < nc; c++) {                   \
+                            T v = xp[c], a = yp[c];                            \
+                            yp[c] = (v > a || v != v) ? v : a;                 \
+                        }                                                      \
+                }                                                              \
+            if (!is_max) {                                                     \
+                T cnt = (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1);          \
+                for (ptrdiff_t c = 0; c < nc; c++) yp[c] = yp[c] / cnt;        \
+            }                                                                  \
+        }                                                                      \
+}                                                                              \
+/* Backward of one NCHW plane: gx = scatter-add of gy to the argmaxes (max), or \
+ * of gy / count over each window's real elements (average, idx NULL). */      \
+static int fastnn_pool_plane_back_##SUF(const T* restrict gy,                  \
+                                         const int64_t* restrict idx,          \
+                                         T* restrict gx, T* restrict sc,       \
+                                         const fastnn_pool_geom* g) {          \
+    for (ptrdiff_t p = 0; p < g->H * g->W; p++) gx[p] = 0;                     \
+    if (idx) {                                                                 \
+        /* An index outside the plane is skipped and reported, not followed. */ \
+        int bad = 0;                                                           \
+        for (ptrdiff_t o = 0; o < g->Ho * g->Wo; o++) {                        \
+            int64_t k = idx[o];                                                \
+            if ((uint64_t)k < (uint64_t)(g->H * g->W)) gx[k] += gy[o];         \
+            else bad = 1;                                                      \
+        }                                                                      \
+        return bad;                                                            \
+    }                                                                          \
+    ptrdiff_t jlo, jhi;                                                        \
+    fastnn_real_columns(g, &jlo, &jhi);                                        \
+    for (ptrdiff_t ho = 0; ho < g->Ho; ho++) {                                 \
+        ptrdiff_t h0, h1, w0, w1;                                              \
+        fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);                \
+        for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
+            fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);            \
+            sc[wo] = gy[ho * g->Wo + wo] / (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1); \
+        }                                                                      \
+        for (ptrdiff_t h = h0; h < h1; h += g->dh)                             \
+            for (ptrdiff_t j = jlo; j < jhi; j++) {                            \
+                ptrdiff_t lo, hi, off = j * g->dw - g->pl;                     \
+                fastnn_tap_range(off, g->sw, g->W, g->Wo, &lo, &hi);           \
+                if (hi <= lo) continue;                                        \
+                T* restrict gr = gx + h * g->W + (off + lo * g->sw);           \
+                FASTNN_BY_STRIDE(g->sw, FASTNN_ADD_BACK_LOOP)                  \
+            }                                                                  \
+    }                                                                          \
+    return 0;                                                                  \
+}                                                                              \
+/* Backward of channels [c0, c1) of image n (NHWC), as the plane version. */  \
+static int fastnn_pool_column_back_##SUF(const T* restrict gy,                 \
+                                          const int64_t* restrict idx,         \
+                                          T* restrict gx, T* restrict sc,      \
+                                          const fastnn_pool_geom* g,           \
+                                          ptrdiff_t n, ptrdiff_t c0,           \
+                                          ptrdiff_t c1) {                      \
+    ptrdiff_t nc = c1 - c0, HW = g->H * g->W;                                  \
+    int bad = 0;                                                               \
+    T* restrict gxn = gx + n * HW * g->C + c0;                                 \
+    for (ptrdiff_t p = 0; p < HW; p++)                                         \
+        for (ptrdiff_t c = 0; c < nc; c++) gxn[p * g->C + c] = 0;              \
+    for (ptrdiff_t ho = 0; ho < g->Ho; ho++)                                   \
+        for (ptrdiff_t wo = 0; wo < g->Wo; wo++) {                             \
+            ptrdiff_t o = ((n * g->Ho + ho) * g->Wo + wo) * g->C + c0;         \
+            const T* restrict gp = gy + o;                                     \
+            if (idx) {                                                         \
+                const int64_t* restrict ip = idx + o;                          \
+                for (ptrdiff_t c = 0; c < nc; c++) {                               \
+                    if ((uint64_t)ip[c] < (uint64_t)HW) gxn[ip[c] * g->C + c] += gp[c]; \
+                    else bad = 1;                                              \
+                }                                                              \
+                continue;                                                      \
+            }                                                                  \
+            ptrdiff_t h0, h1, w0, w1;                                          \
+            fastnn_window(ho, g->sh, g->pt, g->kh, g->dh, g->H, &h0, &h1);            \
+            fastnn_window(wo, g->sw, g->pl, g->kw, g->dw, g->W, &w0, &w1);            \
+            T cnt = (T)fastnn_divisor(g, ho, wo, h0, h1, w0, w1);              \
+            for (ptrdiff_t c = 0; c < nc; c++) sc[c] = gp[c] / cnt;            \
+            for (ptrdiff_t h = h0; h < h1; h += g->dh)                         \
+                for (ptrdiff_t w = w0; w < w1; w += g->dw) {                   \
+                    T* restrict q = gxn + (h * g->W + w) * g->C;               \
+                    for (ptrdiff_t c = 0; c < nc; c++) q[c] += sc[c];          \
+                }                                                              \
+        }                                                                      \
+    return bad;                                                                \
+}
+
+#define T float
+FASTNN_POOL_KERNELS(float, f32)
+#undef T
+#define T double
+FASTNN_POOL_KERNELS(double, f64)
+#undef T
+
+#endif

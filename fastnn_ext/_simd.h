@@ -1,0 +1,81 @@
+/* fastnn's one SIMD dispatch: every kernel family that has per-ISA code compiles it
+ * three times -- baseline (the build flags), AVX2+FMA and AVX-512 -- each with its own
+ * gcc target attribute, so a portable build (no -march) still runs full-width vectors.
+ * At import each family's pick function (fastnn_<family>_pick, called once from its
+ * .pyx) reads the level below and points the family's function pointers at one of the
+ * three variants.
+ *
+ * Level: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512F (with AVX2+FMA), from one CPU check;
+ * FASTNN_UKERNEL_MAX=0/1/2 in the environment at import caps it (tests run every
+ * family at every level that way, tests/test_simd_paths.py; debugging).
+ *
+ * How a family uses it:
+ *     #define MY_KERNELS(V, ATTR)  ATTR static void my_kernel_f32_##V(...) { ... }
+ *     FASTNN_SIMD_VARIANTS(MY_KERNELS)          -- the three variants
+ *     FASTNN_SIMD_POINTER(my_kernel_f32)        -- the pointer callers call through
+ *     static int my_pick(void) {
+ *         int level = fastnn_simd_level();
+ *         FASTNN_SIMD_SET(level, my_kernel_f32);
+ *         return level;
+ *     }
+ * The register-blocked GEMM (_ukernel.h) dispatches on the level in its one entry
+ * point instead of a pointer, since it also picks a narrow block by product width. */
+#ifndef FASTNN_SIMD_H
+#define FASTNN_SIMD_H
+
+#include <stdlib.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define FASTNN_SIMD_X86 1
+#define FASTNN_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512")))
+#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+/* What the CPU can run. */
+static int fastnn_simd_cpu_level(void) {
+    int level = 0;
+#ifdef FASTNN_SIMD_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        level = 1;
+    if (level == 1 && __builtin_cpu_supports("avx512f"))
+        level = 2;
+#endif
+    return level;
+}
+
+/* FASTNN_UKERNEL_MAX as a level cap, -1 when unset or not a number. */
+static int fastnn_simd_cap(void) {
+    const char* s = getenv("FASTNN_UKERNEL_MAX");
+    int cap = -1;
+    if (s == NULL)
+        return -1;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    for (; *s >= '0' && *s <= '9'; s++)
+        cap = (cap < 0 ? 0 : cap * 10) + (*s - '0');
+    while (*s == ' ' || *s == '\t' || *s == '\n')
+        s++;
+    return *s ? -1 : (cap > 1000 ? 1000 : cap);
+}
+
+/* The level every family uses. */
+static int fastnn_simd_level(void) {
+    int level = fastnn_simd_cpu_level(), cap = fastnn_simd_cap();
+    return cap >= 0 && level > cap ? cap : level;
+}
+
+#ifdef FASTNN_SIMD_X86
+#define FASTNN_SIMD_VARIANTS(DEFINE)                                                 \
+    DEFINE(base, )                                                                   \
+    DEFINE(avx2, FASTNN_TARGET_AVX2)                                                 \
+    DEFINE(avx512, FASTNN_TARGET_AVX512)
+#define FASTNN_SIMD_SET(level, name)                                                 \
+    (name = (level) >= 2 ? name##_avx512 : (level) == 1 ? name##_avx2 : name##_base)
+#else
+#define FASTNN_SIMD_VARIANTS(DEFINE) DEFINE(base, )
+#define FASTNN_SIMD_SET(level, name) (name = name##_base)
+#endif
+#define FASTNN_SIMD_POINTER(name) static __typeof__(name##_base) *name = name##_base;
+
+#endif
