@@ -13,7 +13,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
-from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, fastnn_ukernel_level, FASTNN_UGEMM_SCRATCH
+from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, FASTNN_UGEMM_SCRATCH
 
 
 
@@ -107,6 +107,36 @@ cdef Py_ssize_t tile_pixels(const Geom* g, Py_ssize_t units, Py_ssize_t itemsize
     if t < 1:
         t = 1
     return t
+
+
+cdef Py_ssize_t tile_rows(const Geom* g, Py_ssize_t units, Py_ssize_t Wq, Py_ssize_t itemsize,
+                          Py_ssize_t* nkb) noexcept nogil:
+    # Output rows per item of the implicit (stride-phase) kernel, and in *nkb the
+    # number of output-channel blocks. NCHW: row tiles whose output block
+    # (Kg x rows x Wq) fills TILE_BYTES; too few items: split the output channels
+    # first (each block still runs whole 8-row kernel blocks over full-width panels),
+    # then the rows. NHWC: whole images, split in rows until MIN_ITEMS items exist.
+    cdef Py_ssize_t rows, ntiles, want
+    nkb[0] = 1
+    if units < 1:
+        units = 1
+    if not g.nhwc:
+        rows = TILE_BYTES // (g.Kg * Wq * itemsize)
+        if rows < 1:
+            rows = 1
+        if rows > g.Ho:
+            rows = g.Ho
+        ntiles = (g.Ho + rows - 1) // rows
+        want = (MIN_ITEMS + units * ntiles - 1) // (units * ntiles)
+        if want > 1 and g.Kg >= 64:
+            nkb[0] = want if want < g.Kg // 32 else g.Kg // 32
+        want = (MIN_ITEMS + units * nkb[0] - 1) // (units * nkb[0])
+        if ntiles < want:
+            rows = (g.Ho + want - 1) // want
+    else:
+        want = (MIN_ITEMS + units - 1) // units
+        rows = (g.Ho + want - 1) // want
+    return rows if rows >= 1 else 1
 
 
 # ---------------------------------------------------------------- im2col tiles
@@ -546,7 +576,7 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
     cdef Geom g = make_geom(geom, nhwc)
     cdef bint implicit = xq is not None
     cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
-    cdef Py_ssize_t ntiles, nkb = 1, kbs, nitems, rows, want, it, n, grp, t, p0, p1, k0, k1
+    cdef Py_ssize_t ntiles, nkb = 1, kbs, nitems, it, n, grp, t, p0, p1, k0, k1
     cdef Py_ssize_t units = g.N * g.G, tmp_size = 0, scratch_size
     cdef const floating* bp = &bias[0] if bias is not None else NULL
     cdef const floating* xqp = &xq[0] if implicit else NULL
@@ -557,31 +587,10 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
     if units == 0 or g.K == 0 or g.P == 0:
         return
     if implicit:
+        T = tile_rows(&g, units, Wq, sizeof(floating), &nkb)
+        ntiles = (g.Ho + T - 1) // T
         if not g.nhwc:
-            # Row tiles whose output block (Kg x rows x Wq) fills TILE_BYTES. Too few
-            # items: split the output channels first (each block still runs whole
-            # 8-row kernel blocks over full-width panels), then the rows.
-            rows = TILE_BYTES // (g.Kg * Wq * <Py_ssize_t>sizeof(floating))
-            if rows < 1:
-                rows = 1
-            if rows > g.Ho:
-                rows = g.Ho
-            ntiles = (g.Ho + rows - 1) // rows
-            want = (MIN_ITEMS + units * ntiles - 1) // (units * ntiles)
-            if want > 1 and g.Kg >= 64:
-                nkb = want if want < g.Kg // 32 else g.Kg // 32
-            want = (MIN_ITEMS + units * nkb - 1) // (units * nkb)
-            if ntiles < want:
-                rows = (g.Ho + want - 1) // want
-            tmp_size = g.Kg * rows * Wq
-        else:
-            rows = (g.Ho + MIN_ITEMS - 1) // MIN_ITEMS if units < MIN_ITEMS else g.Ho
-            want = (MIN_ITEMS + units - 1) // units
-            rows = (g.Ho + want - 1) // want
-        if rows < 1:
-            rows = 1
-        T = rows
-        ntiles = (g.Ho + rows - 1) // rows
+            tmp_size = g.Kg * T * Wq
     else:
         ntiles = (g.P + T - 1) // T
         if not g.direct:

@@ -1,4 +1,5 @@
-/* One instantiation of the register-blocked GEMM used by the convolution kernels.
+/* One instantiation of the register-blocked GEMM (the convolutions, the products of the
+ * banded, locally connected and recurrent kernels: ugemm and pgemm in _ukernel.h).
  * Included by _ukernel.h with UK_NAME, UK_T (float/double), UK_VW (lanes per
  * vector), UK_MR (rows per block), UK_NV (vectors per row block) and UK_TARGET set.
  *
