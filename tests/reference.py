@@ -20,7 +20,7 @@ __all__ = [
     "to_nchw", "from_nchw", "weight_to_oihw", "weight_from_oihw",
     "patches_nchw", "im2col", "col2im", "conv2d", "conv2d_backward",
     "conv2d_naive", "conv1d", "conv1d_backward", "conv_transpose2d",
-    "conv_transpose2d_backward", "pool_out_size", "pool2d", "pool2d_backward", "rel_err",
+    "conv_transpose2d_backward", "pool_out_size", "pool2d", "pool2d_backward",
 ]
 
 
@@ -495,17 +495,6 @@ def pool2d_backward(grad_y, x_shape, kernel_size, stride, pads, mode="max", indi
                 div = (h1 - h0) * (w1 - w0)
             gx[:, :, h0:h1, w0:w1] += (gy[:, :, oh, ow] / div)[:, :, None, None]
     return from_nchw(gx, layout)
-
-
-# ------------------------------------------------------------------ comparison
-def rel_err(got, ref):
-    """Norm-wise relative error ||got - ref|| / ||ref|| (absolute when ref is 0)."""
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    diff = np.linalg.norm((got - ref).ravel())
-    scale = np.linalg.norm(ref.ravel())
-    return diff / scale if scale > 0 else diff
 
 
 # ------------------------------------------------------------------ activations

@@ -8,8 +8,6 @@ thread-count determinism.
 """
 import itertools
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -21,8 +19,8 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.activations
 import reference as ref
-from helpers import (DTYPES, PROPERTY, TOL, assert_close, call_raises, memory_variants,
-                     numeric_grad, run_at_simd_level)
+from helpers import (DTYPES, PROPERTY, TOL, assert_close, assert_works_after_fork, call_raises,
+                     memory_variants, numeric_grad, rel_err, run_at_simd_level)
 
 
 def assert_same_nonfinite(got, want, what="", dtype=np.float64):
@@ -541,7 +539,7 @@ def test_cross_entropy_options_backward_finite_differences(shape, kw, reduction)
 
     num = numeric_grad(loss, x)
     got = fastnn.softmax_cross_entropy_backward(gl, x, labels, **kw)
-    assert ref.rel_err(got, num) < 1e-7
+    assert rel_err(got, num) < 1e-7
     if kw.get("ignore_index") is not None:          # ignored rows get exactly 0
         ignored = np.moveaxis(got, 1, -1)[labels == kw["ignore_index"]]
         assert ignored.size and (ignored == 0).all()
@@ -552,7 +550,7 @@ def test_cross_entropy_options_backward_finite_differences(shape, kw, reduction)
     def ploss():
         return float(np.sum(fastnn.softmax_cross_entropy(x, t, **pkw) * gl))
 
-    assert ref.rel_err(fastnn.softmax_cross_entropy_backward(gl, x, t, **pkw),
+    assert rel_err(fastnn.softmax_cross_entropy_backward(gl, x, t, **pkw),
                        numeric_grad(ploss, x)) < 1e-7
 
 
@@ -571,7 +569,7 @@ def test_reference_cross_entropy_options_finite_differences(shape, probs):
         labels.reshape(-1)[0] = 7
         kw["ignore_index"] = 7
     num = numeric_grad(lambda: float(ref.softmax_cross_entropy(x, labels, **kw)), x)
-    assert ref.rel_err(ref.softmax_cross_entropy_backward(1.0, x, labels, **kw), num) < 1e-7
+    assert rel_err(ref.softmax_cross_entropy_backward(1.0, x, labels, **kw), num) < 1e-7
 
 
 def test_cross_entropy_ignore_index_rules():
@@ -825,7 +823,7 @@ def test_elementwise_backward_finite_differences(name):
         got = fastnn.sigmoid_backward(gy, fastnn.sigmoid(x))
     else:
         got = fastnn.tanh_backward(gy, fastnn.tanh(x))
-    assert ref.rel_err(got, num) < 1e-7
+    assert rel_err(got, num) < 1e-7
 
 
 @pytest.mark.parametrize("log", [False, True])
@@ -837,7 +835,7 @@ def test_softmax_backward_finite_differences(log, shape, axis):
     fwd = fastnn.log_softmax if log else fastnn.softmax
     bwd = fastnn.log_softmax_backward if log else fastnn.softmax_backward
     num = numeric_grad(lambda: float(np.sum(fwd(x, axis) * gy)), x)
-    assert ref.rel_err(bwd(gy, fwd(x, axis), axis), num) < 1e-7
+    assert rel_err(bwd(gy, fwd(x, axis), axis), num) < 1e-7
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -857,7 +855,7 @@ def test_cross_entropy_backward_finite_differences(reduction, probs):
 
     num = numeric_grad(loss, x)
     got = fastnn.softmax_cross_entropy_backward(gl, x, labels, reduction=reduction)
-    assert ref.rel_err(got, num) < 1e-7
+    assert rel_err(got, num) < 1e-7
 
 
 def test_reference_cross_entropy_backward_finite_differences():
@@ -866,7 +864,7 @@ def test_reference_cross_entropy_backward_finite_differences():
     x = rng.standard_normal((3, 5))
     t = rng.random((3, 5))
     num = numeric_grad(lambda: float(ref.softmax_cross_entropy(x, t, "sum")), x)
-    assert ref.rel_err(ref.softmax_cross_entropy_backward(1.0, x, t, "sum"), num) < 1e-7
+    assert rel_err(ref.softmax_cross_entropy_backward(1.0, x, t, "sum"), num) < 1e-7
 
 
 # ------------------------------------------------------------------ PyTorch
@@ -1323,46 +1321,22 @@ def test_concurrent_python_threads():
     assert not errors, errors[0]
 
 
-FORK_SCRIPT = textwrap.dedent("""
-    import os, sys
-    import numpy as np
-    import fastnn
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(1 << 18).astype(np.float32)
-    m = rng.standard_normal((64, 4096))
-    lab = rng.integers(0, 4096, 64)
-    fastnn.set_num_threads(2)
-    want = (fastnn.sigmoid(x), fastnn.relu_backward(x, x), fastnn.softmax(m),
-            fastnn.softmax_cross_entropy_backward(1.0, m, lab))   # the OpenMP pool is up
-    def run():
-        return (fastnn.sigmoid(x), fastnn.relu_backward(x, x), fastnn.softmax(m),
-                fastnn.softmax_cross_entropy_backward(1.0, m, lab))
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ok = all(np.array_equal(a, b) for a, b in zip(run(), want))
-            os._exit(0 if ok else 3)
-        except BaseException as exc:
-            print("child error:", repr(exc), flush=True)
-            os._exit(4)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    ok = all(np.array_equal(a, b) for a, b in zip(run(), want))
-    print("child", code, "parent", ok)
-    sys.exit(0 if code == 0 and ok else 1)
-""")
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_after_use_does_not_hang():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    try:
-        proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True,
-                              text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("fork test hung (child or parent did not finish within 60 s)")
-    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
-    assert "child 0 parent True" in proc.stdout
+    check = "ok = all(np.array_equal(a, b) for a, b in zip(run(), want))"
+    assert_works_after_fork("""
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(1 << 18).astype(np.float32)
+        m = rng.standard_normal((64, 4096))
+        lab = rng.integers(0, 4096, 64)
+        fastnn.set_num_threads(2)
+
+        def run():
+            return (fastnn.sigmoid(x), fastnn.relu_backward(x, x), fastnn.softmax(m),
+                    fastnn.softmax_cross_entropy_backward(1.0, m, lab))
+
+        want = run()                          # the OpenMP pool is up
+        """, check, check)
 
 
 SIMD_SCRIPT = textwrap.dedent("""

@@ -6,37 +6,19 @@ bands, masks, paddings and layouts, with every kernel path forced in turn), fini
 differences in float64, PyTorch autograd (where installed), the bad-input rules,
 memory layouts, out=, empty batches and thread-count determinism.
 """
-import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 import fastnn
 import fastnn.banded as fb
 import reference as ref
-from helpers import call_raises, snapshot
+from helpers import (DTYPES, assert_close, assert_finite_difference_grads, call_raises,
+                     property_settings, snapshot)
 
-TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
-DTYPES = (np.float32, np.float64)
-
-PROPERTY = settings(max_examples=int(os.environ.get("FASTNN_TEST_EXAMPLES", "40")),
-                    deadline=None, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture])
-
-
-def assert_close(got, want, dtype, what=""):
-    """Norm-wise relative error within the dtype's tolerance (DESIGN.md)."""
-    got = np.asarray(got)
-    assert got.shape == np.shape(want), f"{what}: shape {got.shape} != {np.shape(want)}"
-    assert got.dtype == np.dtype(dtype), f"{what}: dtype {got.dtype} != {np.dtype(dtype)}"
-    want = np.asarray(want, dtype=np.float64)
-    diff = np.linalg.norm((got.astype(np.float64) - want).ravel())
-    scale = np.linalg.norm(want.ravel())
-    err = diff / scale if scale > 0 else diff
-    assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g} ({np.dtype(dtype)})"
+PROPERTY = property_settings(40, HealthCheck.function_scoped_fixture)
 
 
 def normal(rng, shape, dtype=np.float64):
@@ -92,16 +74,17 @@ def test_banded_matmul_matches_reference(monkeypatch, path, batch, n_in, n_out, 
     w = normal(rng, (n_in, n_out), dtype)
     bias = normal(rng, (n_out,), dtype) if with_bias else None
     y = fastnn.banded_matmul(x, w, lower, upper, bias)
-    assert_close(y, ref.banded_matmul(x, w, lower, upper, bias), dtype, f"y ({path})")
+    assert_close(y, ref.banded_matmul(x, w, lower, upper, bias), dtype, f"y ({path})",
+                 check_dtype=True)
     g = normal(rng, y.shape, dtype)
     gx, gw, gb = fastnn.banded_matmul_backward(g, x, w, lower, upper, bias=with_bias)
     rx, rw, rb = ref.banded_matmul_backward(g, x, w, lower, upper)
-    assert_close(gx, rx, dtype, f"grad_x ({path})")
-    assert_close(gw, rw, dtype, f"grad_w ({path})")
+    assert_close(gx, rx, dtype, f"grad_x ({path})", check_dtype=True)
+    assert_close(gw, rw, dtype, f"grad_w ({path})", check_dtype=True)
     outside = ~ref.band_keep(n_in, n_out, lower, upper)
     assert (gw[outside] == 0).all(), "grad_w must be exactly zero outside the band"
     if with_bias:
-        assert_close(gb, rb, dtype, "grad_bias")
+        assert_close(gb, rb, dtype, "grad_bias", check_dtype=True)
     else:
         assert gb is None
 
@@ -114,11 +97,11 @@ def test_banded_matmul_larger_shapes(monkeypatch, path):
     for (B, n_in, n_out, lower, upper) in [(7, 700, 600, 5, 9), (9, 300, 520, 70, 3)]:
         x, w = normal(rng, (B, n_in)), normal(rng, (n_in, n_out))
         assert_close(fastnn.banded_matmul(x, w, lower, upper),
-                     ref.banded_matmul(x, w, lower, upper), np.float64, path)
+                     ref.banded_matmul(x, w, lower, upper), np.float64, path, check_dtype=True)
         g = normal(rng, (B, n_out))
         for got, want in zip(fastnn.banded_matmul_backward(g, x, w, lower, upper),
                              ref.banded_matmul_backward(g, x, w, lower, upper)):
-            assert_close(got, want, np.float64, path)
+            assert_close(got, want, np.float64, path, check_dtype=True)
 
 
 def test_banded_matmul_picks_each_path():
@@ -129,14 +112,6 @@ def test_banded_matmul_picks_each_path():
     assert fb._BandPlan(64, 100, 100, 99, 99).path == "dense"
 
 
-def finite_difference(f, arrays, index, direction, eps=1e-6):
-    plus = [a.copy() for a in arrays]
-    minus = [a.copy() for a in arrays]
-    plus[index] += eps * direction
-    minus[index] -= eps * direction
-    return (f(*plus) - f(*minus)) / (2 * eps)
-
-
 @pytest.mark.parametrize("path", BAND_PATHS)
 def test_banded_matmul_gradient_finite_differences(monkeypatch, path):
     force(monkeypatch, BAND_PATHS[path])
@@ -144,14 +119,9 @@ def test_banded_matmul_gradient_finite_differences(monkeypatch, path):
     x, w, b = normal(rng, (3, 9)), normal(rng, (9, 7)), normal(rng, (7,))
     g = normal(rng, (3, 7))
 
-    def loss(x_, w_, b_):
-        return float(np.sum(fastnn.banded_matmul(x_, w_, 2, 1, b_) * g))
-
-    grads = fastnn.banded_matmul_backward(g, x, w, 2, 1)
-    for k, grad in enumerate(grads):
-        d = normal(rng, grad.shape)
-        num = finite_difference(loss, [x, w, b], k, d)
-        assert abs(num - np.sum(grad * d)) <= 1e-7 * max(1.0, abs(num)), f"argument {k}"
+    assert_finite_difference_grads(lambda: fastnn.banded_matmul(x, w, 2, 1, b),
+                                   fastnn.banded_matmul_backward(g, x, w, 2, 1), [x, w, b],
+                                   ["x", "w", "bias"], g)
 
 
 def test_banded_matmul_nan_rules():
@@ -173,13 +143,13 @@ def test_banded_matmul_out_and_overlap():
     want = ref.banded_matmul(x, w, 1, 2)
     out = np.empty((4, 6))
     assert fastnn.banded_matmul(x, w, 1, 2, out=out) is out
-    assert_close(out, want, np.float64)
+    assert_close(out, want, np.float64, check_dtype=True)
     xx = x.copy()
     assert fastnn.banded_matmul(xx, w, 1, 2, out=xx) is xx     # out is x itself
-    assert_close(xx, want, np.float64)
+    assert_close(xx, want, np.float64, check_dtype=True)
     fortran = np.asfortranarray(np.empty((4, 6)))
     fastnn.banded_matmul(x, w, 1, 2, out=fortran)
-    assert_close(fortran, want, np.float64)
+    assert_close(fortran, want, np.float64, check_dtype=True)
 
 
 def test_banded_matmul_layouts_and_readonly():
@@ -192,11 +162,11 @@ def test_banded_matmul_layouts_and_readonly():
         with pytest.MonkeyPatch.context() as mp:
             force(mp, BAND_PATHS[path])
             assert_close(fastnn.banded_matmul(x, w, 2, 3), ref.banded_matmul(x, w, 2, 3),
-                         np.float64, path)
+                         np.float64, path, check_dtype=True)
             g = normal(rng, (6, 8))
             got = fastnn.banded_matmul_backward(g, x, w, 2, 3)
             for a, b in zip(got, ref.banded_matmul_backward(g, x, w, 2, 3)):
-                assert_close(a, b, np.float64, path)
+                assert_close(a, b, np.float64, path, check_dtype=True)
     for arr, before in snap:
         np.testing.assert_array_equal(arr, before)
 
@@ -258,15 +228,15 @@ def test_masked_matmul_matches_reference(monkeypatch, path, batch, n_in, n_out, 
         assert mask.nnz == keep.sum()
     bias = normal(rng, (n_out,), dtype) if with_bias else None
     y = fastnn.masked_matmul(x, w, mask, bias)
-    assert_close(y, ref.masked_matmul(x, w, keep, bias), dtype, f"y ({path})")
+    assert_close(y, ref.masked_matmul(x, w, keep, bias), dtype, f"y ({path})", check_dtype=True)
     g = normal(rng, y.shape, dtype)
     gx, gw, gb = fastnn.masked_matmul_backward(g, x, w, mask, bias=with_bias)
     rx, rw, rb = ref.masked_matmul_backward(g, x, w, keep)
-    assert_close(gx, rx, dtype, f"grad_x ({path})")
-    assert_close(gw, rw, dtype, f"grad_w ({path})")
+    assert_close(gx, rx, dtype, f"grad_x ({path})", check_dtype=True)
+    assert_close(gw, rw, dtype, f"grad_w ({path})", check_dtype=True)
     assert (gw[~keep] == 0).all(), "grad_w must be exactly zero where the mask is zero"
     if with_bias:
-        assert_close(gb, rb, dtype, "grad_bias")
+        assert_close(gb, rb, dtype, "grad_bias", check_dtype=True)
 
 
 @pytest.mark.parametrize("path", MASK_PATHS)
@@ -277,13 +247,9 @@ def test_masked_matmul_gradient_finite_differences(monkeypatch, path):
     mask = rng.random((8, 6)) < 0.4
     g = normal(rng, (4, 6))
 
-    def loss(x_, w_, b_):
-        return float(np.sum(fastnn.masked_matmul(x_, w_, mask, b_) * g))
-
-    for k, grad in enumerate(fastnn.masked_matmul_backward(g, x, w, mask)):
-        d = normal(rng, grad.shape)
-        num = finite_difference(loss, [x, w, b], k, d)
-        assert abs(num - np.sum(grad * d)) <= 1e-7 * max(1.0, abs(num)), f"argument {k}"
+    assert_finite_difference_grads(lambda: fastnn.masked_matmul(x, w, mask, b),
+                                   fastnn.masked_matmul_backward(g, x, w, mask), [x, w, b],
+                                   ["x", "w", "bias"], g)
 
 
 @pytest.mark.parametrize("path", MASK_PATHS)
@@ -297,15 +263,17 @@ def test_masked_gradients_match_torch_autograd(monkeypatch, path):
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     ty = tx @ (tw * torch.tensor(mask, dtype=torch.float64)) + tb
     ty.backward(torch.tensor(g))
-    assert_close(fastnn.masked_matmul(x, w, mask, b), ty.detach().numpy(), np.float64)
+    assert_close(fastnn.masked_matmul(x, w, mask, b), ty.detach().numpy(), np.float64,
+                 check_dtype=True)
     gx, gw, gb = fastnn.masked_matmul_backward(g, x, w, mask)
     for got, t in zip((gx, gw, gb), (tx, tw, tb)):
-        assert_close(got, t.grad.numpy(), np.float64)
+        assert_close(got, t.grad.numpy(), np.float64, check_dtype=True)
     # Banded as the same masked product.
     keep = ref.band_keep(9, 7, 1, 2)
     tw.grad = None
     (torch.tensor(x) @ (tw * torch.tensor(keep, dtype=torch.float64))).backward(torch.tensor(g))
-    assert_close(fastnn.banded_matmul_backward(g, x, w, 1, 2)[1], tw.grad.numpy(), np.float64)
+    assert_close(fastnn.banded_matmul_backward(g, x, w, 1, 2)[1], tw.grad.numpy(), np.float64,
+                 check_dtype=True)
 
 
 def test_masked_matmul_nan_under_zero_mask_is_dropped():
@@ -342,10 +310,10 @@ def test_masked_matmul_out_layouts_empty():
             force(mp, MASK_PATHS[path])
             out = np.empty((5, 8))
             assert fastnn.masked_matmul(x, w, mask, out=out) is out
-            assert_close(out, ref.masked_matmul(x, w, mask), np.float64, path)
+            assert_close(out, ref.masked_matmul(x, w, mask), np.float64, path, check_dtype=True)
             xx = np.array(x)
             fastnn.masked_matmul(xx, w, mask, out=xx)
-            assert_close(xx, ref.masked_matmul(x, w, mask), np.float64, path)
+            assert_close(xx, ref.masked_matmul(x, w, mask), np.float64, path, check_dtype=True)
             assert fastnn.masked_matmul(np.ones((0, 8)), w, mask).shape == (0, 8)
             gx, gw, gb = fastnn.masked_matmul_backward(np.ones((0, 8)), np.ones((0, 8)), w, mask)
             assert gx.shape == (0, 8) and (gw == 0).all() and (gb == 0).all()
@@ -398,12 +366,12 @@ def test_locally_connected2d_matches_reference(N, H, W, C, K, kh, kw, sh, sw, pa
     to = (lambda a: a) if layout == "NHWC" else (lambda a: a.transpose(0, 3, 1, 2))
     kw_args = dict(kernel_size=(kh, kw), stride=(sh, sw), padding=padding, layout=layout)
     y = fastnn.locally_connected2d(to(x), w, b, **kw_args)
-    assert_close(y, to(want), dtype, "y")
+    assert_close(y, to(want), dtype, "y", check_dtype=True)
     gx, gw, gb = fastnn.locally_connected2d_backward(to(g), to(x), w, bias=with_bias, **kw_args)
-    assert_close(gx, to(rx), dtype, "grad_x")
-    assert_close(gw, rw, dtype, "grad_weight")
+    assert_close(gx, to(rx), dtype, "grad_x", check_dtype=True)
+    assert_close(gw, rw, dtype, "grad_weight", check_dtype=True)
     if with_bias:
-        assert_close(gb, rb, dtype, "grad_bias")
+        assert_close(gb, rb, dtype, "grad_bias", check_dtype=True)
     else:
         assert gb is None
 
@@ -427,11 +395,12 @@ def test_locally_connected1d_matches_2d_reference(N, W, C, K, k, s, padding, lay
     rx, rw, rb = ref.locally_connected2d_backward(g[:, None], x4, w[None], (1, k), (1, s), pads)
     to = (lambda a: a) if layout == "NWC" else (lambda a: a.transpose(0, 2, 1))
     kw_args = dict(kernel_size=k, stride=s, padding=padding, layout=layout)
-    assert_close(fastnn.locally_connected1d(to(x), w, b, **kw_args), to(want), np.float64)
+    assert_close(fastnn.locally_connected1d(to(x), w, b, **kw_args), to(want), np.float64,
+                 check_dtype=True)
     gx, gw, gb = fastnn.locally_connected1d_backward(to(g), to(x), w, **kw_args)
-    assert_close(gx, to(rx[:, 0]), np.float64, "grad_x")
-    assert_close(gw, rw[0], np.float64, "grad_weight")
-    assert_close(gb, rb[0], np.float64, "grad_bias")
+    assert_close(gx, to(rx[:, 0]), np.float64, "grad_x", check_dtype=True)
+    assert_close(gw, rw[0], np.float64, "grad_weight", check_dtype=True)
+    assert_close(gb, rb[0], np.float64, "grad_bias", check_dtype=True)
 
 
 def test_locally_connected2d_gradient_finite_differences():
@@ -440,13 +409,9 @@ def test_locally_connected2d_gradient_finite_differences():
     kw_args = dict(kernel_size=(2, 2), stride=(2, 2), padding="same")
     g = normal(rng, (2, 3, 2, 2))
 
-    def loss(x_, w_, b_):
-        return float(np.sum(fastnn.locally_connected2d(x_, w_, b_, **kw_args) * g))
-
-    for k, grad in enumerate(fastnn.locally_connected2d_backward(g, x, w, **kw_args)):
-        d = normal(rng, grad.shape)
-        num = finite_difference(loss, [x, w, b], k, d)
-        assert abs(num - np.sum(grad * d)) <= 1e-7 * max(1.0, abs(num)), f"argument {k}"
+    assert_finite_difference_grads(lambda: fastnn.locally_connected2d(x, w, b, **kw_args),
+                                   fastnn.locally_connected2d_backward(g, x, w, **kw_args),
+                                   [x, w, b], ["x", "weight", "bias"], g)
 
 
 def test_locally_connected_layouts_and_readonly():
@@ -457,7 +422,7 @@ def test_locally_connected_layouts_and_readonly():
     snap = snapshot([x, w])
     want = ref.locally_connected2d(x, w, None, (3, 3), (1, 1), "same")
     assert_close(fastnn.locally_connected2d(x, w, kernel_size=3, padding="same"), want,
-                 np.float64)
+                 np.float64, check_dtype=True)
     for arr, before in snap:
         np.testing.assert_array_equal(arr, before)
 

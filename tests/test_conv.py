@@ -12,14 +12,10 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.conv
 import reference as ref
-from helpers import (DTYPES, PROPERTY, assert_close, call_raises, memory_variants,
-                     numeric_grad, snapshot)
+from helpers import (DTYPES, PROPERTY, assert_close, call_raises, memory_variants, numeric_grad,
+                     rel_err, snapshot, x_shape_of)
 
 LAYOUTS = ("NCHW", "NHWC")
-
-
-def x_shape_of(layout, N, C, H, W):
-    return (N, H, W, C) if layout == "NHWC" else (N, C, H, W)
 
 
 def w_shape_of(layout, K, Cg, kh, kw):
@@ -124,7 +120,7 @@ def test_reference_matches_naive_loops(layout, geo):
     b = rng.standard_normal(6)
     a = ref.conv2d(x, w, b, layout=layout, **geo)
     n = ref.conv2d_naive(x, w, b, layout=layout, **geo)
-    assert ref.rel_err(a, n) < 1e-14
+    assert rel_err(a, n) < 1e-14
 
 
 def test_reference_same_padding_rule():
@@ -326,7 +322,7 @@ def test_backward_finite_differences(case):
     gx, gw, gb = fastnn.conv2d_backward(gy, x, w, **kwargs)
     for got, num, name in ((gx, num_x, "grad_x"), (gw, num_w, "grad_weight"),
                            (gb, num_b, "grad_bias")):
-        err = ref.rel_err(got, num)
+        err = rel_err(got, num)
         assert err < 1e-7, f"{name}: relative error vs finite differences {err:.3g}"
 
 

@@ -11,13 +11,10 @@ from hypothesis import strategies as st
 import fastnn
 import reference as ref
 from helpers import (DTYPES, PROPERTY, assert_close, assert_finite_difference_grads,
-                     assert_thread_count_invariant, call_raises, memory_variants, snapshot)
+                     assert_thread_count_invariant, call_raises, memory_variants, snapshot,
+                     x_shape_of)
 
 LAYOUTS = ("NCW", "NWC")
-
-
-def x_shape_of(layout, N, C, W):
-    return (N, W, C) if layout == "NWC" else (N, C, W)
 
 
 def w_shape_of(layout, K, Cg, k):

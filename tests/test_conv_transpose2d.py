@@ -12,13 +12,10 @@ from hypothesis import strategies as st
 import fastnn
 import reference as ref
 from helpers import (DTYPES, PROPERTY, assert_close, assert_finite_difference_grads,
-                     assert_thread_count_invariant, call_raises, memory_variants, snapshot)
+                     assert_thread_count_invariant, call_raises, int_pairs, memory_variants,
+                     paddings_2d, snapshot, x_shape_of)
 
 LAYOUTS = ("NCHW", "NHWC")
-
-
-def x_shape_of(layout, N, C, H, W):
-    return (N, H, W, C) if layout == "NHWC" else (N, C, H, W)
 
 
 def w_shape_of(layout, Cin, Cog, kh, kw):
@@ -36,14 +33,10 @@ def pads_of(padding, H, W, k, s, d):
 @st.composite
 def geometries(draw):
     G = draw(st.sampled_from([1, 1, 2, 3]))
-    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = draw(st.one_of(
-        st.just("same"), st.just("valid"), st.integers(0, 2),
-        st.tuples(st.integers(0, 2), st.integers(0, 2)),
-        st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
-                  st.tuples(st.integers(0, 3), st.integers(0, 3)))))
+    k = draw(int_pairs(1, 4))
+    s = draw(int_pairs(1, 3))
+    d = draw(int_pairs(1, 2))
+    padding = draw(paddings_2d(3))
     op = (0, 0) if padding == "same" else tuple(
         draw(st.integers(0, max(s[a], d[a]) - 1)) for a in range(2))
     H, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))

@@ -16,13 +16,10 @@ from hypothesis import strategies as st
 import fastnn
 import reference as ref
 from helpers import (DTYPES, PROPERTY, assert_close, assert_finite_difference_grads,
-                     assert_thread_count_invariant, call_raises, memory_variants, snapshot)
+                     assert_thread_count_invariant, call_raises, int_pairs, memory_variants,
+                     paddings_2d, snapshot, x_shape_of)
 
 LAYOUTS = ("NCHW", "NHWC")
-
-
-def x_shape_of(layout, N, C, H, W):
-    return (N, H, W, C) if layout == "NHWC" else (N, C, H, W)
 
 
 def pads_of(padding, hw, k, s):
@@ -41,14 +38,10 @@ def valid_geometry(hw, k, s, pads):
 
 @st.composite
 def geometries(draw):
-    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = draw(st.one_of(
-        st.just("same"), st.just("valid"), st.integers(0, 2),
-        st.tuples(st.integers(0, 2), st.integers(0, 2)),
-        st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
-                  st.tuples(st.integers(0, 3), st.integers(0, 3)))))
-    hw = (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    k = draw(int_pairs(1, 4))
+    s = draw(int_pairs(1, 3))
+    padding = draw(paddings_2d(3))
+    hw = draw(int_pairs(1, 9))
     pads = pads_of(padding, hw, k, s)
     assume(valid_geometry(hw, k, s, pads))
     return dict(N=draw(st.integers(0, 2)), C=draw(st.integers(1, 70)), hw=hw, k=k,
@@ -343,15 +336,11 @@ def torch_geometry_ok(hw, k, s, d, pads, ceil_mode, explicit):
 
 @st.composite
 def torch_geometries(draw):
-    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    d = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = draw(st.one_of(
-        st.just("same"), st.just("valid"), st.integers(0, 2),
-        st.tuples(st.integers(0, 2), st.integers(0, 2)),
-        st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
-                  st.tuples(st.integers(0, 2), st.integers(0, 2)))))
-    hw = (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    k = draw(int_pairs(1, 4))
+    s = draw(int_pairs(1, 3))
+    d = draw(int_pairs(1, 3))
+    padding = draw(paddings_2d(2))
+    hw = draw(int_pairs(1, 9))
     ceil_mode = draw(st.booleans())
     explicit = not isinstance(padding, str)
     # max pooling runs dilated, average pooling (no dilation) on the same padding

@@ -11,30 +11,16 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastnn
 import fastnn.convert as convert
 import reference as ref
-from helpers import call_raises, numeric_grad, run_at_simd_level, snapshot
+from helpers import (DTYPES, assert_close, assert_finite_difference_grads, call_raises,
+                     property_settings, run_at_simd_level, snapshot)
 
-TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
-DTYPES = (np.float32, np.float64)
-
-PROPERTY = settings(max_examples=int(os.environ.get("FASTNN_TEST_EXAMPLES", "25")),
-                    deadline=None, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow])
-
-
-def assert_close(got, want, dtype, what=""):
-    got = np.asarray(got)
-    assert got.shape == np.shape(want), f"{what}: shape {got.shape} != {np.shape(want)}"
-    want = np.asarray(want, dtype=np.float64)
-    diff = np.linalg.norm(got.astype(np.float64).ravel() - want.ravel())
-    scale = np.linalg.norm(want.ravel())
-    err = diff / scale if scale > 0 else diff
-    assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g} ({np.dtype(dtype)})"
+PROPERTY = property_settings(25)
 
 
 def _lstm_params(rng, I, H, scale=0.5):
@@ -177,24 +163,13 @@ def test_lstm_recurrent_product_paths(H, panels):
             if dtype == np.float64:
                 def loss():
                     return np.sum(ref.lstm(x, h0, c0, kernel, bias)[0] * go)
-                _check_grads(grads, _numeric_grad(loss, [x, h0, c0, kernel, bias]),
-                             ["x", "h0", "c0", "kernel", "bias"])
+                assert_finite_difference_grads(loss, grads, [x, h0, c0, kernel, bias],
+                                               ["x", "h0", "c0", "kernel", "bias"], tol=1e-6)
     finally:
         _recurrent._use_panels(True)
 
 
 # ------------------------------------------------------------------ gradients
-def _numeric_grad(f, arrays):
-    """Central differences of the scalar f() with respect to every element of arrays."""
-    return [numeric_grad(f, a) for a in arrays]
-
-
-def _check_grads(got, want, what):
-    for name, g, w in zip(what, got, want):
-        err = np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-12)
-        assert err < 1e-6, f"{name}: finite-difference mismatch {err:.3g}"
-
-
 @pytest.mark.parametrize("time_major", [False, True])
 def test_lstm_backward_finite_differences(time_major):
     rng = np.random.default_rng(1)
@@ -211,8 +186,8 @@ def test_lstm_backward_finite_differences(time_major):
         return np.sum(o * go) + np.sum(hT * gh) + np.sum(cT * gc)
 
     got = fastnn.lstm_backward(go, gh, gc, cache)
-    want = _numeric_grad(loss, [x, h0, c0, kernel, bias])
-    _check_grads(got, want, ["x", "h0", "c0", "kernel", "bias"])
+    assert_finite_difference_grads(loss, got, [x, h0, c0, kernel, bias],
+                                   ["x", "h0", "c0", "kernel", "bias"], tol=1e-6)
     # the cache is not consumed: a second backward gives the same
     again = fastnn.lstm_backward(go, gh, gc, cache)
     for a, b in zip(got, again):
@@ -245,8 +220,8 @@ def test_lstm_cell_backward_finite_differences():
         return np.sum(hn * gh) + np.sum(cn * gc)
 
     got = fastnn.lstm_cell_backward(gh, gc, x, h, c, kernel, bias)
-    _check_grads(got, _numeric_grad(loss, [x, h, c, kernel, bias]),
-                 ["x", "h", "c", "kernel", "bias"])
+    assert_finite_difference_grads(loss, got, [x, h, c, kernel, bias],
+                                   ["x", "h", "c", "kernel", "bias"], tol=1e-6)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -263,16 +238,16 @@ def test_gru_backward_finite_differences(reset_after):
         return np.sum(o * go) + np.sum(hT * gh)
 
     got = fastnn.gru_backward(go, gh, cache)
-    _check_grads(got, _numeric_grad(loss, [x, h0, kernel, rk, bias]),
-                 ["x", "h0", "kernel", "recurrent_kernel", "bias"])
+    assert_finite_difference_grads(loss, got, [x, h0, kernel, rk, bias],
+                                   ["x", "h0", "kernel", "recurrent_kernel", "bias"], tol=1e-6)
     cell = fastnn.gru_cell_backward(gh, x[:, 0], h0, kernel, rk, bias, reset_after=reset_after)
     xs = x[:, 0].copy()
 
     def cell_loss_x():
         return np.sum(ref.gru_cell(xs, h0, kernel, rk, bias, reset_after) * gh)
 
-    _check_grads(cell, _numeric_grad(cell_loss_x, [xs, h0, kernel, rk, bias]),
-                 ["x", "h", "kernel", "recurrent_kernel", "bias"])
+    assert_finite_difference_grads(cell_loss_x, cell, [xs, h0, kernel, rk, bias],
+                                   ["x", "h", "kernel", "recurrent_kernel", "bias"], tol=1e-6)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -289,8 +264,8 @@ def test_simple_rnn_backward_finite_differences(activation):
         return np.sum(o * go) + np.sum(hT * gh)
 
     got = fastnn.simple_rnn_backward(go, gh, cache)
-    _check_grads(got, _numeric_grad(loss, [x, h0] + params),
-                 ["x", "h0", "kernel", "recurrent_kernel", "bias"])
+    assert_finite_difference_grads(loss, got, [x, h0] + params,
+                                   ["x", "h0", "kernel", "recurrent_kernel", "bias"], tol=1e-6)
 
 
 # ------------------------------------------------------------------ PyTorch

@@ -14,6 +14,7 @@ import pytest
 import fastnn
 
 import reference as ref
+from helpers import assert_works_after_fork, rel_err, run_python
 
 
 def available_cpus():
@@ -21,20 +22,6 @@ def available_cpus():
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count()
-
-
-def run_python(code, env_update=None, env_remove=(), timeout=120):
-    """Run `code` in a fresh interpreter with this process's import path."""
-    env = dict(os.environ)
-    for k in env_remove:
-        env.pop(k, None)
-    paths = [p for p in sys.path if p]
-    env["PYTHONPATH"] = os.pathsep.join(
-        [p for p in (env.get("PYTHONPATH", "").split(os.pathsep) + paths) if p])
-    if env_update:
-        env.update(env_update)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------ semantics
@@ -183,7 +170,7 @@ def test_bitwise_identical_across_thread_counts(case, layout, dtype):
         assert np.array_equal(a, b1), f"{name}: differs between two runs with 2 threads"
     # sanity: the shared result is right
     want = ref.conv2d(x, w, b, groups=G, layout=layout, **kwargs)
-    assert ref.rel_err(results[1][0], want) < (1e-4 if dtype == np.float32 else 1e-10)
+    assert rel_err(results[1][0], want) < (1e-4 if dtype == np.float32 else 1e-10)
 
 
 # ------------------------------------------------------------------ OpenMP
@@ -200,47 +187,26 @@ def test_default_build_has_openmp():
 
 
 # ------------------------------------------------------------------ fork
-FORK_SCRIPT = r"""
-import os, sys
-import numpy as np
-import fastnn
-
-rng = np.random.default_rng(0)
-x = rng.standard_normal((4, 8, 48, 48))
-w = rng.standard_normal((16, 8, 3, 3))
-fastnn.set_num_threads(2)
-y = fastnn.conv2d(x, w, padding=1)            # spins up the OpenMP pool
-gx, gw, gb = fastnn.conv2d_backward(y, x, w, padding=1)
-pid = os.fork()
-if pid == 0:
-    try:
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_after_use_does_not_hang():
+    assert_works_after_fork("""
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((4, 8, 48, 48))
+        w = rng.standard_normal((16, 8, 3, 3))
+        fastnn.set_num_threads(2)
+        y = fastnn.conv2d(x, w, padding=1)            # spins up the OpenMP pool
+        gx, gw, gb = fastnn.conv2d_backward(y, x, w, padding=1)
+        """, """
         ok = np.array_equal(fastnn.conv2d(x, w, padding=1), y)
         with fastnn.threads(2):
             ok &= np.array_equal(fastnn.conv2d(x, w, padding=1), y)
             g2 = fastnn.conv2d_backward(y, x, w, padding=1)
         ok &= all(np.array_equal(a, b) for a, b in zip(g2, (gx, gw, gb)))
         ok &= np.array_equal(fastnn.im2col(x, 3, padding=1), fastnn.im2col(x, 3, padding=1))
-        os._exit(0 if ok else 3)
-    except BaseException as exc:
-        print("child error:", repr(exc), flush=True)
-        os._exit(4)
-_, status = os.waitpid(pid, 0)
-code = os.waitstatus_to_exitcode(status)
-# the parent still works with threads after the fork
-ok = np.array_equal(fastnn.conv2d(x, w, padding=1), y)
-print("child", code, "parent", ok)
-sys.exit(0 if code == 0 and ok else 1)
-"""
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_after_use_does_not_hang():
-    try:
-        proc = run_python(FORK_SCRIPT, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("fork test hung (child or parent did not finish within 60 s)")
-    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
-    assert "child 0 parent True" in proc.stdout
+        """, """
+        # the parent still works with threads after the fork
+        ok = np.array_equal(fastnn.conv2d(x, w, padding=1), y)
+        """)
 
 
 # ------------------------------------------------------------------ concurrency
@@ -265,7 +231,7 @@ def test_concurrent_python_threads_correct_and_blas_restored():
                                         x, w, padding=1, layout=lay))
                 for x, w, lay in jobs]
     for (x, w, lay), (y, _) in zip(jobs, want):
-        assert ref.rel_err(y, ref.conv2d(x, w, padding=1, layout=lay)) < 1e-10
+        assert rel_err(y, ref.conv2d(x, w, padding=1, layout=lay)) < 1e-10
     before = _blas_threads()
 
     def work(i):
