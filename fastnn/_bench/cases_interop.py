@@ -22,6 +22,9 @@ after numpy / after scipy / after torch
 numpy after / torch after
     a timed NumPy / PyTorch matmul right after an untimed kernel call, against that
     matmul alone: do the kernel's idle threads hold the cores?
+numpy after idle / torch after idle
+    the control: the same matmul after ``time.sleep`` as long as the kernel takes
+    (the other library's idle workers fall asleep and the caches cool either way).
 
 PyTorch's own kernel for the same operation gets the same rows. The ``coexist``
 rows repeat the NumPy and SciPy directions with :func:`fastnn.set_coexistence` on.
@@ -248,6 +251,13 @@ def measure(case, torch, quick=False):
             alone = _median_after(other, None, n_other, 0)
             row[f"{name} alone"] = alone
             row[f"{name} after"] = _median_after(other, fn, n_other, 0)
+            if subject == "fastnn":
+                # The control: the same matmul after the cores sat idle as long as the
+                # kernel ran (its own pool's workers have gone to sleep meanwhile, and
+                # the caches cooled): the part of "after" that is not fastnn's doing.
+                idle = row["alone"]
+                row[f"{name} after idle"] = _median_after(
+                    other, lambda: time.sleep(idle), n_other, 0)
         if subject == "fastnn" and hasattr(fastnn, "set_coexistence"):
             routed = fastnn.set_coexistence(True)
             try:
@@ -273,7 +283,9 @@ COLUMNS = [
     ("1 thread after scipy", "1t: aft sp", "alone"),
     ("1 thread after torch", "1t: aft pt", "alone"),
     ("numpy after", "np aft", "numpy alone"),
+    ("numpy after idle", "np idle", "numpy alone"),
     ("torch after", "pt aft", "torch alone"),
+    ("torch after idle", "pt idle", "torch alone"),
     ("coexist: after numpy", "co: aft np", "alone"),
     ("coexist: after scipy", "co: aft sp", "alone"),
     ("coexist: numpy after", "co: np aft", "coexist: numpy alone"),
@@ -313,6 +325,7 @@ def run(out, quick=False, torch=None, only_cases=None):
         for line in format_rows(case.name, rows):
             print(line, file=out, flush=True)
     print("times: alone in ms; the others as x of alone (numpy/torch after: x of that "
-          "matmul alone). '1t:' = with fastnn.threads(1), the floor; 'co:' = with "
+          "matmul alone; 'idle': after sleeping as long as the kernel runs, the control). "
+          "'1t:' = with fastnn.threads(1), the floor; 'co:' = with "
           "fastnn.set_coexistence(True).", file=out)
     return results
