@@ -2,7 +2,7 @@
 padding forms, the output-size arithmetic and the 64-bit index limits."""
 import math
 
-from fastnn._validation import as_int, int_tuple, is_int
+from fastnn._validation import as_int, as_items, int_tuple, is_int
 
 
 def same_padding(size, k, s, d):
@@ -25,10 +25,7 @@ def parse_padding(padding, in_size, kernel_size, stride, dilation, fn):
     if is_int(padding):
         p = as_int(padding, "padding", fn, minimum=0)
         return ((p, p),) * nd
-    try:
-        items = tuple(padding)
-    except TypeError:
-        raise TypeError(f"{fn}: padding must be an int, a tuple, 'valid' or 'same', got {padding!r}") from None
+    items = as_items(padding, "padding", fn, "an int, a tuple, 'valid' or 'same'")
     if len(items) != nd:
         raise ValueError(f"{fn}: padding must have {nd} entries (one per spatial axis), got {padding!r}")
     sides = []
@@ -143,11 +140,7 @@ def parse_padding_1d(padding, fn):
     if is_int(padding):
         p = as_int(padding, "padding", fn, minimum=0)
         return ((0, 0), (p, p))
-    try:
-        items = tuple(padding)
-    except TypeError:
-        raise TypeError(f"{fn}: padding must be an int, (left, right), 'valid' or 'same', "
-                        f"got {padding!r}") from None
+    items = as_items(padding, "padding", fn, "an int, (left, right), 'valid' or 'same'")
     if len(items) == 1:
         items = items[0]
         if is_int(items):

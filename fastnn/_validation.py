@@ -92,14 +92,20 @@ def as_int(value, name, fn, minimum=None):
     return value
 
 
+def as_items(value, name, fn, forms):
+    """``tuple(value)``; a TypeError "``name`` must be ``forms``" when it is not a
+    sequence."""
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be {forms}, got {value!r}") from None
+
+
 def int_tuple(value, n, name, fn, minimum=None):
     """An int or a sequence of ``n`` ints, as a tuple of ``n`` ints."""
     if is_int(value):
         return (as_int(value, name, fn, minimum),) * n
-    try:
-        items = tuple(value)
-    except TypeError:
-        raise TypeError(f"{fn}: {name} must be an int or a tuple of {n} ints, got {value!r}") from None
+    items = as_items(value, name, fn, f"an int or a tuple of {n} ints")
     if len(items) != n:
         raise ValueError(f"{fn}: {name} must be an int or a tuple of {n} ints, got {value!r}")
     return tuple(as_int(v, name, fn, minimum) for v in items)
