@@ -18,10 +18,10 @@ from fastnn.recurrent import (RecurrentCache, gru, gru_backward, gru_cell, gru_c
                               lstm_backward, lstm_cell, lstm_cell_backward, simple_rnn,
                               simple_rnn_backward)
 from fastnn import convert
-from fastnn.banded import (band_part, banded_matmul, banded_matmul_backward, locally_connected1d,
-                           locally_connected1d_backward, locally_connected2d,
-                           locally_connected2d_backward, masked_matmul, masked_matmul_backward,
-                           prepare_mask)
+from fastnn.banded import (band_part, banded_matmul, banded_matmul_backward, masked_matmul,
+                           masked_matmul_backward, prepare_mask)
+from fastnn.local import (locally_connected1d, locally_connected1d_backward, locally_connected2d,
+                          locally_connected2d_backward)
 
 from fastnn._version import __version__
 
