@@ -484,14 +484,8 @@ def log_softmax_backward(grad_y, y, axis=-1, *, out=None):
 
     Parameters
     ----------
-    grad_y : array_like
-        Gradient with respect to log_softmax's output, y's shape.
-    y : array_like
-        The forward **output** ``log_softmax(x, axis)``.
-    axis : int
-        As given to the forward call.
-    out : ndarray, optional
-        Result buffer of y's shape and the promoted dtype.
+    grad_y, y, axis, out
+        As for :func:`softmax_backward`, with ``y = log_softmax(x, axis)``.
 
     Returns
     -------
