@@ -360,10 +360,9 @@ class PreparedMask:
             raise TypeError(f"{fn}: mask must be a bool, integer or float array, got {m.dtype}")
         if m.ndim != 2:
             raise ValueError(f"{fn}: mask must be 2-D (n_in, n_out), got shape {m.shape}")
-        if m.dtype == np.bool_:
-            mbytes = np.ascontiguousarray(m).view(np.uint8)
-        else:
-            mbytes = (m != 0).view(np.uint8)
+        # One byte per weight, C order: the comparison keeps a Fortran-ordered or
+        # transposed mask's layout, so it is made contiguous either way.
+        mbytes = np.ascontiguousarray(m if m.dtype == np.bool_ else m != 0).view(np.uint8)
         n_in, n_out = m.shape
         nt = threads_for(n_in * n_out // 8)
         counts = np.empty(n_in, dtype=np.int64)

@@ -483,3 +483,36 @@ def test_results_bitwise_identical_for_any_thread_count():
         for other in results[1:]:
             for a, b in zip(results[0], other):
                 np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("mask_dtype", [np.bool_, np.uint8, np.int32, np.int64, np.float32,
+                                        np.float64])
+@pytest.mark.parametrize("layout", ["C", "F", "transposed", "strided"])
+def test_masked_matmul_masks_of_any_dtype_and_layout(mask_dtype, layout):
+    # A non-bool mask in Fortran order or transposed used to be refused ("ndarray is not
+    # C-contiguous") by the mask scan. Any non-zero keeps the weight (the docstring), so
+    # every dtype and layout of a mask holding 0 and 1..3 gives the bool mask's bits.
+    rng = np.random.default_rng(7)
+    n_in, n_out = 37, 29
+    keep = rng.random((n_in, n_out)) < 0.3
+    values = np.where(keep, rng.integers(1, 4, keep.shape), 0).astype(mask_dtype)
+    if layout == "F":
+        mask = np.asfortranarray(values)
+    elif layout == "transposed":
+        mask = np.ascontiguousarray(values.T).T
+    elif layout == "strided":
+        big = np.zeros((2 * n_in, 3 * n_out), dtype=mask_dtype)
+        big[::2, ::3] = values
+        mask = big[::2, ::3]
+    else:
+        mask = values
+    x = rng.standard_normal((5, n_in))
+    w = rng.standard_normal((n_in, n_out))
+    gy = rng.standard_normal((5, n_out))
+    want = fastnn.masked_matmul(x, w, keep)
+    np.testing.assert_allclose(want, ref.masked_matmul(x, w, keep), rtol=1e-12, atol=1e-12)
+    assert np.array_equal(fastnn.masked_matmul(x, w, mask), want)
+    assert np.array_equal(fastnn.masked_matmul(x, w, fastnn.prepare_mask(mask)), want)
+    for got, exp in zip(fastnn.masked_matmul_backward(gy, x, w, mask),
+                        fastnn.masked_matmul_backward(gy, x, w, keep)):
+        assert np.array_equal(got, exp)
