@@ -28,7 +28,7 @@ import numpy as np
 from fastnn._validation import as_float_array, as_int, check_ndim, check_shape, result_dtype
 
 __all__ = ["lstm_from_torch", "lstm_to_torch", "lstm_from_keras", "lstm_to_keras",
-           "gru_from_torch", "gru_to_torch"]
+           "gru_from_torch", "gru_to_torch", "simple_rnn_from_torch", "simple_rnn_to_torch"]
 
 # Block permutations (each is its own inverse).
 _TORCH_LSTM = [0, 2, 1, 3]     # (i, f, g, o) <-> (i, j, f, o)
@@ -319,3 +319,74 @@ def gru_to_torch(kernel, recurrent_kernel, bias):
     b = a["bias"]
     return (_blocks(a["kernel"], _TORCH_GRU, 1).T.copy(), _blocks(rk, _TORCH_GRU, 1).T.copy(),
             _blocks(b[0], _TORCH_GRU, 0), _blocks(b[1], _TORCH_GRU, 0))
+
+
+def simple_rnn_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
+    """PyTorch ``nn.RNN`` / ``nn.RNNCell`` weights to fastnn's (Keras) SimpleRNN layout.
+
+    Parameters
+    ----------
+    weight_ih : array_like
+        (H, I).
+    weight_hh : array_like
+        (H, H).
+    bias_ih, bias_hh : array_like
+        (H,) each.
+
+    Returns
+    -------
+    kernel : ndarray
+        (I, H).
+    recurrent_kernel : ndarray
+        (H, H).
+    bias : ndarray
+        (H,): ``bias_ih + bias_hh`` (the two only ever appear summed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import convert
+    >>> k, rk, b = convert.simple_rnn_from_torch(np.ones((3, 2)), np.eye(3), np.arange(3.0),
+    ...                                          np.ones(3))
+    >>> k.shape, rk.shape, b
+    ((2, 3), (3, 3), array([1., 2., 3.]))
+    """
+    a, H = _torch_inputs("simple_rnn_from_torch", 1, weight_ih, weight_hh, bias_ih, bias_hh)
+    return a["weight_ih"].T.copy(), a["weight_hh"].T.copy(), a["bias_ih"] + a["bias_hh"]
+
+
+def simple_rnn_to_torch(kernel, recurrent_kernel, bias):
+    """fastnn's (Keras) SimpleRNN weights to PyTorch's ``nn.RNN`` ones.
+
+    Parameters
+    ----------
+    kernel : array_like
+        (I, H).
+    recurrent_kernel : array_like
+        (H, H).
+    bias : array_like
+        (H,).
+
+    Returns
+    -------
+    weight_ih : ndarray
+        (H, I).
+    weight_hh : ndarray
+        (H, H).
+    bias_ih, bias_hh : ndarray
+        (H,): the bias, and zeros.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import convert
+    >>> w_ih, w_hh, b_ih, b_hh = convert.simple_rnn_to_torch(np.ones((2, 3)), np.eye(3),
+    ...                                                      np.arange(3.0))
+    >>> w_ih.shape, b_ih, b_hh
+    ((3, 2), array([0., 1., 2.]), array([0., 0., 0.]))
+    """
+    fn = "simple_rnn_to_torch"
+    a, H = _keras_inputs(fn, 1, kernel, recurrent_kernel, bias)
+    check_shape(a["bias"], (H,), "bias", fn)
+    return (a["kernel"].T.copy(), a["recurrent_kernel"].T.copy(), a["bias"].copy(),
+            np.zeros_like(a["bias"]))

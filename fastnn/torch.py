@@ -1124,27 +1124,11 @@ def _torch_bias(b, n, dtype):
     return np.zeros(n, dtype) if b is None else b
 
 
-def _lstm_weights(w_ih, w_hh, b_ih, b_hh):
-    dt = w_ih.dtype
-    n = w_ih.shape[0]
-    return convert.lstm_from_torch(w_ih, w_hh, _torch_bias(b_ih, n, dt), _torch_bias(b_hh, n, dt))
-
-
-def _gru_weights(w_ih, w_hh, b_ih, b_hh):
-    dt = w_ih.dtype
-    n = w_ih.shape[0]
-    return convert.gru_from_torch(w_ih, w_hh, _torch_bias(b_ih, n, dt), _torch_bias(b_hh, n, dt))
-
-
-def _rnn_weights(w_ih, w_hh, b_ih, b_hh):
-    """PyTorch's (H, I) and (H, H) weights as fastnn's (Keras') (I, H) kernel and (H, H)
-    recurrent kernel (transposed views), and the one bias the two biases add up to (as
-    :func:`fastnn.convert.lstm_from_torch` does for the LSTM)."""
-    if b_ih is None:
-        bias = np.zeros(w_ih.shape[0], w_ih.dtype)
-    else:
-        bias = b_ih + b_hh
-    return w_ih.T, w_hh.T, bias
+def _from_torch(to_fastnn, w_ih, w_hh, b_ih, b_hh):
+    """PyTorch's recurrent weights through a fastnn.convert converter (missing biases as
+    zeros)."""
+    n, dt = w_ih.shape[0], w_ih.dtype
+    return to_fastnn(w_ih, w_hh, _torch_bias(b_ih, n, dt), _torch_bias(b_hh, n, dt))
 
 
 def _seq_dims(x, batch_first):
@@ -1270,7 +1254,7 @@ def _lstm_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor
     ``lstm_backward`` (else empty)."""
     xs, h0s, c0s = _np(x), _np(h0), _np(c0)
     ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
-    kernel, bias = _lstm_weights(*ws)
+    kernel, bias = _from_torch(convert.lstm_from_torch, *ws)
     res = fastnn.lstm(xs, h0s, c0s, kernel, bias, forget_bias=0.0, time_major=not batch_first,
                       training=training)
     out, (hT, cT), *cache = res
@@ -1305,7 +1289,7 @@ def _gru_op(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: O
     for ``gru_backward`` (else empty)."""
     xs, h0s = _np(x), _np(h0)
     ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
-    kernel, rk, bias = _gru_weights(*ws)
+    kernel, rk, bias = _from_torch(convert.gru_from_torch, *ws)
     res = fastnn.gru(xs, h0s, kernel, rk, bias, reset_after=True, time_major=not batch_first,
                      training=training)
     return _GRU.result(res, training, [xs, h0s] + ws, xs.dtype)
@@ -1345,7 +1329,7 @@ def _rnn_op(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: O
     (else empty)."""
     xs, h0s = _np(x), _np(h0)
     ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
-    kernel, rk, bias = _rnn_weights(*ws)
+    kernel, rk, bias = _from_torch(convert.simple_rnn_from_torch, *ws)
     res = fastnn.simple_rnn(xs, h0s, kernel, rk, bias, activation=_activation(nonlinearity),
                             time_major=not batch_first, training=training)
     return _RNN.result(res, training, [xs, h0s] + ws, xs.dtype)
@@ -1375,7 +1359,7 @@ def _lstm_cell_op(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     xs, hs, cs = _np(x), _np(h), _np(c)
     ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
-    kernel, bias = _lstm_weights(*ws)
+    kernel, bias = _from_torch(convert.lstm_from_torch, *ws)
     h1, c1 = fastnn.lstm_cell(xs, hs, cs, kernel, bias, forget_bias=0.0)
     return tuple(_fresh([h1, c1], [xs, hs, cs] + ws))
 
@@ -1393,7 +1377,7 @@ def _lstm_cell_bwd_op(grad_h: Tensor, grad_c: Tensor, x: Tensor, h: Tensor, c: T
                                                        Tensor, Tensor]:
     ghs, gcs, xs, hs, cs = (_np(t) for t in (grad_h, grad_c, x, h, c))
     ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
-    kernel, bias = _lstm_weights(*ws)
+    kernel, bias = _from_torch(convert.lstm_from_torch, *ws)
     gx, gh, gc, gk, gb = fastnn.lstm_cell_backward(ghs, gcs, xs, hs, cs, kernel, bias,
                                                    forget_bias=0.0)
     gw_ih, gw_hh, gb_ih, _ = convert.lstm_to_torch(gk, gb)
@@ -1431,7 +1415,7 @@ def _gru_cell_op(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optiona
                  b_hh: Optional[Tensor]) -> Tensor:
     xs, hs = _np(x), _np(h)
     ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
-    kernel, rk, bias = _gru_weights(*ws)
+    kernel, rk, bias = _from_torch(convert.gru_from_torch, *ws)
     return _fresh([fastnn.gru_cell(xs, hs, kernel, rk, bias, reset_after=True)], [xs, hs] + ws)[0]
 
 
@@ -1447,7 +1431,7 @@ def _gru_cell_bwd_op(grad_h: Tensor, x: Tensor, h: Tensor, w_ih: Tensor, w_hh: T
                                                                               Tensor, Tensor]:
     ghs, xs, hs = _np(grad_h), _np(x), _np(h)
     ws = [_np(w) for w in (w_ih, w_hh, b_ih, b_hh)]
-    kernel, rk, bias = _gru_weights(*ws)
+    kernel, rk, bias = _from_torch(convert.gru_from_torch, *ws)
     gx, gh, gk, grk, gb = fastnn.gru_cell_backward(ghs, xs, hs, kernel, rk, bias,
                                                    reset_after=True)
     gw_ih, gw_hh, gb_ih, gb_hh = convert.gru_to_torch(gk, grk, gb)

@@ -514,6 +514,9 @@ CASES.append(Case("convert.lstm_to_keras", convert.lstm_to_keras, _CV,
 _cv("gru_from_torch", dict(weight_ih=(_3H, _I), weight_hh=(_3H, _H), bias_ih=(_3H,),
                            bias_hh=(_3H,)))
 _cv("gru_to_torch", dict(kernel=(_I, _3H), recurrent_kernel=(_H, _3H), bias=(_TWO, _3H)))
+_cv("simple_rnn_from_torch", dict(weight_ih=(_H, _I), weight_hh=(_H, _H), bias_ih=(_H,),
+                                  bias_hh=(_H,)))
+_cv("simple_rnn_to_torch", dict(kernel=(_I, _H), recurrent_kernel=(_H, _H), bias=(_H,)))
 
 BY_NAME = {c.name: c for c in CASES}
 

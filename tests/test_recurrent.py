@@ -398,6 +398,22 @@ def test_converters_round_trip_and_keras_semantics():
     assert b.shape == (2, 3 * H)
     for got, want in zip(convert.gru_to_torch(k, rk, b), g):
         np.testing.assert_array_equal(got, want)
+    # SimpleRNN: torch's h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), written out here
+    r = [rng.standard_normal(s) for s in ((H, I), (H, H), (H,), (H,))]
+    k, rk, b = convert.simple_rnn_from_torch(*r)
+    assert k.shape == (I, H) and rk.shape == (H, H) and b.shape == (H,)
+    x, h = rng.standard_normal((2, 5, I)), np.zeros((2, H))
+    outs = []
+    for t in range(5):
+        h = np.tanh(x[:, t] @ r[0].T + r[2] + h @ r[1].T + r[3])
+        outs.append(h)
+    out, _ = fastnn.simple_rnn(x, None, k, rk, b)
+    assert_close(out, np.stack(outs, axis=1), np.float64, "simple_rnn from torch")
+    back = convert.simple_rnn_to_torch(k, rk, b)
+    np.testing.assert_array_equal(back[0], r[0])
+    np.testing.assert_array_equal(back[1], r[1])
+    np.testing.assert_array_equal(back[2], b)
+    np.testing.assert_array_equal(back[3], 0)
     # float32 stays float32
     k32, b32 = convert.lstm_from_torch(*(a.astype(np.float32) for a in (w_ih, w_hh, b_ih, b_hh)))
     assert k32.dtype == np.float32 and b32.dtype == np.float32
@@ -416,6 +432,11 @@ def test_converter_bad_input():
                 convert.gru_to_torch, np.ones((3, 6)), np.ones((2, 6)), np.ones(6))
     call_raises(TypeError, "lstm_to_torch: kernel must have dtype float32 or float64",
                 convert.lstm_to_torch, np.ones((5, 8), dtype=int), np.ones(8))
+    call_raises(ValueError, "simple_rnn_from_torch: weight_hh must have shape \\(3, 3\\)",
+                convert.simple_rnn_from_torch, np.ones((3, 2)), np.ones((3, 2)), np.ones(3),
+                np.ones(3))
+    call_raises(ValueError, "simple_rnn_to_torch: bias must have shape \\(3,\\)",
+                convert.simple_rnn_to_torch, np.ones((2, 3)), np.ones((3, 3)), np.ones(4))
     call_raises(ValueError, "lstm_from_keras: recurrent_kernel must have shape \\(2, 8\\)",
                 convert.lstm_from_keras, np.ones((3, 8)), np.ones((2, 6)), np.ones(8))
 
