@@ -86,11 +86,11 @@ def _relu_backward_case(n, with_out):
 
 
 # ------------------------------------------------------------------ sigmoid
-def _sigmoid_case(n):
+def _sigmoid_case(n, dtype=DTYPE):
     import fastnn
 
     def setup(rng):
-        return {"x": (rng.standard_normal(n) * 4).astype(DTYPE)}
+        return {"x": (rng.standard_normal(n) * 4).astype(dtype)}
 
     def torch_make(inp):
         torch = baselines.get_torch()
@@ -98,12 +98,13 @@ def _sigmoid_case(n):
         return lambda: torch.sigmoid(x)
 
     return Case(
-        name=f"sigmoid n=2^{_log2(n)}", family=FAMILY, setup=setup,
+        name=f"sigmoid n=2^{_log2(n)}" + ("" if dtype == DTYPE else f" {np.dtype(dtype).name}"),
+        family=FAMILY, setup=setup,
         contenders=[call_contender("fastnn", fastnn.sigmoid, ("x",)),
                     call_contender("numpy", baselines.sigmoid, ("x",)),
                     Contender("torch", torch_make, requires="torch")],
-        bytes=8.0 * n, dtype=np.dtype(DTYPE).name,
-        params=dict(op="sigmoid", n=n, bytes_per_element=8),
+        bytes=2.0 * np.dtype(dtype).itemsize * n, dtype=np.dtype(dtype).name,
+        params=dict(op="sigmoid", n=n, bytes_per_element=2 * np.dtype(dtype).itemsize),
     )
 
 
@@ -195,7 +196,8 @@ def _xent_case(shape):
 
 
 def cases():
-    """relu_backward by size (without, then with out=), sigmoid, softmax, cross-entropy."""
+    """relu_backward by size (without, then with out=), sigmoid, softmax, cross-entropy,
+    sigmoid in float64."""
     out = []
     for n in RELU_SIZES:
         out.append(_relu_backward_case(n, False))
@@ -203,4 +205,5 @@ def cases():
     out.append(_sigmoid_case(SIGMOID_SIZE))
     out.append(_softmax_case(SOFTMAX_SHAPE))
     out.append(_xent_case(XENT_SHAPE))
+    out.append(_sigmoid_case(SIGMOID_SIZE, np.float64))   # float64, the NumPy API's default
     return out

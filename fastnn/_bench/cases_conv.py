@@ -41,24 +41,24 @@ def _shape_label(N, C, H, W, K, k, s, p):
     return f"N{N} C{C} {H}x{W} K{K} k{k} s{s} p{p}"
 
 
-def _inputs(N, C, H, W, K, k, s, p, layout, backward):
+def _inputs(N, C, H, W, K, k, s, p, layout, backward, dtype=DTYPE):
     def setup(rng):
         # Random normal data (never zeros); weights scaled by 1/sqrt(fan_in) so that
         # outputs stay O(1), as in a trained network.
         fan_in = C * k * k
         if layout == "NCHW":
-            x = rng.standard_normal((N, C, H, W), dtype=DTYPE)
-            w = rng.standard_normal((K, C, k, k), dtype=DTYPE)
+            x = rng.standard_normal((N, C, H, W), dtype=dtype)
+            w = rng.standard_normal((K, C, k, k), dtype=dtype)
         else:
-            x = rng.standard_normal((N, H, W, C), dtype=DTYPE)
-            w = rng.standard_normal((k, k, C, K), dtype=DTYPE)
-        w *= DTYPE(1.0 / np.sqrt(fan_in))
-        b = rng.standard_normal(K, dtype=DTYPE)
+            x = rng.standard_normal((N, H, W, C), dtype=dtype)
+            w = rng.standard_normal((k, k, C, K), dtype=dtype)
+        w *= dtype(1.0 / np.sqrt(fan_in))
+        b = rng.standard_normal(K, dtype=dtype)
         inputs = {"x": x, "w": w, "b": b}
         if backward:
             g = baselines.conv_geometry(x.shape, w.shape, s, p, 1, layout)
             gshape = (N, K, g["Ho"], g["Wo"]) if layout == "NCHW" else (N, g["Ho"], g["Wo"], K)
-            inputs["gy"] = rng.standard_normal(gshape, dtype=DTYPE)
+            inputs["gy"] = rng.standard_normal(gshape, dtype=dtype)
         return inputs
     return setup
 
@@ -133,12 +133,12 @@ def _torch_backward(s, p, layout):
 
 
 # ------------------------------------------------------------------ cases
-def _case(shape, layout, backward):
+def _case(shape, layout, backward, dtype=DTYPE):
     import fastnn
     N, C, H, W, K, k, s, p = shape
     g = baselines.conv_geometry((N, C, H, W), (K, C, k, k), s, p, 1, "NCHW")
     macs = N * K * g["Ho"] * g["Wo"] * C * k * k
-    itemsize = np.dtype(DTYPE).itemsize
+    itemsize = np.dtype(dtype).itemsize
     n_x, n_w, n_y = N * C * H * W, K * C * k * k, N * K * g["Ho"] * g["Wo"]
     kw = dict(stride=s, padding=p, layout=layout)
     if backward:
@@ -152,21 +152,28 @@ def _case(shape, layout, backward):
         moved = n_x + n_w + K + n_y
     op = "conv2d_backward" if backward else "conv2d"
     return Case(
-        name=f"{'bwd' if backward else 'fwd'} {layout} {_shape_label(*shape)}", family=FAMILY,
-        setup=_inputs(N, C, H, W, K, k, s, p, layout, backward=backward),
+        name=f"{'bwd' if backward else 'fwd'} {layout} {_shape_label(*shape)}"
+             + ("" if dtype == DTYPE else f" {np.dtype(dtype).name}"), family=FAMILY,
+        setup=_inputs(N, C, H, W, K, k, s, p, layout, backward=backward, dtype=dtype),
         contenders=[call_contender("fastnn", f, names, **kw),
                     call_contender("numpy", b, names, **kw),
                     Contender("torch", tmake, tconv, requires="torch")],
         flops=(4.0 if backward else 2.0) * macs,
         bytes=float(itemsize * moved),
-        dtype=np.dtype(DTYPE).name,
+        dtype=np.dtype(dtype).name,
         params=dict(op=op, direction="backward" if backward else "forward", layout=layout, N=N,
                     C=C, H=H, W=W, K=K, kernel_size=k, stride=s, padding=p, Ho=g["Ho"],
                     Wo=g["Wo"]),
     )
 
 
+# The float64 rows (users of the NumPy API use float64 a lot): the stage-1 3x3 shape.
+FLOAT64_SHAPES = [SHAPES[1]]
+
+
 def cases():
-    """All conv cases: forward then backward; per shape NCHW then NHWC."""
-    return [_case(shape, layout, backward) for backward in (False, True)
-            for shape in SHAPES for layout in LAYOUTS]
+    """All conv cases: forward then backward; per shape NCHW then NHWC; then float64."""
+    out = [_case(shape, layout, backward) for backward in (False, True)
+           for shape in SHAPES for layout in LAYOUTS]
+    return out + [_case(shape, layout, backward, np.float64) for backward in (False, True)
+                  for shape in FLOAT64_SHAPES for layout in LAYOUTS]

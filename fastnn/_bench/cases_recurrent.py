@@ -27,24 +27,25 @@ from fastnn._bench import baselines
 from fastnn._bench.harness import Case, Contender
 
 FAMILY = "recurrent"
-DESCRIPTION = "LSTM cell by size, LSTM sequence forward and forward+backward (float32)"
+DESCRIPTION = ("LSTM cell by size, LSTM sequence forward and forward+backward (float32; the "
+               "sequence in float64 too)")
 
 CELL_SIZES = [(1, 12, 64), (16, 128, 256), (64, 512, 512), (256, 1024, 1024)]
 SEQUENCE = (32, 50, 128, 256)          # B, T, I, H
 DTYPE = np.float32
 
 
-def _weights(rng, I, H):
+def _weights(rng, I, H, dtype=DTYPE):
     scale = 1.0 / np.sqrt(I + H)
-    return {"kernel": (rng.standard_normal((I + H, 4 * H)) * scale).astype(DTYPE),
-            "bias": (rng.standard_normal(4 * H) * 0.1).astype(DTYPE)}
+    return {"kernel": (rng.standard_normal((I + H, 4 * H)) * scale).astype(dtype),
+            "bias": (rng.standard_normal(4 * H) * 0.1).astype(dtype)}
 
 
 def _torch_module(cls, kernel, bias, I, H, **kw):
     """A torch LSTM / LSTMCell holding fastnn's weights (forget_bias 0)."""
     torch = baselines.get_torch()
     from fastnn import convert
-    m = cls(I, H, **kw)
+    m = cls(I, H, **kw).to(torch.from_numpy(kernel).dtype)
     names = (["weight_ih", "weight_hh", "bias_ih", "bias_hh"] if cls is torch.nn.LSTMCell
              else ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"])
     with torch.no_grad():
@@ -92,19 +93,19 @@ def _cell_case(B, I, H):
 
 
 # ------------------------------------------------------------------ sequence
-def _sequence_setup(B, T, I, H, backward):
+def _sequence_setup(B, T, I, H, backward, dtype):
     def setup(rng):
-        inp = _weights(rng, I, H)
-        inp.update(x=rng.standard_normal((B, T, I), dtype=DTYPE),
-                   h0=rng.standard_normal((B, H), dtype=DTYPE),
-                   c0=rng.standard_normal((B, H), dtype=DTYPE))
+        inp = _weights(rng, I, H, dtype)
+        inp.update(x=rng.standard_normal((B, T, I), dtype=dtype),
+                   h0=rng.standard_normal((B, H), dtype=dtype),
+                   c0=rng.standard_normal((B, H), dtype=dtype))
         if backward:
-            inp["grad_out"] = rng.standard_normal((B, T, H), dtype=DTYPE)
+            inp["grad_out"] = rng.standard_normal((B, T, H), dtype=dtype)
         return inp
     return setup
 
 
-def _sequence_case(B, T, I, H, backward):
+def _sequence_case(B, T, I, H, backward, dtype=DTYPE):
     import fastnn
 
     def fastnn_make(inp):
@@ -156,12 +157,13 @@ def _sequence_case(B, T, I, H, backward):
     step_flops = 2.0 * B * (I + H) * 4 * H
     what = "fwd+bwd" if backward else "fwd"
     return Case(
-        name=f"lstm {what} B{B} T{T} I{I} H{H}", family=FAMILY,
-        setup=_sequence_setup(B, T, I, H, backward),
+        name=f"lstm {what} B{B} T{T} I{I} H{H}"
+             + ("" if dtype == DTYPE else f" {np.dtype(dtype).name}"), family=FAMILY,
+        setup=_sequence_setup(B, T, I, H, backward, dtype),
         contenders=[Contender("fastnn", fastnn_make), Contender("numpy", numpy_make),
                     Contender("torch", torch_make, requires="torch",
                               to_numpy=torch_to_numpy if backward else None)],
-        flops=step_flops * T * (3 if backward else 1), dtype=np.dtype(DTYPE).name,
+        flops=step_flops * T * (3 if backward else 1), dtype=np.dtype(dtype).name,
         rtol=2e-3 if backward else 1e-3,
         params=dict(op="lstm+lstm_backward" if backward else "lstm", B=B, T=T, I=I, H=H,
                     batch_first=True),
@@ -173,4 +175,7 @@ def cases():
     out = [_cell_case(*size) for size in CELL_SIZES]
     out.append(_sequence_case(*SEQUENCE, backward=False))
     out.append(_sequence_case(*SEQUENCE, backward=True))
+    # float64 (users of the NumPy API use it a lot)
+    out.append(_sequence_case(*SEQUENCE, backward=False, dtype=np.float64))
+    out.append(_sequence_case(*SEQUENCE, backward=True, dtype=np.float64))
     return out

@@ -408,7 +408,8 @@ def run_case(case, budget, limits=None, contenders=None, subject="fastnn"):
         if case.flops:
             rate, unit = case.flops / t / 1e9, "GFLOP/s"
             if limits:
-                pct = 100.0 * rate / limits["gemm"]["gflops"]
+                ceiling = limits.get("gemm_float64") if case.dtype == "float64" else None
+                pct = 100.0 * rate / (ceiling or limits["gemm"])["gflops"]
         elif case.bytes:
             rate, unit = case.bytes / t / 1e9, "GB/s"
             if limits:

@@ -31,12 +31,12 @@ def _blas_limits(n_threads):
     return threadpool_limits(limits=n_threads, user_api="blas")
 
 
-def gemm_gflops(n_threads, size=2048, repeats=5, seed=0):
-    """Best float32 GEMM rate in GFLOP/s of ``size x size`` matrices with BLAS on n threads."""
+def gemm_gflops(n_threads, size=2048, repeats=5, seed=0, dtype=np.float32):
+    """Best GEMM rate in GFLOP/s of ``size x size`` matrices with BLAS on n threads."""
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    c = np.empty((size, size), dtype=np.float32)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    c = np.empty((size, size), dtype=dtype)
     flops = 2.0 * size ** 3
     best = float("inf")
     with _blas_limits(n_threads):
@@ -46,17 +46,18 @@ def gemm_gflops(n_threads, size=2048, repeats=5, seed=0):
             np.matmul(a, b, out=c)
             best = min(best, time.perf_counter() - t0)
     return {"gflops": flops / best / 1e9, "size": size, "seconds": best, "repeats": repeats,
-            "threads": n_threads, "how": f"numpy.matmul float32 {size}x{size} @ {size}x{size}, best of {repeats}"}
+            "threads": n_threads,
+            "how": f"numpy.matmul {np.dtype(dtype).name} {size}x{size} @ {size}x{size}, best of {repeats}"}
 
 
-def fastnn_gflops(n_threads, repeats=5, seed=0):
-    """Best float32 rate of fastnn's own product kernel: a 1x1 convolution (one
+def fastnn_gflops(n_threads, repeats=5, seed=0, dtype=np.float32):
+    """Best rate of fastnn's own product kernel: a 1x1 convolution (one
     (K x C) @ (C x HW) product per image on the register-blocked kernel)."""
     import fastnn
     rng = np.random.default_rng(seed)
     N, C, H, W, K = 8, 256, 56, 56, 256
-    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
-    w = rng.standard_normal((K, C, 1, 1), dtype=np.float32)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
     flops = 2.0 * N * K * C * H * W
     best = float("inf")
     with fastnn.threads(n_threads):
@@ -67,7 +68,7 @@ def fastnn_gflops(n_threads, repeats=5, seed=0):
             best = min(best, time.perf_counter() - t0)
     return {"gflops": flops / best / 1e9, "seconds": best, "repeats": repeats,
             "threads": n_threads,
-            "how": f"fastnn.conv2d 1x1 N{N} C{C} {H}x{W} K{K} float32, best of {repeats}"}
+            "how": f"fastnn.conv2d 1x1 N{N} C{C} {H}x{W} K{K} {np.dtype(dtype).name}, best of {repeats}"}
 
 
 def _copy_rate(dst, src, n_threads, repeats, pool):
@@ -121,18 +122,7 @@ def measure_limits(n_threads, quick=False, max_attempts=3):
     attempts = []
     for _ in range(max_attempts):
         mon = CpuMonitor()
-        g = gemm_gflops(n_threads, repeats=repeats)
-        try:
-            f = fastnn_gflops(n_threads, repeats=repeats)
-        except Exception as exc:  # a partial build must not stop the benchmark
-            f = {"gflops": 0.0, "how": f"fastnn kernel unavailable ({type(exc).__name__})"}
-        g = dict(g, numpy_gflops=g["gflops"], numpy_how=g["how"], fastnn_gflops=f["gflops"],
-                 fastnn_how=f["how"])
-        if f["gflops"] > g["gflops"]:
-            g.update(gflops=f["gflops"], how=f["how"] + " (above NumPy's "
-                     f"{g['numpy_gflops']:.0f} GFLOP/s: {g['numpy_how']})")
-        else:
-            g["how"] += f" (fastnn's own kernel: {f['gflops']:.0f} GFLOP/s)"
+        g = _gemm_ceiling(n_threads, repeats, np.float32)
         c = copy_gbps(n_threads, repeats=repeats)
         other = mon.foreign_cpus()
         attempts.append({"gflops": g["gflops"], "gbps": c["gbps"], "other_processes_cpus": other})
@@ -142,4 +132,25 @@ def measure_limits(n_threads, quick=False, max_attempts=3):
             copy = c
         if other is None or other < 0.15:
             break
-    return {"gemm": gemm, "copy": copy, "attempts": attempts, "seconds": time.perf_counter() - t0}
+    # The float64 ceiling, for the float64 rows' "% limit" (measured once: those rows
+    # are few).
+    gemm64 = _gemm_ceiling(n_threads, repeats, np.float64)
+    return {"gemm": gemm, "gemm_float64": gemm64, "copy": copy, "attempts": attempts,
+            "seconds": time.perf_counter() - t0}
+
+
+def _gemm_ceiling(n_threads, repeats, dtype):
+    """The better of NumPy's BLAS and fastnn's own kernel at their best, in one dtype."""
+    g = gemm_gflops(n_threads, repeats=repeats, dtype=dtype)
+    try:
+        f = fastnn_gflops(n_threads, repeats=repeats, dtype=dtype)
+    except Exception as exc:  # a partial build must not stop the benchmark
+        f = {"gflops": 0.0, "how": f"fastnn kernel unavailable ({type(exc).__name__})"}
+    g = dict(g, numpy_gflops=g["gflops"], numpy_how=g["how"], fastnn_gflops=f["gflops"],
+             fastnn_how=f["how"])
+    if f["gflops"] > g["gflops"]:
+        g.update(gflops=f["gflops"], how=f["how"] + " (above NumPy's "
+                 f"{g['numpy_gflops']:.0f} GFLOP/s: {g['numpy_how']})")
+    else:
+        g["how"] += f" (fastnn's own kernel: {f['gflops']:.0f} GFLOP/s)"
+    return g

@@ -96,6 +96,10 @@ def header_lines(env, limits, n_threads, torch, budget, quick, isolation):
     g, c = limits["gemm"], limits["copy"]
     lines.append(f"limits  : float32 GEMM {g['gflops']:.1f} GFLOP/s ({g['how']}); "
                  f"memory copy {c['gbps']:.1f} GB/s ({c['how']})")
+    g64 = limits.get("gemm_float64")
+    if g64:
+        lines.append(f"          float64 GEMM {g64['gflops']:.1f} GFLOP/s ({g64['how']}), "
+                     f"the ceiling of the float64 rows")
     unset = {k: v for k, v in (isolation or {}).items() if k in ISOLATION_UNSET}
     lines.append("NumPy   : " + (
         "BLAS at its real speed in this child (" + ", ".join(f"{k} {v}" for k, v in unset.items())
