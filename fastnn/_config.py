@@ -1,6 +1,9 @@
 """Build and runtime configuration report (``fastnn.show_config``)."""
+from __future__ import annotations
+
 import os
 import sys
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -8,7 +11,7 @@ import numpy as np
 _UKERNEL_NAMES = {0: "baseline", 1: "AVX2+FMA", 2: "AVX-512"}
 
 
-def config():
+def config() -> dict[str, Any]:
     """Return the configuration as a dict (what :func:`show_config` prints)."""
     import fastnn
     from fastnn import _threads
@@ -36,7 +39,7 @@ def config():
     }
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Print version, compiler, build flags, OpenMP, SIMD, BLAS and thread counts.
 
     Examples

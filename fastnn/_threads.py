@@ -17,9 +17,12 @@ libgomp's: idle workers sleep after ~50 us instead of spinning for ~8 ms, a team
 shrinks to the cores that other tasks leave free, and a forked child re-creates the
 pool. Results never depend on the thread count.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import threading
+from typing import Any, Iterator
 
 from fastnn_ext import _runtime
 
@@ -87,7 +90,7 @@ def _check_count(n, name="n"):
     return n
 
 
-def set_num_threads(n=None):
+def set_num_threads(n: int | None = None) -> None:
     """Set the number of threads fastnn kernels use.
 
     Parameters
@@ -111,7 +114,7 @@ def set_num_threads(n=None):
     _global_threads = _check_count(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Return the number of threads the next kernel call may use.
 
     This honours :func:`threads` in the calling Python thread, then
@@ -139,7 +142,7 @@ def get_num_threads():
 
 
 @contextlib.contextmanager
-def threads(n):
+def threads(n: int | None) -> Iterator[int]:
     """Context manager: use ``n`` threads inside the ``with`` block.
 
     The override applies to the calling Python thread only, so concurrent callers
@@ -167,7 +170,7 @@ def threads(n):
 SERIAL_BELOW = dict(_runtime.SERIAL_BELOW)
 
 
-def threads_for(work, kind="mac", items=None):
+def threads_for(work: float, kind: str = "mac", items: int | None = None) -> int:
     """Threads for a kernel call: 1 below ``SERIAL_BELOW[kind]``, else
     :func:`get_num_threads`, never more than ``items`` (the kernel's work items)."""
     if work < SERIAL_BELOW[kind]:
@@ -244,7 +247,7 @@ def _callback_setter(lib):
     return None
 
 
-def set_coexistence(on=True):
+def set_coexistence(on: bool = True) -> list[str]:
     """Run NumPy's and SciPy's OpenBLAS threads on fastnn's pool (opt-in, reversible).
 
     OpenBLAS's own workers busy-wait about 100 ms after every multi-threaded call,
@@ -297,7 +300,7 @@ def set_coexistence(on=True):
     return [lib.filepath for lib, _ in _coexistence]
 
 
-def get_coexistence():
+def get_coexistence() -> bool:
     """True while :func:`set_coexistence` routes some OpenBLAS through fastnn's pool."""
     return bool(_coexistence)
 
@@ -311,12 +314,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_child)
 
 
-def pool_info():
+def pool_info() -> dict[str, Any]:
     """State and counters of fastnn's thread pool (for show_config and the benchmark)."""
     return _runtime.stats()
 
 
-def blas_info():
+def blas_info() -> list[dict[str, Any]]:
     """Describe the BLAS libraries loaded in the process (for show_config)."""
     out = []
     for lib in _blas_libs():

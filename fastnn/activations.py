@@ -16,11 +16,14 @@ Every kernel makes one pass over memory (softmax and cross-entropy rows are read
 again while they are in cache), runs in parallel over fixed blocks or groups of rows
 above a size threshold, and is bitwise identical for any thread count.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
 
 from fastnn._threads import threads_for
+from fastnn._typing import ArrayLike, FloatArray
 from fastnn._validation import (as_array, as_float_array, as_int, as_real, contiguous,
                                 finish_out, prepare_out, result_dtype)
 from fastnn_ext import _activations
@@ -108,7 +111,7 @@ _XENT_BWD = _by_dtype("cross_entropy_backward")
 
 
 # ------------------------------------------------------------------ relu
-def relu(x, *, out=None):
+def relu(x: ArrayLike, *, out: FloatArray | None = None) -> FloatArray:
     """Rectified linear unit, ``max(x, 0)``.
 
     Parameters
@@ -133,7 +136,8 @@ def relu(x, *, out=None):
     return _unary("relu", _RELU, _CHEAP, x, out)
 
 
-def relu_backward(grad_y, x, *, at_zero=0.0, out=None):
+def relu_backward(grad_y: ArrayLike, x: ArrayLike, *, at_zero: float = 0.0,
+                  out: FloatArray | None = None) -> FloatArray:
     """Gradient of :func:`relu`: a select, not a product.
 
     ``grad_x = grad_y`` where ``x > 0``, ``at_zero * grad_y`` where ``x == 0`` (either
@@ -174,7 +178,8 @@ def relu_backward(grad_y, x, *, at_zero=0.0, out=None):
 
 
 # ------------------------------------------------------------------ leaky relu
-def leaky_relu(x, negative_slope=0.01, *, out=None):
+def leaky_relu(x: ArrayLike, negative_slope: float = 0.01, *, out: FloatArray | None = None
+               ) -> FloatArray:
     """Leaky ReLU: ``x`` where ``x > 0``, else ``negative_slope * x``.
 
     Parameters
@@ -203,7 +208,8 @@ def leaky_relu(x, negative_slope=0.01, *, out=None):
     return _unary(fn, _LEAKY, _CHEAP, x, out, negative_slope)
 
 
-def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None):
+def leaky_relu_backward(grad_y: ArrayLike, x: ArrayLike, negative_slope: float = 0.01, *,
+                        out: FloatArray | None = None) -> FloatArray:
     """Gradient of :func:`leaky_relu`: ``grad_y`` where ``x > 0``, else
     ``negative_slope * grad_y`` (also at ``x == 0`` and where x is NaN, like PyTorch).
 
@@ -235,7 +241,7 @@ def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None):
 
 
 # ------------------------------------------------------------------ sigmoid, tanh
-def sigmoid(x, *, out=None):
+def sigmoid(x: ArrayLike, *, out: FloatArray | None = None) -> FloatArray:
     """Logistic sigmoid ``1 / (1 + exp(-x))``.
 
     Parameters
@@ -261,7 +267,8 @@ def sigmoid(x, *, out=None):
     return _unary("sigmoid", _SIGMOID, _EXP, x, out)
 
 
-def sigmoid_backward(grad_y, y, *, out=None):
+def sigmoid_backward(grad_y: ArrayLike, y: ArrayLike, *, out: FloatArray | None = None
+                     ) -> FloatArray:
     """Gradient of :func:`sigmoid` from its **output** ``y = sigmoid(x)``:
     ``grad_y * y * (1 - y)`` (PyTorch's ``sigmoid_backward(grad_output, output)``).
 
@@ -289,7 +296,7 @@ def sigmoid_backward(grad_y, y, *, out=None):
     return _binary("sigmoid_backward", _SIGMOID_BWD, _CHEAP, grad_y, y, "y", out)
 
 
-def tanh(x, *, out=None):
+def tanh(x: ArrayLike, *, out: FloatArray | None = None) -> FloatArray:
     """Hyperbolic tangent.
 
     Parameters
@@ -315,7 +322,7 @@ def tanh(x, *, out=None):
     return _unary("tanh", _TANH, _EXP, x, out)
 
 
-def tanh_backward(grad_y, y, *, out=None):
+def tanh_backward(grad_y: ArrayLike, y: ArrayLike, *, out: FloatArray | None = None) -> FloatArray:
     """Gradient of :func:`tanh` from its **output** ``y = tanh(x)``:
     ``grad_y * (1 - y**2)`` (PyTorch's ``tanh_backward(grad_output, output)``),
     computed as ``(1 - y) * (1 + y)``, which keeps full accuracy for ``|y|`` near 1.
@@ -388,7 +395,7 @@ def _softmax_backward(fn, grad_y, y, axis, out, log):
     return finish_out(buf, target)
 
 
-def softmax(x, axis=-1, *, out=None):
+def softmax(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None) -> FloatArray:
     """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
 
     Numerically stable (the maximum is subtracted first, so nothing overflows). A
@@ -420,7 +427,7 @@ def softmax(x, axis=-1, *, out=None):
     return _softmax_forward("softmax", x, axis, out, False)
 
 
-def log_softmax(x, axis=-1, *, out=None):
+def log_softmax(x: ArrayLike, axis: int = -1, *, out: FloatArray | None = None) -> FloatArray:
     """Log of :func:`softmax` along ``axis``: ``x - max - log(sum(exp(x - max)))``.
 
     Stable for any input scale (``log_softmax([0, -1000])`` is ``[0, -1000]``, where
@@ -449,7 +456,8 @@ def log_softmax(x, axis=-1, *, out=None):
     return _softmax_forward("log_softmax", x, axis, out, True)
 
 
-def softmax_backward(grad_y, y, axis=-1, *, out=None):
+def softmax_backward(grad_y: ArrayLike, y: ArrayLike, axis: int = -1, *,
+                     out: FloatArray | None = None) -> FloatArray:
     """Gradient of :func:`softmax` from its **output** ``y``:
     ``y * (grad_y - sum(grad_y * y, axis))`` (PyTorch's ``_softmax_backward_data``).
 
@@ -478,7 +486,8 @@ def softmax_backward(grad_y, y, axis=-1, *, out=None):
     return _softmax_backward("softmax_backward", grad_y, y, axis, out, False)
 
 
-def log_softmax_backward(grad_y, y, axis=-1, *, out=None):
+def log_softmax_backward(grad_y: ArrayLike, y: ArrayLike, axis: int = -1, *,
+                         out: FloatArray | None = None) -> FloatArray:
     """Gradient of :func:`log_softmax` from its **output** ``y``:
     ``grad_y - exp(y) * sum(grad_y, axis)``.
 
@@ -616,8 +625,9 @@ class _Xent:
         return (self.N, self.C, self.inner, self.ignore, self.eps, self.wsum)
 
 
-def softmax_cross_entropy(logits, labels, *, reduction="mean", weight=None, ignore_index=None,
-                          label_smoothing=0.0):
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, reduction: str = "mean",
+                          weight: ArrayLike | None = None, ignore_index: int | None = None,
+                          label_smoothing: float = 0.0) -> FloatArray:
     """Cross-entropy of ``softmax(logits)`` against labels, fused and stable.
 
     ``torch.nn.functional.cross_entropy``'s semantics, with the class axis 1:
@@ -693,8 +703,11 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean", weight=None, igno
     return np.asarray(total, dtype=p.dtype)
 
 
-def softmax_cross_entropy_backward(grad_loss, logits, labels, *, reduction="mean", weight=None,
-                                   ignore_index=None, label_smoothing=0.0, out=None):
+def softmax_cross_entropy_backward(grad_loss: ArrayLike, logits: ArrayLike, labels: ArrayLike,
+                                   *, reduction: str = "mean", weight: ArrayLike | None = None,
+                                   ignore_index: int | None = None,
+                                   label_smoothing: float = 0.0,
+                                   out: FloatArray | None = None) -> FloatArray:
     """Gradient of :func:`softmax_cross_entropy` with respect to the logits.
 
     ``grad_logits_i = s_i * (softmax(logits_i) * sum(t_i) - t_i)`` along the class

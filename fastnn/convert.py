@@ -23,8 +23,11 @@ use ``forget_bias=0.0`` from then on.
 
 Every function returns new C-contiguous arrays in the inputs' (promoted) dtype.
 """
+from __future__ import annotations
+
 import numpy as np
 
+from fastnn._typing import ArrayLike, FloatArray
 from fastnn._validation import as_float_array, as_int, check_ndim, check_shape, result_dtype
 
 __all__ = ["lstm_from_torch", "lstm_to_torch", "lstm_from_keras", "lstm_to_keras",
@@ -78,7 +81,8 @@ def _keras_inputs(fn, gates, kernel, recurrent_kernel, bias):
     return a, H
 
 
-def lstm_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
+def lstm_from_torch(weight_ih: ArrayLike, weight_hh: ArrayLike, bias_ih: ArrayLike,
+                    bias_hh: ArrayLike) -> tuple[FloatArray, FloatArray]:
     """PyTorch ``nn.LSTM`` / ``nn.LSTMCell`` weights to fastnn's ``(kernel, bias)``.
 
     Parameters
@@ -130,7 +134,8 @@ def _fastnn_lstm(fn, kernel, bias):
     return k, a["bias"], H
 
 
-def lstm_to_torch(kernel, bias):
+def lstm_to_torch(kernel: ArrayLike, bias: ArrayLike
+                  ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """fastnn's LSTM ``(kernel, bias)`` to PyTorch ``(weight_ih, weight_hh, bias_ih, bias_hh)``.
 
     The whole bias goes to ``bias_ih``; ``bias_hh`` is zero. A fastnn model run with
@@ -168,7 +173,8 @@ def lstm_to_torch(kernel, bias):
             _blocks(b, _TORCH_LSTM, 0), np.zeros_like(b))
 
 
-def lstm_from_keras(kernel, recurrent_kernel, bias):
+def lstm_from_keras(kernel: ArrayLike, recurrent_kernel: ArrayLike, bias: ArrayLike
+                    ) -> tuple[FloatArray, FloatArray]:
     """Keras ``LSTM`` weights to fastnn's ``(kernel, bias)``.
 
     Parameters
@@ -202,7 +208,8 @@ def lstm_from_keras(kernel, recurrent_kernel, bias):
     return _blocks(k, _KERAS_LSTM, 1), _blocks(a["bias"], _KERAS_LSTM, 0)
 
 
-def lstm_to_keras(kernel, bias, input_size):
+def lstm_to_keras(kernel: ArrayLike, bias: ArrayLike, input_size: int
+                  ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """fastnn's LSTM ``(kernel, bias)`` to Keras ``(kernel, recurrent_kernel, bias)``.
 
     Parameters
@@ -241,7 +248,8 @@ def lstm_to_keras(kernel, bias, input_size):
     return np.ascontiguousarray(k[:I]), np.ascontiguousarray(k[I:]), _blocks(b, _KERAS_LSTM, 0)
 
 
-def gru_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
+def gru_from_torch(weight_ih: ArrayLike, weight_hh: ArrayLike, bias_ih: ArrayLike,
+                   bias_hh: ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
     """PyTorch ``nn.GRU`` / ``nn.GRUCell`` weights to fastnn's (Keras) GRU layout.
 
     Parameters
@@ -279,7 +287,8 @@ def gru_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
             _blocks(a["weight_hh"], _TORCH_GRU, 0).T.copy(), bias)
 
 
-def gru_to_torch(kernel, recurrent_kernel, bias):
+def gru_to_torch(kernel: ArrayLike, recurrent_kernel: ArrayLike, bias: ArrayLike
+                 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """fastnn's (Keras) GRU weights, reset_after=True, to PyTorch's.
 
     Parameters
@@ -321,7 +330,8 @@ def gru_to_torch(kernel, recurrent_kernel, bias):
             _blocks(b[0], _TORCH_GRU, 0), _blocks(b[1], _TORCH_GRU, 0))
 
 
-def simple_rnn_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
+def simple_rnn_from_torch(weight_ih: ArrayLike, weight_hh: ArrayLike, bias_ih: ArrayLike,
+                          bias_hh: ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
     """PyTorch ``nn.RNN`` / ``nn.RNNCell`` weights to fastnn's (Keras) SimpleRNN layout.
 
     Parameters
@@ -355,7 +365,8 @@ def simple_rnn_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
     return a["weight_ih"].T.copy(), a["weight_hh"].T.copy(), a["bias_ih"] + a["bias_hh"]
 
 
-def simple_rnn_to_torch(kernel, recurrent_kernel, bias):
+def simple_rnn_to_torch(kernel: ArrayLike, recurrent_kernel: ArrayLike, bias: ArrayLike
+                        ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """fastnn's (Keras) SimpleRNN weights to PyTorch's ``nn.RNN`` ones.
 
     Parameters
