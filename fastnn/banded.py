@@ -19,11 +19,14 @@ The locally connected layers (:func:`locally_connected1d`, :func:`locally_connec
 and their backward functions) live in :mod:`fastnn.local` and are importable from
 here too.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
 
 from fastnn._threads import threads_for
+from fastnn._typing import ArrayLike, FloatArray, NDArray
 from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_bias,
                                 check_ndim, contiguous, finish_out, memory_error, prepare_out,
                                 result_dtype)
@@ -79,7 +82,7 @@ def _band_mask(rows, cols, num_lower, num_upper):
     return keep
 
 
-def band_part(w, num_lower, num_upper):
+def band_part(w: ArrayLike, num_lower: int, num_upper: int) -> FloatArray:
     """Copy of ``w`` with the entries outside a band set to zero.
 
     ``tf.linalg.band_part`` semantics on the last two axes: keep ``w[..., i, j]``
@@ -187,7 +190,9 @@ def _fill_bias(y2, bias):
         y2[...] = bias
 
 
-def banded_matmul(x, w, num_lower, num_upper, bias=None, *, out=None):
+def banded_matmul(x: ArrayLike, w: ArrayLike, num_lower: int, num_upper: int,
+                  bias: ArrayLike | None = None, *, out: FloatArray | None = None
+                  ) -> FloatArray:
     """``x @ band_part(w, num_lower, num_upper) + bias`` at the cost of the band.
 
     Only the band of ``w`` is read; the work is proportional to the number of
@@ -260,7 +265,9 @@ def _sum_rows(gy2, dtype):
     return np.add.reduce(gy2, axis=0, dtype=dtype)
 
 
-def banded_matmul_backward(grad_y, x, w, num_lower, num_upper, *, bias=True):
+def banded_matmul_backward(grad_y: ArrayLike, x: ArrayLike, w: ArrayLike, num_lower: int,
+                           num_upper: int, *, bias: bool = True
+                           ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """Gradients of :func:`banded_matmul`.
 
     Parameters
@@ -353,8 +360,12 @@ class PreparedMask:
 
     __slots__ = ("bytes", "shape", "nnz", "dense", "row_ptr", "row_cols", "col_ptr",
                  "col_rows", "csr_to_csc", "frozen")
+    shape: tuple[int, int]
+    nnz: int
+    dense: bool
 
-    def __init__(self, mask, fn="prepare_mask", snapshot=False):
+    def __init__(self, mask: ArrayLike, fn: str = "prepare_mask", snapshot: bool = False
+                 ) -> None:
         m = as_array(mask, "mask", fn)
         if m.dtype.kind not in "biuf":
             raise TypeError(f"{fn}: mask must be a bool, integer or float array, got {m.dtype}")
@@ -385,17 +396,17 @@ class PreparedMask:
         for name, value in fields.items():
             object.__setattr__(self, name, value)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"PreparedMask is immutable (cannot set {name!r}); "
                              f"prepare the changed mask again")
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         raise AttributeError(f"PreparedMask is immutable (cannot delete {name!r})")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[PreparedMask], tuple[NDArray[np.bool_], str, bool]]:
         return (PreparedMask, (self.bytes.view(np.bool_), "prepare_mask", True))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"PreparedMask(shape={self.shape}, nnz={self.nnz}, dense={self.dense})"
 
     def _check(self, fn):
@@ -445,7 +456,7 @@ def _frozen(a):
     return np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
 
 
-def prepare_mask(mask):
+def prepare_mask(mask: ArrayLike | PreparedMask) -> PreparedMask:
     """Compress a weight mask once, for repeated :func:`masked_matmul` calls.
 
     ``masked_matmul(x, w, mask)`` with a plain array scans the mask and builds its
@@ -496,7 +507,9 @@ def _masked_setup(fn, x, w, mask):
     return x, w, plan
 
 
-def masked_matmul(x, w, mask, bias=None, *, out=None):
+def masked_matmul(x: ArrayLike, w: ArrayLike, mask: ArrayLike | PreparedMask,
+                  bias: ArrayLike | None = None, *, out: FloatArray | None = None
+                  ) -> FloatArray:
     """``x @ (w * mask) + bias`` at a cost following the mask's non-zeros.
 
     Parameters
@@ -560,7 +573,9 @@ def masked_matmul(x, w, mask, bias=None, *, out=None):
     return finish_out(buf, target)
 
 
-def masked_matmul_backward(grad_y, x, w, mask, *, bias=True):
+def masked_matmul_backward(grad_y: ArrayLike, x: ArrayLike, w: ArrayLike,
+                           mask: ArrayLike | PreparedMask, *, bias: bool = True
+                           ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """Gradients of :func:`masked_matmul`; ``grad_w`` is exactly 0 where mask is 0.
 
     Parameters

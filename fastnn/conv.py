@@ -10,11 +10,15 @@ y ``(N, Ho, Wo, K)``.
 All functions compute cross-correlation, like every framework; see
 :func:`flip_kernel` for true convolution.
 """
+from __future__ import annotations
+
 import numpy as np
 
 from fastnn._geometry import (DERIVED_LIMIT, Geometry, check_index_range, check_result_size,
                               image_shape, parse_padding, parse_padding_1d, same_padding)
 from fastnn._threads import get_num_threads
+from fastnn._typing import (ArrayLike, FloatArray, Grads3, Int1, IntPair, Padding1D,
+                             Padding2D)
 from fastnn._validation import (as_bool, as_float_array, as_int, check_bias, check_layout,
                                 check_ndim, contiguous, finish_out, int_tuple, memory_error,
                                 prepare_out, result_dtype)
@@ -64,8 +68,10 @@ def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout, ndim=2
     return x, weight, geom
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           layout="NCHW", out=None):
+def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+           stride: IntPair = 1, padding: Padding2D = 0, dilation: IntPair = 1,
+           groups: int = 1, layout: str = "NCHW", out: FloatArray | None = None
+           ) -> FloatArray:
     """2-D convolution (cross-correlation) by im2col tiles and GEMM.
 
     Parameters
@@ -191,8 +197,10 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
                          None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
 
 
-def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
-                    layout="NCHW", bias=True, need_input_grad=True, need_weight_grad=True):
+def conv2d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike, *,
+                    stride: IntPair = 1, padding: Padding2D = 0, dilation: IntPair = 1,
+                    groups: int = 1, layout: str = "NCHW", bias: bool = True,
+                    need_input_grad: bool = True, need_weight_grad: bool = True) -> Grads3:
     """Gradients of :func:`conv2d` with respect to x, weight and bias.
 
     Parameters
@@ -364,7 +372,9 @@ def _col2im(cols, geom):
     return x
 
 
-def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
+def im2col(x: ArrayLike, kernel_size: IntPair, *, stride: IntPair = 1,
+           padding: Padding2D = 0, dilation: IntPair = 1, layout: str = "NCHW"
+           ) -> FloatArray:
     """Extract sliding patches (unfold).
 
     Returns
@@ -393,7 +403,9 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
     return _im2col(x, geom)
 
 
-def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1, layout="NCHW"):
+def col2im(cols: ArrayLike, x_shape: tuple[int, ...], kernel_size: IntPair, *,
+           stride: IntPair = 1, padding: Padding2D = 0, dilation: IntPair = 1,
+           layout: str = "NCHW") -> FloatArray:
     """Sum patches back into an image (fold): the exact adjoint of :func:`im2col`.
 
     Parameters
@@ -424,7 +436,7 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1, layou
     return _col2im(cols, geom)
 
 
-def flip_kernel(weight, layout="NCHW"):
+def flip_kernel(weight: ArrayLike, layout: str = "NCHW") -> FloatArray:
     """Rotate a kernel by 180 degrees so that :func:`conv2d` computes true convolution.
 
     ``"NCHW"`` weights ``(K, C, kh, kw)`` are flipped on their last two axes,
@@ -476,8 +488,9 @@ def _shape_1d(shape4, geom):
     return shape4[:1] + shape4[2:] if geom.nhwc else shape4[:2] + shape4[3:]
 
 
-def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           layout="NCW", out=None):
+def conv1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+           stride: Int1 = 1, padding: Padding1D = 0, dilation: Int1 = 1, groups: int = 1,
+           layout: str = "NCW", out: FloatArray | None = None) -> FloatArray:
     """1-D convolution (cross-correlation), run by the :func:`conv2d` kernels on a
     height-1 image.
 
@@ -525,8 +538,10 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return finish_out(buf, target)
 
 
-def conv1d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
-                    layout="NCW", bias=True, need_input_grad=True, need_weight_grad=True):
+def conv1d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike, *,
+                    stride: Int1 = 1, padding: Padding1D = 0, dilation: Int1 = 1,
+                    groups: int = 1, layout: str = "NCW", bias: bool = True,
+                    need_input_grad: bool = True, need_weight_grad: bool = True) -> Grads3:
     """Gradients of :func:`conv1d` with respect to x, weight and bias.
 
     Arguments as :func:`conv2d_backward`, with the 1-D shapes and layouts of
@@ -649,8 +664,10 @@ def _transpose_setup(fn, x, weight, stride, padding, output_padding, dilation, g
     return x, weight, tg
 
 
-def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                     dilation=1, groups=1, layout="NCHW", out=None):
+def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+                     stride: IntPair = 1, padding: Padding2D = 0, output_padding: IntPair = 0,
+                     dilation: IntPair = 1, groups: int = 1, layout: str = "NCHW",
+                     out: FloatArray | None = None) -> FloatArray:
     """2-D transposed convolution (the adjoint of :func:`conv2d`), PyTorch semantics.
 
     ``conv_transpose2d(x, w, ...)`` equals the input gradient of ``conv2d(y, w, ...)``
@@ -717,9 +734,12 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     return finish_out(buf, target)
 
 
-def conv_transpose2d_backward(grad_y, x, weight, *, stride=1, padding=0, output_padding=0,
-                              dilation=1, groups=1, layout="NCHW", bias=True,
-                              need_input_grad=True, need_weight_grad=True):
+def conv_transpose2d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike, *,
+                              stride: IntPair = 1, padding: Padding2D = 0,
+                              output_padding: IntPair = 0, dilation: IntPair = 1,
+                              groups: int = 1, layout: str = "NCHW", bias: bool = True,
+                              need_input_grad: bool = True, need_weight_grad: bool = True
+                              ) -> Grads3:
     """Gradients of :func:`conv_transpose2d` with respect to x, weight and bias.
 
     ``grad_x`` is :func:`conv2d` of ``grad_y`` with the same weight, and

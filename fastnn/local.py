@@ -5,10 +5,13 @@ layer. The patches are :func:`fastnn.im2col`'s (NHWC, ordered ``(i, j, c)``); ea
 output position multiplies its patch row by its own ``(kh*kw*C, K)`` kernel. 1-D
 problems run as height-1 images.
 """
+from __future__ import annotations
+
 import numpy as np
 
 from fastnn._geometry import Geometry, check_result_size, parse_padding
 from fastnn._threads import threads_for
+from fastnn._typing import ArrayLike, FloatArray, Int1, IntPair, Padding1D, Padding2D
 from fastnn._validation import (as_bool, as_float_array, check_layout, check_ndim, contiguous,
                                 int_tuple, result_dtype)
 from fastnn.conv import _col2im, _im2col
@@ -129,8 +132,9 @@ def _local_backward(fn, nd, grad_y, x, weight, kernel_size, stride, padding, lay
     return grad_x, grad_w.reshape(weight.shape), grad_b
 
 
-def locally_connected2d(x, weight, bias=None, *, kernel_size, stride=1, padding=0,
-                        layout="NHWC"):
+def locally_connected2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+                        kernel_size: IntPair, stride: IntPair = 1, padding: Padding2D = 0,
+                        layout: str = "NHWC") -> FloatArray:
     """2-D locally connected layer: a convolution with one kernel per output pixel.
 
     Keras ``LocallyConnected2D`` / cuda-convnet "local" layer semantics.
@@ -167,8 +171,10 @@ def locally_connected2d(x, weight, bias=None, *, kernel_size, stride=1, padding=
                           padding, layout)
 
 
-def locally_connected2d_backward(grad_y, x, weight, *, kernel_size, stride=1, padding=0,
-                                 layout="NHWC", bias=True):
+def locally_connected2d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike, *,
+                                 kernel_size: IntPair, stride: IntPair = 1, padding: Padding2D = 0,
+                                 layout: str = "NHWC", bias: bool = True
+                                 ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """Gradients of :func:`locally_connected2d`.
 
     Returns
@@ -194,8 +200,9 @@ def locally_connected2d_backward(grad_y, x, weight, *, kernel_size, stride=1, pa
                            stride, padding, layout, bias)
 
 
-def locally_connected1d(x, weight, bias=None, *, kernel_size, stride=1, padding=0,
-                        layout="NWC"):
+def locally_connected1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+                        kernel_size: Int1, stride: Int1 = 1, padding: Padding1D = 0,
+                        layout: str = "NWC") -> FloatArray:
     """1-D locally connected layer (Keras ``LocallyConnected1D``).
 
     Parameters
@@ -226,8 +233,10 @@ def locally_connected1d(x, weight, bias=None, *, kernel_size, stride=1, padding=
                           padding, layout)
 
 
-def locally_connected1d_backward(grad_y, x, weight, *, kernel_size, stride=1, padding=0,
-                                 layout="NWC", bias=True):
+def locally_connected1d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike, *,
+                                 kernel_size: Int1, stride: Int1 = 1, padding: Padding1D = 0,
+                                 layout: str = "NWC", bias: bool = True
+                                 ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """Gradients of :func:`locally_connected1d`: ``(grad_x, grad_weight, grad_bias)``
     shaped like x, ``(Wo, kw*C, K)`` and ``(Wo, K)`` (None when ``bias`` is false).
 

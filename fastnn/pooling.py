@@ -18,10 +18,16 @@ a window of -inf values gives -inf and the index of its first real element.
 Indices (``return_indices=True``) are int64 and flat within each input plane, as in
 PyTorch: ``h * W + w`` for 2-D (whatever the layout), ``w`` for 1-D.
 """
+from __future__ import annotations
+
+from typing import Literal, overload
+
 import numpy as np
 
 from fastnn._geometry import check_index_range, check_result_size, parse_padding, parse_padding_1d
 from fastnn._threads import get_num_threads
+from fastnn._typing import (ArrayLike, FloatArray, IndexArray, Int1, Padding1D, PoolPadding2D,
+                             PoolSize2D, PoolStride1D, PoolStride2D)
 from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_layout, check_ndim,
                                 contiguous, int_tuple, is_int, memory_error)
 from fastnn_ext import _pooling
@@ -241,8 +247,30 @@ def _check_indices(fn, indices, geom):
 
 
 # ------------------------------------------------------------------ 2-D
-def max_pool2d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
-               layout="NCHW", return_indices=False):
+@overload
+def max_pool2d(x: ArrayLike, kernel_size: PoolSize2D, *, stride: PoolStride2D = None,
+               padding: PoolPadding2D = 0, dilation: PoolSize2D = 1, ceil_mode: bool = False,
+               layout: str = "NCHW", return_indices: Literal[False] = ...) -> FloatArray: ...
+
+
+@overload
+def max_pool2d(x: ArrayLike, kernel_size: PoolSize2D, *, stride: PoolStride2D = None,
+               padding: PoolPadding2D = 0, dilation: PoolSize2D = 1, ceil_mode: bool = False,
+               layout: str = "NCHW", return_indices: Literal[True]
+               ) -> tuple[FloatArray, IndexArray]: ...
+
+
+@overload
+def max_pool2d(x: ArrayLike, kernel_size: PoolSize2D, *, stride: PoolStride2D = None,
+               padding: PoolPadding2D = 0, dilation: PoolSize2D = 1, ceil_mode: bool = False,
+               layout: str = "NCHW", return_indices: bool = ...
+               ) -> FloatArray | tuple[FloatArray, IndexArray]: ...
+
+
+def max_pool2d(x: ArrayLike, kernel_size: PoolSize2D, *, stride: PoolStride2D = None,
+               padding: PoolPadding2D = 0, dilation: PoolSize2D = 1, ceil_mode: bool = False,
+               layout: str = "NCHW", return_indices: bool = False
+               ) -> FloatArray | tuple[FloatArray, IndexArray]:
     """2-D max pooling.
 
     Parameters
@@ -294,9 +322,10 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=
                     return_indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool2d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=False, divisor_override=None, layout="NCHW",
-               return_indices=False):
+def avg_pool2d(x: ArrayLike, kernel_size: PoolSize2D, *, stride: PoolStride2D = None,
+               padding: PoolPadding2D = 0, ceil_mode: bool = False,
+               count_include_pad: bool = False, divisor_override: int | None = None,
+               layout: str = "NCHW", return_indices: bool = False) -> FloatArray:
     """2-D average pooling.
 
     Arguments as :func:`max_pool2d` (no dilation; ``return_indices`` must stay False),
@@ -333,8 +362,10 @@ def avg_pool2d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
                     divisor_override=divisor_override)
 
 
-def max_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, dilation=1,
-                        ceil_mode=False, layout="NCHW", indices=None):
+def max_pool2d_backward(grad_y: ArrayLike, x: ArrayLike, kernel_size: PoolSize2D, *,
+                        stride: PoolStride2D = None, padding: PoolPadding2D = 0,
+                        dilation: PoolSize2D = 1, ceil_mode: bool = False,
+                        layout: str = "NCHW", indices: ArrayLike | None = None) -> FloatArray:
     """Gradient of :func:`max_pool2d` with respect to x.
 
     Each window's gradient goes to its argmax (windows that overlap add up).
@@ -368,8 +399,10 @@ def max_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, dilat
                      True, indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=False, divisor_override=None, layout="NCHW"):
+def avg_pool2d_backward(grad_y: ArrayLike, x: ArrayLike, kernel_size: PoolSize2D, *,
+                        stride: PoolStride2D = None, padding: PoolPadding2D = 0,
+                        ceil_mode: bool = False, count_include_pad: bool = False,
+                        divisor_override: int | None = None, layout: str = "NCHW") -> FloatArray:
     """Gradient of :func:`avg_pool2d` with respect to x (x supplies the shape and dtype).
 
     Each window's gradient, divided by the window's divisor (see :func:`avg_pool2d`;
@@ -392,8 +425,30 @@ def avg_pool2d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, ceil_
 
 
 # ------------------------------------------------------------------ 1-D
-def max_pool1d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
-               layout="NCW", return_indices=False):
+@overload
+def max_pool1d(x: ArrayLike, kernel_size: Int1, *, stride: PoolStride1D = None,
+               padding: Padding1D = 0, dilation: Int1 = 1, ceil_mode: bool = False,
+               layout: str = "NCW", return_indices: Literal[False] = ...) -> FloatArray: ...
+
+
+@overload
+def max_pool1d(x: ArrayLike, kernel_size: Int1, *, stride: PoolStride1D = None,
+               padding: Padding1D = 0, dilation: Int1 = 1, ceil_mode: bool = False,
+               layout: str = "NCW", return_indices: Literal[True]
+               ) -> tuple[FloatArray, IndexArray]: ...
+
+
+@overload
+def max_pool1d(x: ArrayLike, kernel_size: Int1, *, stride: PoolStride1D = None,
+               padding: Padding1D = 0, dilation: Int1 = 1, ceil_mode: bool = False,
+               layout: str = "NCW", return_indices: bool = ...
+               ) -> FloatArray | tuple[FloatArray, IndexArray]: ...
+
+
+def max_pool1d(x: ArrayLike, kernel_size: Int1, *, stride: PoolStride1D = None,
+               padding: Padding1D = 0, dilation: Int1 = 1, ceil_mode: bool = False,
+               layout: str = "NCW", return_indices: bool = False
+               ) -> FloatArray | tuple[FloatArray, IndexArray]:
     """1-D max pooling of ``(N, C, W)`` (``"NCW"``) or ``(N, W, C)`` (``"NWC"``) input.
 
     As :func:`max_pool2d` on one axis; ``padding`` is an int, (left, right), "valid"
@@ -413,9 +468,10 @@ def max_pool1d(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=
                     return_indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool1d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=False, divisor_override=None, layout="NCW",
-               return_indices=False):
+def avg_pool1d(x: ArrayLike, kernel_size: Int1, *, stride: PoolStride1D = None,
+               padding: Padding1D = 0, ceil_mode: bool = False,
+               count_include_pad: bool = False, divisor_override: int | None = None,
+               layout: str = "NCW", return_indices: bool = False) -> FloatArray:
     """1-D average pooling (see :func:`avg_pool2d`; ``count_include_pad`` defaults to
     False, the real-elements rule, where PyTorch's default is True).
 
@@ -436,8 +492,10 @@ def avg_pool1d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
                     divisor_override=divisor_override)
 
 
-def max_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, dilation=1,
-                        ceil_mode=False, layout="NCW", indices=None):
+def max_pool1d_backward(grad_y: ArrayLike, x: ArrayLike, kernel_size: Int1, *,
+                        stride: PoolStride1D = None, padding: Padding1D = 0,
+                        dilation: Int1 = 1, ceil_mode: bool = False,
+                        layout: str = "NCW", indices: ArrayLike | None = None) -> FloatArray:
     """Gradient of :func:`max_pool1d` with respect to x (see :func:`max_pool2d_backward`).
 
     Examples
@@ -450,8 +508,10 @@ def max_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, dilat
                      True, indices, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def avg_pool1d_backward(grad_y, x, kernel_size, *, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=False, divisor_override=None, layout="NCW"):
+def avg_pool1d_backward(grad_y: ArrayLike, x: ArrayLike, kernel_size: Int1, *,
+                        stride: PoolStride1D = None, padding: Padding1D = 0,
+                        ceil_mode: bool = False, count_include_pad: bool = False,
+                        divisor_override: int | None = None, layout: str = "NCW") -> FloatArray:
     """Gradient of :func:`avg_pool1d` with respect to x (x supplies the shape and dtype).
 
     Examples
