@@ -31,9 +31,14 @@ the kernel, bias and input gradients are each one big product.
 Gradients are computed in the dtype of the forward (the cache); gradient arguments of
 another float dtype are converted to it. ``None`` for a gradient argument means zero.
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Tuple, Union, overload
+
 import numpy as np
 
 from fastnn._threads import SERIAL_BELOW, get_num_threads, threads_for
+from fastnn._typing import ArrayLike, FloatArray, Grads5
 from fastnn._validation import (FLOAT_DTYPES, as_bool, as_float_array, as_real, check_ndim,
                                 check_shape, contiguous, finish_out, is_int, memory_error,
                                 prepare_out, result_dtype)
@@ -87,27 +92,56 @@ class RecurrentCache:
     __slots__ = ("kind", "dtype", "time_major", "T", "B", "I", "H", "x", "kernel",
                  "recurrent_kernel", "hs", "cs", "gates", "tc", "q", "rh", "reset_after",
                  "relu")
+    kind: str
+    dtype: np.dtype[Any]
+    time_major: bool
+    T: int
+    B: int
+    I: int  # noqa: E741
+    H: int
+    x: FloatArray
+    kernel: FloatArray
+    recurrent_kernel: FloatArray | None
+    hs: FloatArray
+    cs: FloatArray | None
+    gates: FloatArray | None
+    tc: FloatArray | None
+    q: FloatArray | None
+    rh: FloatArray | None
+    reset_after: bool | None
+    relu: bool | None
 
-    def __init__(self, **fields):
+    def __init__(self, **fields: Any) -> None:
         unknown = set(fields) - set(self.__slots__)
         if unknown:
             raise TypeError(f"RecurrentCache: unknown fields {sorted(unknown)}")
         for name in self.__slots__:
             object.__setattr__(self, name, fields.get(name))
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"RecurrentCache is read-only (cannot set {name!r})")
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         raise AttributeError(f"RecurrentCache is read-only (cannot delete {name!r})")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[dict[str, Any]], RecurrentCache],
+                                  tuple[dict[str, Any]]]:
         return (_rebuild_cache, ({name: getattr(self, name) for name in self.__slots__},))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         layout = "time-major" if self.time_major else "batch-major"
         return (f"RecurrentCache({self.kind}, T={self.T}, B={self.B}, I={self.I}, H={self.H}, "
                 f"{self.dtype}, {layout})")
+
+
+# What lstm, gru and simple_rnn return for a return_state or training flag that is not a
+# literal (typing.Union: these are evaluated at import, also on Python 3.9).
+_State = Tuple[FloatArray, FloatArray]
+_LSTMResult = Union[FloatArray, Tuple[FloatArray, _State],
+                    Tuple[FloatArray, _State, RecurrentCache], Tuple[FloatArray, RecurrentCache]]
+_GRUResult = Union[FloatArray, _State, Tuple[FloatArray, FloatArray, RecurrentCache],
+                   Tuple[FloatArray, RecurrentCache]]
+_RNNResult = Union[_State, Tuple[FloatArray, FloatArray, RecurrentCache]]
 
 
 def _rebuild_cache(fields):
@@ -296,7 +330,9 @@ def _lstm_weights(kernel, bias, I, H, fn):
     return kernel, bias
 
 
-def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None):
+def lstm_cell(x: ArrayLike, h: ArrayLike, c: ArrayLike, kernel: ArrayLike, bias: ArrayLike, *,
+              forget_bias: float = 1.0, out_h: FloatArray | None = None,
+              out_c: FloatArray | None = None) -> tuple[FloatArray, FloatArray]:
     """One LSTM step in TensorFlow's BasicLSTMCell layout.
 
     ``z = [x, h] @ kernel + bias`` split in column blocks (i, j, f, o);
@@ -375,8 +411,51 @@ def lstm_cell(x, h, c, kernel, bias, *, forget_bias=1.0, out_h=None, out_c=None)
     return finish_out(hbuf, htarget), finish_out(cbuf, ctarget)
 
 
-def lstm(x, h0, c0, kernel, bias, *, forget_bias=1.0, time_major=False, return_state=True,
-         training=False):
+@overload
+def lstm(x: ArrayLike, h0: ArrayLike | None, c0: ArrayLike | None, kernel: ArrayLike,
+         bias: ArrayLike, *,
+         forget_bias: float = 1.0, time_major: bool = False,
+         return_state: Literal[True] = ..., training: Literal[False] = ...
+         ) -> tuple[FloatArray, tuple[FloatArray, FloatArray]]: ...
+
+
+@overload
+def lstm(x: ArrayLike, h0: ArrayLike | None, c0: ArrayLike | None, kernel: ArrayLike,
+         bias: ArrayLike, *,
+         forget_bias: float = 1.0, time_major: bool = False,
+         return_state: Literal[False], training: Literal[False] = ...
+         ) -> FloatArray: ...
+
+
+@overload
+def lstm(x: ArrayLike, h0: ArrayLike | None, c0: ArrayLike | None, kernel: ArrayLike,
+         bias: ArrayLike, *,
+         forget_bias: float = 1.0, time_major: bool = False,
+         return_state: Literal[True] = ..., training: Literal[True]
+         ) -> tuple[FloatArray, tuple[FloatArray, FloatArray], RecurrentCache]: ...
+
+
+@overload
+def lstm(x: ArrayLike, h0: ArrayLike | None, c0: ArrayLike | None, kernel: ArrayLike,
+         bias: ArrayLike, *,
+         forget_bias: float = 1.0, time_major: bool = False,
+         return_state: Literal[False], training: Literal[True]
+         ) -> tuple[FloatArray, RecurrentCache]: ...
+
+
+@overload
+def lstm(x: ArrayLike, h0: ArrayLike | None, c0: ArrayLike | None, kernel: ArrayLike,
+         bias: ArrayLike, *,
+         forget_bias: float = 1.0, time_major: bool = False,
+         return_state: bool = ..., training: bool = ...
+         ) -> _LSTMResult: ...
+
+
+def lstm(x: ArrayLike, h0: ArrayLike | None, c0: ArrayLike | None, kernel: ArrayLike,
+         bias: ArrayLike, *,
+         forget_bias: float = 1.0, time_major: bool = False,
+         return_state: bool = True, training: bool = False
+         ) -> _LSTMResult:
     """An LSTM over a sequence (TensorFlow BasicLSTMCell layout, see :func:`lstm_cell`).
 
     Parameters
@@ -466,7 +545,8 @@ def _lstm_forward(x, h0, c0, kernel, bias, forget_bias, time_major, return_state
     return result if len(result) > 1 else result[0]
 
 
-def lstm_backward(grad_outputs, grad_hT, grad_cT, cache):
+def lstm_backward(grad_outputs: ArrayLike | None, grad_hT: ArrayLike | None,
+                  grad_cT: ArrayLike | None, cache: RecurrentCache) -> Grads5:
     """Backpropagation through time for :func:`lstm`.
 
     Parameters
@@ -517,7 +597,9 @@ def lstm_backward(grad_outputs, grad_hT, grad_cT, cache):
     return _grad_x(gx, cache), dh, dc, gk, gb
 
 
-def lstm_cell_backward(grad_h, grad_c, x, h, c, kernel, bias, *, forget_bias=1.0):
+def lstm_cell_backward(grad_h: ArrayLike | None, grad_c: ArrayLike | None, x: ArrayLike,
+                       h: ArrayLike, c: ArrayLike, kernel: ArrayLike, bias: ArrayLike, *,
+                       forget_bias: float = 1.0) -> Grads5:
     """Gradients of :func:`lstm_cell` (one forward step with its cache, then the backward).
 
     Parameters
@@ -575,8 +657,51 @@ def _gru_cell_inputs(fn, x, h, kernel, recurrent_kernel, bias, reset_after):
     return x, h, _gru_weights(kernel, rk, bias, x.shape[1], rk.shape[0], reset_after, fn)
 
 
-def gru(x, h0, kernel, recurrent_kernel, bias, *, reset_after=True, time_major=False,
-        return_state=True, training=False):
+@overload
+def gru(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+        bias: ArrayLike, *,
+        reset_after: bool = True, time_major: bool = False,
+        return_state: Literal[True] = ..., training: Literal[False] = ...
+        ) -> tuple[FloatArray, FloatArray]: ...
+
+
+@overload
+def gru(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+        bias: ArrayLike, *,
+        reset_after: bool = True, time_major: bool = False,
+        return_state: Literal[False], training: Literal[False] = ...
+        ) -> FloatArray: ...
+
+
+@overload
+def gru(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+        bias: ArrayLike, *,
+        reset_after: bool = True, time_major: bool = False,
+        return_state: Literal[True] = ..., training: Literal[True]
+        ) -> tuple[FloatArray, FloatArray, RecurrentCache]: ...
+
+
+@overload
+def gru(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+        bias: ArrayLike, *,
+        reset_after: bool = True, time_major: bool = False,
+        return_state: Literal[False], training: Literal[True]
+        ) -> tuple[FloatArray, RecurrentCache]: ...
+
+
+@overload
+def gru(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+        bias: ArrayLike, *,
+        reset_after: bool = True, time_major: bool = False,
+        return_state: bool = ..., training: bool = ...
+        ) -> _GRUResult: ...
+
+
+def gru(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+        bias: ArrayLike, *,
+        reset_after: bool = True, time_major: bool = False,
+        return_state: bool = True, training: bool = False
+        ) -> _GRUResult:
     """A GRU over a sequence (Keras layout; see the module notes for the equations).
 
     Parameters
@@ -660,7 +785,8 @@ def _gru_forward(x, h0, kernel, rk, bias, reset_after, time_major, return_state,
     return result if len(result) > 1 else result[0]
 
 
-def gru_backward(grad_outputs, grad_hT, cache):
+def gru_backward(grad_outputs: ArrayLike | None, grad_hT: ArrayLike | None,
+                 cache: RecurrentCache) -> Grads5:
     """Backpropagation through time for :func:`gru`.
 
     Parameters
@@ -705,7 +831,8 @@ def gru_backward(grad_outputs, grad_hT, cache):
     return _grad_x(gx, cache), dh, gk, grk, gb if cache.reset_after else gb[0]
 
 
-def gru_cell(x, h, kernel, recurrent_kernel, bias, *, reset_after=True):
+def gru_cell(x: ArrayLike, h: ArrayLike, kernel: ArrayLike, recurrent_kernel: ArrayLike,
+             bias: ArrayLike, *, reset_after: bool = True) -> FloatArray:
     """One GRU step (Keras layout; :func:`gru` over a single step).
 
     Parameters
@@ -737,7 +864,9 @@ def gru_cell(x, h, kernel, recurrent_kernel, bias, *, reset_after=True):
     return h_new
 
 
-def gru_cell_backward(grad_h, x, h, kernel, recurrent_kernel, bias, *, reset_after=True):
+def gru_cell_backward(grad_h: ArrayLike | None, x: ArrayLike, h: ArrayLike, kernel: ArrayLike,
+                      recurrent_kernel: ArrayLike, bias: ArrayLike, *, reset_after: bool = True
+                      ) -> Grads5:
     """Gradients of :func:`gru_cell` (one forward step with its cache, then the backward).
 
     Returns
@@ -766,8 +895,35 @@ def gru_cell_backward(grad_h, x, h, kernel, recurrent_kernel, bias, *, reset_aft
 _ACTIVATIONS = ("tanh", "relu")
 
 
-def simple_rnn(x, h0, kernel, recurrent_kernel, bias, *, activation="tanh", time_major=False,
-               training=False):
+@overload
+def simple_rnn(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike,
+               recurrent_kernel: ArrayLike, bias: ArrayLike, *,
+               activation: str = "tanh", time_major: bool = False,
+               training: Literal[False] = ...
+               ) -> tuple[FloatArray, FloatArray]: ...
+
+
+@overload
+def simple_rnn(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike,
+               recurrent_kernel: ArrayLike, bias: ArrayLike, *,
+               activation: str = "tanh", time_major: bool = False,
+               training: Literal[True]
+               ) -> tuple[FloatArray, FloatArray, RecurrentCache]: ...
+
+
+@overload
+def simple_rnn(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike,
+               recurrent_kernel: ArrayLike, bias: ArrayLike, *,
+               activation: str = "tanh", time_major: bool = False,
+               training: bool = ...
+               ) -> _RNNResult: ...
+
+
+def simple_rnn(x: ArrayLike, h0: ArrayLike | None, kernel: ArrayLike,
+               recurrent_kernel: ArrayLike, bias: ArrayLike, *,
+               activation: str = "tanh", time_major: bool = False,
+               training: bool = False
+               ) -> _RNNResult:
     """A simple (Elman) RNN over a sequence, Keras layout:
     ``h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)``.
 
@@ -835,7 +991,8 @@ def simple_rnn(x, h0, kernel, recurrent_kernel, bias, *, activation="tanh", time
     return result
 
 
-def simple_rnn_backward(grad_outputs, grad_hT, cache):
+def simple_rnn_backward(grad_outputs: ArrayLike | None, grad_hT: ArrayLike | None,
+                        cache: RecurrentCache) -> Grads5:
     """Backpropagation through time for :func:`simple_rnn`.
 
     Returns
