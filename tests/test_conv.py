@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import fastnn
 import fastnn.conv
 import reference as ref
-from helpers import (DTYPES, PROPERTY, assert_close, call_raises, memory_variants, numeric_grad,
-                     rel_err, snapshot, x_shape_of)
+from helpers import (DTYPES, PROPERTY, assert_close, assert_thread_count_invariant, call_raises,
+                     memory_variants, numeric_grad, rel_err, snapshot, x_shape_of)
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -912,3 +912,25 @@ def test_top_level_import(name):
     ns = {}
     exec(f"from fastnn import {name}; from fastnn.conv import {name} as _m", ns)
     assert ns[name] is ns["_m"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C,K,groups,k", [
+    (32, 3, 8, 1, 4),     # few output channels: the weight gradient accumulated transposed
+    (5, 6, 2, 2, 3),      # grouped, Kg = 1
+    (3, 8, 4, 2, 5),
+    (2, 1, 1, 1, 1),      # 1x1, one channel
+])
+def test_weight_gradient_with_few_output_channels(dtype, N, C, K, groups, k):
+    rng = np.random.default_rng(N * 100 + C * 10 + K)
+    x = rng.standard_normal((N, C, 19, 17))
+    w = rng.standard_normal((K, C // groups, k, k))
+    kw = dict(padding="same", groups=groups)
+    y = ref.conv2d(x, w, **kw)
+    gy = rng.standard_normal(y.shape)
+    want = ref.conv2d_backward(gy, x, w, **kw)
+    args = [a.astype(dtype) for a in (gy, x, w)]
+    got = fastnn.conv2d_backward(*args, **kw)
+    for g_, w_, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(g_, w_, dtype, name)
+    assert_thread_count_invariant(lambda: fastnn.conv2d_backward(*args, **kw))
