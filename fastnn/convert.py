@@ -33,6 +33,11 @@ from fastnn._validation import as_float_array, as_int, check_ndim, check_shape, 
 __all__ = ["lstm_from_torch", "lstm_to_torch", "lstm_from_keras", "lstm_to_keras",
            "gru_from_torch", "gru_to_torch", "simple_rnn_from_torch", "simple_rnn_to_torch"]
 
+
+def __dir__() -> list[str]:
+    # dir(fastnn.convert) and tab completion list the converters, not the imports.
+    return sorted(__all__)
+
 # Block permutations (each is its own inverse).
 _TORCH_LSTM = [0, 2, 1, 3]     # (i, f, g, o) <-> (i, j, f, o)
 _KERAS_LSTM = [0, 2, 1, 3]     # (i, f, c, o) <-> (i, j, f, o)

@@ -698,6 +698,8 @@ def test_import_makes_convert_available():
     mod = importlib.import_module("fastnn")
     assert mod.convert is convert
     assert callable(mod.convert.lstm_from_torch)
+    # its namespace lists the converters only (not numpy or the validation helpers)
+    assert dir(convert) == sorted(convert.__all__)
 
 
 
