@@ -99,7 +99,8 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     -----
     3x3 kernels with stride 1, dilation 1 and one group run as Winograd F(4x4, 3x3)
     when the shape is large enough to gain (at least 16 input and output channels and
-    16 output tiles of 4x4; the rule and its measurements are in ``_winograd_blocks``):
+    16 output tiles of 4x4, 32 in float64; the rule and its measurements are in
+    ``_winograd_blocks``):
     2.25x fewer multiplications than the direct product. Its float32 error is a few
     times the direct one (measured norm-wise 1e-6 to 4e-6 against float64, C up to
     512; float64 below 1e-14). Results stay bitwise identical for any thread count.
@@ -168,7 +169,7 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
     return np.ascontiguousarray(xq), Hq, Wq
 
 
-def _winograd_blocks(geom):
+def _winograd_blocks(geom, dtype):
     """(tile_block, k_block) for a Winograd F(4x4, 3x3) call, or None for the direct
     path. ``FASTNN_WINOGRAD=0`` turns it off, ``=1`` takes it for every 3x3 stride-1
     convolution (tests); unset, the measured rule below decides."""
@@ -185,9 +186,12 @@ def _winograd_blocks(geom):
     # NHWC, and the products are too thin: N16 C3 32x32 K16 0.26/0.51, N8 C8 28x28
     # K32 0.48/0.66, N8 C32 28x28 K8 0.46/0.51) and fewer than 16 output tiles (the
     # kernel transform is not repaid: N1 C512 7x7 K512 3.8/14.7, N1 C32 8x8 K32
-    # 0.076/0.078 and 0.039/0.046).
+    # 0.076/0.078 and 0.039/0.046). float64 alike (N8 C64 56x56 K64 38.5/22.0,
+    # 41.9/20.6; N64 C16 32x32 K32 15.3/13.4, 15.7/8.7), except that 16 tiles do not
+    # pay there (N1 C256 14x14 K256 5.8/5.8, 6.8/7.9): it needs 32.
     tiles = geom.N * -(-geom.Ho // 4) * -(-geom.Wo // 4)
-    if mode != "1" and (geom.C < 16 or geom.K < 16 or tiles < 16):
+    min_tiles = 16 if np.dtype(dtype) == np.float32 else 32
+    if mode != "1" and (geom.C < 16 or geom.K < 16 or tiles < min_tiles):
         return None
     # 64 tiles (4 vectors of them in NCHW, 8 row blocks in NHWC) by 128 output channels
     # per work item: N8 C64 56x56 K64 NCHW 6.6 ms against 10.6 (16 tiles) and 8.5
@@ -202,7 +206,7 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
         # empty x or weight.
         buf[...] = 0 if bias is None else (bias if geom.nhwc else bias[:, None, None])
         return
-    blocks = _winograd_blocks(geom)
+    blocks = _winograd_blocks(geom, dtype)
     if blocks is not None and _winograd_forward(x, weight, bias, buf, geom, dtype, blocks):
         return
     wc = contiguous(weight, dtype)

@@ -115,12 +115,17 @@ cdef void gather_nchw(const floating* plane, const WGeom* g, Py_ssize_t h0, Py_s
     # The 6x6 input tiles of L neighbouring tiles of one channel plane (rows from
     # h0, columns from w0, 4 apart), zero outside the image, tile position major:
     # d[(6r + j) * TB + l] = x[h0 + r, w0 + 4l + j] -- lanes contiguous for the transform.
-    # Inside the image each row is split by column phase twice, from w0 (j = 0..3)
-    # and w0 + 4 (j = 4, 5, and 6, 7 which the next row overwrites: d has 38 rows).
-    cdef Py_ssize_t r, j, l, h, w
+    # The tiles inside the image take each row split by column phase twice, from
+    # w0 + 4l (j = 0..3) and w0 + 4l + 4 (j = 4, 5, and 6, 7, which the next row
+    # overwrites: d has 38 rows); the edge tiles are copied one by one.
+    cdef Py_ssize_t r, j, l, h, w, lo, hi
     cdef const floating* src
     cdef floating* o
-    cdef bint inside = w0 >= 0 and w0 + TILE * L + 4 <= g.W
+    lo = (-w0 + TILE - 1) // TILE if w0 < 0 else 0
+    hi = (g.W - w0 - 8) // TILE + 1 if g.W - w0 - 8 >= 0 else 0
+    hi = L if hi > L else hi
+    if hi < lo:
+        hi = lo
     for r in range(6):
         h = h0 + r
         o = d + 6 * r * TB
@@ -129,14 +134,15 @@ cdef void gather_nchw(const floating* plane, const WGeom* g, Py_ssize_t h0, Py_s
                 memset(o + j * TB, 0, L * sizeof(floating))
             continue
         src = plane + h * g.W + w0
-        if inside:
-            split4(src, L, o, TB)
-            split4(src + TILE, L, o + 4 * TB, TB)
-        else:
+        if hi > lo:
+            split4(src + TILE * lo, hi - lo, o + lo, TB)
+            split4(src + TILE * (lo + 1), hi - lo, o + 4 * TB + lo, TB)
+        for l in range(L):
+            if lo <= l < hi:
+                continue
             for j in range(6):
-                for l in range(L):
-                    w = w0 + TILE * l + j
-                    o[j * TB + l] = src[TILE * l + j] if 0 <= w < g.W else 0
+                w = w0 + TILE * l + j
+                o[j * TB + l] = src[TILE * l + j] if 0 <= w < g.W else 0
 
 
 cdef void gather_nhwc(const floating* img, const WGeom* g, Py_ssize_t h0, Py_ssize_t w0,

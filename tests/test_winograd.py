@@ -118,7 +118,7 @@ def test_bitwise_identical_for_any_thread_count(calls, layout):
 def _direct(monkeypatch, f):
     """f() with the Winograd path removed by the test hook."""
     with monkeypatch.context() as m:
-        m.setattr(fastnn.conv, "_winograd_blocks", lambda geom: None)
+        m.setattr(fastnn.conv, "_winograd_blocks", lambda geom, dtype: None)
         return f()
 
 
@@ -160,13 +160,20 @@ def test_other_convolutions_never_take_it(calls, kwargs):
     assert_close(y, ref.conv2d(x, w, b, padding=1, **kwargs), np.float32)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 32, 32, 16), (1, 32, 8, 8, 32), (4, 64, 16, 16, 8)])
-def test_measured_rule_keeps_small_shapes_direct(monkeypatch, calls, shape):
+@pytest.mark.parametrize("shape, dtype, wanted", [
+    ((1, 3, 32, 32, 16), np.float32, False),     # too few input channels
+    ((4, 64, 16, 16, 8), np.float32, False),     # too few output channels
+    ((1, 32, 8, 8, 32), np.float32, False),      # 4 tiles
+    ((1, 32, 16, 16, 32), np.float32, True),     # 16 tiles
+    ((1, 32, 16, 16, 32), np.float64, False),    # float64 wants 32
+    ((2, 32, 16, 16, 32), np.float64, True),
+])
+def test_measured_rule(monkeypatch, calls, shape, dtype, wanted):
     monkeypatch.delenv("FASTNN_WINOGRAD")
     N, C, H, W, K = shape
-    x, w, _ = make_conv_inputs(10, "NHWC", np.float32, N, C, H, W, K, 1, 3, 3)
+    x, w, _ = make_conv_inputs(10, "NHWC", dtype, N, C, H, W, K, 1, 3, 3)
     fastnn.conv2d(x, w, padding=1, layout="NHWC")
-    assert not calls
+    assert bool(calls) == wanted
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
