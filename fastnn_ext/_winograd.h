@@ -90,18 +90,19 @@
         }                                                                             \
     } while (0)
 
-/* A^T row combinations of six values. */
-#define WG_AT(T, VT, o, s, m0, m1, m2, m3, m4, m5)                                       \
+/* A^T row combinations of six values, plus z (zero, or the bias). */
+#define WG_AT(T, VT, o, s, z, m0, m1, m2, m3, m4, m5)                                 \
     do {                                                                              \
         VT a_ = m1 + m2, b_ = m1 - m2, c_ = m3 + m4, e_ = m3 - m4;                    \
-        WG_ST(VT, (o), m0 + a_ + c_);                                                 \
-        WG_ST(VT, (o) + (s), b_ + (T)2 * e_);                                         \
-        WG_ST(VT, (o) + 2 * (s), a_ + (T)4 * c_);                                     \
-        WG_ST(VT, (o) + 3 * (s), b_ + (T)8 * e_ + m5);                                \
+        WG_ST(VT, (o), m0 + a_ + c_ z);                                               \
+        WG_ST(VT, (o) + (s), b_ + (T)2 * e_ z);                                       \
+        WG_ST(VT, (o) + 2 * (s), a_ + (T)4 * c_ z);                                   \
+        WG_ST(VT, (o) + 3 * (s), b_ + (T)8 * e_ + m5 z);                              \
     } while (0)
 
-/* A^T M A with M[p] at m + p * sp + l, Y[i][j] stored at y + (4i + j) * sy + l. */
-#define WG_OUTPUT_LANES(T, VT)                                                           \
+/* A^T M A with M[p] at m + p * sp + l, Y[i][j] (+ bias[l] when bias is given)
+ * stored at y + i * syi + j * syj + l. */
+#define WG_OUTPUT_LANES(T, VT)                                                        \
     do {                                                                              \
         VT t_[24];                                                                    \
         int i_, j_;                                                                   \
@@ -110,11 +111,17 @@
             VT m0 = WG_LD(VT, c_), m1 = WG_LD(VT, c_ + 6 * sp);                       \
             VT m2 = WG_LD(VT, c_ + 12 * sp), m3 = WG_LD(VT, c_ + 18 * sp);            \
             VT m4 = WG_LD(VT, c_ + 24 * sp), m5 = WG_LD(VT, c_ + 30 * sp);            \
-            WG_AT(T, VT, t_ + j_, 6, m0, m1, m2, m3, m4, m5);                            \
+            WG_AT(T, VT, t_ + j_, 6, , m0, m1, m2, m3, m4, m5);                       \
         }                                                                             \
         for (i_ = 0; i_ < 4; i_++) {                                                  \
             const VT *r_ = t_ + 6 * i_;                                               \
-            WG_AT(T, VT, y + 4 * i_ * sy + l, sy, r_[0], r_[1], r_[2], r_[3], r_[4], r_[5]); \
+            if (bias) {                                                               \
+                VT bv_ = WG_LD(VT, bias + l);                                         \
+                WG_AT(T, VT, y + i_ * syi + l, syj, + bv_, r_[0], r_[1], r_[2], r_[3], r_[4], \
+                      r_[5]);                                                         \
+            } else {                                                                  \
+                WG_AT(T, VT, y + i_ * syi + l, syj, , r_[0], r_[1], r_[2], r_[3], r_[4], r_[5]); \
+            }                                                                         \
         }                                                                             \
     } while (0)
 
@@ -141,7 +148,7 @@
             WG_WEIGHT_LANES(T, T);                                                       \
     }                                                                                 \
     ATTR static void wg_output_##T##_##V(const T *m, ptrdiff_t sp, ptrdiff_t L, T *y,     \
-                                         ptrdiff_t sy)                                \
+                                         ptrdiff_t syi, ptrdiff_t syj, const T *bias) \
     {                                                                                 \
         const ptrdiff_t W = WG_WIDTH_##V / (ptrdiff_t)sizeof(T);                      \
         ptrdiff_t l = 0;                                                              \

@@ -31,9 +31,10 @@ cdef extern from "_winograd.h" nogil:
                          Py_ssize_t sp)
     void wg_weight_double(const double* g, Py_ssize_t si, Py_ssize_t sj, Py_ssize_t L,
                           double* u, Py_ssize_t sp)
-    void wg_output_float(const float* m, Py_ssize_t sp, Py_ssize_t L, float* y, Py_ssize_t sy)
+    void wg_output_float(const float* m, Py_ssize_t sp, Py_ssize_t L, float* y,
+                         Py_ssize_t syi, Py_ssize_t syj, const float* bias)
     void wg_output_double(const double* m, Py_ssize_t sp, Py_ssize_t L, double* y,
-                          Py_ssize_t sy)
+                          Py_ssize_t syi, Py_ssize_t syj, const double* bias)
     void wg_split4_float(const float* src, Py_ssize_t n, float* o, Py_ssize_t so)
     void wg_split4_double(const double* src, Py_ssize_t n, double* o, Py_ssize_t so)
     void wg_merge4_float(const float* s, Py_ssize_t ss, Py_ssize_t n, float b, float* dst)
@@ -67,11 +68,12 @@ cdef inline void input_lanes(const floating** col, Py_ssize_t sh, Py_ssize_t L, 
 
 
 cdef inline void output_lanes(const floating* m, Py_ssize_t sp, Py_ssize_t L,
-                              floating* y, Py_ssize_t sy) noexcept nogil:
+                              floating* y, Py_ssize_t syi, Py_ssize_t syj,
+                              const floating* bias) noexcept nogil:
     if floating is float:
-        wg_output_float(m, sp, L, y, sy)
+        wg_output_float(m, sp, L, y, syi, syj, bias)
     else:
-        wg_output_double(m, sp, L, y, sy)
+        wg_output_double(m, sp, L, y, syi, syj, bias)
 
 
 cdef inline void split4(const floating* src, Py_ssize_t n, floating* o,
@@ -191,6 +193,7 @@ cdef int forward_item(const floating* x, const floating* u, const floating* bias
     cdef Py_ssize_t t, n, ti, tj, L, c, l, j, p, k, i, oh, ow, nw, ncols, h0, w0, row
     cdef floating b
     cdef const floating* base
+    cdef const floating* bk
     cdef int finite = 1
     cdef const floating* col[6]
     cdef floating* dst
@@ -239,7 +242,7 @@ cdef int forward_item(const floating* x, const floating* u, const floating* bias
     # Output transform and store (plus bias), clipped at the bottom and right edges.
     if not nhwc:
         for k in range(kb):
-            output_lanes(M + k * TB, kb * TB, tb, ot, tb)
+            output_lanes(M + k * TB, kb * TB, tb, ot, TILE * tb, tb, <floating*>NULL)
             finite &= all_finite(ot, 16 * tb)
             b = bias[k0 + k] if bias != NULL else 0
             t = t0
@@ -261,23 +264,27 @@ cdef int forward_item(const floating* x, const floating* u, const floating* bias
     while t < t1:
         L = tile_run(g, t, t1, &n, &ti, &tj)
         for l in range(L):
-            output_lanes(M + (t - t0 + l) * kb, TB * kb, kb, ot, kb)
+            oh = ti * TILE
+            ow = (tj + l) * TILE
+            dst = y + ((n * g.Ho + oh) * g.Wo + ow) * K + k0
+            bk = bias + k0 if bias != NULL else NULL
+            if oh + TILE <= g.Ho and ow + TILE <= g.Wo:
+                # A whole tile: stored in place, checked there.
+                output_lanes(M + (t - t0 + l) * kb, TB * kb, kb, dst, g.Wo * K, K, bk)
+                for i in range(TILE):
+                    for j in range(TILE):
+                        finite &= all_finite(dst + (i * g.Wo + j) * K, kb)
+                continue
+            output_lanes(M + (t - t0 + l) * kb, TB * kb, kb, ot, TILE * kb, kb, bk)
             finite &= all_finite(ot, 16 * kb)
             for i in range(TILE):
-                oh = ti * TILE + i
-                if oh >= g.Ho:
+                if oh + i >= g.Ho:
                     break
                 for j in range(TILE):
-                    ow = (tj + l) * TILE + j
-                    if ow >= g.Wo:
+                    if ow + j >= g.Wo:
                         break
-                    dst = y + ((n * g.Ho + oh) * g.Wo + ow) * K + k0
-                    src = ot + (TILE * i + j) * kb
-                    if bias != NULL:
-                        for k in range(kb):
-                            dst[k] = src[k] + bias[k0 + k]
-                    else:
-                        memcpy(dst, src, kb * sizeof(floating))
+                    memcpy(dst + (i * g.Wo + j) * K, ot + (TILE * i + j) * kb,
+                           kb * sizeof(floating))
         t += L
     return finite
 
