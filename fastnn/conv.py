@@ -100,10 +100,10 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     3x3 kernels with stride 1, dilation 1 and one group run as Winograd F(4x4, 3x3)
     when the shape is large enough to gain (at least 16 input and output channels and
     16 output tiles of 4x4, 32 in float64; the rule and its measurements are in
-    ``_winograd_blocks``):
-    2.25x fewer multiplications than the direct product. Its float32 error is a few
-    times the direct one (measured norm-wise 1e-6 to 4e-6 against float64, C up to
-    512; float64 below 1e-14). Results stay bitwise identical for any thread count.
+    ``_winograd_blocks``), which needs 2.25x fewer multiplications than the direct
+    product. Its float32 error is a few times the direct one (measured norm-wise 1e-6
+    to 4.5e-6 against float64, C up to 512; float64 below 1e-14). Results stay bitwise
+    identical for any thread count.
     An output that is not finite sends the call to the direct path, so Inf and NaN
     propagate as there. ``FASTNN_WINOGRAD=0`` in the environment (read at each call)
     turns Winograd off; the input gradient of :func:`conv2d_backward` follows it.
@@ -192,6 +192,10 @@ def _winograd_blocks(geom, dtype):
     tiles = geom.N * -(-geom.Ho // 4) * -(-geom.Wo // 4)
     min_tiles = 16 if np.dtype(dtype) == np.float32 else 32
     if mode != "1" and (geom.C < 16 or geom.K < 16 or tiles < min_tiles):
+        return None
+    # The transformed kernel is 4x the weights: past 256 MiB of it (C = K = 1365 in
+    # float32) the memory, not the speed, decides.
+    if 36 * geom.K * geom.C * np.dtype(dtype).itemsize > 256 << 20:
         return None
     # 64 tiles (4 vectors of them in NCHW, 8 row blocks in NHWC) by 128 output channels
     # per work item: N8 C64 56x56 K64 NCHW 6.6 ms against 10.6 (16 tiles) and 8.5
