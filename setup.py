@@ -20,7 +20,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # _runtime (the thread pool) comes first: fastnn_ext/__init__.py loads it before the kernels.
-MODULES = ["_runtime", "_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent", "_banded", "_local"]
+MODULES = ["_runtime", "_config", "_blas", "_conv", "_activations", "_pooling", "_recurrent", "_banded", "_local", "_winograd"]
 
 PROBE = r"""
 #include <omp.h>

@@ -12,6 +12,8 @@ All functions compute cross-correlation, like every framework; see
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from fastnn._geometry import (DERIVED_LIMIT, Geometry, check_index_range, check_result_size,
@@ -22,7 +24,7 @@ from fastnn._typing import (ArrayLike, FloatArray, Grads3, Int1, IntPair, Paddin
 from fastnn._validation import (as_bool, as_float_array, as_int, check_bias, check_layout,
                                 check_ndim, contiguous, finish_out, int_tuple, memory_error,
                                 prepare_out, result_dtype)
-from fastnn_ext import _conv
+from fastnn_ext import _conv, _winograd
 
 __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
            "conv_transpose2d_backward", "im2col", "col2im", "flip_kernel"]
@@ -99,6 +101,19 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
         ``(N, K, Ho, Wo)`` or ``(N, Ho, Wo, K)`` in the promoted dtype of the inputs,
         with ``Ho = (H + pad_top + pad_bottom - dilation*(kh-1) - 1) // stride + 1``.
 
+    Notes
+    -----
+    3x3 kernels with stride 1, dilation 1 and one group run as Winograd F(4x4, 3x3)
+    when the shape is large enough to gain (at least 16 input and output channels and
+    16 output tiles of 4x4, 32 in float64; the rule and its measurements are in
+    ``_winograd_blocks``), which needs 2.25x fewer multiplications than the direct
+    product. Its float32 error is a few times the direct one (measured norm-wise 1e-6
+    to 4.5e-6 against float64, C up to 512; float64 below 1e-14). Results stay bitwise
+    identical for any thread count.
+    An output that is not finite sends the call to the direct path, so Inf and NaN
+    propagate as there. ``FASTNN_WINOGRAD=0`` in the environment (read at each call)
+    turns Winograd off; the input gradient of :func:`conv2d_backward` follows it.
+
     Examples
     --------
     >>> import numpy as np, fastnn
@@ -160,12 +175,49 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
     return np.ascontiguousarray(xq), Hq, Wq
 
 
+def _winograd_blocks(geom, dtype):
+    """(tile_block, k_block) for a Winograd F(4x4, 3x3) call, or None for the direct
+    path. ``FASTNN_WINOGRAD=0`` turns it off, ``=1`` takes it for every 3x3 stride-1
+    convolution (tests); unset, the measured rule below decides."""
+    mode = os.environ.get("FASTNN_WINOGRAD", "").strip()
+    if mode == "0" or not (geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1
+                           and geom.dh == geom.dw == 1 and geom.groups == 1):
+        return None
+    # Measured (float32, 2 threads, Zen 4, direct / Winograd ms; in-process A/B, min of
+    # 9): N8 C64 56x56 K64 19.7/11.0 NCHW, 18.8/8.5 NHWC; N64 C16 32x32 K32 8.6/7.0,
+    # 9.0/6.2; N1 C128 14x14 K128 1.41/0.70, 0.76/0.54; N2 C64 28x28 K64 1.71/1.07,
+    # 1.63/0.65; N1 C256 14x14 K256 (16 tiles) 2.8-3.0/2.7-3.1, 3.1-3.4/2.0-4.8 (noisy:
+    # the transformed kernel, 4x the weights, is written and read once per call).
+    # Losing: fewer than 16 channels in or out (the transforms run along channels in
+    # NHWC, and the products are too thin: N16 C3 32x32 K16 0.26/0.51, N8 C8 28x28
+    # K32 0.48/0.66, N8 C32 28x28 K8 0.46/0.51) and fewer than 16 output tiles (the
+    # kernel transform is not repaid: N1 C512 7x7 K512 3.8/14.7, N1 C32 8x8 K32
+    # 0.076/0.078 and 0.039/0.046). float64 alike (N8 C64 56x56 K64 38.5/22.0,
+    # 41.9/20.6; N64 C16 32x32 K32 15.3/13.4, 15.7/8.7), except that 16 tiles do not
+    # pay there (N1 C256 14x14 K256 5.8/5.8, 6.8/7.9): it needs 32.
+    tiles = geom.N * -(-geom.Ho // 4) * -(-geom.Wo // 4)
+    min_tiles = 16 if np.dtype(dtype) == np.float32 else 32
+    if mode != "1" and (geom.C < 16 or geom.K < 16 or tiles < min_tiles):
+        return None
+    # The transformed kernel is 4x the weights: past 256 MiB of it (C = K = 1365 in
+    # float32) the memory, not the speed, decides.
+    if 36 * geom.K * geom.C * np.dtype(dtype).itemsize > 256 << 20:
+        return None
+    # 64 tiles (4 vectors of them in NCHW, 8 row blocks in NHWC) by 128 output channels
+    # per work item: N8 C64 56x56 K64 NCHW 6.6 ms against 10.6 (16 tiles) and 8.5
+    # (64 x 32); N1 C256 14x14 K256 1.25 against 1.57 (64 x 64).
+    return 64, 128
+
+
 def _forward(x, weight, bias, buf, geom, dtype, splits=None):
     if geom.C == 0 or geom.H == 0 or geom.W == 0:
         # No input channels or pixels (the padding alone makes the output): every
         # output is its bias, and no kernel takes the address of an element of an
         # empty x or weight.
         buf[...] = 0 if bias is None else (bias if geom.nhwc else bias[:, None, None])
+        return
+    blocks = _winograd_blocks(geom, dtype)
+    if blocks is not None and _winograd_forward(x, weight, bias, buf, geom, dtype, blocks):
         return
     wc = contiguous(weight, dtype)
     bc = None if bias is None else contiguous(bias, dtype)
@@ -195,6 +247,19 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
     _conv.conv2d_forward(xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
                          geom.kernel_args(), geom.nhwc and not out_nhwc, get_num_threads(),
                          None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
+
+
+def _winograd_forward(x, weight, bias, buf, geom, dtype, blocks):
+    """Winograd F(4x4, 3x3) into buf; False (buf to be overwritten) when an output is
+    not finite, so that Inf and NaN propagate exactly as on the direct path."""
+    nt = get_num_threads()
+    u = np.empty(36 * geom.K * geom.C, dtype=dtype)
+    _winograd.transform_weight(contiguous(weight, dtype).reshape(-1), u, geom.C, geom.K,
+                               geom.nhwc, nt)
+    return _winograd.conv3x3_forward(
+        contiguous(x, dtype).reshape(-1), u, None if bias is None else contiguous(bias, dtype),
+        buf.reshape(-1), (geom.N, geom.C, geom.H, geom.W, geom.K, geom.pt, geom.pl, geom.Ho,
+                          geom.Wo), geom.nhwc, nt, blocks[0], blocks[1])
 
 
 def conv2d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike, *,

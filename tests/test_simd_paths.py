@@ -65,9 +65,10 @@ FAMILIES_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {here!r})
     import reference as ref
     import fastnn
-    from fastnn_ext import _activations, _banded, _conv, _recurrent
+    from fastnn_ext import _activations, _banded, _conv, _recurrent, _winograd
     level = int(sys.argv[1])
-    levels = {{m.__name__: m.SIMD_LEVEL for m in (_activations, _banded, _conv, _recurrent)}}
+    levels = {{m.__name__: m.SIMD_LEVEL for m in (_activations, _banded, _conv, _recurrent,
+                                                  _winograd)}}
     assert len(set(levels.values())) == 1 and _conv.SIMD_LEVEL <= level, levels
     rng = np.random.default_rng(10 + level)
 
