@@ -1,6 +1,7 @@
 """Benchmark family "adapters": what the PyTorch adapter (:mod:`fastnn.torch`) costs per
-call over the raw kernel, on inputs small enough that the overhead shows, and a swapped
-model's training step against native PyTorch. float32.
+call over the raw kernel, on inputs small enough that the overhead shows, a swapped
+model's training step against native PyTorch, and a jitted :mod:`fastnn.jax` call
+against the raw kernel. float32.
 
 Contenders (the table's columns; note the "numpy" column's meaning here)
 -----------------------------------------------------------------------
@@ -174,10 +175,41 @@ def _train_case():
         params=dict(op="train_step", batch=TRAIN_BATCH, what="swap"))
 
 
+def _jax_relu_case():
+    """fastnn.jax's per-call cost: a jitted ``fastnn.jax.relu`` (a ``pure_callback``
+    into the kernel) against the raw kernel on the same 1000 floats; no PyTorch
+    column."""
+    import fastnn
+    n = RELU_N
+
+    def setup(rng):
+        return {"x": rng.standard_normal(n, dtype=DTYPE)}
+
+    def jax_make(inp):
+        import jax
+        import fastnn.jax as fj
+        f = jax.jit(fj.relu)
+        x = jax.numpy.asarray(inp["x"])
+        f(x).block_until_ready()
+        return lambda: f(x).block_until_ready()
+
+    return Case(
+        name=f"jax relu fwd n={n} (jit)", family=FAMILY, setup=setup,
+        contenders=[Contender("fastnn", jax_make, to_numpy=np.asarray, requires="jax"),
+                    Contender("numpy", lambda inp: (lambda: fastnn.relu(inp["x"])))],
+        bytes=float(4 * n * 2), dtype=np.dtype(DTYPE).name,
+        params=dict(op="relu", n=n, what="overhead", adapter="jax"))
+
+
 def cases():
-    """relu and conv2d overhead (forward, forward + backward), then the training step.
-    Without PyTorch the family has no cases."""
-    if baselines.get_torch() is None:
-        return []
-    return [_relu_case(False), _relu_case(True), _conv_case(False), _conv_case(True),
-            _train_case()]
+    """relu and conv2d overhead (forward, forward + backward), the training step, then
+    fastnn.jax's relu. Without PyTorch the torch cases are left out, without JAX the
+    jax one."""
+    import importlib.util
+    out = []
+    if baselines.get_torch() is not None:
+        out += [_relu_case(False), _relu_case(True), _conv_case(False), _conv_case(True),
+                _train_case()]
+    if importlib.util.find_spec("jax") is not None:
+        out.append(_jax_relu_case())
+    return out

@@ -68,6 +68,9 @@ class Contender:
         if self.requires == "torch":
             from fastnn._bench.baselines import get_torch
             return get_torch() is not None
+        if self.requires:
+            import importlib.util
+            return importlib.util.find_spec(self.requires) is not None
         return True
 
 
