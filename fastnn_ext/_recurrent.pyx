@@ -183,8 +183,10 @@ cdef void xh_product(const floating* x, const floating* h, const floating* w, fl
     cdef floating* xh = NULL
     cdef Py_ssize_t r
     # One product over [x, h] rows copied side by side rather than two into the same z:
-    # z is written once, BLAS starts its threads once (float32 B16 I128 H256: 175 us
-    # against 197; no slower at B64 I512 H512).
+    # z is written once and the threads start once -- one parallel region on fastnn's
+    # pool (fwd_product), or one BLAS call for the bigger products (measured when every
+    # product went through BLAS: float32 B16 I128 H256 175 us against 197; no slower at
+    # B64 I512 H512).
     if not acc and I:
         xh = <floating*>malloc(B * (I + H) * sizeof(floating))
     if xh != NULL:
