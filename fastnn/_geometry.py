@@ -27,7 +27,12 @@ def parse_padding(padding, in_size, kernel_size, stride, dilation, fn):
         return ((p, p),) * nd
     items = as_items(padding, "padding", fn, "an int, a tuple, 'valid' or 'same'")
     if len(items) != nd:
-        raise ValueError(f"{fn}: padding must have {nd} entries (one per spatial axis), got {padding!r}")
+        hint = ""
+        if nd == 2 and len(items) == 4:
+            hint = (f"; for four sides write ((top, bottom), (left, right)), e.g. "
+                    f"padding=(({items[0]!r}, {items[1]!r}), ({items[2]!r}, {items[3]!r}))")
+        raise ValueError(f"{fn}: padding must have {nd} entries (one per spatial axis), "
+                         f"got {padding!r}{hint}")
     sides = []
     for item in items:
         if is_int(item):

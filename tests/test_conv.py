@@ -595,6 +595,17 @@ def test_bad_padding_structure_raises():
             fastnn.conv2d(x, w, b, padding=padding)
 
 
+def test_flat_four_sides_padding_names_the_nested_form():
+    # padding=(1, 2, 3, 4) reads as four sides (PyTorch's F.pad order differs, so it is
+    # refused), and the message shows the nested form that means it.
+    x, w, b = _inputs()
+    with pytest.raises(ValueError, match=r"\(\(top, bottom\), \(left, right\)\), "
+                                         r"e\.g\. padding=\(\(1, 2\), \(3, 4\)\)"):
+        fastnn.conv2d(x, w, b, padding=(1, 2, 3, 4))
+    y = fastnn.conv2d(x, w, b, padding=((1, 2), (3, 4)))
+    assert y.shape[2:] == (x.shape[2] + 3 - w.shape[2] + 1, x.shape[3] + 7 - w.shape[3] + 1)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_kernel_larger_than_padded_input(layout):
     x, _, _ = _inputs(layout, H=3, W=5)
