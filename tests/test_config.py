@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import fastnn
 
 
@@ -57,3 +59,21 @@ def test_cli_info_runs():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     _check_report(proc.stdout)
+
+
+def test_bench_plot_names_the_families_and_marks_disturbed_cases(tmp_path):
+    pytest.importorskip("matplotlib")
+    from types import SimpleNamespace
+    from fastnn._bench.plot import write_plot
+
+    def result(name, busy):
+        return SimpleNamespace(case=SimpleNamespace(name=name), foreign_cpus=busy,
+                               ratios={"vs_numpy": 2.0, "vs_torch": 0.8})
+
+    fig = write_plot(tmp_path / "p.png", {"conv": [result("a", 0.0), result("b", 0.9)]},
+                     "fastnn speed-ups (conv; --quick)", busy=lambda r: r.foreign_cpus > 0.5)
+    assert (tmp_path / "p.png").stat().st_size > 0
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["a", "b *", "geomean"]
+    title = fig.axes[0].get_title()
+    assert "(conv; --quick)" in title and "* other processes kept CPUs busy" in title

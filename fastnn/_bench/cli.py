@@ -233,9 +233,13 @@ def _finish(args, doc, env, results_by_family, busy_cases, n_threads, t_start, o
         print(f"wrote {args.json}", file=out)
     if args.plot:
         try:
+            families = ", ".join(results_by_family)
             write_plot(args.plot, results_by_family,
-                       f"fastnn {env.get('fastnn', {}).get('version', '')} speed-ups, "
-                       f"{n_threads} thread(s), {env['cpu']}")
+                       f"fastnn {env.get('fastnn', {}).get('version', '')} speed-ups "
+                       f"({families}{'; --quick' if args.quick else ''}), "
+                       f"{n_threads} thread(s), {env['cpu']}",
+                       busy=lambda r: r.foreign_cpus is not None
+                       and r.foreign_cpus >= BUSY_FLAG_CPUS)
             print(f"wrote {args.plot}", file=out)
         except ImportError as exc:
             print(f"fastnn bench: --plot needs matplotlib ({exc})", file=err)

@@ -4,24 +4,31 @@ from fastnn._bench.harness import geomean
 __all__ = ["write_plot"]
 
 
-def write_plot(path, results_by_family, title):
-    """Horizontal log-scale bars from 1x: speed-up vs NumPy and vs torch per case."""
+def write_plot(path, results_by_family, title, busy=None):
+    """Horizontal log-scale bars from 1x: speed-up vs NumPy and vs torch per case.
+
+    ``busy(result)``: whether the case was disturbed by other processes; such a
+    case's label ends in `` *`` as in the table, and the plot says what it means."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     rows = []
+    marked = False
     many = len(results_by_family) > 1
     for fam, results in results_by_family.items():
         for r in results:
             label = f"{fam}: {r.case.name}" if many else r.case.name
+            if busy is not None and busy(r):
+                label += " *"
+                marked = True
             rows.append((label, r.ratios.get("vs_numpy"), r.ratios.get("vs_torch")))
         gn = geomean(r.ratios.get("vs_numpy") for r in results)
         gt = geomean(r.ratios.get("vs_torch") for r in results)
         if results:
             rows.append((f"{fam}: geomean" if many else "geomean", gn, gt))
     if not rows:
-        return
+        return None
     n = len(rows)
     fig = Figure(figsize=(11, 1.3 + 0.34 * n))
     FigureCanvasAgg(fig)
@@ -50,8 +57,11 @@ def write_plot(path, results_by_family, title):
     ax.set_yticklabels([row[0] for row in rows], fontsize=8, family="monospace")
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel("speed-up of fastnn = peer time / fastnn time (> 1: fastnn faster; log scale)")
+    if marked:
+        title += "\n* other processes kept CPUs busy during the case: its times are unreliable"
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
