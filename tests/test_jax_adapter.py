@@ -1,9 +1,13 @@
 """fastnn.jax: every wrapped kernel against an independent JAX reference (lax / jax.nn /
-jnp written out here), in float64 (x64 enabled) and float32, under grad, jit and vmap."""
+jnp written out here), in float64 (x64 enabled) and float32, under grad, jit and vmap, on
+the FFI host-call path (the default); representative checks on the pure_callback path;
+the FFI handler's protocol (metadata query, stages, errors) and its use from threads."""
+import ctypes
 import functools
 import inspect
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,9 +18,22 @@ from jax import lax  # noqa: E402
 
 import fastnn  # noqa: E402
 import fastnn.jax as fj  # noqa: E402
+from fastnn import _jax_ffi  # noqa: E402
 from helpers import assert_close  # noqa: E402
 
 HI = lax.Precision.HIGHEST
+SWITCH = "FASTNN_JAX_CALLBACK"
+
+
+@pytest.fixture(autouse=True)
+def _ffi_path(monkeypatch):
+    """Every test runs on the default (FFI) path unless it selects pure_callback."""
+    monkeypatch.delenv(SWITCH, raising=False)
+
+
+@pytest.fixture
+def pure_callback(monkeypatch):
+    monkeypatch.setenv(SWITCH, "pure_callback")
 
 
 # ------------------------------------------------------------------ references
@@ -649,3 +666,390 @@ def test_import_error_names_the_extra():
             "try:\n    import fastnn.jax\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 'pip install "fastnn[jax]"' in out.stdout
+
+
+# ------------------------------------------------------------------ host-call paths
+def _prims(fn, *args):
+    """The host-call primitives in the jaxpr of ``fn`` (nested jaxprs included)."""
+    text = str(jax.make_jaxpr(fn)(*args))
+    return {p for p in ("ffi_call", "pure_callback") if p in text}
+
+
+def test_default_path_is_ffi(x64):
+    assert fj._host_call_path() == "ffi"
+    x = jnp.ones((1, 2, 5, 5))
+    w = jnp.ones((3, 2, 3, 3))
+    assert _prims(lambda x: fj.conv2d(x, w), x) == {"ffi_call"}
+    assert _prims(jax.grad(lambda x: fj.conv2d(x, w).sum()), x) == {"ffi_call"}
+    assert _prims(jax.vmap(lambda x: fj.conv2d(x, w)), x[None]) == {"ffi_call"}
+    eqn = jax.make_jaxpr(lambda x: fj.relu(x))(x).eqns[0].params["call_jaxpr"].eqns[0]
+    assert eqn.primitive.name == "ffi_call" and eqn.params["has_side_effect"] is False
+
+
+@pytest.mark.parametrize("name", ["conv2d", "max_pool2d", "relu", "softmax_cross_entropy",
+                                  "lstm"])
+def test_pure_callback_path(name, pure_callback, x64):
+    case = CASES[IDS.index(name)]
+    args = case.args(np.float64)
+    arrays = _traced(args)
+    assert _prims(lambda *a: case.call(_with(args, arrays, a)),
+                  *(args[i] for i in arrays)) == {"pure_callback"}
+    test_float64_forward_and_grad_eager_and_jit(case, None)
+    test_vmap_over_batch_matches_loop(case, None)
+
+
+def test_paths_agree_bitwise(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 3, 6, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((4, 3, 3, 3)), jnp.float32)
+
+    def run():
+        loss = lambda x, w: (fj.relu(fj.conv2d(x, w, padding=1)) ** 2).sum()  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+    ffi = run()
+    monkeypatch.setenv(SWITCH, "pure_callback")
+    pure = run()
+    for a, b in zip(jax.tree_util.tree_leaves(ffi), jax.tree_util.tree_leaves(pure)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_switch_values(monkeypatch):
+    monkeypatch.setenv(SWITCH, " Pure_Callback ")
+    assert fj._host_call_path() == "pure_callback"
+    monkeypatch.setenv(SWITCH, "ffi")
+    assert fj._host_call_path() == "ffi"
+    monkeypatch.setenv(SWITCH, "")
+    assert fj._host_call_path() == "ffi"
+    monkeypatch.setenv(SWITCH, "cffi")
+    with pytest.raises(ValueError, match="FASTNN_JAX_CALLBACK must be one of ffi, pure_callback"):
+        fj.relu(jnp.ones(3))
+
+
+def test_falls_back_to_pure_callback_without_ffi(monkeypatch):
+    monkeypatch.setitem(_jax_ffi._STATE, "ok", False)
+    assert fj._host_call_path() == "pure_callback"
+    x = jnp.arange(-2.0, 3.0)
+    assert _prims(lambda x: fj.relu(x), x) == {"pure_callback"}
+    np.testing.assert_array_equal(jax.jit(fj.relu)(x), [0, 0, 0, 1, 2])
+    # a jax whose jax.ffi lacks ffi_call: nothing is registered, the answer is no
+    monkeypatch.delattr(jax.ffi, "ffi_call")
+    kept = len(_jax_ffi._KEEP)
+    assert _jax_ffi._register() is False
+    assert len(_jax_ffi._KEEP) == kept
+
+
+class _FakeHost:
+    """A host-call target for the handler tests: returns ``outs`` or raises ``error``."""
+    vmap_method = "broadcast_all"
+
+    def __init__(self, out_specs, outs=None, error=None):
+        self.out_specs, self.outs, self.error, self.calls = tuple(out_specs), outs, error, []
+
+    def __call__(self, *arrays):
+        self.calls.append([np.array(a) for a in arrays])
+        if self.error is not None:
+            raise self.error
+        return self.outs(*arrays)
+
+
+def test_error_inside_the_handler_surfaces_under_jit():
+    # value-dependent: only the kernel can see it
+    logits = jnp.zeros((2, 3))
+    with pytest.raises(jax.errors.JaxRuntimeError,
+                       match=r"ValueError: softmax_cross_entropy: labels must be class "
+                             r"indices in \[0, 3\), got 5"):
+        jax.jit(fj.softmax_cross_entropy)(logits, jnp.array([0, 5]))
+    # a forced failure in the handler's target
+    spec = jax.ShapeDtypeStruct((3,), jnp.float32)
+    host = _FakeHost([spec], error=ValueError("bad shape (3,) for this kernel"))
+    with pytest.raises(jax.errors.JaxRuntimeError,
+                       match=r"INVALID_ARGUMENT: ValueError: bad shape \(3,\) for this kernel"):
+        jax.jit(lambda x: _jax_ffi.call(host, (x,))[0])(jnp.ones(3)).block_until_ready()
+    assert len(host.calls) == 1
+    # a wrong result shape is refused, not copied
+    host = _FakeHost([spec], outs=lambda x: (np.ones(4, np.float32),))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"a result of shape \(4,\)"):
+        jax.jit(lambda x: _jax_ffi.call(host, (x,))[0])(jnp.ones(3)).block_until_ready()
+    # and the process goes on
+    np.testing.assert_allclose(jax.jit(fj.softmax_cross_entropy)(logits, jnp.array([0, 2])),
+                               np.log(3), rtol=1e-6)
+
+
+def test_kernel_error_in_the_backward_surfaces(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("conv2d_backward: broken on purpose")
+
+    x, w = jnp.ones((1, 2, 5, 5)), jnp.ones((3, 2, 3, 3))
+    f = jax.jit(jax.grad(lambda w: fj.conv2d(x, w).sum()))
+    monkeypatch.setattr(fj._CONV2D, "_b", broken)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="broken on purpose"):
+        f(w).block_until_ready()
+    monkeypatch.undo()
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda w: fj.conv2d(x, w).sum()))(w), 9.0)
+
+
+@pytest.mark.parametrize("path", ["ffi", "pure_callback"])
+def test_zero_size_inputs(path, monkeypatch):
+    monkeypatch.setenv(SWITCH, path)
+    x = jnp.zeros((0, 3))
+    assert jax.jit(fj.relu)(x).shape == (0, 3)
+    assert jax.grad(lambda x: fj.relu(x).sum())(x).shape == (0, 3)
+    w = jnp.ones((4, 3, 3, 3))
+    xs = jnp.zeros((0, 3, 8, 8))
+    assert jax.jit(lambda x: fj.conv2d(x, w))(xs).shape == (0, 4, 6, 6)
+    gx, gw = jax.jit(jax.grad(lambda x, w: fj.conv2d(x, w).sum(), argnums=(0, 1)))(xs, w)
+    assert gx.shape == (0, 3, 8, 8)
+    np.testing.assert_array_equal(gw, np.zeros((4, 3, 3, 3)))
+    assert jax.vmap(fj.relu)(jnp.zeros((2, 0))).shape == (2, 0)
+
+
+def test_float64_on_the_ffi_path(x64):
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 7, 7)), rng.standard_normal((4, 3, 3, 3))
+    f = jax.jit(lambda x, w: fj.conv2d(x, w, stride=2))
+    assert _prims(f, x, w) == {"ffi_call"}
+    y = f(x, w)
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, fastnn.conv2d(x, w, stride=2))
+    g = jax.jit(jax.grad(lambda x: fj.tanh(x).sum()))(x)
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, 1 - np.tanh(x) ** 2, rtol=1e-12)
+
+
+def _conv_step():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 3, 8, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((4, 3, 3, 3)), jnp.float32)
+    f = jax.jit(jax.value_and_grad(lambda w, x: fj.relu(fj.conv2d(x, w)).sum()))
+    return f, x, w
+
+
+def test_calls_from_other_threads():
+    f, x, w = _conv_step()
+    want = jax.tree_util.tree_map(np.asarray, f(w, x))
+    results, errors = {}, []
+
+    def work(k):
+        try:
+            for i in range(15):
+                results[k, i] = jax.tree_util.tree_map(np.asarray, f(w * (k + 1), x))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for k in range(4):
+        one = jax.tree_util.tree_map(np.asarray, f(w * (k + 1), x))
+        for i in range(15):
+            for a, b in zip(jax.tree_util.tree_leaves(results[k, i]),
+                            jax.tree_util.tree_leaves(one)):
+                np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(results[0, 0]), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_async_dispatch_results_read_after_blocking():
+    f, x, w = _conv_step()
+    pending = [f(w + 0.01 * i, x) for i in range(40)]    # no blocking in between
+    jax.block_until_ready(pending)
+    for i in (0, 17, 39):
+        v, g = f(w + 0.01 * i, x)
+        np.testing.assert_array_equal(pending[i][0], v)
+        np.testing.assert_array_equal(pending[i][1], g)
+
+
+def test_many_signatures_in_one_process():
+    before = len(_jax_ffi._HOSTS)
+    rng = np.random.default_rng(5)
+    for n in range(1, 41):
+        x = rng.standard_normal((n, 3)).astype(np.float32)
+        np.testing.assert_array_equal(jax.jit(fj.relu)(x), np.maximum(x, 0))
+        np.testing.assert_array_equal(fj.relu(x), np.maximum(x, 0))
+    for size in range(3, 13):
+        x = rng.standard_normal((1, 2, size, size)).astype(np.float32)
+        w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+        np.testing.assert_array_equal(jax.jit(lambda x, w: fj.conv2d(x, w))(x, w),
+                                      fastnn.conv2d(x, w))
+        gx, gw, gb = fastnn.conv2d_backward(np.ones((1, 3, size - 2, size - 2), np.float32),
+                                            x, w)
+        np.testing.assert_array_equal(jax.grad(lambda w: fj.conv2d(x, w).sum())(w), gw)
+    hosts = list(_jax_ffi._HOSTS.items())[before:]
+    assert len(hosts) >= 40 + 20
+    assert len({id(h) for _, h in hosts}) == len(hosts)
+
+
+def test_unused_results_are_dropped_like_pure_callback():
+    # ffi_call has no side effect: an unused result costs no host call
+    x = jnp.ones(3)
+    used = jax.jit(lambda x: fj.relu(x) + 1).lower(x).compile().as_text()
+    unused = jax.jit(lambda x: (fj.relu(x), x + 1)[1]).lower(x).compile().as_text()
+    assert _jax_ffi.TARGET in used and _jax_ffi.TARGET not in unused
+
+
+# ------------------------------------------------------------------ the handler's protocol
+_CODES = {np.dtype(v): k for k, v in _jax_ffi._DTYPES.items()}
+
+
+class _Frame:
+    """An XLA_FFI_CallFrame as XLA builds it, over NumPy arrays (everything it points to
+    is kept alive by this object)."""
+
+    def __init__(self, key, args, rets, stage=3, errors=None, version=(0, 3),
+                 codes=None):
+        J = _jax_ffi
+        self.keep = []
+        codes = codes or {}
+        self.frame = J._CallFrame()
+        self.frame.struct_size = J._CALL_FRAME_SIZE
+        self.frame.stage = stage
+        self.frame.args = self._table([self._buffer(a, codes.get(i)) for i, a in
+                                       enumerate(args)])
+        self.frame.rets = self._table([self._buffer(r) for r in rets])
+        value = ctypes.c_int64(key)
+        scalar = J._Scalar(J._S64, ctypes.addressof(value))
+        types = (ctypes.c_int * 1)(J._ATTR_SCALAR)
+        attrs = (ctypes.c_void_p * 1)(ctypes.addressof(scalar))
+        self.keep += [value, scalar, types, attrs]
+        self.frame.attrs = J._Attrs(ctypes.sizeof(J._Attrs), None, 1, types, None, attrs)
+        self.errors = errors if errors is not None else []
+
+        @J._ERROR_CREATE_TYPE
+        def create(args_p):
+            a = args_p.contents
+            assert a.struct_size == J._ERROR_CREATE_ARGS_SIZE
+            self.errors.append((a.errc, a.message.decode()))
+            return 0x5A5A                      # XLA's error object, as far as we know
+        api = J._Api()
+        api.struct_size = ctypes.sizeof(api)
+        api.api_version = J._ApiVersion(J._API_VERSION_SIZE, None, *version)
+        api.error_create = ctypes.cast(create, ctypes.c_void_p).value
+        self.keep += [create, api]
+        self.frame.api = ctypes.pointer(api)
+
+    def _buffer(self, a, code=None):
+        J = _jax_ffi
+        dims = (ctypes.c_int64 * max(a.ndim, 1))(*a.shape)
+        buf = J._Buffer(ctypes.sizeof(J._Buffer), None, code or _CODES[a.dtype],
+                        a.ctypes.data if a.size else None, a.ndim, dims)
+        self.keep += [a, dims, buf]
+        return buf
+
+    def _table(self, buffers):
+        n = len(buffers)
+        types = (ctypes.c_int * max(n, 1))(*([_jax_ffi._BUFFER] * n))
+        ptrs = (ctypes.c_void_p * max(n, 1))(*(ctypes.addressof(b) for b in buffers))
+        self.keep += [types, ptrs]
+        return _jax_ffi._Args(ctypes.sizeof(_jax_ffi._Args), None, n, types, ptrs)
+
+    def handle(self):
+        return _jax_ffi._handle(ctypes.addressof(self.frame))
+
+
+def _host(outs=None, error=None):
+    host = _FakeHost([], outs, error)
+    return host, _jax_ffi.key_of(host)
+
+
+def test_handler_executes_on_views_of_the_buffers():
+    host, key = _host(outs=lambda a, b: (a + b, (a * b).astype(np.int64)))
+    a = np.arange(6, dtype=np.int32).reshape(2, 3)
+    b = np.full((2, 3), 2, np.int32)
+    r0, r1 = np.zeros((2, 3), np.int32), np.zeros((2, 3), np.int64)
+    frame = _Frame(key, [a, b], [r0, r1])
+    seen = []
+    host.outs = lambda a, b: (seen.append(a) or a + b, (a * b).astype(np.int64))
+    assert frame.handle() is None and not frame.errors
+    np.testing.assert_array_equal(r0, a + 2)
+    np.testing.assert_array_equal(r1, a * 2)
+    view = seen[0]
+    assert not view.flags.writeable and view.ctypes.data == a.ctypes.data   # no copy
+
+
+def test_handler_answers_the_metadata_query_with_the_running_api_version():
+    J = _jax_ffi
+    host, key = _host(outs=lambda a: (a,))
+    a = np.ones(3, np.float32)
+    frame = _Frame(key, [a], [np.zeros(3, np.float32)], version=(0, 42))
+    meta = J._Metadata()
+    meta.struct_size = J._METADATA_SIZE
+    meta.traits = 7
+    ext = J._MetadataExtension(J._ExtensionBase(ctypes.sizeof(J._MetadataExtension),
+                                                J._EXTENSION_METADATA, None),
+                               ctypes.pointer(meta))
+    other = J._ExtensionBase(ctypes.sizeof(J._ExtensionBase), 99,
+                             ctypes.cast(ctypes.pointer(ext), ctypes.POINTER(J._ExtensionBase)))
+    frame.keep += [meta, ext, other]
+    frame.frame.extension_start = ctypes.pointer(other)     # found along the chain
+    assert frame.handle() is None and not frame.errors
+    assert (meta.api_version.major_version, meta.api_version.minor_version) == (0, 42)
+    assert meta.api_version.struct_size == J._API_VERSION_SIZE and meta.traits == 0
+    assert host.calls == []                                  # a query runs nothing
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_handler_acts_only_on_the_execute_stage(stage):
+    host, key = _host(outs=lambda a: (a,))
+    frame = _Frame(key, [np.ones(2)], [np.zeros(2)], stage=stage)
+    assert frame.handle() is None and not frame.errors and host.calls == []
+
+
+@pytest.mark.parametrize("error, code", [(ValueError("bad shape"), 3),
+                                         (NotImplementedError("bad shape"), 12),
+                                         (KeyError("bad shape"), 13),
+                                         (KeyboardInterrupt("bad shape"), 13)])
+def test_handler_turns_exceptions_into_xla_errors(error, code):
+    host, key = _host(error=error)
+    out = np.zeros(2)
+    frame = _Frame(key, [np.ones(2)], [out])
+    assert frame.handle() == 0x5A5A
+    [(errc, message)] = frame.errors
+    assert errc == code
+    assert message.startswith(f"{type(error).__name__}: ") and "bad shape" in message
+    assert "Traceback" in message
+    np.testing.assert_array_equal(out, 0)
+
+
+def test_handler_refuses_what_it_cannot_read():
+    host, key = _host(outs=lambda a: (a,))
+    frame = _Frame(key, [np.ones(2, np.complex64)], [np.zeros(2, np.float32)],
+                   codes={0: 15})                            # XLA_FFI_DataType_C64
+    assert frame.handle() == 0x5A5A
+    assert "unsupported XLA buffer dtype code 15" in frame.errors[0][1]
+    frame = _Frame(10 ** 12, [np.ones(2)], [np.zeros(2)])    # a key no host has
+    assert frame.handle() == 0x5A5A
+    assert "no registered host" in frame.errors[0][1]
+    frame = _Frame(key, [np.ones(2)], [np.zeros(2)])
+    frame.frame.struct_size = 16                             # an older, smaller call frame
+    assert frame.handle() == 0x5A5A and "XLA_FFI_CallFrame of 16 bytes" in frame.errors[0][1]
+    assert host.calls == []
+
+
+def test_handler_zero_size_and_null_data():
+    host, key = _host(outs=lambda a: (a * 2,))
+    a, out = np.zeros((0, 4)), np.zeros((0, 4))
+    frame = _Frame(key, [a], [out])                         # data pointers are NULL
+    assert frame.handle() is None and not frame.errors
+    assert host.calls[0][0].shape == (0, 4)
+    host, key = _host(outs=lambda a: (a,))
+    frame = _Frame(key, [np.ones(3)], [np.zeros(3)])
+    ctypes.cast(frame.frame.args.args[0], ctypes.POINTER(_jax_ffi._Buffer)).contents.data = None
+    assert frame.handle() == 0x5A5A and "no data" in frame.errors[0][1]
+
+
+def test_handler_scalars():
+    host, key = _host(outs=lambda a: (np.asarray(a + 1), ))
+    out = np.zeros((), np.float32)
+    frame = _Frame(key, [np.array(2.0, np.float32)], [out])
+    assert frame.handle() is None and not frame.errors
+    assert out == 3.0
+
+
+def test_export_is_refused():
+    # an executable names its host by a number of this process: not portable
+    with pytest.raises(ValueError, match="custom calls whose targets have no compatibility"):
+        jax.export.export(jax.jit(lambda x: fj.relu(x)))(jnp.ones(3))
