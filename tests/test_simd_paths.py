@@ -55,8 +55,8 @@ def test_kernel_path_matches_reference(level):
 
 # The other families with per-ISA code (_simd.h): the recurrent gate passes and their
 # products, the banded/masked/sparse tiles, locally connected layers (banded's tiles
-# and products); pooling has none (compiled at the baseline), checked at each level
-# all the same. Forward against the float64 reference; backward against the
+# and products), pooling's 2x2 stride-2 kernel (its general loops are baseline only,
+# checked at each level all the same). Forward against the float64 reference; backward against the
 # reference's adjoint where it has one, else against a central difference of the
 # reference forward along a random direction (float64 inputs).
 FAMILIES_SCRIPT = textwrap.dedent("""
@@ -65,10 +65,10 @@ FAMILIES_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {here!r})
     import reference as ref
     import fastnn
-    from fastnn_ext import _activations, _banded, _conv, _recurrent, _winograd
+    from fastnn_ext import _activations, _banded, _conv, _pooling, _recurrent, _winograd
     level = int(sys.argv[1])
-    levels = {{m.__name__: m.SIMD_LEVEL for m in (_activations, _banded, _conv, _recurrent,
-                                                  _winograd)}}
+    levels = {{m.__name__: m.SIMD_LEVEL for m in (_activations, _banded, _conv, _pooling,
+                                                  _recurrent, _winograd)}}
     assert len(set(levels.values())) == 1 and _conv.SIMD_LEVEL <= level, levels
     rng = np.random.default_rng(10 + level)
 
@@ -168,6 +168,22 @@ FAMILIES_SCRIPT = textwrap.dedent("""
             want = ref.pool2d_backward(gp, xin.shape, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg",
                                        layout=layout)
             check("avg_pool_backward", err(got, want), tol)
+        # the 2x2 stride-2 NCHW kernel: ties, NaN and -inf decide values and indices
+        xt = rng.integers(-2, 3, (3, 5, 9, 34)).astype(np.float64)
+        xt[0, 0, 0, :4] = np.nan
+        xt[1, 2, 3:5, 6:8] = -np.inf
+        xt[2, 1, 4, 10] = np.nan
+        got, gi = fastnn.max_pool2d(xt.astype(dtype), 2, return_indices=True)
+        want, wi = ref.pool2d(xt, (2, 2), (2, 2), ((0, 0), (0, 0)), "max")
+        assert np.array_equal(gi, wi), "max_pool 2x2 indices"
+        assert np.array_equal(np.isnan(got), np.isnan(want)), "max_pool 2x2 NaN"
+        fin = ~np.isnan(want)
+        assert np.array_equal(got[fin], want[fin].astype(dtype)), "max_pool 2x2 values"
+        assert np.array_equal(fastnn.max_pool2d(xt.astype(dtype), 2), got, equal_nan=True)
+        xa = rng.standard_normal((2, 3, 8, 7))
+        got = fastnn.avg_pool2d(xa.astype(dtype), 2, divisor_override=3)
+        want = ref.pool2d(xa, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg", divisor_override=3)
+        check("avg_pool 2x2 divisor_override", err(got, want), tol)
     print("ok", _conv.SIMD_LEVEL, worst)
 """)
 
