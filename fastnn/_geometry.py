@@ -75,6 +75,45 @@ def image_shape(nhwc, N, C, H, W):
     return (N, H, W, C) if nhwc else (N, C, H, W)
 
 
+class _NotPlain(Exception):
+    pass
+
+
+def _plain_key(value):
+    """``value`` with the type of every part, for exact ints, bools, strings, None and
+    tuples of them (``True`` and ``1`` give different keys); anything else raises
+    _NotPlain."""
+    t = type(value)
+    if t is int or t is str or t is bool or value is None:
+        return (t, value)
+    if t is tuple:
+        return (t, tuple(_plain_key(v) for v in value))
+    raise _NotPlain
+
+
+_CACHE: dict = {}
+_CACHE_SIZE = 512
+
+
+def cached(cls, *args, **kwargs):
+    """``cls(*args, **kwargs)``, memoised for plain arguments: a training loop calls a
+    kernel with the same shapes and options every step, and validating them costs more
+    than a small kernel (about 5-10 us). The geometry objects are never modified after
+    construction; arguments that are not plain (lists, NumPy ints, floats, arrays) and
+    arguments that raise are never cached, so every error is raised as before."""
+    try:
+        key = (cls, _plain_key(args), _plain_key(tuple(sorted(kwargs.items()))))
+    except _NotPlain:
+        return cls(*args, **kwargs)
+    geom = _CACHE.get(key)
+    if geom is None:
+        geom = cls(*args, **kwargs)
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[key] = geom
+    return geom
+
+
 class Geometry:
     """Normalised convolution geometry (2-D; 1-D uses H = 1)."""
 

@@ -16,8 +16,9 @@ import os
 
 import numpy as np
 
-from fastnn._geometry import (DERIVED_LIMIT, Geometry, check_index_range, check_result_size,
-                              image_shape, parse_padding, parse_padding_1d, same_padding)
+from fastnn._geometry import (DERIVED_LIMIT, Geometry, cached, check_index_range,
+                              check_result_size, image_shape, parse_padding, parse_padding_1d,
+                              same_padding)
 from fastnn._threads import get_num_threads
 from fastnn._typing import (ArrayLike, FloatArray, Grads3, Int1, IntPair, Padding1D,
                              Padding2D)
@@ -66,7 +67,8 @@ def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout, ndim=2
                          f"{C // groups} (layout {layout})")
     if kh < 1 or kw < 1:
         raise ValueError(f"{fn}: weight has an empty kernel ({kh}x{kw})")
-    geom = Geometry(fn, layout, x.shape, (kh, kw), K, groups, stride, padding, dilation, ndim)
+    geom = cached(Geometry, fn, layout, x.shape, (kh, kw), K, groups, stride, padding,
+                  dilation, ndim)
     return x, weight, geom
 
 
@@ -396,7 +398,7 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
         wt.reshape(G, cg, kg, kh * kw)[...] = \
             w.reshape(G, kg, cg, kh * kw)[..., ::-1].transpose(0, 2, 1, 3)
         gy = grad_y[:, :, h0:h1, w0:w1]
-    tgeom = Geometry(geom.fn, geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
+    tgeom = cached(Geometry, geom.fn, geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
                       (pad_h, pad_w), (geom.dh, geom.dw), limit=DERIVED_LIMIT)
     _forward(gy, wt, None, grad_x, tgeom, dtype)
 

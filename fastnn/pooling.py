@@ -24,11 +24,12 @@ from typing import Literal, overload
 
 import numpy as np
 
-from fastnn._geometry import check_index_range, check_result_size, parse_padding, parse_padding_1d
+from fastnn._geometry import (cached, check_index_range, check_result_size, parse_padding,
+                              parse_padding_1d)
 from fastnn._threads import get_num_threads
 from fastnn._typing import (ArrayLike, FloatArray, IndexArray, Int1, Padding1D, PoolPadding2D,
                              PoolSize2D, PoolStride1D, PoolStride2D)
-from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_layout, check_ndim,
+from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_layout,
                                 contiguous, int_tuple, is_int, memory_error)
 from fastnn_ext import _pooling
 
@@ -70,12 +71,14 @@ class _PoolGeometry:
     window holds an input element (which both kinds of call must satisfy).
     """
 
-    def __init__(self, fn, ndim, layout, x, kernel_size, stride, padding, dilation=1,
+    def __init__(self, fn, ndim, layout, x_shape, kernel_size, stride, padding, dilation=1,
                  ceil_mode=False, count_include_pad=False, divisor_override=None):
         self.layout = check_layout(layout, fn, _LAYOUTS[ndim])
         self.ndim = ndim
         self.channels_last = self.layout in ("NHWC", "NWC")
-        check_ndim(x, ndim + 2, "x", fn, f"(layout {self.layout}: {_DIMS[self.layout]})")
+        if len(x_shape) != ndim + 2:
+            raise ValueError(f"{fn}: x must be {ndim + 2}-D (layout {self.layout}: "
+                             f"{_DIMS[self.layout]}), got shape {x_shape}")
         k = int_tuple(_expand_one(kernel_size, ndim), ndim, "kernel_size", fn, minimum=1)
         if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
             s = k                                       # PyTorch: None or () is kernel_size
@@ -94,11 +97,11 @@ class _PoolGeometry:
         pytorch_args = (any(v != 1 for v in d) or ceil_mode or count_include_pad
                         or divisor_override is not None)
         if self.channels_last:
-            self.N, self.C = x.shape[0], x.shape[-1]
-            spatial = x.shape[1:-1]
+            self.N, self.C = x_shape[0], x_shape[-1]
+            spatial = x_shape[1:-1]
         else:
-            self.N, self.C = x.shape[:2]
-            spatial = x.shape[2:]
+            self.N, self.C = x_shape[:2]
+            spatial = x_shape[2:]
         shown = padding                                 # as the caller wrote it
         if ndim == 1:
             spatial, k, s, d = (1,) + spatial, (1,) + k, (1,) + s, (1,) + d
@@ -182,7 +185,8 @@ def _every_window_real(size, p0, k, s, d, n_out):
 def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_indices,
              **options):
     x = as_float_array(x, "x", fn)
-    geom = _PoolGeometry(fn, ndim, layout, x, kernel_size, stride, padding, **options)
+    geom = cached(_PoolGeometry, fn, ndim, layout, x.shape, kernel_size, stride, padding,
+                  **options)
     return_indices = as_bool(return_indices, "return_indices", fn)
     if return_indices and not is_max:
         raise ValueError(f"{fn}: return_indices is only defined for max pooling")
@@ -198,7 +202,8 @@ def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_i
 def _backward(fn, ndim, grad_y, x, kernel_size, stride, padding, layout, is_max, indices,
               **options):
     x = as_float_array(x, "x", fn)
-    geom = _PoolGeometry(fn, ndim, layout, x, kernel_size, stride, padding, **options)
+    geom = cached(_PoolGeometry, fn, ndim, layout, x.shape, kernel_size, stride, padding,
+                  **options)
     grad_y = as_float_array(grad_y, "grad_y", fn)
     if grad_y.shape != geom.out_shape:
         raise ValueError(f"{fn}: grad_y must have the output shape {geom.out_shape} "

@@ -945,3 +945,16 @@ def test_weight_gradient_with_few_output_channels(dtype, N, C, K, groups, k):
     for g_, w_, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
         assert_close(g_, w_, dtype, name)
     assert_thread_count_invariant(lambda: fastnn.conv2d_backward(*args, **kw))
+
+
+def test_memoised_geometry_keeps_refusing_what_it_refused():
+    # Validated geometries are memoised on their exact arguments: a bool is not the
+    # int it compares equal to, and a call that raised is never remembered.
+    x, w, b = _inputs()
+    fastnn.conv2d(x, w, b, stride=1, padding=1)
+    call_raises(TypeError, "stride", fastnn.conv2d, x, w, b, stride=True, padding=1)
+    call_raises(TypeError, "padding", fastnn.conv2d, x, w, b, stride=1, padding=True)
+    fastnn.max_pool2d(x, 2, ceil_mode=True)
+    call_raises(TypeError, "ceil_mode", fastnn.max_pool2d, x, 2, ceil_mode=1)
+    for _ in range(2):
+        call_raises(ValueError, "padding", fastnn.conv2d, x, w, b, padding=-1)
