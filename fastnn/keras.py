@@ -23,7 +23,7 @@ layer (Conv2D with ``keras.layers.Conv2D``, LSTM / GRU with ``keras.layers.LSTM`
 
 Backends
 --------
-- ``jax``: through :mod:`fastnn.jax` (``jax.custom_vjp`` over ``jax.pure_callback``),
+- ``jax``: through :mod:`fastnn.jax` (``jax.custom_vjp`` over XLA FFI host calls),
   so ``model.fit`` trains under ``jax.jit``.
 - ``torch``: a ``torch.autograd.Function`` whose forward and backward are fastnn's
   kernels on zero-copy NumPy views of the CPU tensors.
