@@ -75,20 +75,20 @@ def image_shape(nhwc, N, C, H, W):
     return (N, H, W, C) if nhwc else (N, C, H, W)
 
 
-class _NotPlain(Exception):
-    pass
-
-
-def _plain_key(value):
-    """``value`` with the type of every part, for exact ints, bools, strings, None and
-    tuples of them (``True`` and ``1`` give different keys); anything else raises
-    _NotPlain."""
+def _plain(value):
+    """An exact int, str or None, or a tuple of them (nested tuples too): values whose
+    equality means they are the same argument (``True == 1`` and ``1.0 == 1`` but
+    neither is plain)."""
     t = type(value)
-    if t is int or t is str or t is bool or value is None:
-        return (t, value)
+    if t is int or t is str or value is None:
+        return True
     if t is tuple:
-        return (t, tuple(_plain_key(v) for v in value))
-    raise _NotPlain
+        for v in value:
+            tv = type(v)
+            if not (tv is int or (tv is tuple and _plain(v))):
+                return False
+        return True
+    return False
 
 
 _CACHE: dict = {}
@@ -97,14 +97,21 @@ _CACHE_SIZE = 512
 
 def cached(cls, *args, **kwargs):
     """``cls(*args, **kwargs)``, memoised for plain arguments: a training loop calls a
-    kernel with the same shapes and options every step, and validating them costs more
-    than a small kernel (about 5-10 us). The geometry objects are never modified after
-    construction; arguments that are not plain (lists, NumPy ints, floats, arrays) and
-    arguments that raise are never cached, so every error is raised as before."""
-    try:
-        key = (cls, _plain_key(args), _plain_key(tuple(sorted(kwargs.items()))))
-    except _NotPlain:
-        return cls(*args, **kwargs)
+    kernel with the same shapes and options every step, and validating them costs a
+    few microseconds, as much as a small kernel. The geometry objects are never
+    modified after construction. Only plain arguments (:func:`_plain`; a keyword may
+    also be a bool, keyed with its type) are cached, never arguments that raise, so
+    every error is raised as before."""
+    for a in args:
+        if not _plain(a):
+            return cls(*args, **kwargs)
+    kw = ()
+    if kwargs:
+        for v in kwargs.values():
+            if not (type(v) is bool or _plain(v)):
+                return cls(*args, **kwargs)
+        kw = tuple(sorted((k, type(v), v) for k, v in kwargs.items()))
+    key = (cls, args, kw)
     geom = _CACHE.get(key)
     if geom is None:
         geom = cls(*args, **kwargs)
