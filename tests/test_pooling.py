@@ -801,3 +801,30 @@ def test_bad_pytorch_arguments_name_the_argument():
     call_raises(ValueError, r"max_pool2d_backward: grad_y must have the output shape "
                 r"\(2, 3, 3, 3\)", fastnn.max_pool2d_backward, np.zeros((2, 3, 2, 2)), x, 2,
                 ceil_mode=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 7, 9), (3, 1, 2, 3)])
+def test_2x2_backward_scatters_any_in_plane_indices(shape, dtype):
+    # The 2x2 stride-2 backward writes each gradient at its window's argmax; indices the
+    # caller made that point outside their window (here: several windows onto one
+    # element) must still be scatter-added, as the general kernel does.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    y, idx = fastnn.max_pool2d(x, 2, return_indices=True)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    N, C, H, W = shape
+
+    def scatter(ind):
+        want = np.zeros((N * C, H * W))
+        np.add.at(want, (np.arange(N * C)[:, None], ind.reshape(N * C, -1)),
+                  gy.reshape(N * C, -1).astype(np.float64))
+        return want.reshape(shape)
+
+    got = fastnn.max_pool2d_backward(gy, x, 2, indices=idx)
+    assert np.array_equal(got, scatter(idx).astype(dtype))
+    odd = idx.copy()
+    odd[..., 0, 0] = 0                  # every plane's first window: still in-window
+    odd[..., -1, -1] = 0                # the last window onto element 0: out of window
+    assert np.array_equal(fastnn.max_pool2d_backward(gy, x, 2, indices=odd),
+                          scatter(odd).astype(dtype))

@@ -23,8 +23,11 @@ torch
 
 The training step (``zero_grad``, forward, cross-entropy, backward, SGD step) is
 LeNet-sized: conv 3x3 (1 -> 8), relu, max-pool 2, conv 3x3 (8 -> 16), relu, max-pool 2,
-linear (64 -> 10), on a batch of 32 8x8 images; both models start from the same
-weights, and the first step's losses must agree (the reference is torch there).
+linear (64 -> 10), on a batch of 32 8x8 images (scikit-learn's digits, where every op
+is small enough that the per-call cost decides), and the same with 16 and 32 channels
+on a batch of 64 28x28 images (MNIST-sized, where the kernels do); both models start
+from the same weights, and the first step's losses must agree (the reference is torch
+there).
 """
 import numpy as np
 
@@ -136,18 +139,20 @@ def _conv_case(backward):
                     kernel_size=k, what="overhead"))
 
 
-def _train_case():
+def _train_case(batch=TRAIN_BATCH, size=8, channels=(8, 16)):
+    c1, c2 = channels
+
     def setup(rng):
-        return {"x": rng.standard_normal((TRAIN_BATCH, 1, 8, 8), dtype=DTYPE),
-                "y": rng.integers(0, 10, TRAIN_BATCH).astype(np.int64)}
+        return {"x": rng.standard_normal((batch, 1, size, size), dtype=DTYPE),
+                "y": rng.integers(0, 10, batch).astype(np.int64)}
 
     def model():
         torch = baselines.get_torch()
         nn = torch.nn
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Flatten(), nn.Linear(64, 10))
+        return nn.Sequential(nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(c2 * (size // 4) ** 2, 10))
 
     def make(inp, swapped):
         torch = baselines.get_torch()
@@ -168,11 +173,13 @@ def _train_case():
         return step
 
     return Case(
-        name=f"swapped CNN train step batch {TRAIN_BATCH} 8x8", family=FAMILY, setup=setup,
+        name=f"swapped CNN train step batch {batch} {size}x{size}"
+             + ("" if channels == (8, 16) else f" C{c1}/{c2}"), family=FAMILY, setup=setup,
         contenders=[Contender("fastnn", lambda inp: make(inp, True), requires="torch"),
                     Contender("torch", lambda inp: make(inp, False), requires="torch")],
         reference="torch", dtype=np.dtype(DTYPE).name,
-        params=dict(op="train_step", batch=TRAIN_BATCH, what="swap"))
+        params=dict(op="train_step", batch=batch, size=size, channels=list(channels),
+                    what="swap"))
 
 
 def _jax_relu_case():
@@ -209,7 +216,7 @@ def cases():
     out = []
     if baselines.get_torch() is not None:
         out += [_relu_case(False), _relu_case(True), _conv_case(False), _conv_case(True),
-                _train_case()]
+                _train_case(), _train_case(64, 28, (16, 32))]
     if importlib.util.find_spec("jax") is not None:
         out.append(_jax_relu_case())
     return out
