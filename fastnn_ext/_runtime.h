@@ -26,6 +26,13 @@
 #ifndef FASTNN_RUNTIME_H
 #define FASTNN_RUNTIME_H
 
+#if defined(_WIN32) || defined(FASTNN_PORTABLE_C)
+/* Windows builds (serial: no OpenMP, see pyproject.toml) and FASTNN_PORTABLE_C
+ * builds, which compile on gcc what MSVC compiles: the same entry points without
+ * threads. */
+#include "_runtime_serial.h"
+#else
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -605,4 +612,5 @@ FRT_EXPORT void *fastnn_rt_openblas_callback_address(void) {
     return (void *)&fastnn_rt_openblas_callback;
 }
 
+#endif /* the pool */
 #endif
