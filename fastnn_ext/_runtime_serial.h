@@ -5,8 +5,8 @@
  * everywhere: a region runs its function once on the caller, a work-sharing loop
  * hands the caller the whole range at once, a barrier has nobody to wait for. No
  * worker is ever made, so the pool's counters stay 0; the settings are kept for
- * configure() and have no effect. Standard C plus, per system, the CPU count and one
- * lock (Win32, or POSIX for the portable build). */
+ * configure() and have no effect. Standard C plus one lock (Win32, or POSIX in the
+ * portable build); the CPU counts come from _runtime.h. */
 #ifndef FASTNN_RUNTIME_SERIAL_H
 #define FASTNN_RUNTIME_SERIAL_H
 
@@ -17,18 +17,10 @@
 #include <stdlib.h>
 
 #ifdef _WIN32
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#include <windows.h>
 /* threadpoolctl finds the limit's getter and setter among the module's exports. */
 #define FRT_EXPORT __declspec(dllexport)
 #else
 #include <pthread.h>
-#include <unistd.h>
-#ifdef __linux__
-#include <sched.h>
-#endif
 #define FRT_EXPORT
 #endif
 
@@ -50,44 +42,6 @@ static struct {
     long regions, shrunk, serial_busy, created;
     frt_slot slot[FRT_MAX_THREADS];
 } frt_pool;
-
-static int frt_popcount(unsigned long long m) {
-    int n = 0;
-    for (; m; m &= m - 1)
-        n++;
-    return n;
-}
-
-static int frt_online_cpus(void) {
-#ifdef _WIN32
-    DWORD n = GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
-#else
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-#endif
-    return n > 0 ? (int)n : 1;
-}
-
-/* The CPUs this process may run on. */
-static int frt_available_cpus(void) {
-#ifdef _WIN32
-    /* An affinity mask covers one processor group: used only where there is one. */
-    DWORD_PTR process_mask, system_mask;
-    if (GetActiveProcessorGroupCount() == 1 &&
-        GetProcessAffinityMask(GetCurrentProcess(), &process_mask, &system_mask)) {
-        int n = frt_popcount((unsigned long long)process_mask);
-        if (n > 0)
-            return n;
-    }
-#elif defined(__linux__)
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-        int n = CPU_COUNT(&set);
-        if (n > 0)
-            return n;
-    }
-#endif
-    return frt_online_cpus();
-}
 
 static void frt_init_once(void) {
     const char *env = getenv("OMP_NUM_THREADS");
