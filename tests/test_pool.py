@@ -372,7 +372,8 @@ def test_coexistence_routes_openblas_and_keeps_results():
     routed = fastnn.set_coexistence(True)
     try:
         if not routed:
-            pytest.skip("no loaded OpenBLAS offers openblas_set_threads_callback_function")
+            pytest.skip("no loaded OpenBLAS offers openblas_set_threads_callback_function, "
+                        "or a serial build has no pool to lend")
         assert fastnn.get_coexistence()
         regions = _runtime.stats()["regions"]
         for _ in range(3):
