@@ -269,8 +269,9 @@ def set_coexistence(on: bool = True) -> list[str]:
     Returns
     -------
     list of str
-        The BLAS libraries now routed (empty when off, or when no loaded BLAS
-        offers the callback: OpenBLAS 0.3.28 or newer does).
+        The BLAS libraries now routed (empty when off, when no loaded BLAS
+        offers the callback: OpenBLAS 0.3.28 or newer does, or in a serial build
+        such as the Windows wheel, which has no pool to lend).
 
     Examples
     --------
@@ -290,6 +291,8 @@ def set_coexistence(on: bool = True) -> list[str]:
     if not on:
         return []
     address = _runtime.openblas_callback_address()
+    if not address:   # a serial build (Windows): no pool to run OpenBLAS's jobs on
+        return []
     for lib in _blas_libs():
         if lib.internal_api != "openblas":
             continue

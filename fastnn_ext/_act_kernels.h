@@ -7,9 +7,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FASTNN_ACT_INLINE static inline __attribute__((always_inline))
-
 #include "_simd.h"
+
+#define FASTNN_ACT_INLINE FASTNN_ALWAYS_INLINE
+
 #include "_vecmath.h"  /* fastnn_exp_*, fastnn_sigmoid_*, fastnn_tanh_* */
 
 /* Ops of the span kernel: y[i] = f(x[i]) or f(g[i], x[i]) with scalars a, b. */

@@ -5,14 +5,7 @@
 
 #include "_simd.h"
 
-/* One 512-bit vector of T (GCC/clang vector extensions, lowered to narrower
-   registers in the AVX2 and baseline variants); loads and stores are unaligned. */
-typedef float fastnn_v_f32 __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double fastnn_v_f64 __attribute__((vector_size(64), aligned(8), may_alias));
-#define FASTNN_V(S) fastnn_v_##S
-#define FASTNN_VL(S) ((Py_ssize_t)(64 / sizeof(((fastnn_v_##S){0})[0])))
-#define FASTNN_LOAD(S, p) (*(const fastnn_v_##S*)(p))
-#define FASTNN_STORE(S, p, v) (*(fastnn_v_##S*)(p) = (v))
+/* Row loops, plain C for both spellings (_portable.h); FASTNN_SPARSE_ROW below. */
 #define FASTNN_BAND_LOOPS(T, S, V, ATTR)                                                       \
 ATTR static void fastnn_band_rows4_##S##_##V(                             \
         T* restrict y0, T* restrict y1, T* restrict y2, T* restrict y3,             \
@@ -29,6 +22,18 @@ ATTR static void fastnn_band_row_##S##_##V(                             \
         Py_ssize_t n) {                                                             \
     for (Py_ssize_t j = 0; j < n; j++) y[j] += x[j] * wk[j];                         \
 }                                                                                   \
+FASTNN_SPARSE_ROW(T, S, V, ATTR)
+
+#ifdef FASTNN_GNU_C
+/* One 512-bit vector of T (GCC/clang vector extensions, lowered to narrower
+   registers in the AVX2 and baseline variants); loads and stores are unaligned. */
+typedef float fastnn_v_f32 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double fastnn_v_f64 __attribute__((vector_size(64), aligned(8), may_alias));
+#define FASTNN_V(S) fastnn_v_##S
+#define FASTNN_VL(S) ((Py_ssize_t)(64 / sizeof(((fastnn_v_##S){0})[0])))
+#define FASTNN_LOAD(S, p) (*(const fastnn_v_##S*)(p))
+#define FASTNN_STORE(S, p, v) (*(fastnn_v_##S*)(p) = (v))
+#define FASTNN_SPARSE_ROW(T, S, V, ATTR)                                                       \
 ATTR static void fastnn_sparse_row_##S##_##V(                            \
         T* restrict y, const T* restrict src, Py_ssize_t ld, const T* restrict vals, \
         const int64_t* restrict idx, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n) {   \
@@ -100,6 +105,54 @@ ATTR static void fastnn_band_gtile4_##S##_##V(                             \
         FASTNN_STORE(S, gd + r * ldg + L, acc[r][1]);                               \
     }                                                                               \
 }
+#else
+/* Portable C: the same tiles as arrays of 2 x 64 bytes of columns per row, the same
+   products summed in the same order (diagonals, or batch rows, ascending). */
+#define FASTNN_TILE_COLS(T) (128 / (int)sizeof(T))
+#define FASTNN_SPARSE_ROW(T, S, V, ATTR)                                             \
+ATTR static void fastnn_sparse_row_##S##_##V(                                        \
+        T* restrict y, const T* restrict src, Py_ssize_t ld, const T* restrict vals, \
+        const int64_t* restrict idx, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t n) {   \
+    for (Py_ssize_t p = p0; p < p1; p++) {                                          \
+        const T a = vals[p]; const T* restrict x = src + idx[p] * ld;                \
+        for (Py_ssize_t j = 0; j < n; j++) y[j] += a * x[j];                         \
+    }                                                                               \
+}
+#define FASTNN_BAND_TILE(T, S, V, ATTR)                                              \
+ATTR static void fastnn_band_tile4_##S##_##V(                                        \
+        T* restrict y, Py_ssize_t ldy, const T* restrict x, Py_ssize_t ldx,         \
+        const T* restrict wd, Py_ssize_t ldw, Py_ssize_t nd) {                      \
+    T acc[4][FASTNN_TILE_COLS(T)];                                                  \
+    for (int r = 0; r < 4; r++)                                                     \
+        for (int j = 0; j < FASTNN_TILE_COLS(T); j++) acc[r][j] = y[r * ldy + j];   \
+    for (Py_ssize_t k = 0; k < nd; k++) {                                           \
+        const T* restrict wk = wd + k * ldw;                                        \
+        for (int r = 0; r < 4; r++) {                                               \
+            const T* restrict xr = x + r * ldx + k;                                 \
+            for (int j = 0; j < FASTNN_TILE_COLS(T); j++) acc[r][j] += xr[j] * wk[j]; \
+        }                                                                           \
+    }                                                                               \
+    for (int r = 0; r < 4; r++)                                                     \
+        for (int j = 0; j < FASTNN_TILE_COLS(T); j++) y[r * ldy + j] = acc[r][j];   \
+}
+#define FASTNN_BAND_GTILE(T, S, V, ATTR)                                             \
+ATTR static void fastnn_band_gtile4_##S##_##V(                                       \
+        T* restrict gd, Py_ssize_t ldg, const T* restrict x, Py_ssize_t ldx,        \
+        const T* restrict gy, Py_ssize_t ldgy, Py_ssize_t B) {                      \
+    T acc[4][FASTNN_TILE_COLS(T)];                                                  \
+    for (int r = 0; r < 4; r++)                                                     \
+        for (int j = 0; j < FASTNN_TILE_COLS(T); j++) acc[r][j] = 0;                \
+    for (Py_ssize_t b = 0; b < B; b++) {                                            \
+        const T* restrict gb = gy + b * ldgy;                                       \
+        for (int r = 0; r < 4; r++) {                                               \
+            const T* restrict xr = x + b * ldx + r;                                 \
+            for (int j = 0; j < FASTNN_TILE_COLS(T); j++) acc[r][j] += xr[j] * gb[j]; \
+        }                                                                           \
+    }                                                                               \
+    for (int r = 0; r < 4; r++)                                                     \
+        for (int j = 0; j < FASTNN_TILE_COLS(T); j++) gd[r * ldg + j] = acc[r][j];  \
+}
+#endif
 /* out = w where m != 0 else +0.0, by masking the bits: branch-free, vectorised,
    and exact (a NaN under a zero mask becomes 0, where w * 0 would stay NaN).
    out may be w itself (same index only: no loop-carried dependence). */
@@ -107,12 +160,14 @@ ATTR static void fastnn_band_gtile4_##S##_##V(                             \
 ATTR static void fastnn_mask_##S##_##V(const T* w, const unsigned char* m,     \
                                           T* out, Py_ssize_t n) {               \
     const U* wb = (const U*)w; U* ob = (U*)out;                                      \
-    _Pragma("GCC ivdep")                                                             \
+    FASTNN_IVDEP                                                                     \
     for (Py_ssize_t j = 0; j < n; j++) ob[j] = wb[j] & ((U)0 - (U)(m[j] != 0));     \
 }
 static inline void fastnn_prefetch(const void* p) {
-#if defined(__GNUC__)
+#ifdef FASTNN_GNU_C
     __builtin_prefetch(p);
+#else
+    (void)p;
 #endif
 }
 /* Count of the non-zero bytes of a run. */
@@ -137,6 +192,22 @@ ATTR static Py_ssize_t fastnn_count_ones_##V(const unsigned char* m, Py_ssize_t 
     FASTNN_MASK_LOOP(double, uint64_t, f64, V, ATTR)                                 \
     FASTNN_COUNT_ONES(V, ATTR)
 FASTNN_SIMD_VARIANTS(FASTNN_BAND_KERNELS)
+/* The kernels' function types, for FASTNN_SIMD_POINTER. */
+#define FASTNN_BAND_TYPES(T, S)                                                      \
+    typedef void fastnn_band_rows4_##S##_fn(T*, T*, T*, T*, const T*, const T*,      \
+                                            const T*, const T*, const T*, Py_ssize_t); \
+    typedef void fastnn_band_row_##S##_fn(T*, const T*, const T*, Py_ssize_t);       \
+    typedef void fastnn_sparse_row_##S##_fn(T*, const T*, Py_ssize_t, const T*,      \
+                                            const int64_t*, Py_ssize_t, Py_ssize_t,  \
+                                            Py_ssize_t);                             \
+    typedef void fastnn_band_tile4_##S##_fn(T*, Py_ssize_t, const T*, Py_ssize_t,    \
+                                            const T*, Py_ssize_t, Py_ssize_t);       \
+    typedef void fastnn_band_gtile4_##S##_fn(T*, Py_ssize_t, const T*, Py_ssize_t,   \
+                                             const T*, Py_ssize_t, Py_ssize_t);      \
+    typedef void fastnn_mask_##S##_fn(const T*, const unsigned char*, T*, Py_ssize_t);
+FASTNN_BAND_TYPES(float, f32)
+FASTNN_BAND_TYPES(double, f64)
+typedef Py_ssize_t fastnn_count_ones_fn(const unsigned char*, Py_ssize_t);
 #define FASTNN_BAND_EACH(X)                                                          \
     X(fastnn_band_rows4_f32) X(fastnn_band_rows4_f64)                                \
     X(fastnn_band_row_f32) X(fastnn_band_row_f64)                                    \
@@ -156,7 +227,7 @@ static int fastnn_band_pick(void) {
 /* Byte offset of the lowest-addressed non-zero byte of a non-zero word loaded
    by memcpy, and the word with that byte's bit cleared. */
 static inline int fastnn_first_byte(uint64_t v) {
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if defined(FASTNN_GNU_C) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     return __builtin_ctzll(v) >> 3;
 #else
     unsigned char b[8]; int k = 0; memcpy(b, &v, 8); while (!b[k]) k++; return k;

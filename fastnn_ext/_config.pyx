@@ -4,9 +4,16 @@ from fastnn_ext._openmp cimport fastnn_omp_enabled, fastnn_omp_version
 
 cdef extern from *:
     """
-    #if defined(__VERSION__)
+    #define FASTNN_STR_(x) #x
+    #define FASTNN_STR(x) FASTNN_STR_(x)
+    #if defined(_MSC_VER) && !defined(__clang__)
+    #define FASTNN_CC_NAME "msvc"
+    #define FASTNN_CC_VERSION FASTNN_STR(_MSC_FULL_VER)
+    #elif defined(__VERSION__)
+    #define FASTNN_CC_NAME "gcc"
     #define FASTNN_CC_VERSION __VERSION__
     #else
+    #define FASTNN_CC_NAME "gcc"
     #define FASTNN_CC_VERSION "unknown"
     #endif
     static int fastnn_simd_avx512f(void) {
@@ -31,6 +38,7 @@ cdef extern from *:
     #endif
     }
     """
+    const char* FASTNN_CC_NAME
     const char* FASTNN_CC_VERSION
     const char* FASTNN_BUILD_FLAGS
     int FASTNN_OPENMP_PROBED
@@ -49,7 +57,7 @@ def build_info():
     if fastnn_simd_avx512f():
         simd.append("AVX512F")
     return {
-        "compiler": "gcc " + FASTNN_CC_VERSION.decode("ascii", "replace"),
+        "compiler": (FASTNN_CC_NAME + b" " + FASTNN_CC_VERSION).decode("ascii", "replace"),
         "flags": FASTNN_BUILD_FLAGS.decode("ascii", "replace"),
         "openmp": bool(fastnn_omp_enabled()),
         "openmp_version": int(fastnn_omp_version()),

@@ -5,6 +5,9 @@
  * PyTorch's libgomp and fastnn's pool do not share workers or spin settings. */
 #ifndef FASTNN_OMP_SHIM_H
 #define FASTNN_OMP_SHIM_H
+#if defined(_OPENMP) && !defined(__GNUC__)
+#error "_omp_shim.h forwards gcc's GOMP_* calls only; build without OpenMP (FASTNN_OPENMP=0)"
+#endif
 #ifdef _OPENMP
 #include <stdbool.h>
 

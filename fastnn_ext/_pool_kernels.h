@@ -19,7 +19,7 @@ typedef struct {
  * (_simd.h): memory-bound, measured no faster with AVX2 or AVX-512 variants (the 2x2
  * stride-2 NCHW plane loop was slower with them). The 2x2 stride-2 kernel at the end
  * has variants. */
-#define FASTNN_POOL_INLINE static inline __attribute__((always_inline))
+#define FASTNN_POOL_INLINE FASTNN_ALWAYS_INLINE
 
 /* Strides 1 and 2 as constants: a variable stride is a "complicated access
  * pattern" to gcc's vectoriser, a constant one becomes loads and shuffles. */
@@ -328,6 +328,12 @@ ATTR static void fastnn_pool_2x2_rows_##SUF##_##V(                          \
 #define FASTNN_POOL_2X2_KERNELS(V, ATTR)                                        \
     FASTNN_POOL_2X2(float, f32, V, ATTR) FASTNN_POOL_2X2(double, f64, V, ATTR)
 FASTNN_SIMD_VARIANTS(FASTNN_POOL_2X2_KERNELS)
+#define FASTNN_POOL_2X2_TYPE(T, SUF)                                            \
+    typedef void fastnn_pool_2x2_rows_##SUF##_fn(const T*, T*, int64_t*,        \
+                                                 const fastnn_pool_geom*, ptrdiff_t, \
+                                                 ptrdiff_t, int, ptrdiff_t);
+FASTNN_POOL_2X2_TYPE(float, f32)
+FASTNN_POOL_2X2_TYPE(double, f64)
 FASTNN_SIMD_POINTER(fastnn_pool_2x2_rows_f32)
 FASTNN_SIMD_POINTER(fastnn_pool_2x2_rows_f64)
 

@@ -42,13 +42,13 @@ typedef struct {
     int store, relu, acc;
 } fastnn_rnn_args;
 
-#define FASTNN_RNN_INLINE static inline __attribute__((always_inline))
+#define FASTNN_RNN_INLINE FASTNN_ALWAYS_INLINE
 #define RP(T, p) ((T* __restrict)(p))
-/* The rows a pass reads and writes never overlap except element for element
- * (an in-place c), but they are too many for gcc's run-time alias checks (at most
- * 10) and gcc does not take restrict from local pointers: without this the gate
- * loops stay scalar (measured 3x slower on float32). */
-#define FASTNN_IVDEP _Pragma("GCC ivdep")
+/* FASTNN_IVDEP (_portable.h) on the gate loops: the rows a pass reads and writes
+ * never overlap except element for element (an in-place c), but they are too many
+ * for gcc's run-time alias checks (at most 10) and gcc does not take restrict from
+ * local pointers: without it the gate loops stay scalar (measured 3x slower on
+ * float32). */
 
 #define FASTNN_RNN_DEFINE(T, S)                                                       \
 FASTNN_RNN_INLINE void fastnn_lstm_fwd_##S(const fastnn_rnn_args* a, ptrdiff_t r) {   \
@@ -302,6 +302,8 @@ ATTR static void fastnn_rnn_pass_f64_##SUFFIX(int op, const fastnn_rnn_args* a, 
 { fastnn_rnn_pass_impl_f64(op, a, r0, r1); }
 
 FASTNN_SIMD_VARIANTS(FASTNN_RNN_VARIANT)
+typedef void fastnn_rnn_pass_f32_fn(int, const fastnn_rnn_args*, ptrdiff_t, ptrdiff_t);
+typedef fastnn_rnn_pass_f32_fn fastnn_rnn_pass_f64_fn;
 FASTNN_SIMD_POINTER(fastnn_rnn_pass_f32)
 FASTNN_SIMD_POINTER(fastnn_rnn_pass_f64)
 

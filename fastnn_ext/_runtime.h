@@ -26,6 +26,56 @@
 #ifndef FASTNN_RUNTIME_H
 #define FASTNN_RUNTIME_H
 
+#ifdef _WIN32
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#else
+#include <sched.h>
+#include <unistd.h>
+#endif
+
+/* The CPUs online, and those this process may run on (both runtimes below). */
+static int frt_online_cpus(void) {
+#ifdef _WIN32
+    DWORD n = GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
+#else
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    return n > 0 ? (int)n : 1;
+}
+
+static int frt_available_cpus(void) {
+#ifdef _WIN32
+    /* An affinity mask covers one processor group: used only where there is one. */
+    DWORD_PTR process_mask, system_mask;
+    if (GetActiveProcessorGroupCount() == 1 &&
+        GetProcessAffinityMask(GetCurrentProcess(), &process_mask, &system_mask)) {
+        int n = 0;
+        for (; process_mask; process_mask &= process_mask - 1)
+            n++;
+        if (n > 0)
+            return n;
+    }
+#elif defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0)
+            return n;
+    }
+#endif
+    return frt_online_cpus();
+}
+
+#if defined(_WIN32) || defined(FASTNN_PORTABLE_C)
+/* Windows builds (serial: no OpenMP, see pyproject.toml) and FASTNN_PORTABLE_C
+ * builds, which compile on gcc what MSVC compiles: the same entry points without
+ * threads. */
+#include "_runtime_serial.h"
+#else
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -186,19 +236,6 @@ static int frt_env_int(const char *name, int fallback) {
     return (int)v;
 }
 
-static int frt_available_cpus(void) {
-#ifdef __linux__
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-        int n = CPU_COUNT(&set);
-        if (n > 0)
-            return n;
-    }
-#endif
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 static void frt_reset_state(void) {
     pthread_mutex_init(&frt_pool.busy, NULL);
     pthread_mutex_init(&frt_pool.create, NULL);
@@ -216,8 +253,7 @@ static void frt_after_fork_child(void) { frt_reset_state(); }
 
 static void frt_init_once(void) {
     frt_reset_state();
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    frt_pool.online_cpus = online > 0 ? (int)online : 1;
+    frt_pool.online_cpus = frt_online_cpus();
     int omp = 0;
     const char *env = getenv("OMP_NUM_THREADS");
     if (env && *env)
@@ -605,4 +641,5 @@ FRT_EXPORT void *fastnn_rt_openblas_callback_address(void) {
     return (void *)&fastnn_rt_openblas_callback;
 }
 
+#endif /* the pool */
 #endif

@@ -12,6 +12,7 @@
  * How a family uses it:
  *     #define MY_KERNELS(V, ATTR)  ATTR static void my_kernel_f32_##V(...) { ... }
  *     FASTNN_SIMD_VARIANTS(MY_KERNELS)          -- the three variants
+ *     typedef void my_kernel_f32_fn(...);       -- the kernel's function type
  *     FASTNN_SIMD_POINTER(my_kernel_f32)        -- the pointer callers call through
  *     static int my_pick(void) {
  *         int level = fastnn_simd_level();
@@ -19,13 +20,17 @@
  *         return level;
  *     }
  * The register-blocked GEMM (_ukernel.h) dispatches on the level in its one entry
- * point instead of a pointer, since it also picks a narrow block by product width. */
+ * point instead of a pointer, since it also picks a narrow block by product width.
+ * Without FASTNN_GNU_C (_portable.h: MSVC, FASTNN_PORTABLE_C) only the baseline is
+ * compiled and the level is 0. */
 #ifndef FASTNN_SIMD_H
 #define FASTNN_SIMD_H
 
 #include <stdlib.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include "_portable.h"
+
+#if defined(FASTNN_GNU_C) && (defined(__x86_64__) || defined(__i386__))
 #define FASTNN_SIMD_X86 1
 #define FASTNN_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512")))
 #define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
@@ -76,6 +81,7 @@ static int fastnn_simd_level(void) {
 #define FASTNN_SIMD_VARIANTS(DEFINE) DEFINE(base, )
 #define FASTNN_SIMD_SET(level, name) (name = name##_base)
 #endif
-#define FASTNN_SIMD_POINTER(name) static __typeof__(name##_base) *name = name##_base;
+/* name##_fn is the function type (standard C has no typeof to take it from the base). */
+#define FASTNN_SIMD_POINTER(name) static name##_fn *name = name##_base;
 
 #endif

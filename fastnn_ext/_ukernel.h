@@ -149,13 +149,21 @@ UK_DISPATCH(fastnn_ugemm_d, fastnn_d, double)
  * block at a time into a buffer on the stack. No allocation, no failure. */
 #define FASTNN_PG_KB 64
 #define FASTNN_PG_NB 256
+/* The packing buffer: a variable-length array only as long as needed with gcc; MSVC
+ * has no variable-length arrays (optional in C11), so the portable spelling always
+ * reserves the whole buffer (128 KB of doubles). */
+#ifdef FASTNN_GNU_C
+#define FASTNN_PG_PANEL(T) T panel[trans_b ? FASTNN_PG_KB * FASTNN_PG_NB : 1]
+#else
+#define FASTNN_PG_PANEL(T) T panel[FASTNN_PG_KB * FASTNN_PG_NB]
+#endif
 #define UK_PGEMM(NAME, UG, T)                                                           \
     static void NAME(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,  \
                      const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb, int accumulate, \
                      T *c, ptrdiff_t ldc)                                               \
     {                                                                                   \
         T scratch[FASTNN_UGEMM_SCRATCH(FASTNN_PG_KB)];                                  \
-        T panel[trans_b ? FASTNN_PG_KB * FASTNN_PG_NB : 1];                             \
+        FASTNN_PG_PANEL(T);                                                             \
         ptrdiff_t aoff[FASTNN_PG_KB], boff[FASTNN_PG_KB];                               \
         ptrdiff_t k0, kk, n0, j;                                                        \
         if (m <= 0 || n <= 0)                                                           \

@@ -10,6 +10,7 @@
  * as implicit im2col: for a stride-1 convolution B's row k is the padded image
  * shifted by kernel tap k, so the patches are never copied. Neither operand is
  * repacked: B's rows are read as vectors, A's elements are broadcast. */
+#ifdef FASTNN_GNU_C
 typedef UK_T UK_CAT(UK_NAME, _vec) __attribute__((vector_size(UK_VW * sizeof(UK_T)), aligned(sizeof(UK_T))));
 
 static UK_TARGET void UK_CAT(UK_NAME, _block)(
@@ -62,6 +63,46 @@ static UK_TARGET void UK_CAT(UK_NAME, _block)(
         }
     }
 }
+#else
+/* Portable C (_portable.h): the block's accumulators as a plain array, the same
+ * products summed in the same order (k ascending, then the biases, then C). */
+static UK_TARGET void UK_CAT(UK_NAME, _block)(
+        ptrdiff_t K, const UK_T *a, ptrdiff_t sam, const ptrdiff_t *amoff, const ptrdiff_t *aoff,
+        const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc, int mr,
+        int accumulate, const UK_T *bias_row, const UK_T *bias_col)
+{
+    UK_T acc[UK_MR][UK_VW * UK_NV];
+    const UK_T *arow[UK_MR];
+    int i, j;
+    ptrdiff_t k;
+    for (i = 0; i < mr; i++) {
+        arow[i] = a + (amoff ? amoff[i] : i * sam);
+        for (j = 0; j < UK_VW * UK_NV; j++)
+            acc[i][j] = 0;
+    }
+    for (k = 0; k < K; k++) {
+        const UK_T *bk = b + boff[k];
+        ptrdiff_t ak = aoff[k];
+        for (i = 0; i < mr; i++) {
+            UK_T av = arow[i][ak];
+            for (j = 0; j < UK_VW * UK_NV; j++)
+                acc[i][j] += av * bk[j];
+        }
+    }
+    for (i = 0; i < mr; i++) {
+        UK_T *ci = c + i * ldc;
+        UK_T br = bias_row ? bias_row[i] : (UK_T)0;
+        for (j = 0; j < UK_VW * UK_NV; j++) {
+            UK_T r = acc[i][j] + br;
+            if (bias_col)
+                r += bias_col[j];
+            if (accumulate)
+                r += ci[j];
+            ci[j] = r;
+        }
+    }
+}
+#endif
 
 static UK_TARGET void UK_NAME(
         ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const UK_T *a, ptrdiff_t sam,

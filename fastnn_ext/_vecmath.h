@@ -8,7 +8,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FASTNN_VM_INLINE static inline __attribute__((always_inline))
+#include "_portable.h"
+
+#define FASTNN_VM_INLINE FASTNN_ALWAYS_INLINE
 
 /* exp that gcc vectorises: no libm call, no branch (selects only), no table.
  * Cody-Waite reduction x = n ln2 + r with |r| <= ln2/2 (n found by the

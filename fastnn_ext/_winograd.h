@@ -27,6 +27,16 @@
 #define WG_WIDTH_base 16
 #define WG_WIDTH_avx2 32
 #define WG_WIDTH_avx512 64
+/* GNU C: W lanes of a variant's width in one vector. Portable C (_portable.h): the
+ * "vector" is one scalar, so the vector loop below does every lane one at a time. */
+#ifdef FASTNN_GNU_C
+#define WG_VEC_TYPEDEF(T, V)                                                          \
+    typedef T wg_vec_##T##_##V __attribute__((vector_size(WG_WIDTH_##V), aligned(sizeof(T))));
+#define WG_LANES(T, V) (WG_WIDTH_##V / (ptrdiff_t)sizeof(T))
+#else
+#define WG_VEC_TYPEDEF(T, V) typedef T wg_vec_##T##_##V;
+#define WG_LANES(T, V) 1
+#endif
 #define WG_LD(VT, p) (*(const VT *)(p))
 #define WG_ST(VT, p, x) (*(VT *)(p) = (x))
 
@@ -126,11 +136,11 @@
     } while (0)
 
 #define WG_KERNELS_T(V, ATTR, T)                                                      \
-    typedef T wg_vec_##T##_##V __attribute__((vector_size(WG_WIDTH_##V), aligned(sizeof(T)))); \
+    WG_VEC_TYPEDEF(T, V)                                                              \
     ATTR static void wg_input_##T##_##V(const T *const *col, ptrdiff_t sh, ptrdiff_t L, \
                                         T *v, ptrdiff_t sp)                           \
     {                                                                                 \
-        const ptrdiff_t W = WG_WIDTH_##V / (ptrdiff_t)sizeof(T);                      \
+        const ptrdiff_t W = WG_LANES(T, V);                                           \
         ptrdiff_t l = 0;                                                              \
         for (; l + W <= L; l += W)                                                    \
             WG_INPUT_LANES(T, wg_vec_##T##_##V);                                         \
@@ -140,7 +150,7 @@
     ATTR static void wg_weight_##T##_##V(const T *g, ptrdiff_t si, ptrdiff_t sj,      \
                                          ptrdiff_t L, T *u, ptrdiff_t sp)             \
     {                                                                                 \
-        const ptrdiff_t W = WG_WIDTH_##V / (ptrdiff_t)sizeof(T);                      \
+        const ptrdiff_t W = WG_LANES(T, V);                                           \
         ptrdiff_t l = 0;                                                              \
         for (; l + W <= L; l += W)                                                    \
             WG_WEIGHT_LANES(T, wg_vec_##T##_##V);                                        \
@@ -150,7 +160,7 @@
     ATTR static void wg_output_##T##_##V(const T *m, ptrdiff_t sp, ptrdiff_t L, T *y,     \
                                          ptrdiff_t syi, ptrdiff_t syj, const T *bias) \
     {                                                                                 \
-        const ptrdiff_t W = WG_WIDTH_##V / (ptrdiff_t)sizeof(T);                      \
+        const ptrdiff_t W = WG_LANES(T, V);                                           \
         ptrdiff_t l = 0;                                                              \
         for (; l + W <= L; l += W)                                                    \
             WG_OUTPUT_LANES(T, wg_vec_##T##_##V);                                        \
@@ -194,6 +204,17 @@
 #define WG_KERNELS(V, ATTR) WG_KERNELS_T(V, ATTR, float) WG_KERNELS_T(V, ATTR, double) \
     WG_PHASES_T(V, ATTR, float) WG_PHASES_T(V, ATTR, double)
 FASTNN_SIMD_VARIANTS(WG_KERNELS)
+/* The kernels' function types, for FASTNN_SIMD_POINTER. */
+#define WG_TYPES_T(T)                                                                 \
+    typedef void wg_input_##T##_fn(const T *const *, ptrdiff_t, ptrdiff_t, T *, ptrdiff_t); \
+    typedef void wg_weight_##T##_fn(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, T *, ptrdiff_t); \
+    typedef void wg_output_##T##_fn(const T *, ptrdiff_t, ptrdiff_t, T *, ptrdiff_t, ptrdiff_t, \
+                                    const T *);                                       \
+    typedef int wg_finite_##T##_fn(const T *, ptrdiff_t);                             \
+    typedef void wg_split4_##T##_fn(const T *, ptrdiff_t, T *, ptrdiff_t);            \
+    typedef void wg_merge4_##T##_fn(const T *, ptrdiff_t, ptrdiff_t, T, T *);
+WG_TYPES_T(float)
+WG_TYPES_T(double)
 FASTNN_SIMD_POINTER(wg_input_float)
 FASTNN_SIMD_POINTER(wg_input_double)
 FASTNN_SIMD_POINTER(wg_weight_float)

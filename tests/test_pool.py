@@ -14,10 +14,15 @@ import pytest
 
 import fastnn
 from fastnn_ext import _runtime
+from fastnn_ext._config import build_info
 
 from test_threads import run_python
 
 LINUX = sys.platform.startswith("linux")
+# The kernels of a build without OpenMP (the macOS and Windows wheels, FASTNN_OPENMP=0,
+# FASTNN_PORTABLE_C=1) never ask for a team: no worker to count, put to sleep or shrink.
+needs_workers = pytest.mark.skipif(not build_info()["openmp"],
+                                   reason="a serial build: the kernels start no worker")
 
 
 # ------------------------------------------------------------------ counts
@@ -32,6 +37,7 @@ def test_absurd_counts_refused_with_a_named_error(bad):
     assert fastnn.get_num_threads() == 2
 
 
+@needs_workers
 def test_max_count_runs_every_family():
     # The largest accepted count (4x the CPUs) runs every kernel family; teams are no
     # larger than their work items, so a one-item call starts no worker.
@@ -236,6 +242,7 @@ def test_fork_while_another_thread_is_inside_a_kernel():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
+@needs_workers
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_runs_parallel_teams():
     code = """
@@ -306,6 +313,7 @@ def _thread_state(tid):
     return text[text.rindex(")") + 2]
 
 
+@needs_workers
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 def test_idle_workers_sleep_soon_after_a_kernel():
     # libgomp's workers spin ~8 ms after each region (GOMP_SPINCOUNT=300000); the pool's
@@ -329,6 +337,7 @@ def test_idle_workers_sleep_soon_after_a_kernel():
         _runtime.configure(**old)
 
 
+@needs_workers
 @pytest.mark.skipif(not LINUX, reason="reads /proc/loadavg")
 def test_team_shrinks_when_other_tasks_hold_the_cores():
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -363,7 +372,8 @@ def test_coexistence_routes_openblas_and_keeps_results():
     routed = fastnn.set_coexistence(True)
     try:
         if not routed:
-            pytest.skip("no loaded OpenBLAS offers openblas_set_threads_callback_function")
+            pytest.skip("no loaded OpenBLAS offers openblas_set_threads_callback_function, "
+                        "or a serial build has no pool to lend")
         assert fastnn.get_coexistence()
         regions = _runtime.stats()["regions"]
         for _ in range(3):
