@@ -9,6 +9,8 @@ _I64 = NDArray[np.int64]
 _Geom = tuple[int, int, int, int, int, int, int, int, int, int, int, int,
               int, int, int, int, int, int]
 
+SIMD_LEVEL: int  # of the 2x2 stride-2 kernels (_simd.h); the general loops are baseline
+
 # Flat, C-contiguous buffers of one dtype; nothing is validated here (see fastnn.pooling).
 def pool2d_forward(x: _F, y: _F, idx: _I64 | None, geom: _Geom, nhwc: bool, is_max: bool,
                    num_threads: int) -> None: ...
