@@ -324,6 +324,59 @@ ATTR static void fastnn_pool_2x2_rows_##SUF##_##V(                          \
             }                                                                   \
         }                                                                       \
     }                                                                           \
+}                                                                               \
+/* The same windows in NHWC: output rows [r0, r1) of the batch (row r = image     \
+ * r / Ho, row r % Ho), each Wo pixels of C channels from two input rows; the     \
+ * four taps are contiguous channel vectors, combined in the general column       \
+ * loop's order: taps (0,0), (0,1), (1,0), (1,1) one after the other from -inf    \
+ * (max) or 0 (sum). */                                                           \
+ATTR static void fastnn_pool_2x2_nhwc_rows_##SUF##_##V(                     \
+        const T* restrict x, T* restrict y, int64_t* restrict idx,              \
+        const fastnn_pool_geom* g, ptrdiff_t r0, ptrdiff_t r1, int is_max,      \
+        ptrdiff_t div) {                                                        \
+    const ptrdiff_t W = g->W, C = g->C, Wo = g->Wo, Ho = g->Ho;                 \
+    for (ptrdiff_t r = r0; r < r1; r++) {                                       \
+        const ptrdiff_t n = r / Ho, ho = r - n * Ho;                            \
+        const T* restrict x0 = x + (n * g->H + 2 * ho) * W * C;                 \
+        const T* restrict x1 = x0 + W * C;                                      \
+        for (ptrdiff_t wo = 0; wo < Wo; wo++) {                                 \
+            const T* restrict a = x0 + 2 * wo * C;                              \
+            const T* restrict b = a + C;                                        \
+            const T* restrict c = x1 + 2 * wo * C;                              \
+            const T* restrict d = c + C;                                        \
+            T* restrict yp = y + (r * Wo + wo) * C;                             \
+            if (!is_max) {                                                      \
+                for (ptrdiff_t k = 0; k < C; k++)                               \
+                    yp[k] = ((((T)0 + a[k]) + b[k]) + c[k] + d[k]) / (T)div;    \
+            } else if (idx) {                                                   \
+                int64_t* restrict ip = idx + (r * Wo + wo) * C;                 \
+                const int64_t p = 2 * ho * W + 2 * wo;                          \
+                for (ptrdiff_t k = 0; k < C; k++) {                             \
+                    T m = a[k], v;                                              \
+                    int64_t i = p;                                              \
+                    v = b[k];                                                   \
+                    i = v > m ? p + 1 : i; m = v > m ? v : m;                   \
+                    i = v != v ? p + 1 : i; m = v != v ? v : m;                 \
+                    v = c[k];                                                   \
+                    i = v > m ? p + W : i; m = v > m ? v : m;                   \
+                    i = v != v ? p + W : i; m = v != v ? v : m;                 \
+                    v = d[k];                                                   \
+                    i = v > m ? p + W + 1 : i; m = v > m ? v : m;               \
+                    i = v != v ? p + W + 1 : i; m = v != v ? v : m;             \
+                    yp[k] = m;                                                  \
+                    ip[k] = i;                                                  \
+                }                                                               \
+            } else {                                                            \
+                for (ptrdiff_t k = 0; k < C; k++) {                             \
+                    T m = a[k], v, t;                                           \
+                    v = b[k]; t = v > m ? v : m; m = v != v ? v : t;            \
+                    v = c[k]; t = v > m ? v : m; m = v != v ? v : t;            \
+                    v = d[k]; t = v > m ? v : m; m = v != v ? v : t;            \
+                    yp[k] = m;                                                  \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
 }
 #define FASTNN_POOL_2X2_KERNELS(V, ATTR)                                        \
     FASTNN_POOL_2X2(float, f32, V, ATTR) FASTNN_POOL_2X2(double, f64, V, ATTR)
@@ -334,14 +387,20 @@ FASTNN_SIMD_VARIANTS(FASTNN_POOL_2X2_KERNELS)
                                                  ptrdiff_t, int, ptrdiff_t);
 FASTNN_POOL_2X2_TYPE(float, f32)
 FASTNN_POOL_2X2_TYPE(double, f64)
+typedef fastnn_pool_2x2_rows_f32_fn fastnn_pool_2x2_nhwc_rows_f32_fn;
+typedef fastnn_pool_2x2_rows_f64_fn fastnn_pool_2x2_nhwc_rows_f64_fn;
 FASTNN_SIMD_POINTER(fastnn_pool_2x2_rows_f32)
 FASTNN_SIMD_POINTER(fastnn_pool_2x2_rows_f64)
+FASTNN_SIMD_POINTER(fastnn_pool_2x2_nhwc_rows_f32)
+FASTNN_SIMD_POINTER(fastnn_pool_2x2_nhwc_rows_f64)
 
 /* Points the 2x2 kernels at the CPU's level; returns the level. */
 static int fastnn_pool_pick(void) {
     int level = fastnn_simd_level();
     FASTNN_SIMD_SET(level, fastnn_pool_2x2_rows_f32);
     FASTNN_SIMD_SET(level, fastnn_pool_2x2_rows_f64);
+    FASTNN_SIMD_SET(level, fastnn_pool_2x2_nhwc_rows_f32);
+    FASTNN_SIMD_SET(level, fastnn_pool_2x2_nhwc_rows_f64);
     return level;
 }
 

@@ -55,6 +55,12 @@ cdef extern from "_pool_kernels.h":
     void fastnn_pool_2x2_rows_f64(const double* x, double* y, int64_t* idx,
                                   const fastnn_pool_geom* g, Py_ssize_t r0, Py_ssize_t r1,
                                   int is_max, Py_ssize_t div) noexcept nogil
+    void fastnn_pool_2x2_nhwc_rows_f32(const float* x, float* y, int64_t* idx,
+                                       const fastnn_pool_geom* g, Py_ssize_t r0,
+                                       Py_ssize_t r1, int is_max, Py_ssize_t div) noexcept nogil
+    void fastnn_pool_2x2_nhwc_rows_f64(const double* x, double* y, int64_t* idx,
+                                       const fastnn_pool_geom* g, Py_ssize_t r0,
+                                       Py_ssize_t r1, int is_max, Py_ssize_t div) noexcept nogil
     int fastnn_pool_pick() noexcept nogil
     int fastnn_pool_plane_back_f32(const float* gy, const int64_t* idx, float* gx,
                                     float* sc, const fastnn_pool_geom* g) noexcept nogil
@@ -127,9 +133,9 @@ cdef inline int back_item(const floating* gy, const int64_t* idx, floating* gx,
         return fastnn_pool_column_back_f64(gy, idx, gx, scratch, g, n, c0, c1)
 
 
-cdef inline bint is_2x2_stride_2(const fastnn_pool_geom* g, bint nhwc) noexcept nogil:
-    """NCHW 2x2 windows at stride 2, no padding or dilation, every window whole."""
-    return (not nhwc and g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.pt == 0
+cdef inline bint is_2x2_stride_2(const fastnn_pool_geom* g) noexcept nogil:
+    """2x2 windows at stride 2, no padding or dilation, every window whole."""
+    return (g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.pt == 0
             and g.pl == 0 and g.dh == 1 and g.dw == 1 and g.Ho == g.H // 2
             and g.Wo == g.W // 2)
 
@@ -139,8 +145,10 @@ DEF ROWS_2X2 = 16
 
 
 cdef void pool_2x2(const floating* x, floating* y, int64_t* ip, const fastnn_pool_geom* g,
-                   bint is_max, int nt) noexcept nogil:
-    cdef Py_ssize_t rows = g.N * g.C * g.Ho, it, r0
+                   bint nhwc, bint is_max, int nt) noexcept nogil:
+    # Work items: ROWS_2X2 output rows (NCHW: of every plane; NHWC: of every image, C
+    # channels a pixel).
+    cdef Py_ssize_t rows = g.N * g.Ho * (1 if nhwc else g.C), it, r0, r1
     cdef Py_ssize_t items = (rows + ROWS_2X2 - 1) // ROWS_2X2
     cdef Py_ssize_t div = g.div if g.mode == 2 else 4
     if nt > items:
@@ -148,12 +156,17 @@ cdef void pool_2x2(const floating* x, floating* y, int64_t* ip, const fastnn_poo
     with parallel(num_threads=nt, use_threads_if=nt > 1):
         for it in prange(items, schedule="static"):
             r0 = it * ROWS_2X2
+            r1 = min(r0 + ROWS_2X2, rows)
             if floating is float:
-                fastnn_pool_2x2_rows_f32(x, y, ip, g, r0, min(r0 + ROWS_2X2, rows), is_max,
-                                         div)
+                if nhwc:
+                    fastnn_pool_2x2_nhwc_rows_f32(x, y, ip, g, r0, r1, is_max, div)
+                else:
+                    fastnn_pool_2x2_rows_f32(x, y, ip, g, r0, r1, is_max, div)
             else:
-                fastnn_pool_2x2_rows_f64(x, y, ip, g, r0, min(r0 + ROWS_2X2, rows), is_max,
-                                         div)
+                if nhwc:
+                    fastnn_pool_2x2_nhwc_rows_f64(x, y, ip, g, r0, r1, is_max, div)
+                else:
+                    fastnn_pool_2x2_rows_f64(x, y, ip, g, r0, r1, is_max, div)
 
 
 # ---------------------------------------------------------------- entry points
@@ -168,9 +181,9 @@ def pool2d_forward(const floating[::1] x, floating[::1] y, int64_t[::1] idx, tup
     cdef floating* col = NULL
     if items == 0:
         return
-    if is_2x2_stride_2(&g, nhwc):
-        if g.Ho and g.Wo:
-            pool_2x2(&x[0], &y[0], ip, &g, is_max, nt)
+    if is_2x2_stride_2(&g):
+        if g.Ho and g.Wo and g.C:
+            pool_2x2(&x[0], &y[0], ip, &g, nhwc, is_max, nt)
         return
     with nogil, parallel(num_threads=nt, use_threads_if=nt > 1):
         # Per-thread scratch row; without it (no memory) the plane kernels skip the

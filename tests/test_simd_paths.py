@@ -168,22 +168,28 @@ FAMILIES_SCRIPT = textwrap.dedent("""
             want = ref.pool2d_backward(gp, xin.shape, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg",
                                        layout=layout)
             check("avg_pool_backward", err(got, want), tol)
-        # the 2x2 stride-2 NCHW kernel: ties, NaN and -inf decide values and indices
+        # the 2x2 stride-2 kernels: ties, NaN and -inf decide values and indices
         xt = rng.integers(-2, 3, (3, 5, 9, 34)).astype(np.float64)
         xt[0, 0, 0, :4] = np.nan
         xt[1, 2, 3:5, 6:8] = -np.inf
         xt[2, 1, 4, 10] = np.nan
-        got, gi = fastnn.max_pool2d(xt.astype(dtype), 2, return_indices=True)
-        want, wi = ref.pool2d(xt, (2, 2), (2, 2), ((0, 0), (0, 0)), "max")
-        assert np.array_equal(gi, wi), "max_pool 2x2 indices"
-        assert np.array_equal(np.isnan(got), np.isnan(want)), "max_pool 2x2 NaN"
-        fin = ~np.isnan(want)
-        assert np.array_equal(got[fin], want[fin].astype(dtype)), "max_pool 2x2 values"
-        assert np.array_equal(fastnn.max_pool2d(xt.astype(dtype), 2), got, equal_nan=True)
         xa = rng.standard_normal((2, 3, 8, 7))
-        got = fastnn.avg_pool2d(xa.astype(dtype), 2, divisor_override=3)
-        want = ref.pool2d(xa, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg", divisor_override=3)
-        check("avg_pool 2x2 divisor_override", err(got, want), tol)
+        for layout in ("NCHW", "NHWC"):
+            xin = xt if layout == "NCHW" else xt.transpose(0, 2, 3, 1)
+            got, gi = fastnn.max_pool2d(xin.astype(dtype), 2, return_indices=True,
+                                        layout=layout)
+            want, wi = ref.pool2d(xin, (2, 2), (2, 2), ((0, 0), (0, 0)), "max", layout)
+            assert np.array_equal(gi, wi), "max_pool 2x2 indices " + layout
+            assert np.array_equal(np.isnan(got), np.isnan(want)), "max_pool 2x2 NaN"
+            fin = ~np.isnan(want)
+            assert np.array_equal(got[fin], want[fin].astype(dtype)), "max_pool 2x2 values"
+            assert np.array_equal(fastnn.max_pool2d(xin.astype(dtype), 2, layout=layout), got,
+                                  equal_nan=True)
+            xin = xa if layout == "NCHW" else xa.transpose(0, 2, 3, 1)
+            got = fastnn.avg_pool2d(xin.astype(dtype), 2, divisor_override=3, layout=layout)
+            want = ref.pool2d(xin, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg", layout,
+                              divisor_override=3)
+            check("avg_pool 2x2 divisor_override", err(got, want), tol)
     print("ok", _conv.SIMD_LEVEL, worst)
 """)
 
