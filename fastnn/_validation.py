@@ -50,8 +50,10 @@ def result_dtype(*arrays):
 
 
 def check_ndim(arr, ndim, name, fn, what):
-    if arr.ndim != ndim:
-        raise ValueError(f"{fn}: {name} must be {ndim}-D {what}, got shape {arr.shape}")
+    """A ValueError unless ``arr`` (an array, or its shape as a tuple) is ``ndim``-D."""
+    shape = arr if type(arr) is tuple else arr.shape
+    if len(shape) != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D {what}, got shape {shape}")
 
 
 def contiguous(arr, dtype):

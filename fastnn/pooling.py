@@ -30,7 +30,7 @@ from fastnn._threads import get_num_threads
 from fastnn._typing import (ArrayLike, FloatArray, IndexArray, Int1, Padding1D, PoolPadding2D,
                              PoolSize2D, PoolStride1D, PoolStride2D)
 from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_layout,
-                                contiguous, int_tuple, is_int, memory_error)
+                                check_ndim, contiguous, int_tuple, is_int, memory_error)
 from fastnn_ext import _pooling
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
@@ -76,9 +76,7 @@ class _PoolGeometry:
         self.layout = check_layout(layout, fn, _LAYOUTS[ndim])
         self.ndim = ndim
         self.channels_last = self.layout in ("NHWC", "NWC")
-        if len(x_shape) != ndim + 2:
-            raise ValueError(f"{fn}: x must be {ndim + 2}-D (layout {self.layout}: "
-                             f"{_DIMS[self.layout]}), got shape {x_shape}")
+        check_ndim(x_shape, ndim + 2, "x", fn, f"(layout {self.layout}: {_DIMS[self.layout]})")
         k = int_tuple(_expand_one(kernel_size, ndim), ndim, "kernel_size", fn, minimum=1)
         if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
             s = k                                       # PyTorch: None or () is kernel_size
