@@ -27,9 +27,13 @@ numpy after idle / torch after idle
     (the other library's idle workers fall asleep and the caches cool either way).
 
 PyTorch's own kernel for the same operation gets the same rows. The ``coexist``
-rows repeat the NumPy and SciPy directions with :func:`fastnn.set_coexistence` on.
-Penalties are times divided by ``alone``.
+rows repeat the NumPy and SciPy directions with :func:`fastnn.set_coexistence` on,
+against an ``alone`` measured under that setting.
+Penalties are times divided by ``alone``. Columns that are compared with each other
+(alone and 1 thread; after X and 1t: after X; the coexist rows) are measured in turns
+within each repetition, not one block after the other.
 """
+import contextlib
 import time
 
 import numpy as np
@@ -192,16 +196,32 @@ def cases():
 # ------------------------------------------------------------------ measurement
 def _median_after(fn, before, reps, gap_s):
     """Median seconds of fn() right after an untimed before() (or back to back)."""
-    times = []
-    for _ in range(reps):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if gap_s:
-            time.sleep(gap_s)
-    return float(np.median(times))
+    return _medians_interleaved({None: (fn, before, None)}, reps, gap_s)[None]
+
+
+def _medians_interleaved(variants, reps, gap_s=0):
+    """Median seconds of each variant ``{key: (fn, before, context)}``, the variants
+    taking turns within every repetition (the order reversed every other one).
+
+    Conditions that are compared with each other (a kernel after a NumPy call on its
+    default team, and on one thread) are measured in turns rather than one after the
+    other, so that the machine's drift over a second (other tenants, clock changes)
+    hits both alike; on this 2-core VM such drift moved one column by 1.8x between two
+    consecutive blocks while the interleaved pair agreed within 3%."""
+    keys = list(variants)
+    times = {k: [] for k in keys}
+    for r in range(reps):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            fn, before, context = variants[k]
+            with (context() if context is not None else contextlib.nullcontext()):
+                if before is not None:
+                    before()
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+            if gap_s:
+                time.sleep(gap_s)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _reps_for(fn, quick):
@@ -230,19 +250,21 @@ def measure(case, torch, quick=False):
     out = {}
     for subject, fn in fns.items():
         reps = _reps_for(fn, quick)
-        row = {"alone": _median_after(fn, None, reps, 0)}
-        if subject == "fastnn":
-            with fastnn.threads(1):
-                row["1 thread"] = _median_after(fn, None, reps, 0)
+        one = (lambda: fastnn.threads(1)) if subject == "fastnn" else None
+        if one is None:
+            row = {"alone": _median_after(fn, None, reps, 0)}
+        else:
+            row = _medians_interleaved({"alone": (fn, None, None),
+                                        "1 thread": (fn, None, one)}, reps)
         for name, other in others.items():
             other()
-            row[f"after {name}"] = _median_after(fn, other, reps, 0)
-            if subject == "fastnn":
+            variants = {f"after {name}": (fn, other, None)}
+            if one is not None:
                 # The SPEC's floor under the same conditions: the preceding call also
                 # leaves the caches and TLB colder, which costs a short kernel on one
                 # thread as much as on two.
-                with fastnn.threads(1):
-                    row[f"1 thread after {name}"] = _median_after(fn, other, reps, 0)
+                variants[f"1 thread after {name}"] = (fn, other, one)
+            row.update(_medians_interleaved(variants, reps))
         for name in ("numpy", "torch"):
             if name not in others:
                 continue
@@ -262,8 +284,10 @@ def measure(case, torch, quick=False):
             routed = fastnn.set_coexistence(True)
             try:
                 if routed:
-                    for name in ("numpy", "scipy"):
-                        row[f"coexist: after {name}"] = _median_after(fn, others[name], reps, 0)
+                    row.update(_medians_interleaved(
+                        {"coexist: alone": (fn, None, None),
+                         **{f"coexist: after {name}": (fn, others[name], None)
+                            for name in ("numpy", "scipy")}}, reps))
                     n_other = _reps_for(np_mm, quick)
                     row["coexist: numpy alone"] = _median_after(np_mm, None, n_other, 0)
                     row["coexist: numpy after"] = _median_after(np_mm, fn, n_other, 0)
@@ -286,8 +310,8 @@ COLUMNS = [
     ("numpy after idle", "np idle", "numpy alone"),
     ("torch after", "pt aft", "torch alone"),
     ("torch after idle", "pt idle", "torch alone"),
-    ("coexist: after numpy", "co: aft np", "alone"),
-    ("coexist: after scipy", "co: aft sp", "alone"),
+    ("coexist: after numpy", "co: aft np", "coexist: alone"),
+    ("coexist: after scipy", "co: aft sp", "coexist: alone"),
     ("coexist: numpy after", "co: np aft", "coexist: numpy alone"),
 ]
 
