@@ -106,11 +106,15 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
     Notes
     -----
     3x3 kernels with stride 1, dilation 1 and one group run as Winograd F(4x4, 3x3)
-    when the shape is large enough to gain (at least 16 input and output channels and
-    16 output tiles of 4x4, 32 in float64; the rule and its measurements are in
-    ``_winograd_blocks``), which needs 2.25x fewer multiplications than the direct
-    product. Its float32 error is a few times the direct one (measured norm-wise 1e-6
-    to 4.5e-6 against float64, C up to 512; float64 below 1e-14). Results stay bitwise
+    when the shape is large enough to gain, which needs 2.25x fewer multiplications
+    than the direct product. What is large enough depends on the CPU: where 512-bit
+    FMAs run as two halves (AMD Zen 4) or there is no AVX-512, at least 16 input and
+    output channels and 16 output tiles of 4x4 (32 in float64); where they run at full
+    width (Zen 5, Intel AVX-512), at least 32 channels, 96 tiles and, in NCHW, 49 tiles
+    per image. The rule and its measurements are in ``_winograd_blocks``; on a given
+    CPU the choice depends on the shape only, so results are reproducible. Its
+    float32 error is a few times the direct one (measured norm-wise 1e-6 to 4.5e-6
+    against float64, C up to 512; float64 below 1e-14). Results stay bitwise
     identical for any thread count.
     An output that is not finite sends the call to the direct path, so Inf and NaN
     propagate as there. ``FASTNN_WINOGRAD=0`` in the environment (read at each call)
@@ -185,10 +189,10 @@ def _winograd_blocks(geom, dtype):
     if mode == "0" or not (geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1
                            and geom.dh == geom.dw == 1 and geom.groups == 1):
         return None
-    # Measured (float32, 2 threads, Zen 4, direct / Winograd ms; in-process A/B, min of
-    # 9): N8 C64 56x56 K64 19.7/11.0 NCHW, 18.8/8.5 NHWC; N64 C16 32x32 K32 8.6/7.0,
-    # 9.0/6.2; N1 C128 14x14 K128 1.41/0.70, 0.76/0.54; N2 C64 28x28 K64 1.71/1.07,
-    # 1.63/0.65; N1 C256 14x14 K256 (16 tiles) 2.8-3.0/2.7-3.1, 3.1-3.4/2.0-4.8 (noisy:
+    # Measured (float32, 2 threads, Zen 4, whose 512-bit FMAs run as two halves; direct
+    # / Winograd ms; in-process A/B, min of 9): N8 C64 56x56 K64 19.7/11.0 NCHW,
+    # 18.8/8.5 NHWC; N64 C16 32x32 K32 8.6/7.0, 9.0/6.2; N1 C128 14x14 K128 1.41/0.70,
+    # 0.76/0.54; N2 C64 28x28 K64 1.71/1.07, 1.63/0.65; N1 C256 14x14 K256 (16 tiles) 2.8-3.0/2.7-3.1, 3.1-3.4/2.0-4.8 (noisy:
     # the transformed kernel, 4x the weights, is written and read once per call).
     # Losing: fewer than 16 channels in or out (the transforms run along channels in
     # NHWC, and the products are too thin: N16 C3 32x32 K16 0.26/0.51, N8 C8 28x28
@@ -197,9 +201,32 @@ def _winograd_blocks(geom, dtype):
     # 0.076/0.078 and 0.039/0.046). float64 alike (N8 C64 56x56 K64 38.5/22.0,
     # 41.9/20.6; N64 C16 32x32 K32 15.3/13.4, 15.7/8.7), except that 16 tiles do not
     # pay there (N1 C256 14x14 K256 5.8/5.8, 6.8/7.9): it needs 32.
-    tiles = geom.N * -(-geom.Ho // 4) * -(-geom.Wo // 4)
-    min_tiles = 16 if np.dtype(dtype) == np.float32 else 32
-    if mode != "1" and (geom.C < 16 or geom.K < 16 or tiles < min_tiles):
+    #
+    # Where 512-bit FMAs run at full width (Zen 5, AVX-512 Intel: _winograd.FULL_WIDTH_512)
+    # the direct products are twice as fast per cycle and the transforms are not, so
+    # Winograd needs wider products and more tiles. Measured there (float32, 2 threads,
+    # direct / Winograd ms, in-process A/B, min of 7 x 0.25 s): N8 C64 56x56 K64
+    # 4.98/3.58 NCHW, 4.75/2.77 NHWC (grad_x 4.92/3.64, 4.51/2.98); N2 C64 28x28 K64
+    # 0.335/0.301, 0.307/0.196; N8 C32 56x56 K32 1.43/1.15, 1.19/1.03; N16 C32 32x32 K32
+    # 0.885/0.930, 0.788/0.688. Losing: 16 channels (N64 C16 32x32 K32 1.95/2.25,
+    # 1.71/1.81; grad_x 2.25/2.76 NCHW; N32 C16 32x32 K16 0.57/0.77), fewer than about
+    # 100 tiles (N1 C256 14x14 K256, 16 tiles, 0.67/1.14, 1.02/1.07; N1 C128 14x14
+    # 0.24/0.43, 0.18/0.38; N4 C128 14x14, 64 tiles, 0.67/0.90, 0.67/0.87; N1 C64 28x28,
+    # 49 tiles, 0.19/0.29, 0.18/0.19), and in NCHW, images of fewer than 7x7 tiles
+    # (N4 C256 14x14, 64 tiles of 4x4 per image, 2.94/3.20 NCHW, 3.19/2.44 NHWC). Near
+    # the line the rule takes a small loss: N16 C32 32x32 NCHW above. float64 alike
+    # (N8 C64 56x56 K64 11.3/6.6, 11.1/6.1; N2 C64 28x28 0.70/0.51, 0.77/0.42; N8 C32
+    # 56x56 NCHW 3.25/3.18), and the rule gives up a win at 64 tiles there (N4 C256
+    # 14x14 NHWC 7.2/5.2).
+    tiles_per_image = -(-geom.Ho // 4) * -(-geom.Wo // 4)
+    tiles = geom.N * tiles_per_image
+    if _winograd.FULL_WIDTH_512:
+        too_small = (geom.C < 32 or geom.K < 32 or tiles < 96
+                     or (not geom.nhwc and tiles_per_image < 49))
+    else:
+        min_tiles = 16 if np.dtype(dtype) == np.float32 else 32
+        too_small = geom.C < 16 or geom.K < 16 or tiles < min_tiles
+    if mode != "1" and too_small:
         return None
     # The transformed kernel is 4x the weights: past 256 MiB of it (C = K = 1365 in
     # float32) the memory, not the speed, decides.
@@ -377,8 +404,14 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     with np.errstate(over="ignore", invalid="ignore"):
         finite = bool(np.isfinite(np.sum(weight)))
     if geom.sh > 1 or geom.sw > 1 or not finite:
-        _conv.conv2d_input_grad(gyc, contiguous(weight, dtype).reshape(-1),
-                                grad_x.reshape(-1), geom.kernel_args(), geom.nhwc, nt)
+        w = contiguous(weight, dtype)
+        if geom.nhwc:
+            # (kh, kw, C/groups, K) -> (K, kh*kw*C/groups): the products then read
+            # w_g^T's rows in place; transposing it inside them repacked the whole
+            # weight for every tile of pixels.
+            w = np.ascontiguousarray(w.reshape(-1, geom.K).T)
+        _conv.conv2d_input_grad(gyc, w.reshape(-1), grad_x.reshape(-1), geom.kernel_args(),
+                                geom.nhwc, nt)
         return
     G, kh, kw = geom.groups, geom.kh, geom.kw
     cg, kg = geom.C // G, geom.K // G

@@ -501,8 +501,8 @@ cdef void input_grad_item(const floating* gy, const floating* w, floating* gx,
                  g.ckk, gy + (n * g.K + grp * g.Kg) * g.P + q0, g.P, <floating>0,
                  gx + (n * g.C + grp * g.Cg) * g.P + q0, g.P)
         else:
-            pgemm(False, True, q1 - q0, g.Cg, g.Kg, <floating>1,
-                 gy + (n * g.P + q0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg, g.K,
+            pgemm(False, False, q1 - q0, g.Cg, g.Kg, <floating>1,
+                 gy + (n * g.P + q0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg * g.Cg, g.Cg,
                  <floating>0, gx + (n * g.P + q0) * g.C + grp * g.Cg, g.C)
         return
     zero_rows(gx, g, n, grp, h0, h1)
@@ -527,9 +527,10 @@ cdef void input_grad_item(const floating* gy, const floating* w, floating* gx,
             scatter_nchw(gx + (n * g.C + grp * g.Cg) * g.H * g.W, g, p0, p1, gcols, tp,
                          h0, h1)
         else:
-            # gcols (tp x ckk) = gy_tile (tp x Kg) @ w_g^T (Kg x ckk)
-            pgemm(False, True, tp, g.ckk, g.Kg, <floating>1,
-                 gy + (n * g.P + p0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg, g.K,
+            # gcols (tp x ckk) = gy_tile (tp x Kg) @ w_g^T (Kg x ckk); w is given
+            # transposed, (K, ckk), so the product reads its rows in place
+            pgemm(False, False, tp, g.ckk, g.Kg, <floating>1,
+                 gy + (n * g.P + p0) * g.K + grp * g.Kg, g.K, w + grp * g.Kg * g.ckk, g.ckk,
                  <floating>0, gcols, g.ckk)
             scatter_nhwc(gx + n * g.H * g.W * g.C, grp * g.Cg, g, p0, p1, gcols, g.ckk,
                          h0, h1)
@@ -854,7 +855,11 @@ def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
 
 def conv2d_input_grad(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
                       tuple geom, bint nhwc, int num_threads):
-    """gx = col2im(w^T gy): items own disjoint input rows, so no write conflicts."""
+    """gx = col2im(w^T gy): items own disjoint input rows, so no write conflicts.
+
+    NCHW takes the weight as given, (K, C/groups * kh * kw); NHWC takes it transposed,
+    (K, kh * kw * C/groups), so that the products read w_g^T's rows in place instead of
+    repacking the transpose for every tile (fastnn.conv._input_grad)."""
     cdef Geom g = make_geom(geom, nhwc)
     cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
     cdef Py_ssize_t units = g.N * g.G

@@ -70,6 +70,32 @@ static int fastnn_simd_level(void) {
     return cap >= 0 && level > cap ? cap : level;
 }
 
+/* Whether this CPU's 512-bit FMAs run at full width: at level 2, every AVX-512 CPU
+ * except AMD's family 0x19 (Zen 4), which issues each 512-bit operation as two 256-bit
+ * halves. Winograd's choice of shapes depends on it (fastnn.conv._winograd_blocks):
+ * the direct products run twice as fast per cycle on Zen 5 (family 0x1a) as on Zen 4,
+ * the transforms do not. 0 below level 2 (AVX2 machines behave like Zen 4 here). */
+#ifdef FASTNN_SIMD_X86
+#include <cpuid.h>
+#endif
+static int fastnn_simd_fma512_full(void) {
+#ifdef FASTNN_SIMD_X86
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0, family;
+    if (fastnn_simd_level() < 2 || !__get_cpuid(0, &eax, &ebx, &ecx, &edx))
+        return 0;
+    /* "AuthenticAMD": ebx, edx, ecx = "Auth", "enti", "cAMD" */
+    int amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return 0;
+    family = (eax >> 8) & 0xf;
+    if (family == 0xf)
+        family += (eax >> 20) & 0xff;
+    return !(amd && family == 0x19);
+#else
+    return 0;
+#endif
+}
+
 #ifdef FASTNN_SIMD_X86
 #define FASTNN_SIMD_VARIANTS(DEFINE)                                                 \
     DEFINE(base, )                                                                   \

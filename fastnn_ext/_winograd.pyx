@@ -24,6 +24,7 @@ from fastnn_ext._ukernel cimport ugemm, fastnn_ukernel_pick, FASTNN_UGEMM_SCRATC
 
 cdef extern from "_winograd.h" nogil:
     int fastnn_winograd_pick()
+    int fastnn_simd_fma512_full()
     void wg_input_float(const float** col, Py_ssize_t sh, Py_ssize_t L, float* v, Py_ssize_t sp)
     void wg_input_double(const double** col, Py_ssize_t sh, Py_ssize_t L, double* v,
                          Py_ssize_t sp)
@@ -47,6 +48,8 @@ cdef extern from "_winograd.h" nogil:
 # register-blocked product (_ukernel.h) at the same level.
 SIMD_LEVEL = fastnn_winograd_pick()
 UKERNEL_LEVEL = fastnn_ukernel_pick()
+# Whether 512-bit FMAs run at full width here (_simd.h): which shapes Winograd wins on.
+FULL_WIDTH_512 = bool(fastnn_simd_fma512_full())
 
 # Transformed tile positions (6x6) and output tile side.
 DEF NPOS = 36

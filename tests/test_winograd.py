@@ -12,8 +12,9 @@ import pytest
 
 import fastnn
 import fastnn.conv
+from fastnn._geometry import Geometry
 import reference as ref
-from helpers import HERE, assert_close, run_at_simd_level
+from helpers import HERE, assert_close, run_at_simd_level, x_shape_of
 from test_conv import make_conv_inputs
 from test_hardening import _LIMITED, MiB
 
@@ -124,16 +125,62 @@ def _direct(monkeypatch, f):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_switch_off_gives_the_direct_path(monkeypatch, layout):
-    x, w, b = make_conv_inputs(7, layout, np.float32, 2, 32, 20, 20, 32, 1, 3, 3)
+    x, w, b = make_conv_inputs(7, layout, np.float32, 4, 32, 28, 28, 32, 1, 3, 3)
 
     def f():
         return fastnn.conv2d(x, w, b, padding=1, layout=layout)
     direct = _direct(monkeypatch, f)
     monkeypatch.delenv("FASTNN_WINOGRAD", raising=False)
-    auto = f()                        # large enough: Winograd by the measured rule
+    auto = f()        # large enough for Winograd by the measured rule on any CPU
     assert not np.array_equal(auto, direct), "the default did not take Winograd"
     monkeypatch.setenv("FASTNN_WINOGRAD", "0")
     np.testing.assert_array_equal(f(), direct)
+
+
+# (N, C, H, K, layout) -> Winograd taken by the default rule, where 512-bit FMAs run as
+# two halves (Zen 4, AVX2 machines) and where they run at full width (Zen 5).
+RULE_CASES = [
+    ((8, 64, 56, 64, "NCHW"), True, True),
+    ((8, 64, 56, 64, "NHWC"), True, True),
+    ((64, 16, 32, 32, "NCHW"), True, False),     # 16 channels: too thin at full width
+    ((1, 256, 14, 256, "NHWC"), True, False),    # 16 tiles
+    ((1, 128, 28, 128, "NHWC"), True, False),    # 49 tiles
+    ((16, 32, 32, 32, "NHWC"), True, True),
+    ((4, 256, 14, 256, "NCHW"), True, False),    # 4x4 tiles per image, NCHW
+    ((2, 8, 28, 32, "NCHW"), False, False),      # 8 input channels
+    ((1, 32, 8, 32, "NCHW"), False, False),      # 4 tiles
+]
+
+
+@pytest.mark.parametrize("full_width", [False, True])
+@pytest.mark.parametrize("shape, half_rule, full_rule", RULE_CASES)
+def test_default_rule_depends_on_the_fma_width(monkeypatch, shape, half_rule, full_rule,
+                                               full_width):
+    N, C, H, K, layout = shape
+    monkeypatch.delenv("FASTNN_WINOGRAD", raising=False)
+    monkeypatch.setattr(fastnn.conv._winograd, "FULL_WIDTH_512", full_width)
+    geom = Geometry("conv2d", layout, x_shape_of(layout, N, C, H, H), (3, 3), K, 1, 1, 1, 1)
+    taken = fastnn.conv._winograd_blocks(geom, np.float32) is not None
+    assert taken == (full_rule if full_width else half_rule)
+
+
+def test_full_width_flag_matches_the_cpu():
+    # Zen 4 (AMD family 0x19) issues 512-bit FMAs as two halves; a capped SIMD level
+    # (FASTNN_UKERNEL_MAX < 2) or a CPU without AVX-512 never counts as full width.
+    from fastnn_ext import _winograd
+    assert isinstance(_winograd.FULL_WIDTH_512, bool)
+    if _winograd.UKERNEL_LEVEL < 2:
+        assert not _winograd.FULL_WIDTH_512
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    fields = dict(line.split(":", 1) for line in info.splitlines()[:30] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25":
+        assert not _winograd.FULL_WIDTH_512
+    elif fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "26":
+        assert _winograd.FULL_WIDTH_512 == (_winograd.UKERNEL_LEVEL == 2)
 
 
 def test_switch_off_in_a_fresh_process(monkeypatch, tmp_path):
@@ -169,7 +216,10 @@ def test_other_convolutions_never_take_it(calls, kwargs):
     ((2, 32, 16, 16, 32), np.float64, True),
 ])
 def test_measured_rule(monkeypatch, calls, shape, dtype, wanted):
+    # The rule where 512-bit FMAs run as two halves (Zen 4); the full-width rule is
+    # test_default_rule_depends_on_the_fma_width's.
     monkeypatch.delenv("FASTNN_WINOGRAD")
+    monkeypatch.setattr(fastnn.conv._winograd, "FULL_WIDTH_512", False)
     N, C, H, W, K = shape
     x, w, _ = make_conv_inputs(10, "NHWC", dtype, N, C, H, W, K, 1, 3, 3)
     fastnn.conv2d(x, w, padding=1, layout="NHWC")
