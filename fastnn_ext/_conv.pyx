@@ -760,6 +760,37 @@ cdef void weight_grad_implicit_item(const floating* xq, const floating* gy, floa
         first = False
 
 
+def conv2d_weight_grad_cols(const floating[::1] cols, const floating[::1] gy,
+                            floating[::1] gw, Py_ssize_t N, Py_ssize_t P, Py_ssize_t ckk,
+                            Py_ssize_t K, bint nhwc, int num_threads):
+    """gw from the whole patches of a few images (one group): NCHW gw (K x ckk) =
+    sum_n gy[n] (K x P) @ cols[n]^T, NHWC gw (ckk x K) = sum_n cols[n]^T @ gy[n], with
+    cols as :func:`im2col` writes it. Work items are blocks of gw (columns in NCHW,
+    rows in NHWC) that sum every image and pixel in the same order, so the bits do not
+    depend on the thread count."""
+    cdef Py_ssize_t nb = 128 if not nhwc else 64
+    cdef Py_ssize_t nitems = (ckk + nb - 1) // nb
+    cdef Py_ssize_t it, n, c0, c1
+    if ckk == 0 or K == 0:
+        return
+    if N == 0 or P == 0:
+        memset(&gw[0], 0, K * ckk * sizeof(floating))
+        return
+    with nogil:
+        for it in prange(nitems, num_threads=team(num_threads, nitems), schedule="static",
+                         use_threads_if=num_threads > 1 and nitems > 1):
+            c0 = it * nb
+            c1 = c0 + nb if c0 + nb < ckk else ckk
+            for n in range(N):
+                if not nhwc:
+                    pgemm(False, True, K, c1 - c0, P, <floating>1, &gy[0] + n * K * P, P,
+                          &cols[0] + (n * ckk + c0) * P, P, <floating>(n > 0), &gw[0] + c0,
+                          ckk)
+                else:
+                    pgemm(True, False, c1 - c0, K, P, <floating>1, &cols[0] + n * P * ckk + c0,
+                          ckk, &gy[0] + n * P * K, K, <floating>(n > 0), &gw[0] + c0 * K, K)
+
+
 def conv2d_weight_grad_implicit(const floating[::1] xq, const floating[::1] gy,
                                 floating[::1] gw, tuple geom, bint nhwc, int num_threads,
                                 Py_ssize_t Hq, Py_ssize_t Wq):

@@ -4,6 +4,8 @@ Against the float64 references of tests/reference.py (property tests over random
 geometries), finite differences, PyTorch (where installed) and scipy, plus the
 bad-input and memory-layout rules of SPEC.md.
 """
+import os
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -183,6 +185,60 @@ def test_conv2d_backward_matches_reference(g):
     assert_close(gx, rx, g["dtype"], "grad_x", ax)
     assert_close(gw, rw, g["dtype"], "grad_weight", aw)
     assert_close(gb, rb, g["dtype"], "grad_bias", ab)
+
+
+@PROPERTY
+@given(geometries(min_batch=0), st.sampled_from(["0", "1"]))
+def test_weight_grad_paths_match_reference(g, mode):
+    # Both weight-gradient paths on every geometry: the whole-patches product (taken by
+    # default for few small images, FASTNN_WG_COLS=1) and the tile reduction (=0).
+    x, w, _ = make_conv_inputs(g["seed"], g["layout"], g["dtype"], g["N"], g["C"], g["H"],
+                               g["W"], g["K"], g["G"], g["kh"], g["kw"])
+    y_shape = ref.conv2d(x, w, groups=g["G"], **geo_kwargs(g)).shape
+    gy = np.random.default_rng(g["seed"] + 1).standard_normal(y_shape).astype(g["dtype"])
+    old = os.environ.get("FASTNN_WG_COLS")
+    os.environ["FASTNN_WG_COLS"] = mode
+    try:
+        _, gw, _ = fastnn.conv2d_backward(gy, x, w, groups=g["G"], need_input_grad=False,
+                                          bias=False, **geo_kwargs(g))
+    finally:
+        if old is None:
+            del os.environ["FASTNN_WG_COLS"]
+        else:
+            os.environ["FASTNN_WG_COLS"] = old
+    _, rw, _ = ref.conv2d_backward(gy, x, w, groups=g["G"], **geo_kwargs(g))
+    _, aw, _ = ref.conv2d_backward(abs(gy), abs(x), abs(w), groups=g["G"], **geo_kwargs(g))
+    assert gw.dtype == np.dtype(g["dtype"])
+    assert_close(gw, rw, g["dtype"], "grad_weight", aw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_small_batch_weight_grad_takes_the_patches_product(monkeypatch, layout, dtype):
+    # N1 C40 9x9 (81 pixels, under the measured limit): the whole-patches product, with
+    # more weight blocks than threads (NCHW 360 columns in blocks of 128, NHWC 360 rows
+    # in blocks of 64) and more pixels than one 64-deep block of the product.
+    monkeypatch.delenv("FASTNN_WG_COLS", raising=False)
+    calls = []
+    inner = fastnn.conv._conv.conv2d_weight_grad_cols
+    monkeypatch.setattr(fastnn.conv._conv, "conv2d_weight_grad_cols",
+                        lambda *a: calls.append(a[3:8]) or inner(*a))
+    x, w, _ = make_conv_inputs(3, layout, dtype, 1, 40, 9, 9, 24, 1, 3, 3)
+    gy = np.random.default_rng(4).standard_normal(
+        ref.conv2d(x, w, padding=1, layout=layout).shape).astype(dtype)
+
+    def grads():
+        return fastnn.conv2d_backward(gy, x, w, padding=1, layout=layout)[1]
+    assert_thread_count_invariant(grads)
+    assert calls and calls[0] == (1, 81, 360, 24, layout == "NHWC")
+    want = ref.conv2d_backward(gy, x, w, padding=1, layout=layout)[1]
+    assert_close(grads(), want, dtype, "grad_weight")
+    # Many images take the tile reduction.
+    calls.clear()
+    xb, wb, _ = make_conv_inputs(5, layout, dtype, 8, 4, 9, 9, 4, 1, 3, 3)
+    gyb = np.ones(ref.conv2d(xb, wb, padding=1, layout=layout).shape, dtype)
+    fastnn.conv2d_backward(gyb, xb, wb, padding=1, layout=layout)
+    assert not calls
 
 
 @PROPERTY
