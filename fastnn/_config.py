@@ -18,6 +18,7 @@ def config() -> dict[str, Any]:
     from fastnn_ext._config import build_info
 
     from fastnn_ext._conv import UKERNEL_LEVEL
+    from fastnn_ext._winograd import FULL_WIDTH_512
 
     info = build_info()
     return {
@@ -30,6 +31,7 @@ def config() -> dict[str, Any]:
         "openmp_version": info["openmp_version"],
         "simd_baseline": info["simd_baseline"],
         "simd_runtime": _UKERNEL_NAMES.get(UKERNEL_LEVEL, str(UKERNEL_LEVEL)),
+        "fma512_full_width": FULL_WIDTH_512,
         "blas": _threads.blas_info(),
         "pool": _threads.pool_info(),
         "coexistence": _threads.get_coexistence(),
@@ -56,7 +58,8 @@ def show_config(file: TextIO | None = None) -> None:
         "  OpenMP         : " + (f"yes (version {c['openmp_version']})" if c["openmp"]
                                  else "no (kernels run single-threaded)"),
         f"  SIMD baseline  : {', '.join(c['simd_baseline'])} (compile-time flags)",
-        f"  SIMD kernels   : {c['simd_runtime']} (chosen at run time; FASTNN_UKERNEL_MAX caps it)",
+        f"  SIMD kernels   : {c['simd_runtime']} (chosen at run time; FASTNN_UKERNEL_MAX caps it)"
+        + ("; 512-bit FMAs at full width" if c["fma512_full_width"] else ""),
         f"  threads        : {c['num_threads']} (CPUs available: {c['cpus_available']}, "
         f"OMP_NUM_THREADS={c['OMP_NUM_THREADS'] or 'unset'})",
         f"  thread pool    : fastnn's own ({c['pool']['workers']} workers now; idle workers "

@@ -77,3 +77,12 @@ def test_bench_plot_names_the_families_and_marks_disturbed_cases(tmp_path):
     assert labels == ["a", "b *", "geomean"]
     title = fig.axes[0].get_title()
     assert "(conv; --quick)" in title and "* other processes kept CPUs busy" in title
+
+
+def test_show_config_says_whether_512_bit_fmas_run_at_full_width(capsys):
+    from fastnn_ext._winograd import FULL_WIDTH_512
+    from fastnn._config import config
+    assert config()["fma512_full_width"] is FULL_WIDTH_512
+    fastnn.show_config()
+    simd = [ln for ln in capsys.readouterr().out.splitlines() if "SIMD kernels" in ln]
+    assert simd and (("full width" in simd[0]) == FULL_WIDTH_512)
