@@ -241,6 +241,24 @@ def test_small_batch_weight_grad_takes_the_patches_product(monkeypatch, layout, 
     assert not calls
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_few_output_channel_weight_grad_over_many_tiles(layout, groups):
+    # Kg = 3 output channels per group (fewer than a vector: the gradient is accumulated
+    # transposed), 16 x 40 x 40 pixels: many tile items and reduction chunks.
+    x, w, _ = make_conv_inputs(13, layout, np.float32, 16, 8, 40, 40, 3 * groups, groups,
+                               3, 3)
+    gy = np.random.default_rng(14).standard_normal(
+        ref.conv2d(x, w, padding=1, groups=groups, layout=layout).shape).astype(np.float32)
+
+    def grad_weight():
+        return fastnn.conv2d_backward(gy, x, w, padding=1, groups=groups, layout=layout,
+                                      need_input_grad=False, bias=False)[1]
+    assert_thread_count_invariant(grad_weight)
+    want = ref.conv2d_backward(gy, x, w, padding=1, groups=groups, layout=layout)[1]
+    assert_close(grad_weight(), want, np.float32, "grad_weight")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nhwc_bias_grad_blocks(dtype):
     # 2 x 71 x 67 = 9514 rows (three row blocks of the NHWC bias gradient, the last
