@@ -30,8 +30,9 @@ PyTorch's own kernel for the same operation gets the same rows. The ``coexist``
 rows repeat the NumPy and SciPy directions with :func:`fastnn.set_coexistence` on,
 against an ``alone`` measured under that setting.
 Penalties are times divided by ``alone``. Columns that are compared with each other
-(alone and 1 thread; after X and 1t: after X; the coexist rows) are measured in turns
-within each repetition, not one block after the other.
+(alone and 1 thread; after X and 1t: after X; a matmul alone, after the kernel and
+after the idle spell; the coexist rows) are measured in turns within each repetition,
+not one block after the other.
 """
 import contextlib
 import time
@@ -270,16 +271,15 @@ def measure(case, torch, quick=False):
                 continue
             other = others[name]
             n_other = _reps_for(other, quick)
-            alone = _median_after(other, None, n_other, 0)
-            row[f"{name} alone"] = alone
-            row[f"{name} after"] = _median_after(other, fn, n_other, 0)
+            variants = {f"{name} alone": (other, None, None),
+                        f"{name} after": (other, fn, None)}
             if subject == "fastnn":
                 # The control: the same matmul after the cores sat idle as long as the
                 # kernel ran (its own pool's workers have gone to sleep meanwhile, and
                 # the caches cooled): the part of "after" that is not fastnn's doing.
                 idle = row["alone"]
-                row[f"{name} after idle"] = _median_after(
-                    other, lambda: time.sleep(idle), n_other, 0)
+                variants[f"{name} after idle"] = (other, lambda: time.sleep(idle), None)
+            row.update(_medians_interleaved(variants, n_other))
         if subject == "fastnn" and hasattr(fastnn, "set_coexistence"):
             routed = fastnn.set_coexistence(True)
             try:
@@ -289,8 +289,9 @@ def measure(case, torch, quick=False):
                          **{f"coexist: after {name}": (fn, others[name], None)
                             for name in ("numpy", "scipy")}}, reps))
                     n_other = _reps_for(np_mm, quick)
-                    row["coexist: numpy alone"] = _median_after(np_mm, None, n_other, 0)
-                    row["coexist: numpy after"] = _median_after(np_mm, fn, n_other, 0)
+                    row.update(_medians_interleaved(
+                        {"coexist: numpy alone": (np_mm, None, None),
+                         "coexist: numpy after": (np_mm, fn, None)}, n_other))
             finally:
                 fastnn.set_coexistence(False)
         out[subject] = row
