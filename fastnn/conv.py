@@ -373,7 +373,11 @@ def _weight_grad_from_cols(geom):
     mode = os.environ.get("FASTNN_WG_COLS", "").strip()
     if mode in ("0", "1"):
         return mode == "1" and geom.groups == 1
-    return geom.groups == 1 and geom.N * geom.Ho * geom.Wo <= _WG_COLS_MAX_PIXELS
+    pixels = geom.N * geom.Ho * geom.Wo
+    # The patches are pixels x C*kh*kw: bounded, so that a huge kernel (C*kh*kw in the
+    # millions) keeps the tile path's bounded scratch instead.
+    return (geom.groups == 1 and pixels <= _WG_COLS_MAX_PIXELS
+            and pixels * geom.C * geom.kh * geom.kw <= _WG_COLS_MAX_PATCHES)
 
 
 # Reduction length (images x output pixels) up to which the whole-patches product wins.
@@ -385,6 +389,7 @@ def _weight_grad_from_cols(geom):
 # and far past it they win by far (N8 C64 28x28 k4 s2, 1568: 0.67/1.22 NCHW; N64 C16
 # 32x32: 2.6/23.6): each work item of the cols product walks all the pixels.
 _WG_COLS_MAX_PIXELS = 400
+_WG_COLS_MAX_PATCHES = 1 << 24
 
 
 def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):

@@ -233,6 +233,15 @@ def test_small_batch_weight_grad_takes_the_patches_product(monkeypatch, layout, 
     assert calls and calls[0] == (1, 81, 360, 24, layout == "NHWC")
     want = ref.conv2d_backward(gy, x, w, padding=1, layout=layout)[1]
     assert_close(grads(), want, dtype, "grad_weight")
+    # Patches past the size bound take the tile reduction too.
+    calls.clear()
+    monkeypatch.setattr(fastnn.conv, "_WG_COLS_MAX_PATCHES", 81 * 360 - 1)
+    assert_close(grads(), want, dtype, "grad_weight")
+    assert not calls
+    monkeypatch.undo()
+    monkeypatch.delenv("FASTNN_WG_COLS", raising=False)
+    monkeypatch.setattr(fastnn.conv._conv, "conv2d_weight_grad_cols",
+                        lambda *a: calls.append(a[3:8]) or inner(*a))
     # Many images take the tile reduction.
     calls.clear()
     xb, wb, _ = make_conv_inputs(5, layout, dtype, 8, 4, 9, 9, 4, 1, 3, 3)
