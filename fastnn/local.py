@@ -13,8 +13,8 @@ from fastnn._geometry import Geometry, check_result_size, parse_padding
 from fastnn._threads import threads_for
 from fastnn._typing import ArrayLike, FloatArray, Int1, IntPair, Padding1D, Padding2D
 from fastnn._validation import (as_bool, as_float_array, check_layout, check_ndim, contiguous,
-                                int_tuple, result_dtype)
-from fastnn.conv import _col2im, _im2col
+                                int_tuple, memory_error, result_dtype)
+from fastnn.conv import _col2im
 from fastnn_ext import _local as _local_ext
 
 __all__ = ["locally_connected1d", "locally_connected1d_backward", "locally_connected2d",
@@ -69,11 +69,20 @@ class _LocalGeometry:
         g = self.geom
         return (g.N, g.Ho, g.Wo, K)
 
-    def cols(self, x, dtype):
-        """The patches of x, ``(N, P, kh*kw*C)``."""
+    def padded(self, x, dtype):
+        """x as a C-contiguous NHWC image with its zero padding, ``(N, Hp, Wp, C)``:
+        what the kernels read the patches from."""
         g = self.geom
-        check_result_size(self.fn, "the patches", (g.N, self.P, self.ckk))
-        return _im2col(contiguous(self.to_nhwc(x), dtype), g)
+        x4 = self.to_nhwc(x)
+        if not (g.pt or g.pb or g.pl or g.pr):
+            return contiguous(x4, dtype)
+        xp = np.zeros((g.N, g.H + g.pt + g.pb, g.W + g.pl + g.pr, g.C), dtype=dtype)
+        xp[:, g.pt:g.pt + g.H, g.pl:g.pl + g.W] = x4
+        return xp
+
+    def kernel_geom(self):
+        g = self.geom
+        return (g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw)
 
 
 def _local_forward(fn, nd, x, weight, bias, kernel_size, stride, padding, layout):
@@ -89,15 +98,16 @@ def _local_forward(fn, nd, x, weight, bias, kernel_size, stride, padding, layout
     dtype = result_dtype(x, weight, bias)
     N, P = lg.geom.N, lg.P
     y = np.empty((N, P, K), dtype=dtype)
-    if bias is None:
-        beta = 0.0
-    else:
-        y[...] = bias.reshape(1, P, K)
-        beta = 1.0
-    if y.size:
-        cols = lg.cols(x, dtype)
+    if y.size and lg.ckk == 0:
+        y[...] = 0 if bias is None else bias.reshape(1, P, K)
+    elif y.size:
         w3 = contiguous(weight, dtype).reshape(P, lg.ckk, K)
-        _local_ext.local_forward(cols, w3, y, beta, threads_for(N * P * lg.ckk * K))
+        b2 = None if bias is None else contiguous(bias, dtype).reshape(P, K)
+        try:
+            _local_ext.local_forward(lg.padded(x, dtype), w3, b2, y, lg.kernel_geom(),
+                                     threads_for(N * P * lg.ckk * K))
+        except MemoryError as exc:
+            raise memory_error(fn, exc) from None
     return np.ascontiguousarray(lg.from_nhwc(y.reshape(lg.out_shape_nhwc(K))))
 
 
@@ -115,13 +125,16 @@ def _local_backward(fn, nd, grad_y, x, weight, kernel_size, stride, padding, lay
     dtype = result_dtype(grad_y, x, weight)
     N, P, ckk = lg.geom.N, lg.P, lg.ckk
     gy3 = contiguous(lg.to_nhwc(grad_y), dtype).reshape(N, P, K)
-    cols = lg.cols(x, dtype)
+    check_result_size(fn, "the patch gradients", (N, P, ckk))
     w3 = contiguous(weight, dtype).reshape(P, ckk, K)
     grad_w = np.zeros((P, ckk, K), dtype=dtype)
     gcols = np.zeros((N, P, ckk), dtype=dtype)
     nt = threads_for(N * P * ckk * K)
     if N:
-        _local_ext.local_weight_grad(cols, gy3, grad_w, nt)
+        try:
+            _local_ext.local_weight_grad(lg.padded(x, dtype), gy3, grad_w, lg.kernel_geom(), nt)
+        except MemoryError as exc:
+            raise memory_error(fn, exc) from None
         _local_ext.local_cols_grad(gy3, w3, gcols, nt)
     grad_x = np.ascontiguousarray(lg.from_nhwc(_col2im(gcols, lg.geom)))
     grad_b = None

@@ -224,17 +224,38 @@ static int fastnn_band_pick(void) {
 #undef FASTNN_BAND_SET
     return level;
 }
-/* Byte offset of the lowest-addressed non-zero byte of a non-zero word loaded
-   by memcpy, and the word with that byte's bit cleared. */
-static inline int fastnn_first_byte(uint64_t v) {
-#if defined(FASTNN_GNU_C) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return __builtin_ctzll(v) >> 3;
+/* Bit b of the result is set where byte m[b] of a 64-byte run is non-zero. On
+   little-endian targets eight words at a time: each word's non-zero bytes get their
+   top bit set by bit arithmetic, and a multiply gathers those eight bits into one
+   byte (the eight shifted copies land on distinct bits, so nothing carries). */
+static inline uint64_t fastnn_nonzero_bits64(const unsigned char* m) {
+    uint64_t bits = 0;
+#if (defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) || defined(_WIN32)
+    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+    for (int q = 0; q < 8; q++) {
+        uint64_t w;
+        memcpy(&w, m + 8 * q, 8);
+        w = (((w & low7) + low7) | w) & ~low7;
+        bits |= ((w >> 7) * 0x0102040810204080ULL >> 56) << (8 * q);
+    }
 #else
-    unsigned char b[8]; int k = 0; memcpy(b, &v, 8); while (!b[k]) k++; return k;
+    for (int b = 0; b < 64; b++)
+        bits |= (uint64_t)(m[b] != 0) << b;
 #endif
+    return bits;
 }
-static inline uint64_t fastnn_clear_byte(uint64_t v, int k) {
-    unsigned char b[8]; memcpy(b, &v, 8); b[k] = 0; memcpy(&v, b, 8); return v;
+/* Index of the lowest set bit of a non-zero word. */
+static inline int fastnn_lowest_bit(uint64_t v) {
+#ifdef FASTNN_GNU_C
+    return __builtin_ctzll(v);
+#else
+    int k = 0;
+    while (!(v & 1)) {
+        v >>= 1;
+        k++;
+    }
+    return k;
+#endif
 }
 
 #endif

@@ -16,7 +16,6 @@ from fastnn_ext._openmp cimport team
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t, uint64_t, int64_t
-from libc.string cimport memcpy
 
 from fastnn_ext._ukernel cimport fastnn_ukernel_pick, pgemm
 
@@ -76,8 +75,8 @@ cdef extern from "_band_tiles.h":
                                Py_ssize_t n) noexcept nogil
     void fastnn_prefetch(const void* p) noexcept nogil
     Py_ssize_t fastnn_count_ones(const uint8_t* m, Py_ssize_t n) noexcept nogil
-    int fastnn_first_byte(uint64_t v) noexcept nogil
-    uint64_t fastnn_clear_byte(uint64_t v, int k) noexcept nogil
+    uint64_t fastnn_nonzero_bits64(const uint8_t* m) noexcept nogil
+    int fastnn_lowest_bit(uint64_t v) noexcept nogil
     void fastnn_mask_f32(const float* w, const uint8_t* m, float* out, Py_ssize_t n) noexcept nogil
     void fastnn_mask_f64(const double* w, const uint8_t* m, double* out,
                          Py_ssize_t n) noexcept nogil
@@ -392,19 +391,19 @@ def apply_mask(const floating[:, ::1] w, const uint8_t[:, ::1] mask, floating[:,
 # ------------------------------------------------------------------ masked: sparse index
 cdef Py_ssize_t fill_row(const uint8_t* m, Py_ssize_t n, int64_t* cols) noexcept nogil:
     # The columns of the non-zeros of a mask row into cols; returns their count.
-    # Skips zero words (sparse masks are mostly zero) and visits only the non-zero
-    # bytes of the others.
+    # 64 bytes at a time: the run's non-zero bytes as the bits of one word (bit
+    # arithmetic, no branch per byte; _band_tiles.h), then only the set bits are
+    # visited, lowest first. Going word by word instead, with a branch per word,
+    # took 2.4x the time of the count pass at density 1%.
     cdef Py_ssize_t j = 0, c = 0
-    cdef uint64_t word
-    cdef int k
-    while j + 8 <= n:
-        memcpy(&word, m + j, 8)
-        while word:
-            k = fastnn_first_byte(word)
-            cols[c] = j + k
+    cdef uint64_t bits
+    while j + 64 <= n:
+        bits = fastnn_nonzero_bits64(m + j)
+        while bits:
+            cols[c] = j + fastnn_lowest_bit(bits)
             c += 1
-            word = fastnn_clear_byte(word, k)
-        j += 8
+            bits &= bits - 1
+        j += 64
     while j < n:
         if m[j]:
             cols[c] = j
@@ -426,27 +425,54 @@ def mask_index(const uint8_t[:, ::1] mask, const int64_t[::1] row_ptr, int64_t[:
                int num_threads):
     """Fill the CSR column indices (row_ptr given), the CSC row indices (rows
     ascending within each column; col_ptr has n1 + 1 entries, filled here) and,
-    for each CSR entry, its position in the CSC order."""
-    cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i, j, p
-    cdef int64_t[::1] fill = np.empty(n1 + 1, dtype=np.int64)
+    for each CSR entry, its position in the CSC order.
+
+    A counting sort in bands of rows, one band per thread: each band counts its
+    entries per column, the counts give every band its first slot in each column
+    (bands in row order, so the order is the same for any number of bands), and each
+    band writes its entries there."""
+    cdef Py_ssize_t n0 = mask.shape[0], n1 = mask.shape[1], i, j, p, q, b, r0, r1, total
+    cdef Py_ssize_t bands = team(num_threads, n0)
+    cdef int64_t* slots
+    cdef int64_t* mine
+    if n0 == 0:
+        col_ptr[:] = 0
+        return
+    slots = <int64_t*>malloc(bands * (n1 + 1) * sizeof(int64_t))
+    if slots == NULL:
+        raise MemoryError(f"could not allocate {bands * (n1 + 1) * sizeof(int64_t)} bytes "
+                          f"for the mask's column counts")
     with nogil:
-        for i in prange(n0, schedule="static", num_threads=team(num_threads, n0)):
-            if n1 and row_ptr[i + 1] > row_ptr[i]:
-                fill_row(&mask[i, 0], n1, &row_cols[row_ptr[i]])
-        for j in range(n1 + 1):
-            col_ptr[j] = 0
-        for p in range(row_ptr[n0]):
-            col_ptr[row_cols[p] + 1] += 1
+        for b in prange(bands, schedule="static", num_threads=bands):
+            mine = slots + b * (n1 + 1)
+            for j in range(n1 + 1):
+                mine[j] = 0
+            r0 = b * n0 // bands
+            r1 = (b + 1) * n0 // bands
+            for i in range(r0, r1):
+                if n1 and row_ptr[i + 1] > row_ptr[i]:
+                    fill_row(&mask[i, 0], n1, &row_cols[row_ptr[i]])
+                    for p in range(row_ptr[i], row_ptr[i + 1]):
+                        mine[row_cols[p]] += 1
+        total = 0
         for j in range(n1):
-            col_ptr[j + 1] += col_ptr[j]
-        for j in range(n1):
-            fill[j] = col_ptr[j]
-        for i in range(n0):
-            for p in range(row_ptr[i], row_ptr[i + 1]):
-                j = row_cols[p]
-                col_rows[fill[j]] = i
-                csr_to_csc[p] = fill[j]
-                fill[j] += 1
+            col_ptr[j] = total
+            for b in range(bands):
+                q = slots[b * (n1 + 1) + j]
+                slots[b * (n1 + 1) + j] = total
+                total = total + q
+        col_ptr[n1] = total
+        for b in prange(bands, schedule="static", num_threads=bands):
+            mine = slots + b * (n1 + 1)
+            r0 = b * n0 // bands
+            r1 = (b + 1) * n0 // bands
+            for i in range(r0, r1):
+                for p in range(row_ptr[i], row_ptr[i + 1]):
+                    j = row_cols[p]
+                    col_rows[mine[j]] = i
+                    csr_to_csc[p] = mine[j]
+                    mine[j] += 1
+    free(slots)
 
 
 def gather_values(const floating[:, ::1] w, const int64_t[::1] row_ptr,

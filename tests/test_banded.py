@@ -414,6 +414,29 @@ def test_locally_connected2d_gradient_finite_differences():
                                    [x, w, b], ["x", "weight", "bias"], g)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_locally_connected_over_several_slices(dtype):
+    # More taps and more images than one depth slice of the kernel (64): the slices'
+    # partial sums, the bias on the first slice only, the next position's prefetch,
+    # and an output narrower than one vector; the same bits on 1 and 2 threads.
+    rng = np.random.default_rng(10)
+    x, w = normal(rng, (70, 6, 5, 9)), normal(rng, (3, 3, 81, 5))
+    b, g = normal(rng, (3, 3, 5)), normal(rng, (70, 3, 3, 5))
+    kw_args = dict(kernel_size=3, stride=2, padding=1)
+    want = ref.locally_connected2d(x, w, b, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    rx, rw, rb = ref.locally_connected2d_backward(g, x, w, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    xs, ws, bs, gs = (a.astype(dtype) for a in (x, w, b, g))
+    results = []
+    for n in (1, 2):
+        with fastnn.threads(n):
+            y = fastnn.locally_connected2d(xs, ws, bs, **kw_args)
+            results.append((y,) + fastnn.locally_connected2d_backward(gs, xs, ws, **kw_args))
+    for got, exp in zip(results[0], (want, rx, rw, rb)):
+        assert_close(got, exp, dtype, check_dtype=True)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 def test_locally_connected_layouts_and_readonly():
     rng = np.random.default_rng(9)
     x = np.asfortranarray(normal(rng, (2, 5, 5, 3)))[:, ::-1]
@@ -516,3 +539,25 @@ def test_masked_matmul_masks_of_any_dtype_and_layout(mask_dtype, layout):
     for got, exp in zip(fastnn.masked_matmul_backward(gy, x, w, mask),
                         fastnn.masked_matmul_backward(gy, x, w, keep)):
         assert np.array_equal(got, exp)
+
+
+@pytest.mark.parametrize("shape", [(1, 200), (7, 130), (301, 64), (64, 1), (5, 0)])
+def test_mask_index_matches_numpy_for_any_band_count(shape):
+    # The sparse index is a counting sort in bands of rows (one per thread): the CSR
+    # columns, the CSC rows and the CSR -> CSC map must be NumPy's order for any count,
+    # across the 64-byte runs and their tails.
+    rng = np.random.default_rng(11)
+    mask = rng.random(shape) < 0.05
+    if shape[1]:
+        mask[:, -1] = True           # the last byte of every row's tail
+    rows, cols = np.nonzero(mask)
+    crow = np.nonzero(mask.T)[1]
+    for n in (1, 2, 3, 8):
+        with fastnn.threads(n):
+            pm = fastnn.prepare_mask(mask)
+        if pm.dense:
+            continue
+        np.testing.assert_array_equal(pm.row_cols, cols)
+        np.testing.assert_array_equal(pm.col_rows, crow)
+        np.testing.assert_array_equal(pm.col_ptr, np.concatenate([[0], np.cumsum(mask.sum(0))]))
+        np.testing.assert_array_equal(pm.col_rows[pm.csr_to_csc], rows)

@@ -96,6 +96,12 @@ _MEMORY_CASES = {
         "x = np.ones((1, 1, K), np.float32)\n"
         "w = np.ones((1, 1, K), np.float32)",
         "fastnn.conv1d(x, w)", "conv1d"),
+    # The table of the patch taps' offsets in the image (8 bytes a tap: 64 MiB here).
+    "locally_connected2d": (
+        "C = 8_000_000\n"
+        "x = np.ones((1, 1, 1, C), np.float32)\n"
+        "w = np.ones((1, 1, C, 1), np.float32)",
+        "fastnn.locally_connected2d(x, w, kernel_size=1)", "locally_connected2d"),
     # A scratch row of the output width per thread, allocated after grad_x.
     "avg_pool2d_backward": (
         "W = 32_000_000\n"
@@ -117,7 +123,8 @@ _MEMORY_CASES = {
 @pytest.mark.parametrize("case", sorted(_MEMORY_CASES))
 def test_failed_allocation_raises_named_memory_error(case):
     setup, call, fn = _MEMORY_CASES[case]
-    margin = {"lstm_cell": 200 * MiB, "avg_pool2d_backward": 192 * MiB}.get(case, 128 * MiB)
+    margin = {"lstm_cell": 200 * MiB, "avg_pool2d_backward": 192 * MiB,
+              "locally_connected2d": 32 * MiB}.get(case, 128 * MiB)
     script = _LIMITED.format(here=HERE, setup=setup, call=call, margin=margin)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
