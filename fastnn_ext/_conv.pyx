@@ -378,10 +378,16 @@ cdef void implicit_tables(const Geom* g, Py_ssize_t Hq, Py_ssize_t Wq, Py_ssize_
                     boff[r] = r * g.K
 
 
+cdef struct OutView:
+    # Element strides of the output: y[n, k, oh, ow] is y[n*sn + k*sk + oh*sh + ow*sw]
+    # (the output of one stride phase of a transposed convolution is a strided view).
+    Py_ssize_t sn, sk, sh, sw
+
+
 cdef void implicit_item(const floating* xq, const floating* w, const floating* bias,
-                        floating* y, const Geom* g, Py_ssize_t Hq, Py_ssize_t Wq,
-                        Py_ssize_t n, Py_ssize_t grp, Py_ssize_t oh0, Py_ssize_t oh1,
-                        Py_ssize_t k0, Py_ssize_t k1, const Py_ssize_t* aoff,
+                        floating* y, const OutView* v, const Geom* g, Py_ssize_t Hq,
+                        Py_ssize_t Wq, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t oh0,
+                        Py_ssize_t oh1, Py_ssize_t k0, Py_ssize_t k1, const Py_ssize_t* aoff,
                         const Py_ssize_t* boff, floating* tmp, floating* scratch,
                         bint out_nhwc) noexcept nogil:
     # Output rows [oh0, oh1), channels [k0, k1) of the group, read straight from the
@@ -403,20 +409,25 @@ cdef void implicit_item(const floating* xq, const floating* w, const floating* b
             for oh in range(oh0, oh1):
                 for ow in range(g.Wo):
                     src = tmp + (oh - oh0) * Wq + ow
-                    dst = y + ((n * g.Ho + oh) * g.Wo + ow) * g.K + grp * g.Kg + k0
+                    dst = y + n * v.sn + oh * v.sh + ow * v.sw + (grp * g.Kg + k0) * v.sk
                     for k in range(k1 - k0):
-                        dst[k] = src[k * tq]
+                        dst[k * v.sk] = src[k * tq]
             return
         for k in range(k1 - k0):
             for oh in range(oh0, oh1):
                 src = tmp + k * tq + (oh - oh0) * Wq
-                dst = y + ((n * g.K + grp * g.Kg + k0 + k) * g.Ho + oh) * g.Wo
-                copy_run(dst, src, g.Wo)
+                dst = y + n * v.sn + (grp * g.Kg + k0 + k) * v.sk + oh * v.sh
+                if v.sw == 1:
+                    copy_run(dst, src, g.Wo)
+                else:
+                    for ow in range(g.Wo):
+                        dst[ow * v.sw] = src[ow]
     else:
+        # Channels are contiguous in an NHWC output (v.sk == 1), pixels v.sw apart.
         for oh in range(oh0, oh1):
             ugemm(g.Wo, g.Kg, g.ckk, xq + (n * g.sh * g.sw * plane + oh * Wq) * g.C + grp * g.Cg,
                   g.C, <Py_ssize_t*>NULL, aoff, w + grp * g.Kg, boff,
-                  y + (n * g.P + oh * g.Wo) * g.K + grp * g.Kg, g.K, False,
+                  y + n * v.sn + oh * v.sh + grp * g.Kg, v.sw, False,
                   <floating*>NULL, bg, scratch)
 
 
@@ -588,7 +599,7 @@ cdef void bias_grad_block(const floating* gy, double* out, Py_ssize_t rows, Py_s
 def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[::1] bias,
                    floating[::1] y, tuple geom, bint nhwc, int num_threads,
                    const floating[::1] xq=None, Py_ssize_t Hq=0, Py_ssize_t Wq=0,
-                   bint out_nhwc=False):
+                   bint out_nhwc=False, Py_ssize_t x_off=0, tuple y_view=None):
     """y = conv(x, w) + bias on flat C-contiguous buffers (geometry in ``geom``).
 
     With ``xq`` -- x zero-padded and split by stride phase, NCHW (N, C, sh, sw, Hq, Wq)
@@ -596,9 +607,16 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
     (implicit im2col); without it, im2col tiles are packed. ``out_nhwc`` (with an
     NCHW ``xq`` and OIHW ``w``) stores y as NHWC: for NHWC convolutions with too few
     output channels to vectorise along them.
+
+    ``x_off`` and ``y_view`` (implicit path only): the window of ``xq`` starts
+    ``x_off`` elements in (its images still ``Hq x Wq`` planes apart), and y is written
+    at the element strides ``(sn, sk, sh, sw)`` of ``y_view`` from the start of ``y``
+    -- one stride phase of a transposed convolution, whose outputs are interleaved.
+    The caller guarantees that every read and write stays inside the buffers.
     """
     cdef Geom g = make_geom(geom, nhwc)
     cdef bint implicit = xq is not None
+    cdef OutView view
     cdef Py_ssize_t T = tile_pixels(&g, g.N * g.G, sizeof(floating))
     cdef Py_ssize_t ntiles, nkb = 1, kbs, nitems, it, n, grp, t, p0, p1, k0, k1
     cdef Py_ssize_t units = g.N * g.G, tmp_size = 0, scratch_size
@@ -610,7 +628,18 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
     cdef int* failed_p = &failed
     if units == 0 or g.K == 0 or g.P == 0:
         return
+    if y_view is not None:
+        if not implicit or x_off < 0:
+            raise ValueError("y_view and x_off need the implicit path (xq)")
+        view.sn, view.sk, view.sh, view.sw = y_view
+        if g.nhwc and not out_nhwc and view.sk != 1:
+            raise ValueError("an NHWC y_view needs contiguous channels")
+    elif nhwc or out_nhwc:
+        view.sn, view.sk, view.sh, view.sw = g.P * g.K, 1, g.Wo * g.K, g.K
+    else:
+        view.sn, view.sk, view.sh, view.sw = g.K * g.P, g.P, g.Wo, 1
     if implicit:
+        xqp += x_off
         T = tile_rows(&g, units, Wq, sizeof(floating), &nkb)
         ntiles = (g.Ho + T - 1) // T
         if not g.nhwc:
@@ -643,7 +672,7 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
             p0 = t * T
             if implicit:
                 p1 = p0 + T if p0 + T < g.Ho else g.Ho
-                implicit_item(xqp, &w[0], bp, &y[0], &g, Hq, Wq, n, grp, p0, p1, k0, k1,
+                implicit_item(xqp, &w[0], bp, &y[0], &view, &g, Hq, Wq, n, grp, p0, p1, k0, k1,
                               tables, tables + g.ckk, tmp, tmp + tmp_size, out_nhwc)
             else:
                 p1 = p0 + T if p0 + T < g.P else g.P

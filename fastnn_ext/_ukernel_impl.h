@@ -12,97 +12,17 @@
  * repacked: B's rows are read as vectors, A's elements are broadcast. */
 #ifdef FASTNN_GNU_C
 typedef UK_T UK_CAT(UK_NAME, _vec) __attribute__((vector_size(UK_VW * sizeof(UK_T)), aligned(sizeof(UK_T))));
-
-static UK_TARGET void UK_CAT(UK_NAME, _block)(
-        ptrdiff_t K, const UK_T *a, ptrdiff_t sam, const ptrdiff_t *amoff, const ptrdiff_t *aoff,
-        const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc, int mr,
-        int accumulate, const UK_T *bias_row, const UK_T *bias_col)
-{
-    typedef UK_CAT(UK_NAME, _vec) V;
-    V acc[UK_MR][UK_NV];
-    const UK_T *arow[UK_MR];
-    int i, v;
-    ptrdiff_t k;
-    /* Rows past mr repeat row 0: the block stays fully unrolled and those
-     * results are simply not stored. */
-    for (i = 0; i < UK_MR; i++)
-        arow[i] = a + (amoff ? amoff[i < mr ? i : 0] : (i < mr ? i : 0) * sam);
-#pragma GCC unroll 16
-    for (i = 0; i < UK_MR; i++)
-#pragma GCC unroll 4
-        for (v = 0; v < UK_NV; v++)
-            acc[i][v] = (V){0};
-    for (k = 0; k < K; k++) {
-        V bv[UK_NV];
-        const UK_T *bk = b + boff[k];
-        ptrdiff_t ak = aoff[k];
-#pragma GCC unroll 4
-        for (v = 0; v < UK_NV; v++)
-            bv[v] = *(const V *)(bk + v * UK_VW);
-#pragma GCC unroll 16
-        for (i = 0; i < UK_MR; i++) {
-            /* scalar - (+0) is exact for every value (-0 included), so this is a
-             * plain broadcast; (V){0} + s would keep a real add for s = -0. */
-            V av = arow[i][ak] - (V){0};
-#pragma GCC unroll 4
-            for (v = 0; v < UK_NV; v++)
-                acc[i][v] += av * bv[v];
-        }
-    }
-    for (i = 0; i < mr; i++) {
-        UK_T *ci = c + i * ldc;
-        UK_T br = bias_row ? bias_row[i] : (UK_T)0;
-#pragma GCC unroll 4
-        for (v = 0; v < UK_NV; v++) {
-            V r = acc[i][v] + br;
-            if (bias_col)
-                r += *(const V *)(bias_col + v * UK_VW);
-            if (accumulate)
-                r += *(V *)(ci + v * UK_VW);
-            *(V *)(ci + v * UK_VW) = r;
-        }
-    }
-}
-#else
-/* Portable C (_portable.h): the block's accumulators as a plain array, the same
- * products summed in the same order (k ascending, then the biases, then C). */
-static UK_TARGET void UK_CAT(UK_NAME, _block)(
-        ptrdiff_t K, const UK_T *a, ptrdiff_t sam, const ptrdiff_t *amoff, const ptrdiff_t *aoff,
-        const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc, int mr,
-        int accumulate, const UK_T *bias_row, const UK_T *bias_col)
-{
-    UK_T acc[UK_MR][UK_VW * UK_NV];
-    const UK_T *arow[UK_MR];
-    int i, j;
-    ptrdiff_t k;
-    for (i = 0; i < mr; i++) {
-        arow[i] = a + (amoff ? amoff[i] : i * sam);
-        for (j = 0; j < UK_VW * UK_NV; j++)
-            acc[i][j] = 0;
-    }
-    for (k = 0; k < K; k++) {
-        const UK_T *bk = b + boff[k];
-        ptrdiff_t ak = aoff[k];
-        for (i = 0; i < mr; i++) {
-            UK_T av = arow[i][ak];
-            for (j = 0; j < UK_VW * UK_NV; j++)
-                acc[i][j] += av * bk[j];
-        }
-    }
-    for (i = 0; i < mr; i++) {
-        UK_T *ci = c + i * ldc;
-        UK_T br = bias_row ? bias_row[i] : (UK_T)0;
-        for (j = 0; j < UK_VW * UK_NV; j++) {
-            UK_T r = acc[i][j] + br;
-            if (bias_col)
-                r += bias_col[j];
-            if (accumulate)
-                r += ci[j];
-            ci[j] = r;
-        }
-    }
-}
 #endif
+#define UK_BMR UK_MR
+#define UK_BNAME UK_CAT(UK_NAME, _block)
+#include "_ukernel_block.h"
+#undef UK_BMR
+#undef UK_BNAME
+#define UK_BMR (UK_MR / 2)
+#define UK_BNAME UK_CAT(UK_NAME, _half)
+#include "_ukernel_block.h"
+#undef UK_BMR
+#undef UK_BNAME
 
 static UK_TARGET void UK_NAME(
         ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const UK_T *a, ptrdiff_t sam,
@@ -142,16 +62,24 @@ static UK_TARGET void UK_NAME(
             const UK_T *ap = amoff ? a : a + m0 * sam;
             const ptrdiff_t *am = amoff ? amoff + m0 : NULL;
             const UK_T *br = bias_row ? bias_row + m0 : NULL;
-            if (cbuf == NULL) {
-                UK_CAT(UK_NAME, _block)(K, ap, sam, am, aoff, bp, bo, c + m0 * ldc + n0, ldc,
-                                        mr, accumulate, br, bc);
-            } else {
+            /* A last block of at most half the rows runs the half-height block:
+             * Wo = 28 or 14 pixels per row cost 4 full blocks of 8 for 3.5 or 2. */
+            UK_T *cb = cbuf ? cbuf : c + m0 * ldc + n0;
+            ptrdiff_t ldcb = cbuf ? NR : ldc;
+            if (cbuf) {
                 int i;
                 for (i = 0; i < mr; i++)
                     for (j = 0; j < NR; j++)
                         cbuf[i * NR + j] = accumulate && j < nr ? c[(m0 + i) * ldc + n0 + j] : (UK_T)0;
-                UK_CAT(UK_NAME, _block)(K, ap, sam, am, aoff, bp, bo, cbuf, NR, mr,
-                                        accumulate, br, bc);
+            }
+            if (mr <= UK_MR / 2)
+                UK_CAT(UK_NAME, _half)(K, ap, sam, am, aoff, bp, bo, cb, ldcb, mr, accumulate,
+                                       br, bc);
+            else
+                UK_CAT(UK_NAME, _block)(K, ap, sam, am, aoff, bp, bo, cb, ldcb, mr, accumulate,
+                                        br, bc);
+            if (cbuf) {
+                int i;
                 for (i = 0; i < mr; i++)
                     for (j = 0; j < nr; j++)
                         c[(m0 + i) * ldc + n0 + j] = cbuf[i * NR + j];

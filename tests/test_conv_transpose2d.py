@@ -283,6 +283,71 @@ def test_thread_count_does_not_change_bits():
                                   + fastnn.conv_transpose2d_backward(gy, x, w, **kw))
 
 
+# ------------------------------------------------------------------ stride-phase path
+PHASE_CASES = [  # N, C_in, H, W, C_out, groups, k, stride, padding, output_padding
+    (2, 24, 9, 7, 40, 1, (4, 4), 2, 1, 0),          # NHWC: the channel-vectorised kernel
+    (2, 6, 9, 7, 10, 2, (3, 5), (2, 3), (1, 2), (1, 2)),   # NHWC: few outputs per group
+    (3, 4, 5, 6, 3, 1, (3, 3), 3, 0, 2),            # rows beyond every input: bias only
+    (1, 9, 4, 4, 6, 3, (2, 2), 2, "same", 0),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", PHASE_CASES, ids=str)
+def test_stride_phase_path_matches_reference_and_thread_counts(case, layout, monkeypatch):
+    """kernel >= stride, dilation 1: one stride-1 convolution per stride phase written
+    into the interleaved output (conv._phase_forward), against the float64 scatter
+    reference and bitwise the same for 1, 2 and 3 threads."""
+    from fastnn import conv
+    N, Cin, H, W, Cout, G, k, s, p, op = case
+    taken = []
+    real = conv._phase_forward
+    monkeypatch.setattr(conv, "_phase_forward", lambda *a: taken.append(real(*a)) or taken[-1])
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape_of(layout, N, Cin, H, W))
+    w = rng.standard_normal(w_shape_of(layout, Cin, Cout // G, *k))
+    b = rng.standard_normal(Cout)
+    kw = dict(stride=s, padding=p, output_padding=op, groups=G, layout=layout)
+    ss = (s, s) if isinstance(s, int) else s
+    want = ref.conv_transpose2d(x, w, b, stride=s, groups=G, layout=layout,
+                                pads=pads_of(p, H, W, k, ss, (1, 1)),
+                                output_padding=op if p != "same" else 0)
+    for dt in DTYPES:
+        y = fastnn.conv_transpose2d(x.astype(dt), w.astype(dt), b.astype(dt), **kw)
+        assert_close(y, want, dt, "y", abs_want=ref.conv_transpose2d(
+            abs(x), abs(w), stride=s, groups=G, layout=layout,
+            pads=pads_of(p, H, W, k, ss, (1, 1)), output_padding=op if p != "same" else 0))
+    assert taken and all(taken), taken
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    assert_thread_count_invariant(lambda: fastnn.conv_transpose2d(x32, w32, **kw))
+
+
+def test_column_path_where_phases_do_not_apply(monkeypatch):
+    """Stride larger than the kernel, dilation, and a weight holding NaN or Inf take
+    the GEMM + col2im path (the phases would multiply padding by every tap: a NaN
+    weight must not reach outputs that no input reaches)."""
+    from fastnn import conv
+    taken = []
+    real = conv._phase_forward
+    monkeypatch.setattr(conv, "_phase_forward", lambda *a: taken.append(real(*a)) or taken[-1])
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 4, 5))
+    for w, kw in ((rng.standard_normal((3, 2, 2, 2)), dict(stride=3)),
+                  (rng.standard_normal((3, 2, 3, 3)), dict(stride=2, dilation=2)),
+                  (rng.standard_normal((3, 2, 3, 3)), dict(stride=2, output_padding=1))):
+        w[0, 0, 0, 0] = np.nan if "output_padding" in kw else w[0, 0, 0, 0]
+        taken.clear()
+        y = fastnn.conv_transpose2d(x, w, **kw)
+        want = ref.conv_transpose2d(x, w, **kw)
+        assert taken == [False]
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+        np.testing.assert_allclose(y[~np.isnan(y)], want[~np.isnan(want)], rtol=1e-12,
+                                   atol=1e-12)
+    # The NaN weight reaches every output an input reaches, but not the last row and
+    # column, which only output_padding adds.
+    assert np.isnan(y[:, :, :-1, :-1]).any() and not np.isnan(y[:, :, -1, :]).any()
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_input_messages_name_the_argument():
     f = fastnn.conv_transpose2d

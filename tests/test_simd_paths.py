@@ -197,3 +197,40 @@ FAMILIES_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_every_family_at_every_level_matches_reference(level):
     run_at_simd_level(FAMILIES_SCRIPT, level, timeout=300)
+
+
+# The register-blocked kernel computes a last block of at most half its rows with a
+# half-height block (_ukernel_block.h). Row i's bits must not depend on which block
+# computed it: every M from 1 to 48 against the same rows of a 48-row product (whole
+# blocks at every level: 48 is a multiple of 4, 6, 8 and 16 rows), at widths that
+# take the full, the partial (zero-padded) and the narrow column panels.
+UGEMM_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from fastnn_ext import _conv
+    level = int(sys.argv[1])
+    assert _conv.UKERNEL_LEVEL <= level, _conv.UKERNEL_LEVEL
+    rng = np.random.default_rng(20 + level)
+    worst = 0.0
+    for dtype in (np.float32, np.float64):
+        for N in (1, 8, 16, 17, 32, 45):
+            for K in (1, 7, 64):
+                a = rng.standard_normal((48, K)).astype(dtype)
+                b = rng.standard_normal((K, N)).astype(dtype)
+                whole = np.full((48, N), np.nan, dtype)
+                _conv._ugemm_check(a, b, whole)
+                want = a.astype(np.float64) @ b.astype(np.float64)
+                e = np.abs(whole - want).max() / np.abs(want).max()
+                assert e < (1e-5 if dtype == np.float32 else 1e-13), (dtype, N, K, e)
+                worst = max(worst, e)
+                for M in range(1, 48):
+                    part = np.full((M, N), np.nan, dtype)
+                    _conv._ugemm_check(np.ascontiguousarray(a[:M]), b, part)
+                    assert np.array_equal(part, whole[:M]), (level, dtype, M, N, K)
+    print("ok", _conv.UKERNEL_LEVEL, worst)
+""")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_register_block_rows_have_the_same_bits_in_any_block(level):
+    run_at_simd_level(UGEMM_SCRIPT, level, timeout=300)
