@@ -150,6 +150,27 @@ def test_special_function_accuracy_over_the_range(dtype):
     assert fastnn.sigmoid(np.array([-0.0], dtype))[0] == 0.5
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_tail_into_the_subnormal_range_and_nan(dtype):
+    # exp(-|x|) is scaled by 2^(n + 32) and then 2^-32 (2^64 / 2^-64 for float64): a
+    # wrong scale, a flush to zero or a double rounding shows here, where the result is
+    # subnormal (x from the last normal result down to where it rounds to 0).
+    lo, hi = (-104.0, -87.0) if dtype == np.float32 else (-746.0, -707.0)
+    x = np.linspace(lo, hi, 20001).astype(dtype)
+    got = fastnn.sigmoid(x).astype(np.longdouble)
+    # exp(x) / (1 + exp(x)) in long double (80-bit on x86; float64 elsewhere, whose
+    # subnormal exp is within one step too): exp(-x) would overflow float64 here.
+    e = np.exp(x.astype(np.longdouble))
+    want = e / (1 + e)
+    step = np.finfo(dtype).smallest_subnormal
+    assert np.abs(got - want).max() <= 2 * step + 4 * np.finfo(dtype).eps * want.max()
+    assert (got[x > lo + 5] > 0).all() and got[0] == 0
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf], dtype)
+    for name, at_inf in (("sigmoid", (1, 0)), ("tanh", (1, -1))):
+        y = getattr(fastnn, name)(special)
+        assert np.isnan(y[:2]).all() and (y[2], y[3]) == at_inf, (name, y)
+
+
 # ------------------------------------------------------------------ softmax
 @st.composite
 def softmax_cases(draw):
