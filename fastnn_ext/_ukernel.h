@@ -4,6 +4,7 @@
 #ifndef FASTNN_UKERNEL_H
 #define FASTNN_UKERNEL_H
 #include <stddef.h>
+#include <string.h>
 
 #include "_simd.h"
 

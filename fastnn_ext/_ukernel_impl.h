@@ -43,15 +43,23 @@ static UK_TARGET void UK_NAME(
             /* Zero-pad the partial panel (and its bias) to the full width. */
             UK_T *panel = scratch;
             cbuf = scratch + K * NR;
-            /* A copy, then zeros: separate loops gcc vectorises (a select per
-             * element does not: it was most of a small image's time). */
+            /* Whole vectors copied as vectors, the one straddling nr zeroed and
+             * then filled: a select per element (and a plain copy loop, with its
+             * alias checks per row) cost most of a small image's product. */
             for (k = 0; k < K; k++) {
                 const UK_T *src = b + boff[k] + n0;
                 UK_T *dst = panel + k * NR;
-                for (j = 0; j < nr; j++)
-                    dst[j] = src[j];
-                for (; j < NR; j++)
-                    dst[j] = (UK_T)0;
+                int v;
+                for (v = 0; v < UK_NV; v++) {
+                    ptrdiff_t j0 = (ptrdiff_t)v * UK_VW;
+                    UK_T t[UK_VW] = {0};   /* fixed-size copies: vector moves */
+                    if (j0 + UK_VW <= nr)
+                        memcpy(&t, src + j0, sizeof t);
+                    memcpy(dst + j0, &t, sizeof t);
+                    if (j0 < nr && j0 + UK_VW > nr)
+                        for (j = j0; j < nr; j++)
+                            dst[j] = src[j];
+                }
                 poff[k] = k * NR;
             }
             bp = panel;
@@ -74,14 +82,9 @@ static UK_TARGET void UK_NAME(
             ptrdiff_t ldcb = cbuf ? NR : ldc;
             if (cbuf) {
                 int i;
-                for (i = 0; i < mr; i++) {
-                    j = 0;
-                    if (accumulate)
-                        for (; j < nr; j++)
-                            cbuf[i * NR + j] = c[(m0 + i) * ldc + n0 + j];
-                    for (; j < NR; j++)
-                        cbuf[i * NR + j] = (UK_T)0;
-                }
+                for (i = 0; i < mr; i++)
+                    for (j = 0; j < NR; j++)
+                        cbuf[i * NR + j] = accumulate && j < nr ? c[(m0 + i) * ldc + n0 + j] : (UK_T)0;
             }
             if (mr <= UK_MR / 2)
                 UK_CAT(UK_NAME, _half)(K, ap, sam, am, aoff, bp, bo, cb, ldcb, mr, accumulate,
