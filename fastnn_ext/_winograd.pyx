@@ -300,6 +300,18 @@ cdef void taps_by_channel(const floating* wk, Py_ssize_t C, floating* tmp) noexc
             tmp[tap * C + c] = wk[c * 9 + tap]
 
 
+cdef void taps_flipped(const floating* wo, Py_ssize_t Cin, Py_ssize_t stride,
+                       floating* tmp) noexcept nogil:
+    # The flipped, transposed kernel's taps for one of its output channels o, read in
+    # place from the forward OIHW weight (i-th input channel's taps `stride` apart,
+    # reversed): tmp[t * Cin + i] = w[i, o, 8 - t] -- what taps_by_channel gives for
+    # the copy w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).
+    cdef Py_ssize_t i, tap
+    for i in range(Cin):
+        for tap in range(9):
+            tmp[tap * Cin + i] = wo[i * stride + 8 - tap]
+
+
 cdef void fill_offsets(Py_ssize_t* offs, Py_ssize_t C, Py_ssize_t row) noexcept nogil:
     # The product's offset tables: A's channel c at c, B's at c * row.
     cdef Py_ssize_t c
@@ -309,13 +321,19 @@ cdef void fill_offsets(Py_ssize_t* offs, Py_ssize_t C, Py_ssize_t row) noexcept 
 
 
 def transform_weight(const floating[::1] w, floating[::1] u, Py_ssize_t C, Py_ssize_t K,
-                     bint nhwc, int num_threads):
+                     bint nhwc, int num_threads, bint flipped=False):
     """u = G g G^T for every (k, c): NCHW (OIHW w) gives u[p][k][c], NHWC (HWIO w)
-    u[p][c][k], p the 36 tile positions."""
+    u[p][c][k], p the 36 tile positions.
+
+    ``flipped`` (NCHW only): w is a forward kernel (C x K x 3 x 3: C output channels
+    of the forward, K its inputs), and u is the transform of its flipped, transposed
+    kernel (K x C x 3 x 3), the one grad_x convolves grad_y with -- without that copy."""
     cdef Py_ssize_t it, items = C if nhwc else K
     cdef floating* tmp = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed
+    if flipped and nhwc:
+        raise ValueError("transform_weight: flipped is for OIHW kernels (nhwc=False)")
     if C == 0 or K == 0:
         return
     with nogil, parallel(num_threads=team(num_threads, items),
@@ -330,7 +348,10 @@ def transform_weight(const floating[::1] w, floating[::1] u, Py_ssize_t C, Py_ss
             if tmp == NULL:
                 failed_p[0] = 1
                 continue
-            taps_by_channel(&w[0] + it * C * 9, C, tmp)
+            if flipped:
+                taps_flipped(&w[0] + it * 9, C, K * 9, tmp)
+            else:
+                taps_by_channel(&w[0] + it * C * 9, C, tmp)
             weight_lanes(tmp, 3 * C, C, C, &u[0] + it * C, K * C)
         free(tmp)
     if failed:

@@ -28,9 +28,9 @@ def calls(monkeypatch):
     seen = []
     inner = fastnn.conv._winograd_forward
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         seen.append(args[4].x_shape)
-        return inner(*args)
+        return inner(*args, **kwargs)
     monkeypatch.setattr(fastnn.conv, "_winograd_forward", counted)
     return seen
 
@@ -101,6 +101,24 @@ def test_input_gradient_matches_reference(calls, pad, dtype, layout):
     want = ref.conv2d_backward(gy, x, w, padding=pad, layout=layout)
     for got, exp, what in zip((gx, gw, gb), want, ("grad_x", "grad_weight", "grad_bias")):
         assert_close(got, exp, dtype, what)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pad", [1, 0, ((2, 0), (0, 1))])
+def test_input_gradient_reads_the_flipped_kernel_in_place(calls, pad, dtype):
+    # NCHW grad_x transforms the flipped, transposed kernel straight from the forward
+    # weight; it must give the bits of the forward convolution of grad_y with that
+    # kernel copied out (C != K, so a transposition mix-up cannot pass).
+    x, w, b = make_conv_inputs(9, "NCHW", dtype, 2, 7, 10, 9, 12, 1, 3, 3)
+    y = ref.conv2d(x, w, b, padding=pad)
+    gy = np.random.default_rng(9).standard_normal(y.shape).astype(dtype)
+    gx = fastnn.conv2d_backward(gy, x, w, padding=pad, need_weight_grad=False)[0]
+    g = Geometry("conv2d", "NCHW", x.shape, (3, 3), w.shape[0], 1, 1, pad, 1)
+    wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    gy_pad = np.pad(gy, ((0, 0), (0, 0), (2 - g.pt, 2 - g.pb), (2 - g.pl, 2 - g.pr)))
+    np.testing.assert_array_equal(gx, fastnn.conv2d(gy_pad, wt))
+    assert len(calls) == 2 and calls[0] == gy.shape      # both on the Winograd path
+    assert_close(gx, ref.conv2d_backward(gy, x, w, padding=pad)[0], dtype, "grad_x")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
