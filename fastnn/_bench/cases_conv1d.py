@@ -1,4 +1,4 @@
-"""Benchmark family "conv1d": conv1d forward and backward, NCW and NWC, float32.
+"""Benchmark family "conv1d": conv1d forward and backward, NCW and NWC, float32 and float64.
 
 Contenders
 ----------
@@ -29,16 +29,16 @@ LAYOUTS = ("NCW", "NWC")
 DTYPE = np.float32
 
 
-def _setup(N, C, W, K, k, s, p, layout):
+def _setup(N, C, W, K, k, s, p, layout, dtype=DTYPE):
     Wo = (W + 2 * p - k) // s + 1
 
     def setup(rng):
         nwc = layout == "NWC"
-        x = rng.standard_normal((N, W, C) if nwc else (N, C, W), dtype=DTYPE)
-        w = rng.standard_normal((k, C, K) if nwc else (K, C, k), dtype=DTYPE)
-        w *= DTYPE(1.0 / np.sqrt(C * k))
-        return {"x": x, "w": w, "b": rng.standard_normal(K, dtype=DTYPE),
-                "gy": rng.standard_normal((N, Wo, K) if nwc else (N, K, Wo), dtype=DTYPE)}
+        x = rng.standard_normal((N, W, C) if nwc else (N, C, W), dtype=dtype)
+        w = rng.standard_normal((k, C, K) if nwc else (K, C, k), dtype=dtype)
+        w *= dtype(1.0 / np.sqrt(C * k))
+        return {"x": x, "w": w, "b": rng.standard_normal(K, dtype=dtype),
+                "gy": rng.standard_normal((N, Wo, K) if nwc else (N, K, Wo), dtype=dtype)}
     return setup, Wo
 
 
@@ -57,10 +57,10 @@ def _torch_make(s, p, layout, backward):
     return make, lambda res: baselines.torch_layer_to_numpy(res, backward, *axes)
 
 
-def _case(shape, layout, backward):
+def _case(shape, layout, backward, dtype=DTYPE):
     import fastnn
     N, C, W, K, k, s, p = shape
-    setup, Wo = _setup(N, C, W, K, k, s, p, layout)
+    setup, Wo = _setup(N, C, W, K, k, s, p, layout, dtype)
     macs = N * K * Wo * C * k
     f, b, names = ((fastnn.conv1d_backward, baselines.conv1d_backward, ("gy", "x", "w"))
                    if backward else (fastnn.conv1d, baselines.conv1d_forward, ("x", "w", "b")))
@@ -69,19 +69,23 @@ def _case(shape, layout, backward):
     n_x, n_w, n_y = N * C * W, K * C * k, N * K * Wo
     moved = (2 * n_x + 2 * n_w + K + n_y) if backward else (n_x + n_w + K + n_y)
     return Case(
-        name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} W{W} K{K} k{k} s{s} p{p}",
+        name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} W{W} K{K} k{k} s{s} p{p}"
+             + ("" if dtype == DTYPE else f" {np.dtype(dtype).name}"),
         family=FAMILY, setup=setup,
         contenders=[call_contender("fastnn", f, names, **kw),
                     call_contender("numpy", b, names, **kw),
                     Contender("torch", tmake, tconv, requires="torch")],
-        flops=(4.0 if backward else 2.0) * macs, bytes=float(4 * moved),
-        dtype=np.dtype(DTYPE).name,
+        flops=(4.0 if backward else 2.0) * macs, bytes=float(np.dtype(dtype).itemsize * moved),
+        dtype=np.dtype(dtype).name,
         params=dict(op="conv1d_backward" if backward else "conv1d", layout=layout, N=N, C=C,
                     W=W, K=K, kernel_size=k, stride=s, padding=p, Wo=Wo),
     )
 
 
 def cases():
-    """Forward then backward; per shape NCW then NWC."""
-    return [_case(shape, layout, backward) for backward in (False, True)
-            for shape in SHAPES for layout in LAYOUTS]
+    """Forward then backward; per shape both layouts; then the float64 rows (users of the
+    NumPy API use float64 a lot)."""
+    out = [_case(shape, layout, backward) for backward in (False, True)
+           for shape in SHAPES for layout in LAYOUTS]
+    return out + [_case(shape, layout, backward, np.float64) for backward in (False, True)
+                  for shape in SHAPES for layout in LAYOUTS]

@@ -1,5 +1,5 @@
 """Benchmark family "conv_transpose": conv_transpose2d forward and backward, NCHW and
-NHWC, float32.
+NHWC, float32 and float64.
 
 Contenders
 ----------
@@ -31,16 +31,16 @@ LAYOUTS = ("NCHW", "NHWC")
 DTYPE = np.float32
 
 
-def _setup(N, C, H, W, K, k, s, p, layout):
+def _setup(N, C, H, W, K, k, s, p, layout, dtype=DTYPE):
     Ho, Wo = (H - 1) * s - 2 * p + k, (W - 1) * s - 2 * p + k
 
     def setup(rng):
         nhwc = layout == "NHWC"
-        x = rng.standard_normal((N, H, W, C) if nhwc else (N, C, H, W), dtype=DTYPE)
-        w = rng.standard_normal((k, k, K, C) if nhwc else (C, K, k, k), dtype=DTYPE)
-        w *= DTYPE(1.0 / np.sqrt(C * k * k))
-        return {"x": x, "w": w, "b": rng.standard_normal(K, dtype=DTYPE),
-                "gy": rng.standard_normal((N, Ho, Wo, K) if nhwc else (N, K, Ho, Wo), dtype=DTYPE)}
+        x = rng.standard_normal((N, H, W, C) if nhwc else (N, C, H, W), dtype=dtype)
+        w = rng.standard_normal((k, k, K, C) if nhwc else (C, K, k, k), dtype=dtype)
+        w *= dtype(1.0 / np.sqrt(C * k * k))
+        return {"x": x, "w": w, "b": rng.standard_normal(K, dtype=dtype),
+                "gy": rng.standard_normal((N, Ho, Wo, K) if nhwc else (N, K, Ho, Wo), dtype=dtype)}
     return setup, Ho, Wo
 
 
@@ -59,10 +59,10 @@ def _torch_make(s, p, layout, backward):
     return make, lambda res: baselines.torch_layer_to_numpy(res, backward, *axes)
 
 
-def _case(shape, layout, backward):
+def _case(shape, layout, backward, dtype=DTYPE):
     import fastnn
     N, C, H, W, K, k, s, p = shape
-    setup, Ho, Wo = _setup(N, C, H, W, K, k, s, p, layout)
+    setup, Ho, Wo = _setup(N, C, H, W, K, k, s, p, layout, dtype)
     macs = N * C * H * W * K * k * k
     f, b, names = ((fastnn.conv_transpose2d_backward, baselines.conv_transpose2d_backward,
                     ("gy", "x", "w")) if backward else
@@ -72,13 +72,14 @@ def _case(shape, layout, backward):
     n_x, n_w, n_y = N * C * H * W, K * C * k * k, N * K * Ho * Wo
     moved = (2 * n_x + 2 * n_w + K + n_y) if backward else (n_x + n_w + K + n_y)
     return Case(
-        name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} {H}x{W} K{K} k{k} s{s} p{p}",
+        name=f"{'bwd' if backward else 'fwd'} {layout} N{N} C{C} {H}x{W} K{K} k{k} s{s} p{p}"
+             + ("" if dtype == DTYPE else f" {np.dtype(dtype).name}"),
         family=FAMILY, setup=setup,
         contenders=[call_contender("fastnn", f, names, **kw),
                     call_contender("numpy", b, names, **kw),
                     Contender("torch", tmake, tconv, requires="torch")],
-        flops=(4.0 if backward else 2.0) * macs, bytes=float(4 * moved),
-        dtype=np.dtype(DTYPE).name,
+        flops=(4.0 if backward else 2.0) * macs, bytes=float(np.dtype(dtype).itemsize * moved),
+        dtype=np.dtype(dtype).name,
         params=dict(op="conv_transpose2d_backward" if backward else "conv_transpose2d",
                     layout=layout, N=N, C_in=C, H=H, W=W, C_out=K, kernel_size=k, stride=s,
                     padding=p, Ho=Ho, Wo=Wo),
@@ -86,6 +87,9 @@ def _case(shape, layout, backward):
 
 
 def cases():
-    """Forward then backward; per shape NCHW then NHWC."""
-    return [_case(shape, layout, backward) for backward in (False, True)
-            for shape in SHAPES for layout in LAYOUTS]
+    """Forward then backward; per shape both layouts; then the float64 rows (users of the
+    NumPy API use float64 a lot)."""
+    out = [_case(shape, layout, backward) for backward in (False, True)
+           for shape in SHAPES for layout in LAYOUTS]
+    return out + [_case(shape, layout, backward, np.float64) for backward in (False, True)
+                  for shape in SHAPES for layout in LAYOUTS]
