@@ -281,8 +281,8 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
 def _winograd_forward(x, weight, bias, buf, geom, dtype, blocks, flipped=False):
     """Winograd F(4x4, 3x3) into buf; False (buf to be overwritten) when an output is
     not finite, so that Inf and NaN propagate exactly as on the direct path.
-    ``flipped`` (NCHW): ``weight`` is the forward kernel whose flipped, transposed
-    copy this convolution uses (grad_x); the transform reads it in place."""
+    ``flipped``: ``weight`` is the forward kernel whose flipped, transposed copy this
+    convolution uses (grad_x); the transform reads it in place."""
     nt = get_num_threads()
     u = np.empty(36 * geom.K * geom.C, dtype=dtype)
     _winograd.transform_weight(contiguous(weight, dtype).reshape(-1), u, geom.C, geom.K,
@@ -457,9 +457,9 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     gy = grad_y[:, h0:h1, w0:w1, :] if geom.nhwc else grad_y[:, :, h0:h1, w0:w1]
     tgeom = cached(Geometry, geom.fn, geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
                    (pad_h, pad_w), (geom.dh, geom.dw), limit=DERIVED_LIMIT)
-    if not geom.nhwc and tgeom.C and tgeom.H and tgeom.W:
+    if tgeom.C and tgeom.H and tgeom.W:
         # On the Winograd path the weight transform reads the flipped, transposed
-        # kernel straight from w: no copy (N1 C256 14x14 K256: 0.34-0.47 ms of a
+        # kernel straight from w: no copy (N1 C256 14x14 K256 NCHW: 0.34-0.47 ms of a
         # 1.6 ms grad_x).
         blocks = _winograd_blocks(tgeom, dtype)
         if blocks is not None and _winograd_forward(gy, w, None, grad_x, tgeom, dtype, blocks,

@@ -312,6 +312,20 @@ cdef void taps_flipped(const floating* wo, Py_ssize_t Cin, Py_ssize_t stride,
             tmp[tap * Cin + i] = wo[i * stride + 8 - tap]
 
 
+cdef void taps_flipped_lanes(const floating* wi, Py_ssize_t K, Py_ssize_t Cin,
+                             floating* tmp) noexcept nogil:
+    # NHWC: the flipped kernel's taps for its input channel i, output channels as
+    # lanes, read in place from the forward HWIO weight (3 x 3 x K x Cin, wi = w + i):
+    # tmp[t * K + o] = w[8 - t, o, i] -- what weight_lanes reads of the copy
+    # w[::-1, ::-1].transpose(0, 1, 3, 2).
+    cdef Py_ssize_t o, tap
+    cdef const floating* src
+    for tap in range(9):
+        src = wi + (8 - tap) * K * Cin
+        for o in range(K):
+            tmp[tap * K + o] = src[o * Cin]
+
+
 cdef void fill_offsets(Py_ssize_t* offs, Py_ssize_t C, Py_ssize_t row) noexcept nogil:
     # The product's offset tables: A's channel c at c, B's at c * row.
     cdef Py_ssize_t c
@@ -325,28 +339,33 @@ def transform_weight(const floating[::1] w, floating[::1] u, Py_ssize_t C, Py_ss
     """u = G g G^T for every (k, c): NCHW (OIHW w) gives u[p][k][c], NHWC (HWIO w)
     u[p][c][k], p the 36 tile positions.
 
-    ``flipped`` (NCHW only): w is a forward kernel (C x K x 3 x 3: C output channels
-    of the forward, K its inputs), and u is the transform of its flipped, transposed
-    kernel (K x C x 3 x 3), the one grad_x convolves grad_y with -- without that copy."""
+    ``flipped``: w is a forward kernel whose flipped, transposed kernel is the one to
+    transform (grad_x convolves grad_y with it), read in place instead of copied. NCHW:
+    w is C x K x 3 x 3 (C output channels of the forward, K its inputs) for the
+    K x C x 3 x 3 kernel; NHWC: w is 3 x 3 x K x C for the 3 x 3 x C x K one."""
     cdef Py_ssize_t it, items = C if nhwc else K
+    cdef Py_ssize_t scratch = 9 * (K if nhwc else C)
+    cdef bint need_tmp = flipped or not nhwc
     cdef floating* tmp = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed
-    if flipped and nhwc:
-        raise ValueError("transform_weight: flipped is for OIHW kernels (nhwc=False)")
     if C == 0 or K == 0:
         return
     with nogil, parallel(num_threads=team(num_threads, items),
                          use_threads_if=num_threads > 1 and items > 1):
         tmp = NULL
-        if not nhwc:
-            tmp = <floating*>malloc(9 * C * sizeof(floating))
+        if need_tmp:
+            tmp = <floating*>malloc(scratch * sizeof(floating))
         for it in prange(items, schedule="static"):
-            if nhwc:
+            if nhwc and not flipped:
                 weight_lanes(&w[0] + it * K, 3 * C * K, C * K, K, &u[0] + it * K, C * K)
                 continue
             if tmp == NULL:
                 failed_p[0] = 1
+                continue
+            if nhwc:
+                taps_flipped_lanes(&w[0] + it, K, C, tmp)
+                weight_lanes(tmp, 3 * K, K, K, &u[0] + it * K, C * K)
                 continue
             if flipped:
                 taps_flipped(&w[0] + it * 9, C, K * 9, tmp)
@@ -355,7 +374,7 @@ def transform_weight(const floating[::1] w, floating[::1] u, Py_ssize_t C, Py_ss
             weight_lanes(tmp, 3 * C, C, C, &u[0] + it * C, K * C)
         free(tmp)
     if failed:
-        raise MemoryError(f"could not allocate {9 * C * sizeof(floating)} bytes of "
+        raise MemoryError(f"could not allocate {scratch * sizeof(floating)} bytes of "
                           f"per-thread scratch for the Winograd weight transform")
 
 

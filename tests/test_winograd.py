@@ -103,22 +103,30 @@ def test_input_gradient_matches_reference(calls, pad, dtype, layout):
         assert_close(got, exp, dtype, what)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("pad", [1, 0, ((2, 0), (0, 1))])
-def test_input_gradient_reads_the_flipped_kernel_in_place(calls, pad, dtype):
-    # NCHW grad_x transforms the flipped, transposed kernel straight from the forward
+def test_input_gradient_reads_the_flipped_kernel_in_place(calls, pad, dtype, layout):
+    # grad_x transforms the flipped, transposed kernel straight from the forward
     # weight; it must give the bits of the forward convolution of grad_y with that
     # kernel copied out (C != K, so a transposition mix-up cannot pass).
-    x, w, b = make_conv_inputs(9, "NCHW", dtype, 2, 7, 10, 9, 12, 1, 3, 3)
-    y = ref.conv2d(x, w, b, padding=pad)
+    x, w, b = make_conv_inputs(9, layout, dtype, 2, 7, 10, 9, 12, 1, 3, 3)
+    y = ref.conv2d(x, w, b, padding=pad, layout=layout)
     gy = np.random.default_rng(9).standard_normal(y.shape).astype(dtype)
-    gx = fastnn.conv2d_backward(gy, x, w, padding=pad, need_weight_grad=False)[0]
-    g = Geometry("conv2d", "NCHW", x.shape, (3, 3), w.shape[0], 1, 1, pad, 1)
-    wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    gy_pad = np.pad(gy, ((0, 0), (0, 0), (2 - g.pt, 2 - g.pb), (2 - g.pl, 2 - g.pr)))
-    np.testing.assert_array_equal(gx, fastnn.conv2d(gy_pad, wt))
+    gx = fastnn.conv2d_backward(gy, x, w, padding=pad, layout=layout,
+                                need_weight_grad=False)[0]
+    g = Geometry("conv2d", layout, x.shape, (3, 3), 12, 1, 1, pad, 1)
+    hw = ((2 - g.pt, 2 - g.pb), (2 - g.pl, 2 - g.pr))
+    if layout == "NCHW":
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        gy_pad = np.pad(gy, ((0, 0), (0, 0)) + hw)
+    else:
+        wt = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+        gy_pad = np.pad(gy, ((0, 0),) + hw + ((0, 0),))
+    np.testing.assert_array_equal(gx, fastnn.conv2d(gy_pad, wt, layout=layout))
     assert len(calls) == 2 and calls[0] == gy.shape      # both on the Winograd path
-    assert_close(gx, ref.conv2d_backward(gy, x, w, padding=pad)[0], dtype, "grad_x")
+    assert_close(gx, ref.conv2d_backward(gy, x, w, padding=pad, layout=layout)[0], dtype,
+                 "grad_x")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
