@@ -68,18 +68,6 @@ FASTNN_VM_INLINE float fastnn_exp_f32(float x) {
     return x != x ? x : y;
 }
 
-FASTNN_VM_INLINE float fastnn_expneg_f32(float x) {
-    int32_t ni;
-    float p = fastnn_exp_poly_f32(x < -104.0f ? -104.0f : x, &ni);
-    return (p * fastnn_pow2_f32(ni + 32)) * 2.3283064365386963e-10f;     /* 2^-32 */
-}
-
-FASTNN_VM_INLINE float fastnn_exppos_f32(float x) {
-    int32_t ni;
-    float p = fastnn_exp_poly_f32(x > 89.0f ? 89.0f : x, &ni);
-    return (p * fastnn_pow2_f32(ni - 32)) * 4294967296.0f;               /* 2^32 */
-}
-
 FASTNN_VM_INLINE double fastnn_exp_poly_f64(double xc, int64_t *ni) {
     const double shifter = 6755399441055744.0;    /* 1.5 * 2^52 */
     double t = xc * 1.4426950408889634 + shifter;
@@ -125,17 +113,23 @@ FASTNN_VM_INLINE double fastnn_exp_f64(double x) {
     return x != x ? x : y;
 }
 
-FASTNN_VM_INLINE double fastnn_expneg_f64(double x) {
-    int64_t ni;
-    double p = fastnn_exp_poly_f64(x < -746.0 ? -746.0 : x, &ni);
-    return (p * fastnn_pow2_f64(ni + 64)) * 5.421010862427522e-20;       /* 2^-64 */
+/* The one-sided forms, LO / HI the clamps of fastnn_exp_*, SH the shift (32 or 64)
+ * and 2^-SH, 2^SH their constants. */
+#define FASTNN_VM_ONE_SIDED(T, I, S, LO, HI, SH, DOWN, UP)                           \
+FASTNN_VM_INLINE T fastnn_expneg_##S(T x) {                                          \
+    I ni;                                                                             \
+    T p = fastnn_exp_poly_##S(x < LO ? LO : x, &ni);                                  \
+    return (p * fastnn_pow2_##S(ni + SH)) * DOWN;                                     \
+}                                                                                     \
+FASTNN_VM_INLINE T fastnn_exppos_##S(T x) {                                          \
+    I ni;                                                                             \
+    T p = fastnn_exp_poly_##S(x > HI ? HI : x, &ni);                                  \
+    return (p * fastnn_pow2_##S(ni - SH)) * UP;                                       \
 }
-
-FASTNN_VM_INLINE double fastnn_exppos_f64(double x) {
-    int64_t ni;
-    double p = fastnn_exp_poly_f64(x > 710.0 ? 710.0 : x, &ni);
-    return (p * fastnn_pow2_f64(ni - 64)) * 18446744073709551616.0;      /* 2^64 */
-}
+FASTNN_VM_ONE_SIDED(float, int32_t, f32, -104.0f, 89.0f, 32, 2.3283064365386963e-10f,
+                    4294967296.0f)
+FASTNN_VM_ONE_SIDED(double, int64_t, f64, -746.0, 710.0, 64, 5.421010862427522e-20,
+                    18446744073709551616.0)
 
 /* |v| and -|v| by the sign bit: one instruction each (a NaN stays a NaN), where the
  * select v < 0 ? -v : v costs a compare, a negation and a blend; and x with the

@@ -292,24 +292,17 @@ cdef int forward_item(const floating* x, const floating* u, const floating* bias
     return finite
 
 
-cdef void taps_by_channel(const floating* wk, Py_ssize_t C, floating* tmp) noexcept nogil:
-    # One output channel's OIHW taps (C x 9) transposed to (9 x C): channels contiguous.
+cdef void taps_by_channel(const floating* wk, Py_ssize_t C, Py_ssize_t stride, bint flip,
+                          floating* tmp) noexcept nogil:
+    # One output channel's OIHW taps (C x 9, channel c's `stride` apart) transposed to
+    # (9 x C): channels contiguous. flip: the taps reversed -- for wk = w + o * 9 and
+    # stride K * 9, output channel o of the flipped, transposed kernel of a forward
+    # OIHW w (C x K x 3 x 3): tmp[t * C + i] = w[i, o, 8 - t], what the copy
+    # w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) gives.
     cdef Py_ssize_t c, tap
     for c in range(C):
         for tap in range(9):
-            tmp[tap * C + c] = wk[c * 9 + tap]
-
-
-cdef void taps_flipped(const floating* wo, Py_ssize_t Cin, Py_ssize_t stride,
-                       floating* tmp) noexcept nogil:
-    # The flipped, transposed kernel's taps for one of its output channels o, read in
-    # place from the forward OIHW weight (i-th input channel's taps `stride` apart,
-    # reversed): tmp[t * Cin + i] = w[i, o, 8 - t] -- what taps_by_channel gives for
-    # the copy w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).
-    cdef Py_ssize_t i, tap
-    for i in range(Cin):
-        for tap in range(9):
-            tmp[tap * Cin + i] = wo[i * stride + 8 - tap]
+            tmp[tap * C + c] = wk[c * stride + (8 - tap if flip else tap)]
 
 
 cdef void taps_flipped_lanes(const floating* wi, Py_ssize_t K, Py_ssize_t Cin,
@@ -368,9 +361,9 @@ def transform_weight(const floating[::1] w, floating[::1] u, Py_ssize_t C, Py_ss
                 weight_lanes(tmp, 3 * K, K, K, &u[0] + it * K, C * K)
                 continue
             if flipped:
-                taps_flipped(&w[0] + it * 9, C, K * 9, tmp)
+                taps_by_channel(&w[0] + it * 9, C, K * 9, True, tmp)
             else:
-                taps_by_channel(&w[0] + it * C * 9, C, tmp)
+                taps_by_channel(&w[0] + it * C * 9, C, 9, False, tmp)
             weight_lanes(tmp, 3 * C, C, C, &u[0] + it * C, K * C)
         free(tmp)
     if failed:
