@@ -165,20 +165,40 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
     Wq = -(-(geom.W + geom.pl + geom.pr) // sw)
     if sh == sw == 1 and Hq == geom.H and Wq == geom.W:
         return contiguous(x, dtype), Hq, Wq
-    hs, ws = slice(geom.pt, geom.pt + geom.H), slice(geom.pl, geom.pl + geom.W)
     if geom.nhwc and not to_nchw:
-        xp = np.zeros((geom.N, Hq * sh, Wq * sw, geom.C), dtype=dtype)
-        xp[:, hs, ws, :] = x
+        xp = _padded(x, True, geom.pt, geom.pl, Hq * sh, Wq * sw, dtype)
         if sh == sw == 1:
             return xp, Hq, Wq
         xq = xp.reshape(geom.N, Hq, sh, Wq, sw, geom.C).transpose(0, 2, 4, 1, 3, 5)
     else:
-        xp = np.zeros((geom.N, geom.C, Hq * sh, Wq * sw), dtype=dtype)
-        xp[:, :, hs, ws] = x
+        if to_nchw:
+            # The transposing copy and the padding in one assignment.
+            xp = np.zeros((geom.N, geom.C, Hq * sh, Wq * sw), dtype=dtype)
+            xp[:, :, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W] = x
+        else:
+            xp = _padded(x, False, geom.pt, geom.pl, Hq * sh, Wq * sw, dtype)
         if sh == sw == 1:
             return xp, Hq, Wq
         xq = xp.reshape(geom.N, geom.C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4)
     return np.ascontiguousarray(xq), Hq, Wq
+
+
+def _padded(x, nhwc, pt, pl, Hp, Wp, dtype):
+    """A 4-D image zero-padded to Hp x Wp with its first row at pt and first column at
+    pl (both >= 0; the rest of the padding is at the bottom and right), in x's own
+    layout (NCHW or NHWC). One threaded pass that writes each element once:
+    N8 C64 28x28 NCHW padded by 1 measured 0.087 ms with np.zeros and a slice
+    assignment, which writes the interior twice and copies rows of 28 one at a time."""
+    if nhwc:
+        N, H, W, C = x.shape
+        planes, shape = N, (N, Hp, Wp, C)
+    else:
+        N, C, H, W = x.shape
+        planes, C, shape = N * C, 1, (N, C, Hp, Wp)
+    xp = np.empty(shape, dtype=dtype)
+    _conv.pad_planes(contiguous(x, dtype).reshape(-1), xp.reshape(-1), planes, H, W, C, pt, pl,
+                     Hp, Wp, get_num_threads())
+    return xp
 
 
 def _winograd_blocks(geom, dtype):
@@ -940,12 +960,11 @@ def _phase_forward(x, weight, bias, buf, tg, dtype):
     # NHWC vectorises along output channels; with fewer than one 512-bit vector of
     # them per group it runs the channel-major kernel and stores NHWC (as _forward).
     out_nhwc = tg.nhwc and cog < 64 // np.dtype(dtype).itemsize
-    if tg.nhwc and not out_nhwc:
-        xp = np.zeros((N, Hp, Wp, Cin), dtype=dtype)
-        xp[:, pt:pt + tg.H, pl:pl + tg.W, :] = x
+    if not out_nhwc:
+        xp = _padded(x, tg.nhwc, pt, pl, Hp, Wp, dtype)
     else:
         xp = np.zeros((N, Cin, Hp, Wp), dtype=dtype)
-        xp[:, :, pt:pt + tg.H, pl:pl + tg.W] = x.transpose(0, 3, 1, 2) if tg.nhwc else x
+        xp[:, :, pt:pt + tg.H, pl:pl + tg.W] = x.transpose(0, 3, 1, 2)
     if tg.nhwc:
         view = (tg.Ho * tg.Wo * Cout, 1, sh * tg.Wo * Cout, sw * Cout)
     else:

@@ -13,6 +13,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
+from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_ELEMENTWISE
 from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, FASTNN_UGEMM_SCRATCH
 
 
@@ -152,6 +153,38 @@ cdef inline void copy_run(floating* d, const floating* s, Py_ssize_t n) noexcept
     cdef Py_ssize_t k
     for k in range(n):
         d[k] = s[k]
+
+
+def pad_planes(const floating[::1] x, floating[::1] xp, Py_ssize_t planes, Py_ssize_t H,
+               Py_ssize_t W, Py_ssize_t C, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hp,
+               Py_ssize_t Wp, int num_threads):
+    """xp (planes, Hp, Wp, C) = x (planes, H, W, C) placed at row pt, column pl, zeros
+    around it; NCHW images are planes = N*C with C = 1. Every element of xp is written
+    once, a plane at a time: one zero run between consecutive rows of x (a row's right
+    padding and the next one's left). NumPy's zeros-then-assign writes the interior
+    twice. The caller guarantees 0 <= pt, pt + H <= Hp, 0 <= pl, pl + W <= Wp."""
+    cdef Py_ssize_t plane_out = Hp * Wp * C, run = W * C, gap = (Wp - W) * C
+    cdef Py_ssize_t lead = (pt * Wp + pl) * C, p, r, pos
+    cdef floating* d
+    cdef const floating* src
+    if planes == 0 or plane_out == 0:
+        return
+    with nogil:
+        for p in prange(planes, num_threads=team(num_threads, planes), schedule="static",
+                        use_threads_if=num_threads > 1
+                        and planes * plane_out >= FASTNN_SERIAL_BELOW_ELEMENTWISE):
+            d = &xp[0] + p * plane_out
+            src = &x[0] + p * H * run
+            fill_zero(d, lead if H else plane_out)
+            pos = lead
+            for r in range(H):
+                copy_run(d + pos, src + r * run, run)
+                pos = pos + run
+                if r + 1 < H:
+                    fill_zero(d + pos, gap)
+                    pos = pos + gap
+                elif H:
+                    fill_zero(d + pos, plane_out - pos)
 
 
 DEF MAX_KW = 64   # column bounds of up to this many kernel columns are precomputed

@@ -1059,3 +1059,32 @@ def test_memoised_geometry_keeps_refusing_what_it_refused():
     call_raises(TypeError, "ceil_mode", fastnn.max_pool2d, x, 2, ceil_mode=1)
     for _ in range(2):
         call_raises(ValueError, "padding", fastnn.conv2d, x, w, b, padding=-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 1, 1, 1), (3, 0, 0, 2), (0, 2, 4, 0),
+                                  (2, 5, 1, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_padding_kernel_writes_every_element_once(dtype, nhwc, pads, threads):
+    """The zero padding of the implicit-im2col paths (``pad_planes``): every element of
+    the result written (the buffer starts as NaN), the image at its offset and zeros
+    around it, as NumPy's zeros-and-assign gives; planes large enough for the threaded
+    pass too."""
+    from fastnn_ext import _conv
+    pt, pb, pl, pr = pads
+    rng = np.random.default_rng(sum(pads))
+    for N, C, H, W in [(2, 3, 5, 7), (4, 64, 17, 9), (1, 1, 1, 1), (3, 2, 0, 4)]:
+        shape = (N, H, W, C) if nhwc else (N, C, H, W)
+        x = rng.standard_normal(shape).astype(dtype)
+        Hp, Wp = H + pt + pb, W + pl + pr
+        expect = np.zeros((N, Hp, Wp, C) if nhwc else (N, C, Hp, Wp), dtype=dtype)
+        if nhwc:
+            expect[:, pt:pt + H, pl:pl + W, :] = x
+        else:
+            expect[:, :, pt:pt + H, pl:pl + W] = x
+        got = np.full(expect.shape, np.nan, dtype=dtype)
+        planes, inner = (N, C) if nhwc else (N * C, 1)
+        _conv.pad_planes(x.reshape(-1), got.reshape(-1), planes, H, W, inner, pt, pl, Hp, Wp,
+                         threads)
+        np.testing.assert_array_equal(got, expect)
