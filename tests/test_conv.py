@@ -1088,3 +1088,34 @@ def test_padding_kernel_writes_every_element_once(dtype, nhwc, pads, threads):
         _conv.pad_planes(x.reshape(-1), got.reshape(-1), planes, H, W, inner, pt, pl, Hp, Wp,
                          threads)
         np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shape", [(1, 256, 6, 5, 96), (2, 64, 9, 7, 70), (1, 120, 5, 6, 130)])
+def test_deep_products_with_bias_and_channel_blocks(dtype, layout, shape):
+    """Reductions over more than one chunk of the register-blocked kernel (C*kh*kw of
+    576 to 2304 against chunks of 512: the bias must be added once), and NHWC weights
+    large enough to be split in blocks of output channels (3x3x256x96 and 3x3x120x130
+    past 512 KiB in float64), partial panels included (K = 70, 130), forward and
+    backward against the float64 reference, the same bits on 1 to 3 threads."""
+    N, C, H, W, K = shape
+    rng = np.random.default_rng(C + K)
+    nhwc = layout == "NHWC"
+    x = rng.standard_normal((N, H, W, C) if nhwc else (N, C, H, W)).astype(dtype)
+    w = (rng.standard_normal((3, 3, C, K) if nhwc else (K, C, 3, 3)) / C).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    for padding in (1, 0):
+        with fastnn.threads(1):
+            y = fastnn.conv2d(x, w, b, padding=padding, layout=layout)
+        assert_close(y, ref.conv2d(x, w, b, padding=padding, layout=layout), dtype,
+                     f"forward padding={padding}")
+        assert_thread_count_invariant(
+            lambda: (fastnn.conv2d(x, w, b, padding=padding, layout=layout),))
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        got = fastnn.conv2d_backward(gy, x, w, padding=padding, layout=layout)
+        want = ref.conv2d_backward(gy, x, w, padding=padding, layout=layout)
+        for g, r, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
+            assert_close(g, r, dtype, f"{name} padding={padding}")
+        assert_thread_count_invariant(
+            lambda: fastnn.conv2d_backward(gy, x, w, padding=padding, layout=layout))

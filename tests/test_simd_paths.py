@@ -203,7 +203,8 @@ def test_every_family_at_every_level_matches_reference(level):
 # half-height block (_ukernel_block.h). Row i's bits must not depend on which block
 # computed it: every M from 1 to 48 against the same rows of a 48-row product (whole
 # blocks at every level: 48 is a multiple of 4, 6, 8 and 16 rows), at widths that
-# take the full, the partial (zero-padded) and the narrow column panels.
+# take the full, the partial (zero-padded) and the narrow column panels, and depths
+# within one chunk of K and over three (chunks of 512, the last one partial).
 UGEMM_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
@@ -214,7 +215,7 @@ UGEMM_SCRIPT = textwrap.dedent("""
     worst = 0.0
     for dtype in (np.float32, np.float64):
         for N in (1, 8, 16, 17, 32, 45):
-            for K in (1, 7, 64):
+            for K in (1, 7, 64, 1100):
                 a = rng.standard_normal((48, K)).astype(dtype)
                 b = rng.standard_normal((K, N)).astype(dtype)
                 whole = np.full((48, N), np.nan, dtype)
