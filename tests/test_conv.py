@@ -1119,3 +1119,31 @@ def test_deep_products_with_bias_and_channel_blocks(dtype, layout, shape):
             assert_close(g, r, dtype, f"{name} padding={padding}")
         assert_thread_count_invariant(
             lambda: fastnn.conv2d_backward(gy, x, w, padding=padding, layout=layout))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("groups, kg, cg, kh, kw", [(1, 3, 5, 3, 3), (2, 40, 33, 3, 2),
+                                                    (3, 1, 70, 1, 5), (1, 256, 64, 3, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flipped_transposed_kernel_of_the_input_gradient(dtype, nhwc, groups, kg, cg, kh, kw,
+                                                         threads):
+    """The kernel grad_x convolves with (``flip_kernel_transposed``): taps reversed and
+    the channel axes swapped within each group, every element written (the buffer
+    starts as NaN), against NumPy's flip and transpose; blocks of channels that do not
+    divide them included."""
+    from fastnn_ext import _conv
+    rng = np.random.default_rng(kg * cg)
+    G = groups
+    if nhwc:
+        w = rng.standard_normal((kh, kw, cg, G * kg)).astype(dtype)
+        expect = w[::-1, ::-1].reshape(kh, kw, cg, G, kg).transpose(0, 1, 4, 3, 2)
+        expect = expect.reshape(kh, kw, kg, G * cg)
+    else:
+        w = rng.standard_normal((G * kg, cg, kh, kw)).astype(dtype)
+        expect = w[:, :, ::-1, ::-1].reshape(G, kg, cg, kh, kw).transpose(0, 2, 1, 3, 4)
+        expect = expect.reshape(G * cg, kg, kh, kw)
+    got = np.full(expect.shape, np.nan, dtype=dtype)
+    _conv.flip_kernel_transposed(w.reshape(-1), got.reshape(-1), G, kg, cg, kh * kw, nhwc,
+                                 threads)
+    np.testing.assert_array_equal(got, expect)
