@@ -165,21 +165,26 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
     Wq = -(-(geom.W + geom.pl + geom.pr) // sw)
     if sh == sw == 1 and Hq == geom.H and Wq == geom.W:
         return contiguous(x, dtype), Hq, Wq
+    if sh == sw == 1 and not to_nchw:
+        return _padded(x, geom.nhwc, geom.pt, geom.pl, Hq, Wq, dtype), Hq, Wq
     if geom.nhwc and not to_nchw:
-        xp = _padded(x, True, geom.pt, geom.pl, Hq * sh, Wq * sw, dtype)
-        if sh == sw == 1:
-            return xp, Hq, Wq
-        xq = xp.reshape(geom.N, Hq, sh, Wq, sw, geom.C).transpose(0, 2, 4, 1, 3, 5)
+        # Padding and phases in one pass (runs of C elements). In NCHW the runs are
+        # single elements: there the threaded pad and NumPy's strided copy measured
+        # faster (N8 C32 56x56 stride 2: 0.32 against 0.35 ms).
+        xq = np.empty((geom.N, sh, sw, Hq, Wq, geom.C), dtype=dtype)
+        _conv.split_planes(contiguous(x, dtype).reshape(-1), xq.reshape(-1), geom.N, geom.H,
+                           geom.W, geom.C, geom.pt, geom.pl, sh, sw, Hq, Wq, get_num_threads())
+        return xq, Hq, Wq
+    if to_nchw:
+        # An NHWC image to the NCHW form: the transposing copy and the padding in one
+        # assignment.
+        xp = np.zeros((geom.N, geom.C, Hq * sh, Wq * sw), dtype=dtype)
+        xp[:, :, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W] = x
     else:
-        if to_nchw:
-            # The transposing copy and the padding in one assignment.
-            xp = np.zeros((geom.N, geom.C, Hq * sh, Wq * sw), dtype=dtype)
-            xp[:, :, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W] = x
-        else:
-            xp = _padded(x, False, geom.pt, geom.pl, Hq * sh, Wq * sw, dtype)
-        if sh == sw == 1:
-            return xp, Hq, Wq
-        xq = xp.reshape(geom.N, geom.C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4)
+        xp = _padded(x, False, geom.pt, geom.pl, Hq * sh, Wq * sw, dtype)
+    if sh == sw == 1:
+        return xp, Hq, Wq
+    xq = xp.reshape(geom.N, geom.C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4)
     return np.ascontiguousarray(xq), Hq, Wq
 
 

@@ -1147,3 +1147,33 @@ def test_flipped_transposed_kernel_of_the_input_gradient(dtype, nhwc, groups, kg
     _conv.flip_kernel_transposed(w.reshape(-1), got.reshape(-1), G, kg, cg, kh * kw, nhwc,
                                  threads)
     np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("stride", [(2, 2), (3, 2), (1, 3), (4, 4)])
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 2, 1, 0), (3, 3, 3, 3), (0, 5, 2, 1)])
+def test_stride_phases_of_the_padded_image_in_one_pass(dtype, nhwc, stride, pads):
+    """``split_planes`` (the phase split of strided convolutions): every element written
+    (the buffer starts as NaN) and equal to NumPy's pad, reshape and transpose, with
+    phase columns that start or end inside the padding."""
+    from fastnn_ext import _conv
+    sh, sw = stride
+    pt, pl, pb, pr = pads
+    rng = np.random.default_rng(sh * 10 + sw)
+    for N, C, H, W in [(2, 3, 9, 11), (3, 1, 7, 2), (1, 64, 30, 31)]:
+        Hq, Wq = -(-(H + pt + pb) // sh), -(-(W + pl + pr) // sw)
+        x = rng.standard_normal((N, H, W, C) if nhwc else (N, C, H, W)).astype(dtype)
+        if nhwc:
+            xp = np.zeros((N, Hq * sh, Wq * sw, C), dtype)
+            xp[:, pt:pt + H, pl:pl + W] = x
+            expect = xp.reshape(N, Hq, sh, Wq, sw, C).transpose(0, 2, 4, 1, 3, 5)
+        else:
+            xp = np.zeros((N, C, Hq * sh, Wq * sw), dtype)
+            xp[:, :, pt:pt + H, pl:pl + W] = x
+            expect = xp.reshape(N, C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4)
+        got = np.full(expect.shape, np.nan, dtype)
+        planes, inner = (N, C) if nhwc else (N * C, 1)
+        _conv.split_planes(x.reshape(-1), got.reshape(-1), planes, H, W, inner, pt, pl, sh, sw,
+                           Hq, Wq, 2)
+        np.testing.assert_array_equal(got, expect)
