@@ -530,6 +530,17 @@ cdef void implicit_item(const floating* xq, const floating* w, const floating* b
     cdef const floating* bg = bias + grp * g.Kg + k0 if bias != NULL else NULL
     cdef const floating* src
     cdef floating* dst
+    if not g.nhwc and not out_nhwc and v.sw == 1 and g.Wo % 32 == 0:
+        # Output rows a whole number of column panels wide (32 floats, 16 doubles at
+        # most): one product per row straight into y, without the phase width's extra
+        # columns and the copy out of a tile (N64 C16 32x32 K32 3x3 forward NCHW
+        # 1.13x; A/B on Zen 5).
+        for oh in range(oh0, oh1):
+            ugemm(k1 - k0, g.Wo, g.ckk, w + (grp * g.Kg + k0) * g.ckk, g.ckk, <Py_ssize_t*>NULL,
+                  aoff, xq + (n * g.C + grp * g.Cg) * g.sh * g.sw * plane + oh * Wq, boff,
+                  y + n * v.sn + (grp * g.Kg + k0) * v.sk + oh * v.sh, v.sk, False, bg,
+                  <floating*>NULL, scratch)
+        return
     if not g.nhwc:
         # Columns run over the phase width: column q = (oh - oh0) * Wq + ow. The
         # Wq - Wo columns past each row's end are computed and dropped; stopping at

@@ -1177,3 +1177,27 @@ def test_stride_phases_of_the_padded_image_in_one_pass(dtype, nhwc, stride, pads
         _conv.split_planes(x.reshape(-1), got.reshape(-1), planes, H, W, inner, pt, pl, sh, sw,
                            Hq, Wq, 2)
         np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("W, padding, dilation", [(32, 1, 1), (64, 0, 1), (66, 0, 1), (36, 0, 2)])
+def test_nchw_rows_a_whole_number_of_panels_wide(dtype, groups, W, padding, dilation):
+    """NCHW outputs whose rows are a multiple of 32 pixels wide are computed one row per
+    product straight into y (no tile copy): against the float64 reference with a bias
+    and groups, rows of 32 and 64 pixels (dilation 2 included) and of 62 (the tile
+    path) side by side, the same bits on 1 to 3 threads."""
+    rng = np.random.default_rng(W + groups)
+    N, C, H, K = 2, 4 * groups, 5, 6 * groups
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    kw = dict(padding=padding, dilation=dilation, groups=groups)
+    y = fastnn.conv2d(x, w, b, **kw)
+    assert_close(y, ref.conv2d(x, w, b, **kw), dtype, "forward")
+    assert_thread_count_invariant(lambda: (fastnn.conv2d(x, w, b, **kw),))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    got = fastnn.conv2d_backward(gy, x, w, **kw)
+    for g, r, name in zip(got, ref.conv2d_backward(gy, x, w, **kw),
+                          ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(g, r, dtype, name)
