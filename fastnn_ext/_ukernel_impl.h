@@ -14,9 +14,12 @@
  * ascending), plus the biases and C, then the sum over each later chunk added to that
  * running value -- an order fixed by K alone, whatever M, N, the row block or the
  * thread count. A chunk of a panel (UK_KC x 64 bytes x UK_NV) serves every row block
- * before the next chunk is read. Measured on Zen 5 (float32, 2 threads, ms, whole
- * K / chunks of 128 / 256 / 512): N1 C256 14x14 K256 3x3 NHWC 0.91 / 0.61 / 0.59 /
- * 0.51, NCHW 0.60 / 0.62 / 0.61 / 0.60; N1 C512 7x7 NHWC 0.88 / 0.77 / 0.71 / 0.70. */
+ * before the next chunk is read. Measured on Zen 5 (float32, 2 threads, ms,
+ * interleaved A/B; with the NHWC weight blocks of _conv.pyx): N1 C256 14x14 K256 3x3
+ * NHWC with the whole K 0.76 (0.82 without the blocks in that run), in chunks of
+ * 128 / 256 / 512 0.61 / 0.59 / 0.51 (0.91 without blocks or chunks in that run);
+ * NCHW 0.60 without chunks, 0.62 / 0.61 / 0.60; N1 C512 7x7 NHWC 0.88 without
+ * either, 0.77 / 0.71 / 0.70. */
 #ifndef UK_KC
 #define UK_KC 512
 #endif
