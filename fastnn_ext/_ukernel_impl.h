@@ -37,6 +37,22 @@ typedef UK_T UK_CAT(UK_NAME, _vec) __attribute__((vector_size(UK_VW * sizeof(UK_
 #undef UK_BMR
 #undef UK_BNAME
 
+/* One row block of mr rows: a last block of at most half the rows runs the
+ * half-height block (Wo = 28 or 14 pixels per row cost 4 full blocks of 8 for 3.5 or
+ * 2); both sum in the same order. */
+static inline UK_TARGET void UK_CAT(UK_NAME, _rows)(
+        ptrdiff_t K, const UK_T *a, ptrdiff_t sam, const ptrdiff_t *amoff, const ptrdiff_t *aoff,
+        const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc, int mr,
+        int accumulate, const UK_T *bias_row, const UK_T *bias_col)
+{
+    if (mr <= UK_MR / 2)
+        UK_CAT(UK_NAME, _half)(K, a, sam, amoff, aoff, b, boff, c, ldc, mr, accumulate,
+                               bias_row, bias_col);
+    else
+        UK_CAT(UK_NAME, _block)(K, a, sam, amoff, aoff, b, boff, c, ldc, mr, accumulate,
+                                bias_row, bias_col);
+}
+
 static UK_TARGET void UK_NAME(
         ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const UK_T *a, ptrdiff_t sam,
         const ptrdiff_t *amoff, const ptrdiff_t *aoff, const UK_T *b, const ptrdiff_t *boff, UK_T *c, ptrdiff_t ldc,
@@ -94,15 +110,9 @@ static UK_TARGET void UK_NAME(
                     const UK_T *ap = amoff ? a : a + m0 * sam;
                     const ptrdiff_t *am = amoff ? amoff + m0 : NULL;
                     const UK_T *br = first && bias_row ? bias_row + m0 : NULL;
-                    UK_T *cb = c + m0 * ldc + n0;
-                    /* A last block of at most half the rows runs the half-height block:
-                     * Wo = 28 or 14 pixels per row cost 4 full blocks of 8 for 3.5 or 2. */
-                    if (mr <= UK_MR / 2)
-                        UK_CAT(UK_NAME, _half)(kb, ap, sam, am, aoff + k0, bp, bo + k0, cb, ldc, mr,
-                                               accumulate || !first, br, first ? bc : NULL);
-                    else
-                        UK_CAT(UK_NAME, _block)(kb, ap, sam, am, aoff + k0, bp, bo + k0, cb, ldc, mr,
-                                                accumulate || !first, br, first ? bc : NULL);
+                    UK_CAT(UK_NAME, _rows)(kb, ap, sam, am, aoff + k0, bp, bo + k0,
+                                           c + m0 * ldc + n0, ldc, mr, accumulate || !first, br,
+                                           first ? bc : NULL);
                 }
             }
             continue;
@@ -121,14 +131,9 @@ static UK_TARGET void UK_NAME(
             for (k0 = 0; k0 == 0 || k0 < K; k0 += UK_KC) {
                 ptrdiff_t kb = K - k0 < UK_KC ? K - k0 : UK_KC;
                 int first = k0 == 0;
-                if (mr <= UK_MR / 2)
-                    UK_CAT(UK_NAME, _half)(kb, ap, sam, am, aoff + k0, bp, bo + k0, cbuf, NR, mr,
-                                           accumulate || !first, first ? br : NULL,
-                                           first ? bc : NULL);
-                else
-                    UK_CAT(UK_NAME, _block)(kb, ap, sam, am, aoff + k0, bp, bo + k0, cbuf, NR, mr,
-                                            accumulate || !first, first ? br : NULL,
-                                            first ? bc : NULL);
+                UK_CAT(UK_NAME, _rows)(kb, ap, sam, am, aoff + k0, bp, bo + k0, cbuf, NR, mr,
+                                       accumulate || !first, first ? br : NULL,
+                                       first ? bc : NULL);
             }
             for (i = 0; i < mr; i++)
                 for (j = 0; j < nr; j++)
