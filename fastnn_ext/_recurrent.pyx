@@ -29,7 +29,7 @@ from libc.string cimport memcpy, memset
 
 from fastnn_ext._blas cimport gemm
 from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_GATE, FASTNN_SERIAL_BELOW_RECURRENT
-from fastnn_ext._openmp cimport fastnn_omp_thread_id, team
+from fastnn_ext._openmp cimport fastnn_omp_thread_id, fastnn_team_would_get, team
 from fastnn_ext._ukernel cimport FASTNN_UGEMM_SCRATCH, fastnn_ukernel_pick, pgemm, ugemm
 
 
@@ -222,7 +222,11 @@ cdef void product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssi
     cdef floating beta = 1 if accumulate else 0
     if m <= 0 or n <= 0:
         return
-    if num_threads < 2 or m * n * k < FASTNN_SERIAL_BELOW_RECURRENT:
+    # A team shrunk to one (another library's workers hold the cores) takes the one
+    # product, not the blocks one after the other (lstm_cell B16 I128 H256 after a
+    # NumPy matmul: ~3 us of ~90 slower that way).
+    if (num_threads < 2 or m * n * k < FASTNN_SERIAL_BELOW_RECURRENT
+            or fastnn_team_would_get(num_threads) < 2):
         pgemm(trans_a, trans_b, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)
         return
     for it in prange(mblocks * nblocks, schedule="static",

@@ -12,7 +12,7 @@
  *    back-to-back kernel calls from Python, short next to a NumPy call), then sleep
  *    on a futex;
  *  - before a region, reads how many tasks are running on the machine
- *    (/proc/loadavg, ~1.3 us) and shrinks the team to the cores that are free, so a
+ *    (/proc/loadavg, ~1.3 us; see frt_others_running) and shrinks the team to the cores that are free, so a
  *    kernel called while another library's workers still spin runs serially instead
  *    of waiting for a core at every barrier;
  *  - re-creates itself in a forked child (pthread_atfork), so a child can run
@@ -211,13 +211,14 @@ static struct {
     uint64_t idle_spin_ns, team_spin_ns;
     int check_contention;
     int loadavg_fd;
-    uint64_t loadavg_at;      /* last read, ns; reused for 20 us */
-    int loadavg_running;
+    uint64_t loadavg_at;      /* last read, ns (see frt_others_running) */
+    int loadavg_others;       /* the other tasks it saw */
+    uint64_t loadavg_held_at; /* first of the reads since that all saw others, 0 = none */
     frt_team team;
     frt_slot slot[FRT_MAX_THREADS];
     pthread_t thread[FRT_MAX_THREADS];
     /* statistics, for tests and the benchmark */
-    atomic_long regions, shrunk, serial_busy, created;
+    atomic_long regions, shrunk, serial_busy, created, loadavg_reads;
     int initialised;
 } frt_pool;
 
@@ -243,6 +244,7 @@ static void frt_reset_state(void) {
     memset(frt_pool.slot, 0, sizeof(frt_pool.slot));
     memset(&frt_pool.team, 0, sizeof(frt_pool.team));
     frt_pool.loadavg_at = 0;
+    frt_pool.loadavg_held_at = 0;
     frt_tls_team = NULL;
     frt_tls_tid = 0;
 }
@@ -336,10 +338,34 @@ static int frt_ensure_workers(int n) {
     return have < n ? have : n;
 }
 
-/* Tasks running on the machine other than the caller and our own spinning workers. */
+/* How long one reading of /proc/loadavg is reused. The read is a system call, and on
+ * the 2-vCPU Zen 5 VM a system call made right after a NumPy matmul (whose OpenBLAS
+ * workers then spin) slowed the kernel that followed by much more than the call's own
+ * ~3 us: relu_backward 2^20 and lstm_cell B16 I128 H256, one thread, 8-15 us each
+ * (the same for getppid()). Another library's busy-waiting workers hold a core for
+ * 8-100 ms, so once the reads have seen other tasks for FRT_LOADAVG_SPAN_NS without a
+ * break, the reading is kept 2 ms: the pattern "NumPy call, fastnn kernel" then pays
+ * the read about once in 2 ms instead of every call, and a machine that became free
+ * meanwhile runs serially for at most 2 ms more (the SPEC's floor: never slower than
+ * one thread). A free machine is re-read after 20 us: a stale "free" would put a
+ * worker on a core another library's spinner holds, the slow case this check exists
+ * for. The span keeps short-lived tasks out: with two reads in a row as the rule
+ * instead, back-to-back relu of 2^18 floats (13 us regions, the machine otherwise
+ * idle) ran 3-4% of its regions on one thread, against 0.3-0.8% re-reading every
+ * 20 us. */
+#define FRT_LOADAVG_FREE_NS 20000u
+#define FRT_LOADAVG_SPAN_NS 500000u
+#define FRT_LOADAVG_HELD_NS 2000000u
+
+/* Tasks running on the machine other than the caller and our own spinning workers,
+ * counted when the reading is taken (our workers' states then, not now: a worker that
+ * spun at the read and sleeps now must not count as another task for 2 ms). */
 static int frt_others_running(void) {
     uint64_t now = frt_now_ns();
-    if (now - frt_pool.loadavg_at > 20000 || frt_pool.loadavg_at == 0) {
+    uint64_t held = frt_pool.loadavg_held_at;
+    uint64_t ttl = held && frt_pool.loadavg_at - held >= FRT_LOADAVG_SPAN_NS
+                   ? FRT_LOADAVG_HELD_NS : FRT_LOADAVG_FREE_NS;
+    if (frt_pool.loadavg_at == 0 || now - frt_pool.loadavg_at > ttl) {
         char buf[128];
         int running = 1;
         if (frt_pool.loadavg_fd >= 0) {
@@ -357,14 +383,19 @@ static int frt_others_running(void) {
                     running = atoi(p);
             }
         }
-        frt_pool.loadavg_running = running;
+        int ours = 0;
+        for (int i = 1; i <= frt_pool.nworkers; i++)
+            ours += atomic_load(&frt_pool.slot[i].state) == FRT_SPINNING;
+        int others = running - 1 - ours;
+        frt_pool.loadavg_others = others > 0 ? others : 0;
+        if (others <= 0)
+            frt_pool.loadavg_held_at = 0;
+        else if (!frt_pool.loadavg_held_at)
+            frt_pool.loadavg_held_at = now;
         frt_pool.loadavg_at = now;
+        atomic_fetch_add(&frt_pool.loadavg_reads, 1);
     }
-    int ours = 0;
-    for (int i = 1; i <= frt_pool.nworkers; i++)
-        ours += atomic_load(&frt_pool.slot[i].state) == FRT_SPINNING;
-    int others = frt_pool.loadavg_running - 1 - ours;
-    return others > 0 ? others : 0;
+    return frt_pool.loadavg_others;
 }
 
 static void frt_run_serial(void (*fn)(void *), void *data) {
@@ -473,6 +504,29 @@ static int frt_parallel(void (*fn)(void *), void *data, int n, int exact) {
 FRT_EXPORT void fastnn_rt_parallel(void (*fn)(void *), void *data, unsigned num_threads) {
     frt_init();
     frt_parallel(fn, data, num_threads ? (int)num_threads : frt_pool.max_threads, 0);
+}
+
+/* The team a region asked for n threads would get now (1 when the pool is busy, in a
+ * region already, or the cores are held): for kernels whose split of the work into
+ * items pays only with a second thread, so that a team shrunk to one runs the serial
+ * code rather than the items one after the other. A hint, read without holding the
+ * pool: the region itself decides again. */
+FRT_EXPORT int fastnn_rt_team_size(int n) {
+    frt_init();
+    int limit = atomic_load(&frt_pool.limit);
+    if (limit > 0 && n > limit)
+        n = limit;
+    if (n <= 1 || frt_tls_team != NULL)
+        return 1;
+    if (!frt_pool.check_contention)
+        return n;
+    if (pthread_mutex_trylock(&frt_pool.busy) != 0)
+        return 1;
+    int free_cpus = frt_pool.online_cpus - frt_others_running();
+    pthread_mutex_unlock(&frt_pool.busy);
+    if (free_cpus < n)
+        n = free_cpus > 1 ? free_cpus : 1;
+    return n;
 }
 
 FRT_EXPORT void fastnn_rt_barrier(void) {

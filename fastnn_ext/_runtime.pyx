@@ -37,6 +37,7 @@ cdef extern from "_runtime.h" nogil:
         long shrunk
         long serial_busy
         long created
+        long loadavg_reads
         frt_slot_t slot[1024]
     frt_pool_t frt_pool
     int frt_others_running()
@@ -86,6 +87,7 @@ def stats():
         "shrunk": frt_pool.shrunk,
         "serial_busy": frt_pool.serial_busy,
         "threads_created": frt_pool.created,
+        "loadavg_reads": frt_pool.loadavg_reads,
     }
 
 

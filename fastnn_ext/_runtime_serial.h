@@ -39,7 +39,7 @@ static struct {
     int limit;                /* threadpoolctl's limit, 0 = none */
     uint64_t idle_spin_ns;
     int check_contention;
-    long regions, shrunk, serial_busy, created;
+    long regions, shrunk, serial_busy, created, loadavg_reads;
     frt_slot slot[FRT_MAX_THREADS];
 } frt_pool;
 
@@ -101,6 +101,7 @@ FRT_EXPORT bool fastnn_rt_loop_next(long *istart, long *iend) {
 
 FRT_EXPORT int fastnn_rt_thread_num(void) { return 0; }
 FRT_EXPORT int fastnn_rt_num_threads(void) { return 1; }
+FRT_EXPORT int fastnn_rt_team_size(int n) { (void)n; return 1; }
 FRT_EXPORT int fastnn_rt_in_parallel(void) { return 0; }
 
 FRT_EXPORT int fastnn_rt_max_threads(void) {

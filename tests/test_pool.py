@@ -2,6 +2,7 @@
 than their work, bits independent of the calling Python thread, fork and Ctrl-C
 safety, other threads' BLAS untouched, threadpoolctl limits, affinity, idle workers
 that sleep, teams that shrink when the cores are taken, and the coexistence setting."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -337,26 +338,68 @@ def test_idle_workers_sleep_soon_after_a_kernel():
         _runtime.configure(**old)
 
 
-@needs_workers
-@pytest.mark.skipif(not LINUX, reason="reads /proc/loadavg")
-def test_team_shrinks_when_other_tasks_hold_the_cores():
+@contextlib.contextmanager
+def _cores_held():
+    # One busy process per CPU, and the pool's contention check on.
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 for _ in range(os.cpu_count() or 1)]
     old = _runtime.configure(check_contention=True)
     try:
         time.sleep(0.3)
-        x = np.random.default_rng(0).standard_normal(1 << 21)
-        want = fastnn.relu(x)
-        before = _runtime.stats()["shrunk"]
-        with fastnn.threads(2):
-            for _ in range(5):
-                assert np.array_equal(fastnn.relu(x), want)
-        assert _runtime.stats()["shrunk"] > before
+        yield
     finally:
         _runtime.configure(**old)
         for p in spinners:
             p.kill()
             p.wait()
+
+
+@needs_workers
+@pytest.mark.skipif(not LINUX, reason="reads /proc/loadavg")
+def test_team_shrinks_when_other_tasks_hold_the_cores():
+    with _cores_held():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(1 << 21)
+        want = fastnn.relu(x)
+        # an lstm_cell step whose product is cut in blocks for a team: on a team shrunk
+        # to one it takes the single product (the same bits either way)
+        cell = (rng.standard_normal((16, 128)), rng.standard_normal((16, 256)),
+                rng.standard_normal((16, 256)), rng.standard_normal((384, 1024)) * 0.05,
+                rng.standard_normal(1024) * 0.05)
+        with fastnn.threads(1):
+            want_cell = fastnn.lstm_cell(*cell)
+        before = _runtime.stats()["shrunk"]
+        with fastnn.threads(2):
+            for _ in range(5):
+                assert np.array_equal(fastnn.relu(x), want)
+                for got, w in zip(fastnn.lstm_cell(*cell), want_cell):
+                    assert np.array_equal(got, w)
+        assert _runtime.stats()["shrunk"] > before
+
+
+@needs_workers
+@pytest.mark.skipif(not LINUX, reason="reads /proc/loadavg")
+def test_a_held_machine_is_not_re_read_before_every_region():
+    # Reading /proc/loadavg is a system call, which right after a NumPy matmul slows
+    # the next kernel by several us. Once the reads have seen the cores held for
+    # 0.5 ms, the reading is kept 2 ms; a free machine is re-read after 20 us.
+    with _cores_held():
+        x = np.random.default_rng(0).standard_normal(1 << 17)   # parallel from 2^16
+        want = fastnn.relu(x)
+        s0 = _runtime.stats()
+        with fastnn.threads(2):
+            for _ in range(200):
+                assert np.array_equal(fastnn.relu(x), want)
+        s1 = _runtime.stats()
+        regions = s1["regions"] - s0["regions"]
+        reads = s1["loadavg_reads"] - s0["loadavg_reads"]
+        assert regions == 200 and s1["shrunk"] - s0["shrunk"] >= 150
+        assert reads <= regions // 4, (reads, regions)
+        # ... and never kept past 2 ms: after a pause the next region reads again
+        time.sleep(0.005)
+        with fastnn.threads(2):
+            fastnn.relu(x)
+        assert _runtime.stats()["loadavg_reads"] == s1["loadavg_reads"] + 1
 
 
 # ------------------------------------------------------------------ coexistence
