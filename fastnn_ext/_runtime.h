@@ -341,30 +341,31 @@ static int frt_ensure_workers(int n) {
 /* How long one reading of /proc/loadavg is reused. The read is a system call, and on
  * the 2-vCPU Zen 5 VM a system call made right after a NumPy matmul (whose OpenBLAS
  * workers then spin) slowed the kernel that followed by much more than the call's own
- * ~3 us: relu_backward 2^20 and lstm_cell B16 I128 H256, one thread, 8-15 us each
- * (the same for getppid()). Another library's busy-waiting workers hold a core for
- * 8-100 ms, so once the reads have seen other tasks for FRT_LOADAVG_SPAN_NS without a
- * break, the reading is kept 2 ms: the pattern "NumPy call, fastnn kernel" then pays
- * the read about once in 2 ms instead of every call, and a machine that became free
- * meanwhile runs serially for at most 2 ms more (the SPEC's floor: never slower than
- * one thread). A free machine is re-read after 20 us: a stale "free" would put a
- * worker on a core another library's spinner holds, the slow case this check exists
- * for. The span keeps short-lived tasks out: with two reads in a row as the rule
- * instead, back-to-back relu of 2^18 floats (13 us regions, the machine otherwise
- * idle) ran 3-4% of its regions on one thread, against 0.3-0.8% re-reading every
- * 20 us. */
+ * ~3 us: relu_backward 2^20 on one thread 10-15 us, lstm_cell B16 I128 H256 8 us (the
+ * same for getppid()). Another library's busy-waiting workers hold a core for 8-100 ms
+ * after its last call, so a reading that found the cores held is kept a quarter of
+ * the time the reads have found them held without a break (from 0.5 ms of that on; at
+ * most 10 ms): "NumPy call, fastnn kernel" over and over then pays the read about once
+ * in 10 ms instead of every call, and once the machine is free again a kernel runs
+ * serially for at most a quarter of the held spell longer (the SPEC's floor: never
+ * slower than one thread). A free machine is re-read after 20 us: a stale "free" would
+ * put a worker on a core another library's spinner holds, the slow case this check
+ * exists for. The 0.5 ms keeps short-lived tasks out: with "two reads in a row" as the
+ * rule, back-to-back relu of 2^18 floats (13 us regions, the machine otherwise idle)
+ * ran 3-4% of its regions on one thread, against 0.3-0.8% re-reading every 20 us. */
 #define FRT_LOADAVG_FREE_NS 20000u
 #define FRT_LOADAVG_SPAN_NS 500000u
-#define FRT_LOADAVG_HELD_NS 2000000u
+#define FRT_LOADAVG_HELD_MAX_NS 10000000u
 
 /* Tasks running on the machine other than the caller and our own spinning workers,
  * counted when the reading is taken (our workers' states then, not now: a worker that
  * spun at the read and sleeps now must not count as another task for 2 ms). */
 static int frt_others_running(void) {
     uint64_t now = frt_now_ns();
-    uint64_t held = frt_pool.loadavg_held_at;
-    uint64_t ttl = held && frt_pool.loadavg_at - held >= FRT_LOADAVG_SPAN_NS
-                   ? FRT_LOADAVG_HELD_NS : FRT_LOADAVG_FREE_NS;
+    uint64_t held = frt_pool.loadavg_held_at ? frt_pool.loadavg_at - frt_pool.loadavg_held_at : 0;
+    uint64_t ttl = FRT_LOADAVG_FREE_NS;
+    if (held >= FRT_LOADAVG_SPAN_NS)
+        ttl = held / 4 < FRT_LOADAVG_HELD_MAX_NS ? held / 4 : FRT_LOADAVG_HELD_MAX_NS;
     if (frt_pool.loadavg_at == 0 || now - frt_pool.loadavg_at > ttl) {
         char buf[128];
         int running = 1;
