@@ -166,6 +166,12 @@ class Geometry:
     def x_shape(self):
         return image_shape(self.nhwc, self.N, self.C, self.H, self.W)
 
+    @property
+    def macs(self):
+        """Multiply-adds of the convolution (the cost model's "conv" unit)."""
+        return (self.N * self.K * self.Ho * self.Wo * (self.C // max(self.groups, 1))
+                * self.kh * self.kw)
+
     def kernel_args(self):
         return (self.N, self.C, self.H, self.W, self.K, self.kh, self.kw, self.sh, self.sw,
                 self.dh, self.dw, self.pt, self.pl, self.Ho, self.Wo, self.groups)

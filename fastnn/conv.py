@@ -19,7 +19,7 @@ import numpy as np
 from fastnn._geometry import (DERIVED_LIMIT, Geometry, cached, check_index_range,
                               check_result_size, image_shape, parse_padding, parse_padding_1d,
                               same_padding)
-from fastnn._threads import get_num_threads
+from fastnn._threads import get_num_threads, threads_for
 from fastnn._typing import (ArrayLike, FloatArray, Grads3, Int1, IntPair, Padding1D,
                              Padding2D)
 from fastnn._validation import (as_bool, as_float_array, as_int, check_bias, check_layout,
@@ -166,14 +166,14 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
     if sh == sw == 1 and Hq == geom.H and Wq == geom.W:
         return contiguous(x, dtype), Hq, Wq
     if sh == sw == 1 and not to_nchw:
-        return _padded(x, geom.nhwc, geom.pt, geom.pl, Hq, Wq, dtype), Hq, Wq
+        return _padded(x, geom.nhwc, geom.pt, geom.pl, Hq, Wq, dtype, _threads(geom)), Hq, Wq
     if geom.nhwc and not to_nchw:
         # Padding and phases in one pass (runs of C elements). In NCHW the runs are
         # single elements: there the threaded pad and NumPy's strided copy measured
         # faster (N8 C32 56x56 stride 2: 0.32 against 0.35 ms).
         xq = np.empty((geom.N, sh, sw, Hq, Wq, geom.C), dtype=dtype)
         _conv.split_planes(contiguous(x, dtype).reshape(-1), xq.reshape(-1), geom.N, geom.H,
-                           geom.W, geom.C, geom.pt, geom.pl, sh, sw, Hq, Wq, get_num_threads())
+                           geom.W, geom.C, geom.pt, geom.pl, sh, sw, Hq, Wq, _threads(geom))
         return xq, Hq, Wq
     if to_nchw:
         # An NHWC image to the NCHW form: the transposing copy and the padding in one
@@ -181,17 +181,23 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
         xp = np.zeros((geom.N, geom.C, Hq * sh, Wq * sw), dtype=dtype)
         xp[:, :, geom.pt:geom.pt + geom.H, geom.pl:geom.pl + geom.W] = x
     else:
-        xp = _padded(x, False, geom.pt, geom.pl, Hq * sh, Wq * sw, dtype)
+        xp = _padded(x, False, geom.pt, geom.pl, Hq * sh, Wq * sw, dtype, _threads(geom))
     if sh == sw == 1:
         return xp, Hq, Wq
     xq = xp.reshape(geom.N, geom.C, Hq, sh, Wq, sw).transpose(0, 1, 3, 5, 2, 4)
     return np.ascontiguousarray(xq), Hq, Wq
 
 
-def _padded(x, nhwc, pt, pl, Hp, Wp, dtype):
+def _threads(geom):
+    """Threads for every region of one convolution call: the cost model's "conv" kind
+    (serial below 2^20 multiply-adds, see fastnn_ext/_cost.h)."""
+    return threads_for(geom.macs, "conv")
+
+
+def _padded(x, nhwc, pt, pl, Hp, Wp, dtype, nt):
     """A 4-D image zero-padded to Hp x Wp with its first row at pt and first column at
     pl (both >= 0; the rest of the padding is at the bottom and right), in x's own
-    layout (NCHW or NHWC). One threaded pass that writes each element once:
+    layout (NCHW or NHWC), on nt threads. One threaded pass that writes each element once:
     N8 C64 28x28 NCHW padded by 1 measured 0.087 ms with np.zeros and a slice
     assignment, which writes the interior twice and copies rows of 28 one at a time."""
     if nhwc:
@@ -202,7 +208,7 @@ def _padded(x, nhwc, pt, pl, Hp, Wp, dtype):
         planes, C, shape = N * C, 1, (N, C, Hp, Wp)
     xp = np.empty(shape, dtype=dtype)
     _conv.pad_planes(contiguous(x, dtype).reshape(-1), xp.reshape(-1), planes, H, W, C, pt, pl,
-                     Hp, Wp, get_num_threads())
+                     Hp, Wp, nt)
     return xp
 
 
@@ -299,7 +305,7 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         xc = xq
     _conv.conv2d_forward(xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
-                         geom.kernel_args(), geom.nhwc and not out_nhwc, get_num_threads(),
+                         geom.kernel_args(), geom.nhwc and not out_nhwc, _threads(geom),
                          None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
 
 
@@ -308,7 +314,7 @@ def _winograd_forward(x, weight, bias, buf, geom, dtype, blocks, flipped=False):
     not finite, so that Inf and NaN propagate exactly as on the direct path.
     ``flipped``: ``weight`` is the forward kernel whose flipped, transposed copy this
     convolution uses (grad_x); the transform reads it in place."""
-    nt = get_num_threads()
+    nt = _threads(geom)
     u = np.empty(36 * geom.K * geom.C, dtype=dtype)
     _winograd.transform_weight(contiguous(weight, dtype).reshape(-1), u, geom.C, geom.K,
                                geom.nhwc, nt, flipped)
@@ -375,7 +381,7 @@ def conv2d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike, *,
 def _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad):
     dtype = result_dtype(grad_y, x, weight)
     gyc = contiguous(grad_y, dtype).reshape(-1)
-    nt = get_num_threads()
+    nt = _threads(geom)
     grad_x = grad_w = grad_b = None
     if need_input_grad:
         grad_x = np.empty(geom.x_shape, dtype=dtype)
@@ -431,7 +437,7 @@ def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):
     kg = geom.K // geom.groups
     if _weight_grad_from_cols(geom):
         P, ckk = geom.Ho * geom.Wo, geom.C * geom.kh * geom.kw
-        cols = _im2col(contiguous(x, dtype), geom)
+        cols = _im2col(contiguous(x, dtype), geom, nt)
         _conv.conv2d_weight_grad_cols(cols.reshape(-1), gyc, grad_w.reshape(-1), geom.N, P,
                                       ckk, geom.K, geom.nhwc, nt)
         return
@@ -510,14 +516,15 @@ def _cols_shape(geom):
     return (geom.N, ckk, geom.Ho * geom.Wo)
 
 
-def _im2col(x, geom):
-    """:func:`im2col` of a float image of shape ``geom.x_shape``, checked by the caller."""
+def _im2col(x, geom, nt=None):
+    """:func:`im2col` of a float image of shape ``geom.x_shape``, checked by the caller,
+    on nt threads (None: :func:`get_num_threads`)."""
     cols = np.empty(_cols_shape(geom), dtype=x.dtype)
     if cols.size and not x.size:
         cols.fill(0)            # an empty image under padding: every patch is padding
     elif cols.size:
         _conv.im2col(contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args(),
-                     geom.nhwc, get_num_threads())
+                     geom.nhwc, get_num_threads() if nt is None else nt)
     return cols
 
 
@@ -890,7 +897,7 @@ def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
             dst = np.empty(tg.fwd.x_shape, dtype=dtype) if tg.cropped else buf
             try:
                 _input_grad(x, contiguous(x, dtype).reshape(-1), weight, dst, tg.fwd, dtype,
-                            get_num_threads())
+                            _threads(tg.fwd))
             except MemoryError as exc:
                 raise memory_error(fn, exc) from None
             if tg.cropped:
@@ -960,7 +967,7 @@ def _phase_forward(x, weight, bias, buf, tg, dtype):
     # them per group it runs the channel-major kernel and stores NHWC (as _forward).
     out_nhwc = tg.nhwc and cog < 64 // np.dtype(dtype).itemsize
     if not out_nhwc:
-        xp = _padded(x, tg.nhwc, pt, pl, Hp, Wp, dtype)
+        xp = _padded(x, tg.nhwc, pt, pl, Hp, Wp, dtype, _threads(tg.fwd))
     else:
         xp = np.zeros((N, Cin, Hp, Wp), dtype=dtype)
         xp[:, :, pt:pt + tg.H, pl:pl + tg.W] = x.transpose(0, 3, 1, 2)
@@ -969,7 +976,7 @@ def _phase_forward(x, weight, bias, buf, tg, dtype):
     else:
         view = (Cout * tg.Ho * tg.Wo, tg.Ho * tg.Wo, sh * tg.Wo, sw)
     bc = None if bias is None else contiguous(bias, dtype)
-    flat, xflat, nt = buf.reshape(-1), xp.reshape(-1), get_num_threads()
+    flat, xflat, nt = buf.reshape(-1), xp.reshape(-1), _threads(tg.fwd)
     for oh, nh, rh, th, fh in rows:
         for ow, nw, rw, tw, fw in cols:
             start = (oh * tg.Wo + ow) * (Cout if tg.nhwc else 1)
@@ -1047,7 +1054,7 @@ def conv_transpose2d_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike
 
 def _transpose_backward(fn, grad_y, x, weight, tg, bias, need_input_grad, need_weight_grad):
     dtype = result_dtype(grad_y, x, weight)
-    nt = get_num_threads()
+    nt = get_num_threads() if tg.fwd is None else _threads(tg.fwd)
     grad_x = grad_w = grad_b = None
     reach = None if tg.fwd is None else tg.crop(grad_y)
     splits = {}     # grad_x and grad_weight both read reach padded and phase-split

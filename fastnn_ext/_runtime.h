@@ -218,7 +218,7 @@ static struct {
     frt_slot slot[FRT_MAX_THREADS];
     pthread_t thread[FRT_MAX_THREADS];
     /* statistics, for tests and the benchmark */
-    atomic_long regions, shrunk, serial_busy, created, loadavg_reads;
+    atomic_long regions, teams, shrunk, serial_busy, created, loadavg_reads;
     int initialised;
 } frt_pool;
 
@@ -462,6 +462,7 @@ static int frt_parallel(void (*fn)(void *), void *data, int n, int exact) {
         frt_run_serial(fn, data);
         return 1;
     }
+    atomic_fetch_add(&frt_pool.teams, 1);
     frt_team *t = &frt_pool.team;
     t->fn = fn;
     t->data = data;

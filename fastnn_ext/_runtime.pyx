@@ -5,9 +5,10 @@ This module is loaded with RTLD_GLOBAL before any kernel module (fastnn_ext/__in
 the kernel modules' OpenMP entry points (_omp_shim.h) resolve ``fastnn_rt_*`` here.
 """
 
-from fastnn_ext._cost cimport (FASTNN_SERIAL_BELOW_ELEMENTWISE, FASTNN_SERIAL_BELOW_EXP,
-                              FASTNN_SERIAL_BELOW_GATE, FASTNN_SERIAL_BELOW_MAC,
-                              FASTNN_SERIAL_BELOW_POOL, FASTNN_SERIAL_BELOW_RECURRENT)
+from fastnn_ext._cost cimport (FASTNN_SERIAL_BELOW_CONV, FASTNN_SERIAL_BELOW_ELEMENTWISE,
+                              FASTNN_SERIAL_BELOW_EXP, FASTNN_SERIAL_BELOW_GATE,
+                              FASTNN_SERIAL_BELOW_MAC, FASTNN_SERIAL_BELOW_POOL,
+                              FASTNN_SERIAL_BELOW_RECURRENT)
 
 #: The cost model (``_cost.h``): below these amounts of work a call runs serially.
 SERIAL_BELOW = {
@@ -17,6 +18,7 @@ SERIAL_BELOW = {
     "gate": FASTNN_SERIAL_BELOW_GATE,
     "recurrent": FASTNN_SERIAL_BELOW_RECURRENT,
     "pool": FASTNN_SERIAL_BELOW_POOL,
+    "conv": FASTNN_SERIAL_BELOW_CONV,
 }
 
 cdef extern from "_runtime.h" nogil:
@@ -34,6 +36,7 @@ cdef extern from "_runtime.h" nogil:
         unsigned long long idle_spin_ns
         int check_contention
         long regions
+        long teams
         long shrunk
         long serial_busy
         long created
@@ -84,6 +87,7 @@ def stats():
         "idle_spin_us": frt_pool.idle_spin_ns // 1000,
         "check_contention": bool(frt_pool.check_contention),
         "regions": frt_pool.regions,
+        "teams": frt_pool.teams,
         "shrunk": frt_pool.shrunk,
         "serial_busy": frt_pool.serial_busy,
         "threads_created": frt_pool.created,

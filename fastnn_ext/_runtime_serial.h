@@ -39,7 +39,7 @@ static struct {
     int limit;                /* threadpoolctl's limit, 0 = none */
     uint64_t idle_spin_ns;
     int check_contention;
-    long regions, shrunk, serial_busy, created, loadavg_reads;
+    long regions, teams, shrunk, serial_busy, created, loadavg_reads;
     frt_slot slot[FRT_MAX_THREADS];
 } frt_pool;
 

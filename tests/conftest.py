@@ -22,6 +22,29 @@ def _parallel_teams_even_on_a_busy_machine():
 
 
 @pytest.fixture(autouse=True)
+def _convolutions_parallel_at_any_size():
+    """The tests' convolutions are small; below 2^20 multiply-adds the cost model would
+    run them serially, and the thread-count tests would compare serial with serial.
+    Every test therefore runs convolutions on their thread count at any size (as the
+    pool did before the "conv" cost kind); the cost model itself is tested in
+    test_pool.py with its real threshold (the ``real_conv_cost_model`` fixture)."""
+    from helpers import convolutions_parallel_at_any_size
+    with convolutions_parallel_at_any_size():
+        yield
+
+
+@pytest.fixture
+def real_conv_cost_model():
+    """Undo _convolutions_parallel_at_any_size for one test."""
+    from fastnn import _threads
+    from fastnn_ext import _runtime
+    old = _threads.SERIAL_BELOW["conv"]
+    _threads.SERIAL_BELOW["conv"] = _runtime.SERIAL_BELOW["conv"]
+    yield
+    _threads.SERIAL_BELOW["conv"] = old
+
+
+@pytest.fixture(autouse=True)
 def _default_thread_count():
     """Every test starts and ends with fastnn's default thread count."""
     import fastnn

@@ -1,4 +1,5 @@
 """Test helpers shared by the test modules (tests/ is on sys.path via conftest.py)."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -125,6 +126,22 @@ def memory_variants(a):
     for v in out.values():
         np.testing.assert_array_equal(v, a)
     return out
+
+
+@contextlib.contextmanager
+def convolutions_parallel_at_any_size():
+    """Within the block every convolution call uses its thread count, however small
+    (the cost model runs calls below 2^20 multiply-adds serially): so that the tests'
+    small shapes exercise the split of the work between threads. conftest.py applies
+    it to every test; ``_threads.SERIAL_BELOW["conv"]`` is the real threshold inside
+    ``real_conv_cost_model``."""
+    from fastnn import _threads
+    old = _threads.SERIAL_BELOW["conv"]
+    _threads.SERIAL_BELOW["conv"] = 0
+    try:
+        yield
+    finally:
+        _threads.SERIAL_BELOW["conv"] = old
 
 
 def assert_thread_count_invariant(fn, counts=(1, 2, 3)):

@@ -403,6 +403,45 @@ def test_a_held_machine_is_not_re_read_before_every_region():
         assert _runtime.stats()["loadavg_reads"] == s1["loadavg_reads"] + 1
 
 
+@needs_workers
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_small_convolutions_run_serially_by_the_cost_model(real_conv_cost_model, layout):
+    # Below 2^20 multiply-adds a convolution call starts no parallel region (waking a
+    # sleeping worker costs more than the call); from there on it does. The results
+    # are the same bits either way.
+    rng = np.random.default_rng(5)
+
+    def regions_of(N, C, H, W, K, backward):
+        nhwc = layout == "NHWC"
+        x = rng.standard_normal((N, H, W, C) if nhwc else (N, C, H, W)).astype(np.float32)
+        w = rng.standard_normal((3, 3, C, K) if nhwc else (K, C, 3, 3)).astype(np.float32)
+        gy = rng.standard_normal((N, H, W, K) if nhwc else (N, K, H, W)).astype(np.float32)
+        call = ((lambda: fastnn.conv2d_backward(gy, x, w, padding=1, layout=layout))
+                if backward else (lambda: (fastnn.conv2d(x, w, padding=1, layout=layout),)))
+        with fastnn.threads(1):
+            want = call()
+        before = _runtime.stats()["teams"]
+        with fastnn.threads(2):
+            got = call()
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b)
+        return _runtime.stats()["teams"] - before
+
+    for backward in (False, True):
+        assert regions_of(32, 8, 4, 4, 16, backward) == 0        # 589,824 multiply-adds
+        assert regions_of(1, 3, 8, 8, 4, backward) == 0          # 6,912
+        assert regions_of(16, 8, 16, 16, 16, backward) > 0       # 4,718,592
+    # conv_transpose2d counts the multiply-adds of its adjoint convolution
+    x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    before = _runtime.stats()["teams"]
+    with fastnn.threads(2):
+        fastnn.conv_transpose2d(x, w, stride=2, padding=1)
+        fastnn.conv_transpose2d_backward(
+            rng.standard_normal((1, 4, 15, 15)).astype(np.float32), x, w, stride=2, padding=1)
+    assert _runtime.stats()["teams"] == before
+
+
 # ------------------------------------------------------------------ coexistence
 def test_coexistence_routes_openblas_and_keeps_results():
     import scipy.linalg.blas as sblas
