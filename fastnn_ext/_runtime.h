@@ -214,6 +214,7 @@ static struct {
     uint64_t loadavg_at;      /* last read, ns (see frt_others_running) */
     int loadavg_others;       /* the other tasks it saw */
     uint64_t loadavg_held_at; /* first of the reads since that all saw others, 0 = none */
+    _Atomic uint64_t last_end_ns;   /* when the last checked region ended */
     frt_team team;
     frt_slot slot[FRT_MAX_THREADS];
     pthread_t thread[FRT_MAX_THREADS];
@@ -245,6 +246,7 @@ static void frt_reset_state(void) {
     memset(&frt_pool.team, 0, sizeof(frt_pool.team));
     frt_pool.loadavg_at = 0;
     frt_pool.loadavg_held_at = 0;
+    atomic_store(&frt_pool.last_end_ns, 0);
     frt_tls_team = NULL;
     frt_tls_tid = 0;
 }
@@ -352,10 +354,15 @@ static int frt_ensure_workers(int n) {
  * put a worker on a core another library's spinner holds, the slow case this check
  * exists for. The 0.5 ms keeps short-lived tasks out: with "two reads in a row" as the
  * rule, back-to-back relu of 2^18 floats (13 us regions, the machine otherwise idle)
- * ran 3-4% of its regions on one thread, against 0.3-0.8% re-reading every 20 us. */
+ * ran 3-4% of its regions on one thread, against 0.3-0.8% re-reading every 20 us.
+ * A free reading is also kept, up to 1 ms, while regions follow each other within
+ * 20 us of the last one's end (kernels called back to back from Python): nothing
+ * else can have run a thread team in such a gap, and re-reading cost back-to-back
+ * relu_backward of 2^20 floats (~40 us a call) 4% of its time. */
 #define FRT_LOADAVG_FREE_NS 20000u
 #define FRT_LOADAVG_SPAN_NS 500000u
 #define FRT_LOADAVG_HELD_MAX_NS 10000000u
+#define FRT_LOADAVG_CHAIN_NS 1000000u
 
 /* Tasks running on the machine other than the caller and our own spinning workers,
  * counted when the reading is taken (our workers' states then, not now: a worker that
@@ -366,6 +373,10 @@ static int frt_others_running(void) {
     uint64_t ttl = FRT_LOADAVG_FREE_NS;
     if (held >= FRT_LOADAVG_SPAN_NS)
         ttl = held / 4 < FRT_LOADAVG_HELD_MAX_NS ? held / 4 : FRT_LOADAVG_HELD_MAX_NS;
+    uint64_t last_end = atomic_load_explicit(&frt_pool.last_end_ns, memory_order_relaxed);
+    if (ttl < FRT_LOADAVG_CHAIN_NS && frt_pool.loadavg_others == 0 && last_end
+            && now - last_end <= FRT_LOADAVG_FREE_NS)
+        ttl = FRT_LOADAVG_CHAIN_NS;   /* a free reading, regions back to back: see above */
     if (frt_pool.loadavg_at == 0 || now - frt_pool.loadavg_at > ttl) {
         char buf[128];
         int running = 1;
@@ -460,6 +471,7 @@ static int frt_parallel(void (*fn)(void *), void *data, int n, int exact) {
     if (n <= 1) {
         pthread_mutex_unlock(&frt_pool.busy);
         frt_run_serial(fn, data);
+        atomic_store_explicit(&frt_pool.last_end_ns, frt_now_ns(), memory_order_relaxed);
         return 1;
     }
     atomic_fetch_add(&frt_pool.teams, 1);
@@ -499,6 +511,7 @@ static int frt_parallel(void (*fn)(void *), void *data, int n, int exact) {
             }
         }
     }
+    atomic_store_explicit(&frt_pool.last_end_ns, frt_now_ns(), memory_order_relaxed);
     pthread_mutex_unlock(&frt_pool.busy);
     return 1;
 }
