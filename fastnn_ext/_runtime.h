@@ -12,9 +12,9 @@
  *    back-to-back kernel calls from Python, short next to a NumPy call), then sleep
  *    on a futex;
  *  - before a region, reads how many tasks are running on the machine
- *    (/proc/loadavg, ~1.3 us; see frt_others_running) and shrinks the team to the cores that are free, so a
- *    kernel called while another library's workers still spin runs serially instead
- *    of waiting for a core at every barrier;
+ *    (/proc/loadavg, ~1.3 us; reused as frt_others_running says) and shrinks the
+ *    team to the cores that are free, so a kernel called while another library's
+ *    workers still spin runs serially instead of waiting for a core at every barrier;
  *  - re-creates itself in a forked child (pthread_atfork), so a child can run
  *    parallel kernels;
  *  - runs one team at a time: a second Python thread calling a kernel meanwhile gets a
@@ -366,7 +366,8 @@ static int frt_ensure_workers(int n) {
 
 /* Tasks running on the machine other than the caller and our own spinning workers,
  * counted when the reading is taken (our workers' states then, not now: a worker that
- * spun at the read and sleeps now must not count as another task for 2 ms). */
+ * spun at the read and sleeps now must not count as another task while the reading
+ * is reused). */
 static int frt_others_running(void) {
     uint64_t now = frt_now_ns();
     uint64_t held = frt_pool.loadavg_held_at ? frt_pool.loadavg_at - frt_pool.loadavg_held_at : 0;
@@ -408,6 +409,15 @@ static int frt_others_running(void) {
         atomic_fetch_add(&frt_pool.loadavg_reads, 1);
     }
     return frt_pool.loadavg_others;
+}
+
+/* A team of n shrunk to the cores the other tasks leave free (at least 1); the caller
+ * holds the pool's busy lock. */
+static int frt_free_team(int n) {
+    int free_cpus = frt_pool.online_cpus - frt_others_running();
+    if (free_cpus < n)
+        n = free_cpus > 1 ? free_cpus : 1;
+    return n;
 }
 
 static void frt_run_serial(void (*fn)(void *), void *data) {
@@ -454,9 +464,9 @@ static int frt_parallel(void (*fn)(void *), void *data, int n, int exact) {
         return 1;
     }
     if (!exact && frt_pool.check_contention) {
-        int free_cpus = frt_pool.online_cpus - frt_others_running();
-        if (free_cpus < n) {
-            n = free_cpus > 1 ? free_cpus : 1;
+        int m = frt_free_team(n);
+        if (m < n) {
+            n = m;
             atomic_fetch_add(&frt_pool.shrunk, 1);
         }
     }
@@ -537,10 +547,8 @@ FRT_EXPORT int fastnn_rt_team_size(int n) {
         return n;
     if (pthread_mutex_trylock(&frt_pool.busy) != 0)
         return 1;
-    int free_cpus = frt_pool.online_cpus - frt_others_running();
+    n = frt_free_team(n);
     pthread_mutex_unlock(&frt_pool.busy);
-    if (free_cpus < n)
-        n = free_cpus > 1 ? free_cpus : 1;
     return n;
 }
 
