@@ -412,17 +412,21 @@ def test_back_to_back_regions_reuse_a_free_reading():
     try:
         x = np.random.default_rng(0).standard_normal(1 << 17)   # parallel from 2^16
         time.sleep(0.02)       # past any held reading an earlier test left (<= 10 ms)
-        with fastnn.threads(2):
-            fastnn.relu(x)
-            s0 = _runtime.stats()
-            t0 = time.perf_counter()
-            for _ in range(200):
+        for _ in range(5):     # a loop during which no other task took a core
+            with fastnn.threads(2):
                 fastnn.relu(x)
-            elapsed = time.perf_counter() - t0
-        s1 = _runtime.stats()
+                s0 = _runtime.stats()
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    fastnn.relu(x)
+                elapsed = time.perf_counter() - t0
+            s1 = _runtime.stats()
+            if s1["shrunk"] == s0["shrunk"]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.skip("other tasks held the cores during every loop")
         reads = s1["loadavg_reads"] - s0["loadavg_reads"]
-        if s1["shrunk"] - s0["shrunk"] > 20:
-            pytest.skip("other tasks held the cores during the loop")
         # at most one read a millisecond (plus those after a gap the scheduler made),
         # against one every 20 us before
         assert reads <= 10 + elapsed / 1e-3, (reads, elapsed)
