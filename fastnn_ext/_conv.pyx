@@ -16,11 +16,19 @@ from libc.string cimport memset, memcpy
 from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_ELEMENTWISE
 from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, FASTNN_UGEMM_SCRATCH
 
+cdef extern from "_transpose.h" nogil:
+    int fastnn_transpose_pick()
+    void fastnn_transpose_f(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd,
+                            Py_ssize_t nk, Py_ssize_t np)
+    void fastnn_transpose_d(const double* src, Py_ssize_t lds, double* dst, Py_ssize_t ldd,
+                            Py_ssize_t nk, Py_ssize_t np)
+
 
 
 # The SIMD level of the register-blocked kernel (0 baseline, 1 AVX2+FMA, 2 AVX-512),
 # picked once at import like every family's (_simd.h; FASTNN_UKERNEL_MAX caps it).
 SIMD_LEVEL = UKERNEL_LEVEL = fastnn_ukernel_pick()
+fastnn_transpose_pick()
 
 
 cdef struct Geom:
@@ -550,13 +558,19 @@ cdef void implicit_item(const floating* xq, const floating* w, const floating* b
               xq + (n * g.C + grp * g.Cg) * g.sh * g.sw * plane + oh0 * Wq, boff, tmp, tq,
               False, bg, <floating*>NULL, scratch)
         if out_nhwc:
-            # NHWC output from the channel-major tile (few output channels).
+            # NHWC output from the channel-major tile (few output channels), a row at
+            # a time through the blocked transpose of _transpose.h.
             for oh in range(oh0, oh1):
-                for ow in range(g.Wo):
-                    src = tmp + (oh - oh0) * Wq + ow
-                    dst = y + n * v.sn + oh * v.sh + ow * v.sw + (grp * g.Kg + k0) * v.sk
-                    for k in range(k1 - k0):
-                        dst[k * v.sk] = src[k * tq]
+                src = tmp + (oh - oh0) * Wq
+                dst = y + n * v.sn + oh * v.sh + (grp * g.Kg + k0) * v.sk
+                if v.sk != 1:
+                    for ow in range(g.Wo):
+                        for k in range(k1 - k0):
+                            dst[ow * v.sw + k * v.sk] = src[k * tq + ow]
+                elif floating is float:
+                    fastnn_transpose_f(src, tq, dst, v.sw, k1 - k0, g.Wo)
+                else:
+                    fastnn_transpose_d(src, tq, dst, v.sw, k1 - k0, g.Wo)
             return
         for k in range(k1 - k0):
             for oh in range(oh0, oh1):

@@ -24,6 +24,11 @@ SCRIPT = textwrap.dedent("""
         (2, 16, 8, 9, 32, 1, 3, 3, 1, 1, 1, "NHWC"),
         (1, 32, 7, 7, 40, 2, 3, 3, 2, "same", 1, "NHWC"),
         (2, 3, 9, 9, 5, 1, 2, 2, 1, 0, 1, "NHWC"),
+        # Few output channels in NHWC: the channel-major kernel's tile is stored
+        # through the blocked transpose (8 floats / 4 doubles a block, the rest
+        # one by one; rows of 10 and 13 pixels).
+        (2, 3, 10, 13, 12, 1, 3, 3, 1, 1, 1, "NHWC"),
+        (1, 2, 9, 12, 7, 1, 2, 3, 1, 0, 1, "NHWC"),
     ]
     worst = 0.0
     for N, C, H, W, K, G, kh, kw, s, p, d, layout in cases:
