@@ -17,7 +17,7 @@ from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_ELEMENTWISE
 from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, FASTNN_UGEMM_SCRATCH
 
 cdef extern from "_transpose.h" nogil:
-    int fastnn_transpose_pick()
+    # (picked with the register-blocked kernel: fastnn_ukernel_pick)
     void fastnn_transpose_f(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd,
                             Py_ssize_t nk, Py_ssize_t np)
     void fastnn_transpose_d(const double* src, Py_ssize_t lds, double* dst, Py_ssize_t ldd,
@@ -28,7 +28,6 @@ cdef extern from "_transpose.h" nogil:
 # The SIMD level of the register-blocked kernel (0 baseline, 1 AVX2+FMA, 2 AVX-512),
 # picked once at import like every family's (_simd.h; FASTNN_UKERNEL_MAX caps it).
 SIMD_LEVEL = UKERNEL_LEVEL = fastnn_ukernel_pick()
-fastnn_transpose_pick()
 
 
 cdef struct Geom:
