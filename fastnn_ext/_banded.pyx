@@ -19,6 +19,13 @@ from libc.stdint cimport uint8_t, uint64_t, int64_t
 
 from fastnn_ext._ukernel cimport fastnn_ukernel_pick, pgemm
 
+cdef extern from "_transpose.h" nogil:
+    # (picked with the register-blocked kernel: fastnn_ukernel_pick)
+    void fastnn_transpose_f(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd,
+                            Py_ssize_t nk, Py_ssize_t np)
+    void fastnn_transpose_d(const double* src, Py_ssize_t lds, double* dst, Py_ssize_t ldd,
+                            Py_ssize_t nk, Py_ssize_t np)
+
 
 import numpy as np
 
@@ -302,20 +309,50 @@ cdef inline void tile_rows(Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t lower, Py_ss
         i1[0] = i0[0]
 
 
+cdef inline void band_tile_row(floating* row, const floating* src, Py_ssize_t i,
+                               Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t lower,
+                               Py_ssize_t upper) noexcept nogil:
+    # row[j - j0] = src[j - j0] on row i's band columns of [j0, j1), 0 elsewhere (exact
+    # zeros: a NaN outside the band is dropped). src may be row itself.
+    cdef Py_ssize_t j, lo = imax(j0, i - lower), hi = imin(j1, i + upper + 1)
+    if hi < lo:
+        hi = lo = j1
+    for j in range(j0, lo):
+        row[j - j0] = 0
+    if src != <const floating*>row:
+        for j in range(lo, hi):
+            row[j - j0] = src[j - j0]
+    for j in range(hi, j1):
+        row[j - j0] = 0
+
+
 cdef void tiled_item(const floating[:, ::1] x, const floating[:, :] w, floating[:, ::1] y,
                      Py_ssize_t lower, Py_ssize_t upper, Py_ssize_t j0, Py_ssize_t j1,
                      floating* tile) noexcept nogil:
+    # The tile of band(w) (rows [i0, i1), columns [j0, j1)) is copied a row at a time
+    # (runs, not a test per element); a transposed w (backward: w.T) through the blocked
+    # transpose of _transpose.h, then masked. Element by element with the band test,
+    # these copies took as long as the products (banded_matmul_backward B128 n2048
+    # band (256, 256)).
     cdef Py_ssize_t B = x.shape[0], n_in = x.shape[1], n_out = y.shape[1]
     cdef Py_ssize_t i0, i1, i, j, width = j1 - j0
+    cdef Py_ssize_t s0 = w.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t s1 = w.strides[1] // <Py_ssize_t>sizeof(floating)
     tile_rows(j0, j1, lower, upper, n_in, &i0, &i1)
     if i1 <= i0:
         return
-    if w.strides[1] <= w.strides[0]:
+    if s1 == 1:
         for i in range(i0, i1):
-            for j in range(j0, j1):
-                tile[(i - i0) * width + j - j0] = \
-                    w[i, j] if (i - j <= lower and j - i <= upper) else 0
-    else:   # a transposed w: read it along its memory order
+            band_tile_row(tile + (i - i0) * width, &w[i, j0], i, j0, j1, lower, upper)
+    elif s0 == 1:
+        if floating is float:
+            fastnn_transpose_f(&w[i0, j0], s1, tile, width, width, i1 - i0)
+        else:
+            fastnn_transpose_d(&w[i0, j0], s1, tile, width, width, i1 - i0)
+        for i in range(i0, i1):
+            band_tile_row(tile + (i - i0) * width, tile + (i - i0) * width, i, j0, j1,
+                          lower, upper)
+    else:
         for j in range(j0, j1):
             for i in range(i0, i1):
                 tile[(i - i0) * width + j - j0] = \
