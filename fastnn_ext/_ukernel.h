@@ -147,22 +147,25 @@ UK_DISPATCH(fastnn_ugemm_d, fastnn_d, double)
  * kernel, for products computed inside a prange. BLAS is not used there: its result
  * bits depend on its own thread count (OpenBLAS splits some shapes differently on 1
  * and 2 threads), and holding it to one thread would change it for every other
- * thread of the process. K is cut in blocks (partial sums added in a fixed order, so
- * the bits depend on the shape only): of FASTNN_PG_KB, the register-blocked kernel's
- * own K chunk; with a transposed B, of 64 to FASTNN_PG_KB rows, about FASTNN_PG_PACKED
- * elements of B (nb <= FASTNN_PG_NB columns at a time, so that the packed block stays
- * in L1), packed a block at a time into a buffer on the stack through _transpose.h's
- * blocked copy. No allocation, no failure. Measured against blocks of 64 rows
- * everywhere and the element-by-element packing (2 threads, Zen 5, interleaved A/B):
- * conv2d_backward N32 C3 64x64 K8 k4 NCHW (weight gradient: n 8, k the pixels of a
- * tile) 2.08 -> 1.75 ms. */
+ * thread of the process. K is cut in blocks (partial sums added in a fixed order):
+ * of FASTNN_PG_KB, the register-blocked kernel's own K chunk; with a transposed B, of
+ * FASTNN_PG_KB_PACKED rows, packed FASTNN_PG_NB_PACKED columns at a time (32 KB of
+ * floats, in L1) into a buffer on the stack through _transpose.h's blocked copy. The
+ * block sizes depend on nothing but the transposes: callers split m and n over a team
+ * (the recurrent products), and the bits must not depend on those splits (a K block
+ * taken from n made them differ between thread counts). No allocation, no failure.
+ * Measured against K blocks of 64 with 256-column element-by-element packing (2
+ * threads, Zen 5, interleaved A/B): conv2d_backward N32 C3 64x64 K8 k4 NCHW (its
+ * weight gradient: a transposed B of 8 columns, k the pixels of a tile) 2.08 -> 1.81
+ * ms; K blocks of 512 with a transposed B (a 64 KB panel) made locally_connected2d
+ * N32 16x16x32 k3 7% slower, these 0.99-1.0x. */
 #define FASTNN_PG_KB 512
-#define FASTNN_PG_NB 256
-#define FASTNN_PG_PANEL_ELEMS (64 * FASTNN_PG_NB)
-#define FASTNN_PG_PACKED 4096
+#define FASTNN_PG_KB_PACKED 256
+#define FASTNN_PG_NB_PACKED 32
+#define FASTNN_PG_PANEL_ELEMS (FASTNN_PG_KB_PACKED * FASTNN_PG_NB_PACKED)
 /* The packing buffer: a variable-length array only as long as needed with gcc; MSVC
  * has no variable-length arrays (optional in C11), so the portable spelling always
- * reserves the whole buffer (128 KB of doubles). */
+ * reserves the whole buffer (64 KB of doubles). */
 #ifdef FASTNN_GNU_C
 #define FASTNN_PG_PANEL(T) T panel[trans_b ? FASTNN_PG_PANEL_ELEMS : 1]
 #else
@@ -179,10 +182,8 @@ UK_DISPATCH(fastnn_ugemm_d, fastnn_d, double)
         ptrdiff_t k0, kk, n0, j, kbmax = FASTNN_PG_KB;                                  \
         if (m <= 0 || n <= 0)                                                           \
             return;                                                                     \
-        if (trans_b) {                                                                  \
-            kbmax = FASTNN_PG_PACKED / (n < FASTNN_PG_NB ? n : FASTNN_PG_NB);           \
-            kbmax = kbmax < 64 ? 64 : kbmax > FASTNN_PG_KB ? FASTNN_PG_KB : kbmax;      \
-        }                                                                               \
+        if (trans_b)                                                                    \
+            kbmax = FASTNN_PG_KB_PACKED;                                                \
         if (k <= 0) {                                                                   \
             if (!accumulate)                                                            \
                 for (k0 = 0; k0 < m; k0++)                                              \
@@ -202,8 +203,8 @@ UK_DISPATCH(fastnn_ugemm_d, fastnn_d, double)
                    NULL, NULL, scratch);                                                \
                 continue;                                                               \
             }                                                                           \
-            for (n0 = 0; n0 < n; n0 += FASTNN_PG_NB) {                                  \
-                ptrdiff_t nb = n - n0 < FASTNN_PG_NB ? n - n0 : FASTNN_PG_NB;           \
+            for (n0 = 0; n0 < n; n0 += FASTNN_PG_NB_PACKED) {                           \
+                ptrdiff_t nb = n - n0 < FASTNN_PG_NB_PACKED ? n - n0 : FASTNN_PG_NB_PACKED; \
                 TR(b + n0 * ldb + k0, ldb, panel, nb, nb, kb);                          \
                 for (kk = 0; kk < kb; kk++)                                             \
                     boff[kk] = kk * nb;                                                 \
