@@ -235,6 +235,9 @@ static inline uint64_t fastnn_nonzero_bits64(const unsigned char* m) {
     for (int q = 0; q < 8; q++) {
         uint64_t w;
         memcpy(&w, m + 8 * q, 8);
+        if (!w)
+            continue;   /* most words of a sparse mask: masked_matmul B64 2048x2048
+                           at 1% density with a mask array, 2 threads, 0.59 -> 0.51 ms */
         w = (((w & low7) + low7) | w) & ~low7;
         bits |= ((w >> 7) * 0x0102040810204080ULL >> 56) << (8 * q);
     }
