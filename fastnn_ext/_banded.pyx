@@ -17,14 +17,7 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 
-from fastnn_ext._ukernel cimport fastnn_ukernel_pick, pgemm
-
-cdef extern from "_transpose.h" nogil:
-    # (picked with the register-blocked kernel: fastnn_ukernel_pick)
-    void fastnn_transpose_f(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd,
-                            Py_ssize_t nk, Py_ssize_t np)
-    void fastnn_transpose_d(const double* src, Py_ssize_t lds, double* dst, Py_ssize_t ldd,
-                            Py_ssize_t nk, Py_ssize_t np)
+from fastnn_ext._ukernel cimport fastnn_ukernel_pick, pgemm, transpose_tile
 
 
 import numpy as np
@@ -345,10 +338,7 @@ cdef void tiled_item(const floating[:, ::1] x, const floating[:, :] w, floating[
         for i in range(i0, i1):
             band_tile_row(tile + (i - i0) * width, &w[i, j0], i, j0, j1, lower, upper)
     elif s0 == 1:
-        if floating is float:
-            fastnn_transpose_f(&w[i0, j0], s1, tile, width, width, i1 - i0)
-        else:
-            fastnn_transpose_d(&w[i0, j0], s1, tile, width, width, i1 - i0)
+        transpose_tile(&w[i0, j0], s1, tile, width, width, i1 - i0)
         for i in range(i0, i1):
             band_tile_row(tile + (i - i0) * width, tile + (i - i0) * width, i, j0, j1,
                           lower, upper)

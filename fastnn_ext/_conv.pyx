@@ -14,14 +14,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
 from fastnn_ext._cost cimport FASTNN_SERIAL_BELOW_ELEMENTWISE
-from fastnn_ext._ukernel cimport pgemm, ugemm, fastnn_ukernel_pick, FASTNN_UGEMM_SCRATCH
-
-cdef extern from "_transpose.h" nogil:
-    # (picked with the register-blocked kernel: fastnn_ukernel_pick)
-    void fastnn_transpose_f(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd,
-                            Py_ssize_t nk, Py_ssize_t np)
-    void fastnn_transpose_d(const double* src, Py_ssize_t lds, double* dst, Py_ssize_t ldd,
-                            Py_ssize_t nk, Py_ssize_t np)
+from fastnn_ext._ukernel cimport (pgemm, ugemm, transpose_tile, fastnn_ukernel_pick,
+                                  FASTNN_UGEMM_SCRATCH)
 
 
 
@@ -559,17 +553,10 @@ cdef void implicit_item(const floating* xq, const floating* w, const floating* b
         if out_nhwc:
             # NHWC output from the channel-major tile (few output channels), a row at
             # a time through the blocked transpose of _transpose.h.
+            # (NHWC channels are contiguous: v.sk == 1, checked at the entry point)
             for oh in range(oh0, oh1):
-                src = tmp + (oh - oh0) * Wq
-                dst = y + n * v.sn + oh * v.sh + (grp * g.Kg + k0) * v.sk
-                if v.sk != 1:
-                    for ow in range(g.Wo):
-                        for k in range(k1 - k0):
-                            dst[ow * v.sw + k * v.sk] = src[k * tq + ow]
-                elif floating is float:
-                    fastnn_transpose_f(src, tq, dst, v.sw, k1 - k0, g.Wo)
-                else:
-                    fastnn_transpose_d(src, tq, dst, v.sw, k1 - k0, g.Wo)
+                transpose_tile(tmp + (oh - oh0) * Wq, tq,
+                               y + n * v.sn + oh * v.sh + grp * g.Kg + k0, v.sw, k1 - k0, g.Wo)
             return
         for k in range(k1 - k0):
             for oh in range(oh0, oh1):
@@ -804,7 +791,7 @@ def conv2d_forward(const floating[::1] x, const floating[::1] w, const floating[
         if not implicit or x_off < 0:
             raise ValueError("y_view and x_off need the implicit path (xq)")
         view.sn, view.sk, view.sh, view.sw = y_view
-        if g.nhwc and not out_nhwc and view.sk != 1:
+        if (g.nhwc or out_nhwc) and view.sk != 1:
             raise ValueError("an NHWC y_view needs contiguous channels")
     elif nhwc or out_nhwc:
         view.sn, view.sk, view.sh, view.sw = g.P * g.K, 1, g.Wo * g.K, g.K

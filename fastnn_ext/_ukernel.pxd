@@ -17,6 +17,11 @@ cdef extern from "_ukernel.h" nogil:
                         double* c, Py_ssize_t ldc, int accumulate, const double* bias_row,
                         const double* bias_col, double* scratch)
     Py_ssize_t FASTNN_UGEMM_SCRATCH(Py_ssize_t K)
+    # _transpose.h (included by _ukernel.h, picked by fastnn_ukernel_pick)
+    void fastnn_transpose_f(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd,
+                            Py_ssize_t nk, Py_ssize_t np)
+    void fastnn_transpose_d(const double* src, Py_ssize_t lds, double* dst, Py_ssize_t ldd,
+                            Py_ssize_t nk, Py_ssize_t np)
     void fastnn_pgemm_f(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                         const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb,
                         int accumulate, float* c, Py_ssize_t ldc)
@@ -48,3 +53,13 @@ cdef inline void pgemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, P
         fastnn_pgemm_f(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta != 0, c, ldc)
     else:
         fastnn_pgemm_d(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta != 0, c, ldc)
+
+
+cdef inline void transpose_tile(const floating* src, Py_ssize_t lds, floating* dst, Py_ssize_t ldd,
+                                Py_ssize_t nk, Py_ssize_t np) noexcept nogil:
+    # dst[p * ldd + k] = src[k * lds + p] for k < nk, p < np, in register blocks
+    # (_transpose.h); the values are moved, never changed.
+    if floating is float:
+        fastnn_transpose_f(src, lds, dst, ldd, nk, np)
+    else:
+        fastnn_transpose_d(src, lds, dst, ldd, nk, np)
