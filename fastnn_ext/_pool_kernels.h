@@ -269,6 +269,11 @@ FASTNN_POOL_KERNELS(float, f32)
 FASTNN_POOL_KERNELS(double, f64)
 #undef T
 
+/* The small-plane path of the 2x2 kernel: input columns 2 Wo and output rows per
+ * buffered block (a 16 x 64 buffer: 4 kB float, 8 kB double, plus 4 kB of flags). */
+#define FASTNN_POOL_SMALL_IN 64
+#define FASTNN_POOL_SMALL_ROWS 16
+
 #define FASTNN_POOL_2X2(T, SUF, V, ATTR)                                        \
 /* The 2x2 stride-2 window without padding or dilation (LeNet's and VGG's), NCHW: \
  * output rows [r0, r1) of the whole batch, row r being row r % Ho of plane      \
@@ -281,11 +286,92 @@ FASTNN_POOL_KERNELS(double, f64)
  * (_simd.h): with indices the AVX2 / AVX-512 loops measured about 4x the       \
  * baseline one (4.8 / 4.3 vs 17.4 ms for N32 C64 56x56, one thread), which has   \
  * no 64-bit selects. */                                                          \
+/* Small planes of the 2x2 stride-2 kernel (NCHW, 2 Wo <= FASTNN_POOL_SMALL_IN input \
+ * columns, LeNet's 8x8 and 28x28): rows of 4 to 16 outputs leave the vector loop  \
+ * of fastnn_pool_2x2_rows unused (perf: scalar selects, 14 cycles an output with \
+ * indices). Here blocks of up to FASTNN_POOL_SMALL_ROWS output rows go through a  \
+ * buffer in two passes, one of them flat over the block. Without indices:        \
+ * vertical pairs row by row (contiguous), then horizontal pairs flat -- the      \
+ * general loop's separable order. With indices (even H and W only, where the     \
+ * block's input rows are contiguous): horizontal pairs flat, then vertical      \
+ * pairs row by row. The order of the taps is the row-major one of the general    \
+ * loop: "take the later tap where it is larger or NaN" is associative, so       \
+ * pairing (a, b) and (c, d) first picks the same tap as a, b, c, d in turn. The  \
+ * sum: (0 + (a + c)) + (0 + (b + d)) has the bits of (0 + (a + c)) + (b + d), the \
+ * first sum never being -0. */                                                   \
+ATTR static void fastnn_pool_2x2_small_##SUF##_##V(                         \
+        const T* restrict x, T* restrict y, int64_t* restrict idx,              \
+        const fastnn_pool_geom* g, ptrdiff_t r0, ptrdiff_t r1, int is_max,      \
+        ptrdiff_t div) {                                                        \
+    const ptrdiff_t W = g->W, Wo = g->Wo, Ho = g->Ho, HW = g->H * g->W;         \
+    const ptrdiff_t W2 = 2 * Wo;                                                \
+    T buf[FASTNN_POOL_SMALL_ROWS * FASTNN_POOL_SMALL_IN];                       \
+    int32_t flag[FASTNN_POOL_SMALL_ROWS * FASTNN_POOL_SMALL_IN];                \
+    for (ptrdiff_t b0 = r0; b0 < r1; b0 += FASTNN_POOL_SMALL_ROWS) {            \
+        const ptrdiff_t b1 = b0 + FASTNN_POOL_SMALL_ROWS < r1 ? b0 + FASTNN_POOL_SMALL_ROWS : r1; \
+        const ptrdiff_t nr = b1 - b0;                                           \
+        T* restrict yb = y + b0 * Wo;                                           \
+        if (!idx) {                                                             \
+            ptrdiff_t plane = b0 / Ho, ho = b0 - plane * Ho;                    \
+            for (ptrdiff_t r = b0; r < b1; r++) {                               \
+                const T* restrict x0 = x + plane * HW + 2 * ho * W;             \
+                const T* restrict x1 = x0 + W;                                  \
+                T* restrict t = buf + (r - b0) * W2;                            \
+                if (++ho == Ho) { ho = 0; plane++; }                            \
+                if (is_max)                                                     \
+                    for (ptrdiff_t j = 0; j < W2; j++) {                        \
+                        T a = x0[j], c = x1[j], m = c > a ? c : a;              \
+                        t[j] = c != c ? c : m;                                  \
+                    }                                                           \
+                else                                                            \
+                    for (ptrdiff_t j = 0; j < W2; j++) t[j] = (T)0 + (x0[j] + x1[j]); \
+            }                                                                   \
+            if (is_max)                                                         \
+                for (ptrdiff_t e = 0; e < nr * Wo; e++) {                       \
+                    T m0 = buf[2 * e], m1 = buf[2 * e + 1], m = m1 > m0 ? m1 : m0; \
+                    yb[e] = m1 != m1 ? m1 : m;                                  \
+                }                                                               \
+            else                                                                \
+                for (ptrdiff_t e = 0; e < nr * Wo; e++)                         \
+                    yb[e] = (buf[2 * e] + buf[2 * e + 1]) / (T)div;             \
+            continue;                                                           \
+        }                                                                       \
+        const T* restrict xb = x + b0 * 2 * W;                                  \
+        for (ptrdiff_t e = 0; e < nr * W; e++) {                                \
+            T a = xb[2 * e], b = xb[2 * e + 1];                                 \
+            int32_t take = (b > a) | (b != b);                                  \
+            buf[e] = take ? b : a;                                              \
+            flag[e] = take;                                                     \
+        }                                                                       \
+        ptrdiff_t ho = b0 % Ho;                                                 \
+        for (ptrdiff_t r = b0; r < b1; r++) {                                   \
+            const ptrdiff_t k = r - b0, i0 = 2 * ho * W;                        \
+            if (++ho == Ho) ho = 0;                                             \
+            const T* restrict mt = buf + 2 * k * Wo;                            \
+            const T* restrict mb = mt + Wo;                                     \
+            const int32_t* restrict ft = flag + 2 * k * Wo;                     \
+            const int32_t* restrict fb = ft + Wo;                               \
+            T* restrict yr = yb + k * Wo;                                       \
+            int64_t* restrict ir = idx + r * Wo;                                \
+            for (ptrdiff_t wo = 0; wo < Wo; wo++) {                             \
+                T t = mt[wo], b = mb[wo];                                       \
+                int take = (b > t) | (b != b);                                  \
+                yr[wo] = take ? b : t;                                          \
+                ir[wo] = i0 + 2 * wo + (take ? W + fb[wo] : ft[wo]);            \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
 ATTR static void fastnn_pool_2x2_rows_##SUF##_##V(                          \
         const T* restrict x, T* restrict y, int64_t* restrict idx,              \
         const fastnn_pool_geom* g, ptrdiff_t r0, ptrdiff_t r1, int is_max,      \
         ptrdiff_t div) {                                                        \
     const ptrdiff_t W = g->W, Wo = g->Wo, Ho = g->Ho, HW = g->H * g->W;         \
+    if (2 * Wo <= FASTNN_POOL_SMALL_IN                                          \
+            && (!idx || (W == 2 * Wo && g->H == 2 * Ho))) {                     \
+        fastnn_pool_2x2_small_##SUF##_##V(x, y, idx, g, r0, r1, is_max, div);   \
+        return;                                                                 \
+    }                                                                           \
     for (ptrdiff_t r = r0; r < r1; r++) {                                       \
         const ptrdiff_t plane = r / Ho, ho = r - plane * Ho;                    \
         const T* restrict x0 = x + plane * HW + 2 * ho * W;                     \

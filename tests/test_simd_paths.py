@@ -173,13 +173,18 @@ FAMILIES_SCRIPT = textwrap.dedent("""
             want = ref.pool2d_backward(gp, xin.shape, (2, 2), (2, 2), ((0, 0), (0, 0)), "avg",
                                        layout=layout)
             check("avg_pool_backward", err(got, want), tol)
-        # the 2x2 stride-2 kernels: ties, NaN and -inf decide values and indices
-        xt = rng.integers(-2, 3, (3, 5, 9, 34)).astype(np.float64)
-        xt[0, 0, 0, :4] = np.nan
-        xt[1, 2, 3:5, 6:8] = -np.inf
-        xt[2, 1, 4, 10] = np.nan
+        # the 2x2 stride-2 kernels: ties, NaN and -inf decide values and indices; odd
+        # H, rows of 17 outputs (the row loop) and 8x8 / 4x6 planes (the small-plane
+        # path, which pairs the taps in another order)
+        xts = []
+        for shape in ((3, 5, 9, 34), (3, 5, 8, 8), (2, 4, 4, 6)):
+            xt = rng.integers(-2, 3, shape).astype(np.float64)
+            xt[0, 0, 0, :4] = np.nan
+            xt[1, 2, 2:4, 2:4] = -np.inf
+            xt[-1, 1, 3, 1] = np.nan
+            xts.append(xt)
         xa = rng.standard_normal((2, 3, 8, 7))
-        for layout in ("NCHW", "NHWC"):
+        for layout, xt in [(lo, xt) for lo in ("NCHW", "NHWC") for xt in xts]:
             xin = xt if layout == "NCHW" else xt.transpose(0, 2, 3, 1)
             got, gi = fastnn.max_pool2d(xin.astype(dtype), 2, return_indices=True,
                                         layout=layout)
