@@ -1,5 +1,6 @@
 """Convolution and pooling geometry shared by conv, pooling, banded and local: the
 padding forms, the output-size arithmetic and the 64-bit index limits."""
+import functools
 import math
 
 from fastnn._validation import as_int, as_items, int_tuple, is_int
@@ -102,15 +103,23 @@ def cached(cls, *args, **kwargs):
     modified after construction. Only plain arguments (:func:`_plain`; a keyword may
     also be a bool, keyed with its type) are cached, never arguments that raise, so
     every error is raised as before."""
-    for a in args:
-        if not _plain(a):
-            return cls(*args, **kwargs)
+    for a in args:                  # _plain, with its common cases inlined
+        t = type(a)
+        if t is int or t is str or a is None:
+            continue
+        if t is tuple:
+            for v in a:
+                if type(v) is not int and not (type(v) is tuple and _plain(v)):
+                    return cls(*args, **kwargs)
+            continue
+        return cls(*args, **kwargs)
     kw = ()
     if kwargs:
         for v in kwargs.values():
             if not (type(v) is bool or _plain(v)):
                 return cls(*args, **kwargs)
-        kw = tuple(sorted((k, type(v), v) for k, v in kwargs.items()))
+        # Keyed in the caller's order (another order is another entry, not a wrong one).
+        kw = (tuple(kwargs.items()), tuple(map(type, kwargs.values())))
     key = (cls, args, kw)
     geom = _CACHE.get(key)
     if geom is None:
@@ -158,25 +167,17 @@ class Geometry:
                 f"output would be {self.Ho}x{self.Wo}")
         check_result_size(fn, "the output", (self.N, max(self.K, 1), self.Ho, self.Wo))
 
-    @property
-    def out_shape(self):
-        return image_shape(self.nhwc, self.N, self.K, self.Ho, self.Wo)
+        # Fixed from here on: a cached geometry serves every later call of this shape.
+        self.out_shape = image_shape(self.nhwc, self.N, self.K, self.Ho, self.Wo)
+        self.x_shape = image_shape(self.nhwc, self.N, self.C, self.H, self.W)
+        # Multiply-adds of the convolution (the cost model's "conv" unit).
+        self.macs = (self.N * self.K * self.Ho * self.Wo * (self.C // max(self.groups, 1))
+                     * self.kh * self.kw)
+        self.kernel_args = (self.N, self.C, self.H, self.W, self.K, self.kh, self.kw, self.sh,
+                            self.sw, self.dh, self.dw, self.pt, self.pl, self.Ho, self.Wo,
+                            self.groups)
 
-    @property
-    def x_shape(self):
-        return image_shape(self.nhwc, self.N, self.C, self.H, self.W)
-
-    @property
-    def macs(self):
-        """Multiply-adds of the convolution (the cost model's "conv" unit)."""
-        return (self.N * self.K * self.Ho * self.Wo * (self.C // max(self.groups, 1))
-                * self.kh * self.kw)
-
-    def kernel_args(self):
-        return (self.N, self.C, self.H, self.W, self.K, self.kh, self.kw, self.sh, self.sw,
-                self.dh, self.dw, self.pt, self.pl, self.Ho, self.Wo, self.groups)
-
-    @property
+    @functools.cached_property
     def split_is_cheap(self):
         """Whether the padded, phase-split image (what the implicit-im2col kernels read)
         stays within a small multiple of x plus the patches the output reads. A stride
@@ -186,8 +187,7 @@ class Geometry:
         sh, sw = self.sh, self.sw
         split = (-(-(self.H + self.pt + self.pb) // sh) * sh
                  * -(-(self.W + self.pl + self.pr) // sw) * sw)
-        work = 4 * self.H * self.W + self.kh * self.kw * self.Ho * self.Wo
-        return split <= work
+        return split <= 4 * self.H * self.W + self.kh * self.kw * self.Ho * self.Wo
 
 
 def parse_padding_1d(padding, fn):

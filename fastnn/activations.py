@@ -24,8 +24,8 @@ import numpy as np
 
 from fastnn._threads import threads_for
 from fastnn._typing import ArrayLike, FloatArray
-from fastnn._validation import (as_array, as_float_array, as_int, as_real, contiguous,
-                                finish_out, prepare_out, result_dtype)
+from fastnn._validation import (as_array, as_float_array, as_int, as_real, by_dtype,
+                                contiguous, finish_out, prepare_out, result_dtype)
 from fastnn_ext import _activations
 
 __all__ = [
@@ -45,13 +45,6 @@ def _prepare_out_inplace(out, shape, dtype, fn, inputs):
     in the same order) does not count as an overlap; any other overlap still goes
     through a temporary."""
     return prepare_out(out, shape, dtype, fn, inputs, exact_alias_ok=True)
-
-
-def _by_dtype(name):
-    """The float32 / float64 specialisations of a kernel, looked up once: calling one
-    directly skips Cython's fused-type dispatch (~0.2 us a call)."""
-    kernel = getattr(_activations, name)
-    return {np.dtype(np.float32): kernel["float"], np.dtype(np.float64): kernel["double"]}
 
 
 _CHEAP = "elementwise"
@@ -98,18 +91,18 @@ def _binary(fn, kernel, par_min, grad_y, a, a_name, out, *scalars):
     return finish_out(buf, target)
 
 
-_RELU = _by_dtype("relu")
-_RELU_BWD = _by_dtype("relu_backward")
-_LEAKY = _by_dtype("leaky_relu")
-_LEAKY_BWD = _by_dtype("leaky_relu_backward")
-_SIGMOID = _by_dtype("sigmoid")
-_SIGMOID_BWD = _by_dtype("sigmoid_backward")
-_TANH = _by_dtype("tanh")
-_TANH_BWD = _by_dtype("tanh_backward")
-_SOFTMAX = _by_dtype("softmax")
-_SOFTMAX_BWD = _by_dtype("softmax_backward")
-_XENT = _by_dtype("cross_entropy")
-_XENT_BWD = _by_dtype("cross_entropy_backward")
+_RELU = by_dtype(_activations, "relu")
+_RELU_BWD = by_dtype(_activations, "relu_backward")
+_LEAKY = by_dtype(_activations, "leaky_relu")
+_LEAKY_BWD = by_dtype(_activations, "leaky_relu_backward")
+_SIGMOID = by_dtype(_activations, "sigmoid")
+_SIGMOID_BWD = by_dtype(_activations, "sigmoid_backward")
+_TANH = by_dtype(_activations, "tanh")
+_TANH_BWD = by_dtype(_activations, "tanh_backward")
+_SOFTMAX = by_dtype(_activations, "softmax")
+_SOFTMAX_BWD = by_dtype(_activations, "softmax_backward")
+_XENT = by_dtype(_activations, "cross_entropy")
+_XENT_BWD = by_dtype(_activations, "cross_entropy_backward")
 
 
 # ------------------------------------------------------------------ relu

@@ -22,9 +22,9 @@ from fastnn._geometry import (DERIVED_LIMIT, Geometry, cached, check_index_range
 from fastnn._threads import get_num_threads, threads_for
 from fastnn._typing import (ArrayLike, FloatArray, Grads3, Int1, IntPair, Padding1D,
                              Padding2D)
-from fastnn._validation import (as_bool, as_float_array, as_int, check_bias, check_layout,
-                                check_ndim, contiguous, finish_out, int_tuple, memory_error,
-                                prepare_out, result_dtype)
+from fastnn._validation import (as_bool, as_float_array, as_int, by_dtype, check_bias,
+                                check_layout, check_ndim, contiguous, finish_out, int_tuple,
+                                memory_error, prepare_out, result_dtype)
 from fastnn_ext import _conv, _winograd
 
 __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
@@ -43,6 +43,31 @@ def _image_and_kernel(fn, layout, x, weight, x_dims, w_dims):
     check_ndim(x, 4, "x", fn, f"(layout {layout}: {x_dims[0] if nhwc else x_dims[1]})")
     check_ndim(weight, 4, "weight", fn, f"(layout {layout}: {w_dims[0] if nhwc else w_dims[1]})")
     return layout, x, weight
+
+
+# The float32 / float64 kernels, looked up once (Cython's fused dispatch costs about as
+# much as a small convolution's kernel call).
+_K_CONV2D_FORWARD = by_dtype(_conv, "conv2d_forward")
+_K_CONV2D_BIAS_GRAD = by_dtype(_conv, "conv2d_bias_grad")
+_K_CONV2D_INPUT_GRAD = by_dtype(_conv, "conv2d_input_grad")
+_K_CONV2D_WEIGHT_GRAD = by_dtype(_conv, "conv2d_weight_grad")
+_K_CONV2D_WEIGHT_GRAD_COLS = by_dtype(_conv, "conv2d_weight_grad_cols")
+_K_CONV2D_WEIGHT_GRAD_IMPLICIT = by_dtype(_conv, "conv2d_weight_grad_implicit")
+_K_FLIP_KERNEL_TRANSPOSED = by_dtype(_conv, "flip_kernel_transposed")
+_K_IM2COL = by_dtype(_conv, "im2col")
+_K_PAD_PLANES = by_dtype(_conv, "pad_planes")
+_K_SPLIT_PLANES = by_dtype(_conv, "split_planes")
+
+
+def _finite(weight):
+    """Whether a kernel holds no NaN or Inf. Small kernels are tested element by element
+    (a bool temporary of at most 4096 bytes costs less than ``np.errstate``), large ones
+    by their sum, one pass without a temporary (a sum that overflows reads as not
+    finite: the callers then take their exact path)."""
+    if weight.size <= 4096:
+        return bool(np.isfinite(weight).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.sum(weight)))
 
 
 def _conv_setup(fn, x, weight, stride, padding, dilation, groups, layout, ndim=2):
@@ -172,7 +197,7 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
         # single elements: there the threaded pad and NumPy's strided copy measured
         # faster (N8 C32 56x56 stride 2: 0.32 against 0.35 ms).
         xq = np.empty((geom.N, sh, sw, Hq, Wq, geom.C), dtype=dtype)
-        _conv.split_planes(contiguous(x, dtype).reshape(-1), xq.reshape(-1), geom.N, geom.H,
+        _K_SPLIT_PLANES[dtype](contiguous(x, dtype).reshape(-1), xq.reshape(-1), geom.N, geom.H,
                            geom.W, geom.C, geom.pt, geom.pl, sh, sw, Hq, Wq, _threads(geom))
         return xq, Hq, Wq
     if to_nchw:
@@ -207,7 +232,7 @@ def _padded(x, nhwc, pt, pl, Hp, Wp, dtype, nt):
         N, C, H, W = x.shape
         planes, C, shape = N * C, 1, (N, C, Hp, Wp)
     xp = np.empty(shape, dtype=dtype)
-    _conv.pad_planes(contiguous(x, dtype).reshape(-1), xp.reshape(-1), planes, H, W, C, pt, pl,
+    _K_PAD_PLANES[dtype](contiguous(x, dtype).reshape(-1), xp.reshape(-1), planes, H, W, C, pt, pl,
                      Hp, Wp, nt)
     return xp
 
@@ -304,8 +329,8 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None):
     else:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         xc = xq
-    _conv.conv2d_forward(xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
-                         geom.kernel_args(), geom.nhwc and not out_nhwc, _threads(geom),
+    _K_CONV2D_FORWARD[dtype](xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
+                         geom.kernel_args, geom.nhwc and not out_nhwc, _threads(geom),
                          None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
 
 
@@ -394,7 +419,7 @@ def _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad):
     if bias:
         grad_b = np.zeros(geom.K, dtype=dtype)
         if grad_y.size:
-            _conv.conv2d_bias_grad(gyc, grad_b, geom.kernel_args(), geom.nhwc, nt)
+            _K_CONV2D_BIAS_GRAD[dtype](gyc, grad_b, geom.kernel_args, geom.nhwc, nt)
     return grad_x, grad_w, grad_b
 
 
@@ -438,16 +463,16 @@ def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):
     if _weight_grad_from_cols(geom):
         P, ckk = geom.Ho * geom.Wo, geom.C * geom.kh * geom.kw
         cols = _im2col(contiguous(x, dtype), geom, nt)
-        _conv.conv2d_weight_grad_cols(cols.reshape(-1), gyc, grad_w.reshape(-1), geom.N, P,
+        _K_CONV2D_WEIGHT_GRAD_COLS[dtype](cols.reshape(-1), gyc, grad_w.reshape(-1), geom.N, P,
                                       ckk, geom.K, geom.nhwc, nt)
         return
     if kg >= 64 // np.dtype(dtype).itemsize and geom.split_is_cheap:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
-        _conv.conv2d_weight_grad_implicit(xq.reshape(-1), gyc, grad_w.reshape(-1),
-                                          geom.kernel_args(), geom.nhwc, nt, Hq, Wq)
+        _K_CONV2D_WEIGHT_GRAD_IMPLICIT[dtype](xq.reshape(-1), gyc, grad_w.reshape(-1),
+                                          geom.kernel_args, geom.nhwc, nt, Hq, Wq)
         return
-    _conv.conv2d_weight_grad(contiguous(x, dtype).reshape(-1), gyc, grad_w.reshape(-1),
-                             geom.kernel_args(), geom.nhwc, nt)
+    _K_CONV2D_WEIGHT_GRAD[dtype](contiguous(x, dtype).reshape(-1), gyc, grad_w.reshape(-1),
+                             geom.kernel_args, geom.nhwc, nt)
 
 
 def _flipped_window(size, size_out, k, d, pad_before, pad_after):
@@ -468,16 +493,14 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     weight, which a NaN or Inf weight turns into NaN where no output reaches: such a
     kernel (its sum is not finite: one pass over the weight, tiny next to the work,
     no temporary) takes the GEMM path, which sums only real terms."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = bool(np.isfinite(np.sum(weight)))
-    if geom.sh > 1 or geom.sw > 1 or not finite:
+    if geom.sh > 1 or geom.sw > 1 or not _finite(weight):
         w = contiguous(weight, dtype)
         if geom.nhwc:
             # (kh, kw, C/groups, K) -> (K, kh*kw*C/groups): the products then read
             # w_g^T's rows in place; transposing it inside them repacked the whole
             # weight for every tile of pixels.
             w = np.ascontiguousarray(w.reshape(-1, geom.K).T)
-        _conv.conv2d_input_grad(gyc, w.reshape(-1), grad_x.reshape(-1), geom.kernel_args(),
+        _K_CONV2D_INPUT_GRAD[dtype](gyc, w.reshape(-1), grad_x.reshape(-1), geom.kernel_args,
                                 geom.nhwc, nt)
         return
     G, kh, kw = geom.groups, geom.kh, geom.kw
@@ -499,7 +522,7 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     # Flipping both spatial axes is reversing the flattened tap axis; the channel axes
     # swap within each group (a blocked copy: _conv.flip_kernel_transposed).
     wt = np.empty((kh, kw, kg, geom.C) if geom.nhwc else (geom.C, kg, kh, kw), dtype=dtype)
-    _conv.flip_kernel_transposed(w.reshape(-1), wt.reshape(-1), G, kg, cg, kh * kw, geom.nhwc,
+    _K_FLIP_KERNEL_TRANSPOSED[dtype](w.reshape(-1), wt.reshape(-1), G, kg, cg, kh * kw, geom.nhwc,
                                  nt)
     _forward(gy, wt, None, grad_x, tgeom, dtype)
 
@@ -523,7 +546,7 @@ def _im2col(x, geom, nt=None):
     if cols.size and not x.size:
         cols.fill(0)            # an empty image under padding: every patch is padding
     elif cols.size:
-        _conv.im2col(contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args(),
+        _K_IM2COL[x.dtype](contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args,
                      geom.nhwc, get_num_threads() if nt is None else nt)
     return cols
 
@@ -535,7 +558,7 @@ def _col2im(cols, geom):
     if x.size:
         if cols.size:
             _conv.col2im(contiguous(cols, cols.dtype).reshape(-1), x.reshape(-1),
-                         geom.kernel_args(), geom.nhwc, get_num_threads())
+                         geom.kernel_args, geom.nhwc, get_num_threads())
         else:
             x.fill(0)
     return x
@@ -951,12 +974,10 @@ def _phase_forward(x, weight, bias, buf, tg, dtype):
         # the kernel leaves phases that no tap reaches (up to one per output pixel
         # for a huge stride), which the column path skips for free.
         return False
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not np.isfinite(np.sum(weight)):
-            # The padding zeros are multiplied by every tap: a NaN or Inf weight
-            # would reach outputs that no input reaches (the column path sums only
-            # real terms).
-            return False
+    if not _finite(weight):
+        # The padding zeros are multiplied by every tap: a NaN or Inf weight would
+        # reach outputs that no input reaches (the column path sums only real terms).
+        return False
     (pt, pb), rows = _axis_phases(tg.H, tg.Ho, kh, sh, tg.pad_before[0])
     (pl, pr), cols = _axis_phases(tg.W, tg.Wo, kw, sw, tg.pad_before[1])
     N, Cin, Cout, G = tg.N, tg.Cin, tg.Cout, tg.groups
@@ -1073,5 +1094,5 @@ def _transpose_backward(fn, grad_y, x, weight, tg, bias, need_input_grad, need_w
             # Per-channel sums of grad_y: the bias gradient of a 1x1 convolution over it.
             one = Geometry(fn, tg.layout, grad_y.shape, (1, 1), tg.Cout, 1, 1, 0, 1)
             _conv.conv2d_bias_grad(contiguous(grad_y, dtype).reshape(-1), grad_b,
-                                   one.kernel_args(), tg.nhwc, nt)
+                                   one.kernel_args, tg.nhwc, nt)
     return grad_x, grad_w, grad_b

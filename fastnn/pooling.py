@@ -29,8 +29,9 @@ from fastnn._geometry import (cached, check_index_range, check_result_size, pars
 from fastnn._threads import get_num_threads
 from fastnn._typing import (ArrayLike, FloatArray, IndexArray, Int1, Padding1D, PoolPadding2D,
                              PoolSize2D, PoolStride1D, PoolStride2D)
-from fastnn._validation import (as_array, as_bool, as_float_array, as_int, check_layout,
-                                check_ndim, contiguous, int_tuple, is_int, memory_error)
+from fastnn._validation import (as_array, as_bool, as_float_array, as_int, by_dtype,
+                                check_layout, check_ndim, contiguous, int_tuple, is_int,
+                                memory_error)
 from fastnn_ext import _pooling
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
@@ -144,6 +145,12 @@ class _PoolGeometry:
                                  f"element along the {name} (padding must be smaller than "
                                  f"the window" + (", and some dilated tap must land in the "
                                                   "input)" if d_ > 1 else ")"))
+        # Fixed from here on (a cached geometry serves every later call of this shape).
+        self.out_shape = self.shape(self.Ho, self.Wo)
+        self.x_shape = self.shape(self.H, self.W)
+        self.kernel_args = (self.N, self.C, self.H, self.W, self.kh, self.kw, self.sh,
+                            self.sw, self.pt, self.pl, self.Ho, self.Wo, self.dh, self.dw,
+                            self.H + self.pb, self.W + self.pr, self.mode, self.div)
 
     def shape(self, h, w):
         """A result shape in the caller's layout and rank."""
@@ -151,18 +158,10 @@ class _PoolGeometry:
             return (self.N, w, self.C) if self.channels_last else (self.N, self.C, w)
         return (self.N, h, w, self.C) if self.channels_last else (self.N, self.C, h, w)
 
-    @property
-    def out_shape(self):
-        return self.shape(self.Ho, self.Wo)
 
-    @property
-    def x_shape(self):
-        return self.shape(self.H, self.W)
 
-    def kernel_args(self):
-        return (self.N, self.C, self.H, self.W, self.kh, self.kw, self.sh, self.sw,
-                self.pt, self.pl, self.Ho, self.Wo, self.dh, self.dw, self.H + self.pb,
-                self.W + self.pr, self.mode, self.div)
+_FORWARD = by_dtype(_pooling, "pool2d_forward")
+_BACKWARD = by_dtype(_pooling, "pool2d_backward")
 
 
 def _every_window_real(size, p0, k, s, d, n_out):
@@ -191,8 +190,8 @@ def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_i
     y = np.empty(geom.out_shape, dtype=x.dtype)
     idx = np.empty(geom.out_shape, dtype=np.int64) if return_indices else None
     if y.size:
-        _pooling.pool2d_forward(contiguous(x, x.dtype).reshape(-1), y.reshape(-1),
-                                None if idx is None else idx.reshape(-1), geom.kernel_args(),
+        _FORWARD[x.dtype](contiguous(x, x.dtype).reshape(-1), y.reshape(-1),
+                                None if idx is None else idx.reshape(-1), geom.kernel_args,
                                 geom.channels_last, is_max, get_num_threads())
     return (y, idx) if return_indices else y
 
@@ -220,16 +219,16 @@ def _backward(fn, ndim, grad_y, x, kernel_size, stride, padding, layout, is_max,
     elif indices is None:
         # Recompute the argmax (one forward pass) rather than ask for the indices.
         idx = np.empty(geom.out_shape, dtype=np.int64)
-        _pooling.pool2d_forward(contiguous(x, x.dtype).reshape(-1),
+        _FORWARD[x.dtype](contiguous(x, x.dtype).reshape(-1),
                                 np.empty(geom.out_shape, dtype=x.dtype).reshape(-1),
-                                idx.reshape(-1), geom.kernel_args(), geom.channels_last, True, nt)
+                                idx.reshape(-1), geom.kernel_args, geom.channels_last, True, nt)
     else:
         idx = _check_indices(fn, indices, geom)
     # The kernel checks each index against the plane as it scatters (a min/max pass
     # over the int64 indices first cost a fifth of the whole backward).
     try:
-        bad = _pooling.pool2d_backward(gy, None if idx is None else idx.reshape(-1),
-                                       grad_x.reshape(-1), geom.kernel_args(),
+        bad = _BACKWARD[dtype](gy, None if idx is None else idx.reshape(-1),
+                                       grad_x.reshape(-1), geom.kernel_args,
                                        geom.channels_last, nt)
     except MemoryError as exc:
         raise memory_error(fn, exc) from None

@@ -39,9 +39,9 @@ import numpy as np
 
 from fastnn._threads import SERIAL_BELOW, get_num_threads, threads_for
 from fastnn._typing import ArrayLike, FloatArray, Grads5
-from fastnn._validation import (FLOAT_DTYPES, as_bool, as_float_array, as_real, check_ndim,
-                                check_shape, contiguous, finish_out, is_int, memory_error,
-                                prepare_out, result_dtype)
+from fastnn._validation import (FLOAT_DTYPES, as_bool, as_float_array, as_real, by_dtype,
+                                check_ndim, check_shape, contiguous, finish_out, is_int,
+                                memory_error, prepare_out, result_dtype)
 from fastnn_ext import _recurrent
 
 __all__ = [
@@ -50,23 +50,13 @@ __all__ = [
     "simple_rnn", "simple_rnn_backward", "RecurrentCache",
 ]
 
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-
-
-def _by_dtype(name):
-    """The float32 / float64 specialisations of a kernel (skips Cython's fused dispatch)."""
-    kernel = getattr(_recurrent, name)
-    return {_F32: kernel["float"], _F64: kernel["double"]}
-
-
-_LSTM_CELL = _by_dtype("lstm_cell_general")
-_LSTM_FWD = _by_dtype("lstm_forward")
-_LSTM_BWD = _by_dtype("lstm_backward")
-_GRU_FWD = _by_dtype("gru_forward")
-_GRU_BWD = _by_dtype("gru_backward")
-_RNN_FWD = _by_dtype("rnn_forward")
-_RNN_BWD = _by_dtype("rnn_backward")
+_LSTM_CELL = by_dtype(_recurrent, "lstm_cell_general")
+_LSTM_FWD = by_dtype(_recurrent, "lstm_forward")
+_LSTM_BWD = by_dtype(_recurrent, "lstm_backward")
+_GRU_FWD = by_dtype(_recurrent, "gru_forward")
+_GRU_BWD = by_dtype(_recurrent, "gru_backward")
+_RNN_FWD = by_dtype(_recurrent, "rnn_forward")
+_RNN_BWD = by_dtype(_recurrent, "rnn_backward")
 
 
 class RecurrentCache:

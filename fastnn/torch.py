@@ -279,6 +279,16 @@ def _np(t):
 def _fresh(arrays, inputs):
     """``arrays`` as tensors sharing no memory with ``inputs`` or with each other, each
     C-contiguous (the layout the fake implementations promise)."""
+    out = []
+    for a in arrays:            # the common case: each array allocated by the call
+        if a.base is not None:
+            break
+        flags = a.flags
+        if not (flags.c_contiguous and flags.writeable):
+            break
+        out.append(torch.from_numpy(a))
+    else:
+        return out
     out, seen = [], None
     for a in arrays:
         # An array that owns its data was allocated during the call: it cannot overlap
@@ -322,7 +332,7 @@ def _op(name):
     def register(fn):
         op = make(fn)
         op._fastnn_impl = fn
-        op._fastnn_eager = None       # set by _register for ops with a backward
+        op._fastnn_eager = op._fastnn_apply = None    # set by _register for ops with a backward
         return op
     return register
 
@@ -331,6 +341,13 @@ _PLAIN = (Tensor, nn.Parameter)
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _transforms = torch._C._functorch.peek_interpreter_stack
+_is_compiling = torch.compiler.is_compiling
+# A tensor left over from a finished functorch transform ("dead wrapper"): Function.apply
+# unwraps those, so such a call takes the registered op.
+_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+# Function.apply's C part: the Python classmethod around it binds arguments and unwraps
+# dead functorch wrappers (~0.8 us a call); _eager_mode has ruled out both.
+_C_APPLY = torch._C._FunctionBase.__dict__.get("apply")
 
 
 def _eager_mode(args):
@@ -344,7 +361,7 @@ def _eager_mode(args):
     mode = 1
     for a in args:
         if isinstance(a, Tensor):
-            if type(a) not in _PLAIN:
+            if type(a) not in _PLAIN or _wrapped(a):
                 return 0
             if grad and a.requires_grad:
                 mode = 2
@@ -356,12 +373,12 @@ def _run(op, *args):
     autograd wrapper (together ~10-20 us a call, more than a small kernel) but run the
     same implementation, setup and backward; everything else -- torch.compile, fake
     tensors, vmap, dispatch and function modes, subclasses -- calls the registered op."""
-    if not torch.compiler.is_compiling():
+    if not _is_compiling():
         mode = _eager_mode(args)
         if mode == 1:
             return op._fastnn_impl(*args)
         if mode == 2 and op._fastnn_eager is not None:
-            return op._fastnn_eager.apply(*args)
+            return op._fastnn_apply(*args)
     return op(*args)
 
 
@@ -391,7 +408,8 @@ _REGISTERED = []
 
 def _register(fwd, bwd, backward, setup_context):
     fwd.register_autograd(backward, setup_context=setup_context)
-    fwd._fastnn_eager = _eager_function(fwd, setup_context, backward)
+    fwd._fastnn_eager = eager = _eager_function(fwd, setup_context, backward)
+    fwd._fastnn_apply = eager.apply if _C_APPLY is None else _C_APPLY.__get__(None, eager)
     _REGISTERED.extend(op for op in (fwd, bwd) if op is not None)
 
 
@@ -655,7 +673,12 @@ def _lacking(flags, arg, fn):
                         f"functional fastnn.torch.{fn} runs such calls on PyTorch)")
 
 
+_NO_OPTIONS: dict = {}
+
+
 def _max_kw(dilation, ceil_mode, nd):
+    if not ceil_mode and dilation[0] == 1 and dilation[-1] == 1:
+        return _NO_OPTIONS
     fn = f"max_pool{nd}d"
     kw = {}
     if any(d != 1 for d in dilation):
@@ -685,8 +708,11 @@ def _avg_kw(ceil_mode, count_include_pad, divisor_override, padding, nd):
 
 def _pool_geom(nd, kernel_size, stride, padding):
     if nd == 2:
-        return dict(kernel_size=_pair(kernel_size), stride=_pair(stride), padding=_pair(padding))
-    return dict(kernel_size=kernel_size[0], stride=stride[0], padding=padding[0])
+        k, s, p = kernel_size, stride, padding
+        return {"kernel_size": k[0] if k[0] == k[1] else (k[0], k[1]),
+                "stride": s[0] if s[0] == s[1] else (s[0], s[1]),
+                "padding": p[0] if p[0] == p[1] else (p[0], p[1])}
+    return {"kernel_size": kernel_size[0], "stride": stride[0], "padding": padding[0]}
 
 
 def _pool_fake_shape(x, nd, kernel_size, stride, padding, dilation, ceil_mode):
@@ -707,7 +733,8 @@ def _make_max_pool(nd):
         xs = _np(x)
         y, idx = fwd_fn(xs, **_pool_geom(nd, kernel_size, stride, padding), return_indices=True,
                         **_max_kw(dilation, ceil_mode, nd))
-        return tuple(_fresh([y, idx], [xs]))
+        y, idx = _fresh([y, idx], [xs])
+        return y, idx
 
     @fwd.register_fake
     def _(x, kernel_size, stride, padding, dilation, ceil_mode):
@@ -1575,6 +1602,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 
 def _pool_args(nd, kernel_size, stride, padding):
+    if type(kernel_size) is int and type(padding) is int and (stride is None
+                                                               or type(stride) is int):
+        k = (kernel_size,) * nd
+        return k, k if stride is None else (stride,) * nd, (padding,) * nd
     k = _ints(kernel_size, nd)
     no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
     s = k if no_stride else _ints(stride, nd)
@@ -1600,12 +1631,12 @@ def _max_pool(nd, op, torch_fn, input, kernel_size, stride, padding, dilation, c
               return_indices):
     name = f"max_pool{nd}d"
     k, s, p = _pool_args(nd, kernel_size, stride, padding)
-    d = _ints(dilation, nd)
+    d = (1,) * nd if dilation == 1 and type(dilation) is int else _ints(dilation, nd)
     why = _pool_why(input, nd, k, s, p, kernel_size, stride, padding)
     if why is None:
         if d is None:
             why = _bad("dilation", dilation)
-        elif any(v != 1 for v in d) and not _MAX_POOL_ARGS["dilation"]:
+        elif (d[0] != 1 or d[-1] != 1) and not _MAX_POOL_ARGS["dilation"]:
             why = f"dilation={dilation!r} (the installed fastnn has no pooling dilation)"
         elif ceil_mode and not _MAX_POOL_ARGS["ceil_mode"]:
             why = "ceil_mode=True (the installed fastnn has no ceil_mode)"

@@ -220,9 +220,14 @@ def test_small_batch_weight_grad_takes_the_patches_product(monkeypatch, layout, 
     # in blocks of 64) and more pixels than one 64-deep block of the product.
     monkeypatch.delenv("FASTNN_WG_COLS", raising=False)
     calls = []
-    inner = fastnn.conv._conv.conv2d_weight_grad_cols
-    monkeypatch.setattr(fastnn.conv._conv, "conv2d_weight_grad_cols",
-                        lambda *a: calls.append(a[3:8]) or inner(*a))
+    kernels = fastnn.conv._K_CONV2D_WEIGHT_GRAD_COLS
+
+    def spy():
+        # The kernel is looked up by dtype (no fused dispatch): wrap each entry.
+        for key, inner in list(kernels.items()):
+            monkeypatch.setitem(kernels, key,
+                                lambda *a, inner=inner: calls.append(a[3:8]) or inner(*a))
+    spy()
     x, w, _ = make_conv_inputs(3, layout, dtype, 1, 40, 9, 9, 24, 1, 3, 3)
     gy = np.random.default_rng(4).standard_normal(
         ref.conv2d(x, w, padding=1, layout=layout).shape).astype(dtype)
@@ -240,8 +245,7 @@ def test_small_batch_weight_grad_takes_the_patches_product(monkeypatch, layout, 
     assert not calls
     monkeypatch.undo()
     monkeypatch.delenv("FASTNN_WG_COLS", raising=False)
-    monkeypatch.setattr(fastnn.conv._conv, "conv2d_weight_grad_cols",
-                        lambda *a: calls.append(a[3:8]) or inner(*a))
+    spy()
     # Many images take the tile reduction.
     calls.clear()
     xb, wb, _ = make_conv_inputs(5, layout, dtype, 8, 4, 9, 9, 4, 1, 3, 3)
