@@ -40,8 +40,10 @@ def _image_and_kernel(fn, layout, x, weight, x_dims, w_dims):
     x = as_float_array(x, "x", fn)
     weight = as_float_array(weight, "weight", fn)
     nhwc = layout == "NHWC"
-    check_ndim(x, 4, "x", fn, f"(layout {layout}: {x_dims[0] if nhwc else x_dims[1]})")
-    check_ndim(weight, 4, "weight", fn, f"(layout {layout}: {w_dims[0] if nhwc else w_dims[1]})")
+    if x.ndim != 4 or weight.ndim != 4:        # (the messages are built only here)
+        check_ndim(x, 4, "x", fn, f"(layout {layout}: {x_dims[0] if nhwc else x_dims[1]})")
+        check_ndim(weight, 4, "weight", fn,
+                   f"(layout {layout}: {w_dims[0] if nhwc else w_dims[1]})")
     return layout, x, weight
 
 
@@ -241,9 +243,11 @@ def _winograd_blocks(geom, dtype):
     """(tile_block, k_block) for a Winograd F(4x4, 3x3) call, or None for the direct
     path. ``FASTNN_WINOGRAD=0`` turns it off, ``=1`` takes it for every 3x3 stride-1
     convolution (tests); unset, the measured rule below decides."""
+    if not (geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1 and geom.dh == geom.dw == 1
+            and geom.groups == 1):
+        return None
     mode = os.environ.get("FASTNN_WINOGRAD", "").strip()
-    if mode == "0" or not (geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1
-                           and geom.dh == geom.dw == 1 and geom.groups == 1):
+    if mode == "0":
         return None
     # Measured (float32, 2 threads, Zen 4, whose 512-bit FMAs run as two halves; direct
     # / Winograd ms; in-process A/B, min of 9): N8 C64 56x56 K64 19.7/11.0 NCHW,
@@ -294,14 +298,14 @@ def _winograd_blocks(geom, dtype):
     return 64, 128
 
 
-def _forward(x, weight, bias, buf, geom, dtype, splits=None):
+def _forward(x, weight, bias, buf, geom, dtype, splits=None, winograd=True):
     if geom.C == 0 or geom.H == 0 or geom.W == 0:
         # No input channels or pixels (the padding alone makes the output): every
         # output is its bias, and no kernel takes the address of an element of an
         # empty x or weight.
         buf[...] = 0 if bias is None else (bias if geom.nhwc else bias[:, None, None])
         return
-    blocks = _winograd_blocks(geom, dtype)
+    blocks = _winograd_blocks(geom, dtype) if winograd else None
     if blocks is not None and _winograd_forward(x, weight, bias, buf, geom, dtype, blocks):
         return
     wc = contiguous(weight, dtype)
@@ -505,12 +509,9 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
         return
     G, kh, kw = geom.groups, geom.kh, geom.kw
     cg, kg = geom.C // G, geom.K // G
-    pad_h, (h0, h1) = _flipped_window(geom.H, geom.Ho, kh, geom.dh, geom.pt, geom.pb)
-    pad_w, (w0, w1) = _flipped_window(geom.W, geom.Wo, kw, geom.dw, geom.pl, geom.pr)
+    h0, h1, w0, w1, tgeom = _flipped(geom)
     w = contiguous(weight, dtype)
     gy = grad_y[:, h0:h1, w0:w1, :] if geom.nhwc else grad_y[:, :, h0:h1, w0:w1]
-    tgeom = cached(Geometry, geom.fn, geom.layout, gy.shape, (kh, kw), geom.C, G, 1,
-                   (pad_h, pad_w), (geom.dh, geom.dw), limit=DERIVED_LIMIT)
     if tgeom.C and tgeom.H and tgeom.W:
         # On the Winograd path the weight transform reads the flipped, transposed
         # kernel straight from w: no copy (N1 C256 14x14 K256 NCHW: 0.34-0.47 ms of a
@@ -524,7 +525,24 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     wt = np.empty((kh, kw, kg, geom.C) if geom.nhwc else (geom.C, kg, kh, kw), dtype=dtype)
     _K_FLIP_KERNEL_TRANSPOSED[dtype](w.reshape(-1), wt.reshape(-1), G, kg, cg, kh * kw, geom.nhwc,
                                  nt)
-    _forward(gy, wt, None, grad_x, tgeom, dtype)
+    _forward(gy, wt, None, grad_x, tgeom, dtype, winograd=False)   # (decided above)
+
+
+def _flipped(geom):
+    """The stride-1 grad_x convolution of a geometry: grad_y's rows h0:h1 and columns
+    w0:w1 and the convolution's own geometry, ``(h0, h1, w0, w1, tgeom)``. Computed
+    once and kept on the (shared, otherwise never modified) geometry: a training loop
+    asks for it every step."""
+    flipped = geom.__dict__.get("_flipped")
+    if flipped is None:
+        pad_h, (h0, h1) = _flipped_window(geom.H, geom.Ho, geom.kh, geom.dh, geom.pt, geom.pb)
+        pad_w, (w0, w1) = _flipped_window(geom.W, geom.Wo, geom.kw, geom.dw, geom.pl, geom.pr)
+        rows, cols = len(range(geom.Ho)[h0:h1]), len(range(geom.Wo)[w0:w1])   # as sliced
+        shape = image_shape(geom.nhwc, geom.N, geom.K, rows, cols)
+        tgeom = cached(Geometry, geom.fn, geom.layout, shape, (geom.kh, geom.kw), geom.C,
+                       geom.groups, 1, (pad_h, pad_w), (geom.dh, geom.dw), limit=DERIVED_LIMIT)
+        flipped = geom._flipped = (h0, h1, w0, w1, tgeom)
+    return flipped
 
 
 def _patch_geometry(fn, x_shape, kernel_size, stride, padding, dilation, layout):
