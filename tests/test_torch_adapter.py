@@ -1075,3 +1075,25 @@ def test_plain_eager_calls_and_dispatched_calls_agree():
     assert "fastnn.relu.default" in log.ops and "fastnn.conv2d.default" in log.ops
     for a, b in zip(direct, dispatched):
         assert torch.equal(a, b)
+
+
+def test_tensor_left_from_a_finished_transform_takes_the_registered_op():
+    # A tensor that escapes torch.func.grad is a dead functorch wrapper: the eager fast
+    # path (which calls Function.apply's C part and skips its unwrapping) must not take
+    # it; the registered op gets it, unwrapped, and computes the plain result.
+    leaked = []
+
+    def f(t):
+        leaked.append(t)
+        return t.sum()
+
+    x = r(3, 5, grad=False)
+    torch.func.grad(f)(x)
+    (dead,) = leaked
+    assert torch._C._functorch.is_functorch_wrapped_tensor(dead)
+    assert ft._eager_mode((dead,)) == 0
+    assert torch.equal(ft.relu(dead), torch.relu(x))
+    xg = x.clone().requires_grad_()
+    assert ft._eager_mode((xg,)) == 2 and ft._eager_mode((x,)) == 1
+    (gx,) = torch.autograd.grad(ft.relu(xg).sum(), xg)
+    assert torch.equal(gx, (x > 0).to(x.dtype))
