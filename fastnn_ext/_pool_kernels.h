@@ -269,9 +269,10 @@ FASTNN_POOL_KERNELS(float, f32)
 FASTNN_POOL_KERNELS(double, f64)
 #undef T
 
-/* The small-plane path of the 2x2 kernel: input columns 2 Wo and output rows per
- * buffered block (a 16 x 64 buffer: 4 kB float, 8 kB double, plus 4 kB of flags). */
-#define FASTNN_POOL_SMALL_IN 64
+/* The small-plane path of the 2x2 kernel: its bound on the input columns 2 Wo and the
+ * output rows per buffered block (a 16 x 32 buffer: 2 kB float, 4 kB double, plus
+ * 2 kB of flags). */
+#define FASTNN_POOL_SMALL_IN 32
 #define FASTNN_POOL_SMALL_ROWS 16
 
 #define FASTNN_POOL_2X2(T, SUF, V, ATTR)                                        \
@@ -286,19 +287,20 @@ FASTNN_POOL_KERNELS(double, f64)
  * (_simd.h): with indices the AVX2 / AVX-512 loops measured about 4x the       \
  * baseline one (4.8 / 4.3 vs 17.4 ms for N32 C64 56x56, one thread), which has   \
  * no 64-bit selects. */                                                          \
-/* Small planes of the 2x2 stride-2 kernel (NCHW, 2 Wo <= FASTNN_POOL_SMALL_IN input \
- * columns, LeNet's 8x8 and 28x28): rows of 4 to 16 outputs leave the vector loop  \
- * of fastnn_pool_2x2_rows unused (perf: scalar selects, 14 cycles an output with \
- * indices). Here blocks of up to FASTNN_POOL_SMALL_ROWS output rows go through a  \
- * buffer in two passes, one of them flat over the block. Without indices:        \
- * vertical pairs row by row (contiguous), then horizontal pairs flat -- the      \
- * general loop's separable order. With indices (even H and W only, where the     \
- * block's input rows are contiguous): horizontal pairs flat, then vertical      \
- * pairs row by row. The order of the taps is the row-major one of the general    \
- * loop: "take the later tap where it is larger or NaN" is associative, so       \
- * pairing (a, b) and (c, d) first picks the same tap as a, b, c, d in turn. The  \
- * sum: (0 + (a + c)) + (0 + (b + d)) has the bits of (0 + (a + c)) + (b + d), the \
- * first sum never being -0. */                                                   \
+/* Small planes of the 2x2 stride-2 kernel (NCHW, rows of fewer than 16 outputs:     \
+ * 2 Wo < FASTNN_POOL_SMALL_IN input columns, LeNet's 8x8 and 28x28 images): such    \
+ * rows never reach the vector loop of fastnn_pool_2x2_rows (perf: scalar selects,  \
+ * 14 cycles an output with indices). Here blocks of up to FASTNN_POOL_SMALL_ROWS     \
+ * output rows go through a buffer in two passes, one of them flat over the block.  \
+ * Without indices: vertical pairs row by row (contiguous), then horizontal pairs    \
+ * flat -- the general loop's separable order. With indices (even H and W only,      \
+ * where the block's input rows are contiguous): horizontal pairs flat, then         \
+ * vertical pairs row by row. The order of the taps is the row-major one of the      \
+ * general loop: "take the later tap where it is larger or NaN" is associative, so   \
+ * pairing (a, b) and (c, d) first picks the same tap as a, b, c, d in turn. The     \
+ * sum: (0 + (a + c)) + (0 + (b + d)) has the bits of (0 + (a + c)) + (b + d), the    \
+ * first sum never being -0. From 16 outputs a row the row loop is as fast or faster \
+ * (N32 C64 56x56, 28 a row: 0.43 against 0.53 ms through the buffer). */            \
 ATTR static void fastnn_pool_2x2_small_##SUF##_##V(                         \
         const T* restrict x, T* restrict y, int64_t* restrict idx,              \
         const fastnn_pool_geom* g, ptrdiff_t r0, ptrdiff_t r1, int is_max,      \
@@ -367,7 +369,7 @@ ATTR static void fastnn_pool_2x2_rows_##SUF##_##V(                          \
         const fastnn_pool_geom* g, ptrdiff_t r0, ptrdiff_t r1, int is_max,      \
         ptrdiff_t div) {                                                        \
     const ptrdiff_t W = g->W, Wo = g->Wo, Ho = g->Ho, HW = g->H * g->W;         \
-    if (2 * Wo <= FASTNN_POOL_SMALL_IN                                          \
+    if (2 * Wo < FASTNN_POOL_SMALL_IN                                           \
             && (!idx || (W == 2 * Wo && g->H == 2 * Ho))) {                     \
         fastnn_pool_2x2_small_##SUF##_##V(x, y, idx, g, r0, r1, is_max, div);   \
         return;                                                                 \
