@@ -48,17 +48,11 @@ def _image_and_kernel(fn, layout, x, weight, x_dims, w_dims):
 
 
 # The float32 / float64 kernels, looked up once (Cython's fused dispatch costs about as
-# much as a small convolution's kernel call).
-_K_CONV2D_FORWARD = by_dtype(_conv, "conv2d_forward")
-_K_CONV2D_BIAS_GRAD = by_dtype(_conv, "conv2d_bias_grad")
-_K_CONV2D_INPUT_GRAD = by_dtype(_conv, "conv2d_input_grad")
-_K_CONV2D_WEIGHT_GRAD = by_dtype(_conv, "conv2d_weight_grad")
-_K_CONV2D_WEIGHT_GRAD_COLS = by_dtype(_conv, "conv2d_weight_grad_cols")
-_K_CONV2D_WEIGHT_GRAD_IMPLICIT = by_dtype(_conv, "conv2d_weight_grad_implicit")
-_K_FLIP_KERNEL_TRANSPOSED = by_dtype(_conv, "flip_kernel_transposed")
-_K_IM2COL = by_dtype(_conv, "im2col")
-_K_PAD_PLANES = by_dtype(_conv, "pad_planes")
-_K_SPLIT_PLANES = by_dtype(_conv, "split_planes")
+# much as a small convolution's kernel call): _K["conv2d_forward"][dtype](...).
+_K = {name: by_dtype(_conv, name) for name in (
+    "conv2d_forward", "conv2d_bias_grad", "conv2d_input_grad", "conv2d_weight_grad",
+    "conv2d_weight_grad_cols", "conv2d_weight_grad_implicit", "flip_kernel_transposed",
+    "im2col", "pad_planes", "split_planes")}
 
 
 def _finite(weight):
@@ -199,8 +193,9 @@ def _phase_split(x, geom, dtype, nchw=None, splits=None):
         # single elements: there the threaded pad and NumPy's strided copy measured
         # faster (N8 C32 56x56 stride 2: 0.32 against 0.35 ms).
         xq = np.empty((geom.N, sh, sw, Hq, Wq, geom.C), dtype=dtype)
-        _K_SPLIT_PLANES[dtype](contiguous(x, dtype).reshape(-1), xq.reshape(-1), geom.N, geom.H,
-                           geom.W, geom.C, geom.pt, geom.pl, sh, sw, Hq, Wq, _threads(geom))
+        _K["split_planes"][dtype](contiguous(x, dtype).reshape(-1), xq.reshape(-1), geom.N,
+                                  geom.H, geom.W, geom.C, geom.pt, geom.pl, sh, sw, Hq, Wq,
+                                  _threads(geom))
         return xq, Hq, Wq
     if to_nchw:
         # An NHWC image to the NCHW form: the transposing copy and the padding in one
@@ -234,8 +229,8 @@ def _padded(x, nhwc, pt, pl, Hp, Wp, dtype, nt):
         N, C, H, W = x.shape
         planes, C, shape = N * C, 1, (N, C, Hp, Wp)
     xp = np.empty(shape, dtype=dtype)
-    _K_PAD_PLANES[dtype](contiguous(x, dtype).reshape(-1), xp.reshape(-1), planes, H, W, C, pt, pl,
-                     Hp, Wp, nt)
+    _K["pad_planes"][dtype](contiguous(x, dtype).reshape(-1), xp.reshape(-1), planes, H, W, C,
+                            pt, pl, Hp, Wp, nt)
     return xp
 
 
@@ -333,9 +328,9 @@ def _forward(x, weight, bias, buf, geom, dtype, splits=None, winograd=True):
     else:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
         xc = xq
-    _K_CONV2D_FORWARD[dtype](xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
-                         geom.kernel_args, geom.nhwc and not out_nhwc, _threads(geom),
-                         None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
+    _K["conv2d_forward"][dtype](xc.reshape(-1), wc.reshape(-1), bc, buf.reshape(-1),
+                                geom.kernel_args, geom.nhwc and not out_nhwc, _threads(geom),
+                                None if xq is None else xq.reshape(-1), Hq, Wq, out_nhwc)
 
 
 def _winograd_forward(x, weight, bias, buf, geom, dtype, blocks, flipped=False):
@@ -423,7 +418,7 @@ def _backward(grad_y, x, weight, geom, bias, need_input_grad, need_weight_grad):
     if bias:
         grad_b = np.zeros(geom.K, dtype=dtype)
         if grad_y.size:
-            _K_CONV2D_BIAS_GRAD[dtype](gyc, grad_b, geom.kernel_args, geom.nhwc, nt)
+            _K["conv2d_bias_grad"][dtype](gyc, grad_b, geom.kernel_args, geom.nhwc, nt)
     return grad_x, grad_w, grad_b
 
 
@@ -467,16 +462,16 @@ def _weight_grad(x, gyc, grad_w, geom, dtype, nt, splits=None):
     if _weight_grad_from_cols(geom):
         P, ckk = geom.Ho * geom.Wo, geom.C * geom.kh * geom.kw
         cols = _im2col(contiguous(x, dtype), geom, nt)
-        _K_CONV2D_WEIGHT_GRAD_COLS[dtype](cols.reshape(-1), gyc, grad_w.reshape(-1), geom.N, P,
-                                      ckk, geom.K, geom.nhwc, nt)
+        _K["conv2d_weight_grad_cols"][dtype](cols.reshape(-1), gyc, grad_w.reshape(-1), geom.N,
+                                             P, ckk, geom.K, geom.nhwc, nt)
         return
     if kg >= 64 // np.dtype(dtype).itemsize and geom.split_is_cheap:
         xq, Hq, Wq = _phase_split(x, geom, dtype, splits=splits)
-        _K_CONV2D_WEIGHT_GRAD_IMPLICIT[dtype](xq.reshape(-1), gyc, grad_w.reshape(-1),
-                                          geom.kernel_args, geom.nhwc, nt, Hq, Wq)
+        _K["conv2d_weight_grad_implicit"][dtype](xq.reshape(-1), gyc, grad_w.reshape(-1),
+                                                 geom.kernel_args, geom.nhwc, nt, Hq, Wq)
         return
-    _K_CONV2D_WEIGHT_GRAD[dtype](contiguous(x, dtype).reshape(-1), gyc, grad_w.reshape(-1),
-                             geom.kernel_args, geom.nhwc, nt)
+    _K["conv2d_weight_grad"][dtype](contiguous(x, dtype).reshape(-1), gyc, grad_w.reshape(-1),
+                                    geom.kernel_args, geom.nhwc, nt)
 
 
 def _flipped_window(size, size_out, k, d, pad_before, pad_after):
@@ -504,8 +499,8 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
             # w_g^T's rows in place; transposing it inside them repacked the whole
             # weight for every tile of pixels.
             w = np.ascontiguousarray(w.reshape(-1, geom.K).T)
-        _K_CONV2D_INPUT_GRAD[dtype](gyc, w.reshape(-1), grad_x.reshape(-1), geom.kernel_args,
-                                geom.nhwc, nt)
+        _K["conv2d_input_grad"][dtype](gyc, w.reshape(-1), grad_x.reshape(-1), geom.kernel_args,
+                                       geom.nhwc, nt)
         return
     G, kh, kw = geom.groups, geom.kh, geom.kw
     cg, kg = geom.C // G, geom.K // G
@@ -523,8 +518,8 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     # Flipping both spatial axes is reversing the flattened tap axis; the channel axes
     # swap within each group (a blocked copy: _conv.flip_kernel_transposed).
     wt = np.empty((kh, kw, kg, geom.C) if geom.nhwc else (geom.C, kg, kh, kw), dtype=dtype)
-    _K_FLIP_KERNEL_TRANSPOSED[dtype](w.reshape(-1), wt.reshape(-1), G, kg, cg, kh * kw, geom.nhwc,
-                                 nt)
+    _K["flip_kernel_transposed"][dtype](w.reshape(-1), wt.reshape(-1), G, kg, cg, kh * kw,
+                                        geom.nhwc, nt)
     _forward(gy, wt, None, grad_x, tgeom, dtype, winograd=False)   # (decided above)
 
 
@@ -564,8 +559,8 @@ def _im2col(x, geom, nt=None):
     if cols.size and not x.size:
         cols.fill(0)            # an empty image under padding: every patch is padding
     elif cols.size:
-        _K_IM2COL[x.dtype](contiguous(x, x.dtype).reshape(-1), cols.reshape(-1), geom.kernel_args,
-                     geom.nhwc, get_num_threads() if nt is None else nt)
+        _K["im2col"][x.dtype](contiguous(x, x.dtype).reshape(-1), cols.reshape(-1),
+                              geom.kernel_args, geom.nhwc, get_num_threads() if nt is None else nt)
     return cols
 
 

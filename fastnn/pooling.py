@@ -159,7 +159,6 @@ class _PoolGeometry:
         return (self.N, h, w, self.C) if self.channels_last else (self.N, self.C, h, w)
 
 
-
 _FORWARD = by_dtype(_pooling, "pool2d_forward")
 _BACKWARD = by_dtype(_pooling, "pool2d_backward")
 
@@ -191,8 +190,8 @@ def _forward(fn, ndim, x, kernel_size, stride, padding, layout, is_max, return_i
     idx = np.empty(geom.out_shape, dtype=np.int64) if return_indices else None
     if y.size:
         _FORWARD[x.dtype](contiguous(x, x.dtype).reshape(-1), y.reshape(-1),
-                                None if idx is None else idx.reshape(-1), geom.kernel_args,
-                                geom.channels_last, is_max, get_num_threads())
+                          None if idx is None else idx.reshape(-1), geom.kernel_args,
+                          geom.channels_last, is_max, get_num_threads())
     return (y, idx) if return_indices else y
 
 
@@ -220,16 +219,15 @@ def _backward(fn, ndim, grad_y, x, kernel_size, stride, padding, layout, is_max,
         # Recompute the argmax (one forward pass) rather than ask for the indices.
         idx = np.empty(geom.out_shape, dtype=np.int64)
         _FORWARD[x.dtype](contiguous(x, x.dtype).reshape(-1),
-                                np.empty(geom.out_shape, dtype=x.dtype).reshape(-1),
-                                idx.reshape(-1), geom.kernel_args, geom.channels_last, True, nt)
+                          np.empty(geom.out_shape, dtype=x.dtype).reshape(-1),
+                          idx.reshape(-1), geom.kernel_args, geom.channels_last, True, nt)
     else:
         idx = _check_indices(fn, indices, geom)
     # The kernel checks each index against the plane as it scatters (a min/max pass
     # over the int64 indices first cost a fifth of the whole backward).
     try:
         bad = _BACKWARD[dtype](gy, None if idx is None else idx.reshape(-1),
-                                       grad_x.reshape(-1), geom.kernel_args,
-                                       geom.channels_last, nt)
+                               grad_x.reshape(-1), geom.kernel_args, geom.channels_last, nt)
     except MemoryError as exc:
         raise memory_error(fn, exc) from None
     if bad:

@@ -708,10 +708,8 @@ def _avg_kw(ceil_mode, count_include_pad, divisor_override, padding, nd):
 
 def _pool_geom(nd, kernel_size, stride, padding):
     if nd == 2:
-        k, s, p = kernel_size, stride, padding
-        return {"kernel_size": k[0] if k[0] == k[1] else (k[0], k[1]),
-                "stride": s[0] if s[0] == s[1] else (s[0], s[1]),
-                "padding": p[0] if p[0] == p[1] else (p[0], p[1])}
+        return {"kernel_size": _pair(kernel_size), "stride": _pair(stride),
+                "padding": _pair(padding)}
     return {"kernel_size": kernel_size[0], "stride": stride[0], "padding": padding[0]}
 
 

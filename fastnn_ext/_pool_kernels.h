@@ -310,8 +310,9 @@ ATTR static void fastnn_pool_2x2_small_##SUF##_##V(                         \
     T buf[FASTNN_POOL_SMALL_ROWS * FASTNN_POOL_SMALL_IN];                       \
     int32_t flag[FASTNN_POOL_SMALL_ROWS * FASTNN_POOL_SMALL_IN];                \
     for (ptrdiff_t b0 = r0; b0 < r1; b0 += FASTNN_POOL_SMALL_ROWS) {            \
-        const ptrdiff_t b1 = b0 + FASTNN_POOL_SMALL_ROWS < r1 ? b0 + FASTNN_POOL_SMALL_ROWS : r1; \
-        const ptrdiff_t nr = b1 - b0;                                           \
+        const ptrdiff_t nr = r1 - b0 < FASTNN_POOL_SMALL_ROWS                  \
+                             ? r1 - b0 : FASTNN_POOL_SMALL_ROWS;               \
+        const ptrdiff_t b1 = b0 + nr;                                           \
         T* restrict yb = y + b0 * Wo;                                           \
         if (!idx) {                                                             \
             ptrdiff_t plane = b0 / Ho, ho = b0 - plane * Ho;                    \

@@ -220,7 +220,7 @@ def test_small_batch_weight_grad_takes_the_patches_product(monkeypatch, layout, 
     # in blocks of 64) and more pixels than one 64-deep block of the product.
     monkeypatch.delenv("FASTNN_WG_COLS", raising=False)
     calls = []
-    kernels = fastnn.conv._K_CONV2D_WEIGHT_GRAD_COLS
+    kernels = fastnn.conv._K["conv2d_weight_grad_cols"]
 
     def spy():
         # The kernel is looked up by dtype (no fused dispatch): wrap each entry.
