@@ -673,12 +673,9 @@ def _lacking(flags, arg, fn):
                         f"functional fastnn.torch.{fn} runs such calls on PyTorch)")
 
 
-_NO_OPTIONS: dict = {}
-
-
 def _max_kw(dilation, ceil_mode, nd):
     if not ceil_mode and dilation[0] == 1 and dilation[-1] == 1:
-        return _NO_OPTIONS
+        return {}
     fn = f"max_pool{nd}d"
     kw = {}
     if any(d != 1 for d in dilation):
@@ -1629,7 +1626,7 @@ def _max_pool(nd, op, torch_fn, input, kernel_size, stride, padding, dilation, c
               return_indices):
     name = f"max_pool{nd}d"
     k, s, p = _pool_args(nd, kernel_size, stride, padding)
-    d = (1,) * nd if dilation == 1 and type(dilation) is int else _ints(dilation, nd)
+    d = (1,) * nd if type(dilation) is int and dilation == 1 else _ints(dilation, nd)
     why = _pool_why(input, nd, k, s, p, kernel_size, stride, padding)
     if why is None:
         if d is None:
