@@ -52,7 +52,7 @@ def _image_and_kernel(fn, layout, x, weight, x_dims, w_dims):
 _K = {name: by_dtype(_conv, name) for name in (
     "conv2d_forward", "conv2d_bias_grad", "conv2d_input_grad", "conv2d_weight_grad",
     "conv2d_weight_grad_cols", "conv2d_weight_grad_implicit", "flip_kernel_transposed",
-    "im2col", "pad_planes", "split_planes")}
+    "im2col", "col2im", "pad_planes", "split_planes")}
 
 
 def _finite(weight):
@@ -490,8 +490,7 @@ def _input_grad(grad_y, gyc, weight, grad_x, geom, dtype, nt):
     phase measured 0.33-0.94x the GEMM path: the phase kernels are too small.)
     The flipped convolution also multiplies the zeros it pads grad_y with by every
     weight, which a NaN or Inf weight turns into NaN where no output reaches: such a
-    kernel (its sum is not finite: one pass over the weight, tiny next to the work,
-    no temporary) takes the GEMM path, which sums only real terms."""
+    kernel (:func:`_finite`) takes the GEMM path, which sums only real terms."""
     if geom.sh > 1 or geom.sw > 1 or not _finite(weight):
         w = contiguous(weight, dtype)
         if geom.nhwc:
@@ -570,8 +569,8 @@ def _col2im(cols, geom):
     x = np.empty(geom.x_shape, dtype=cols.dtype)
     if x.size:
         if cols.size:
-            _conv.col2im(contiguous(cols, cols.dtype).reshape(-1), x.reshape(-1),
-                         geom.kernel_args, geom.nhwc, get_num_threads())
+            _K["col2im"][cols.dtype](contiguous(cols, cols.dtype).reshape(-1), x.reshape(-1),
+                                     geom.kernel_args, geom.nhwc, get_num_threads())
         else:
             x.fill(0)
     return x
@@ -1029,8 +1028,9 @@ def _phase_forward(x, weight, bias, buf, tg, dtype):
                 wp = np.ascontiguousarray(sub).reshape(-1)
                 x_off = fh * Wp + fw
             geom = (N, Cin, Hp, Wp, Cout, th, tw, 1, 1, 1, 1, 0, 0, nh, nw, G)
-            _conv.conv2d_forward(xflat, wp, bc, flat[start:], geom, tg.nhwc and not out_nhwc,
-                                 nt, xflat, Hp, Wp, out_nhwc, x_off, view)
+            _K["conv2d_forward"][dtype](xflat, wp, bc, flat[start:], geom,
+                                        tg.nhwc and not out_nhwc, nt, xflat, Hp, Wp, out_nhwc,
+                                        x_off, view)
     return True
 
 
@@ -1106,6 +1106,6 @@ def _transpose_backward(fn, grad_y, x, weight, tg, bias, need_input_grad, need_w
         if grad_y.size:
             # Per-channel sums of grad_y: the bias gradient of a 1x1 convolution over it.
             one = Geometry(fn, tg.layout, grad_y.shape, (1, 1), tg.Cout, 1, 1, 0, 1)
-            _conv.conv2d_bias_grad(contiguous(grad_y, dtype).reshape(-1), grad_b,
-                                   one.kernel_args, tg.nhwc, nt)
+            _K["conv2d_bias_grad"][dtype](contiguous(grad_y, dtype).reshape(-1), grad_b,
+                                          one.kernel_args, tg.nhwc, nt)
     return grad_x, grad_w, grad_b
